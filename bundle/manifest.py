@@ -1,0 +1,171 @@
+"""MANIFEST.json of an offline bundle: one entry per file with size and sha256.
+
+Layout of a bundle directory (paths in the manifest are relative to it, POSIX style):
+
+    MANIFEST.json                   written last, atomically
+    stack/Pulumi.<stack>.yaml       the stack file the bundle was built for
+    images/<name>.tar               `docker save` of the Xinference image   (role "image")
+    models/<model path>/...         each enabled model's files              (role "model", model = uid)
+    wheels/*.whl                    this program's Python dependencies       (role "wheel")
+    pulumi/...                      the Pulumi CLI and plugins               (role "pulumi")
+
+The per-model digest (what relaunches exactly the models whose weights changed) is the
+sha256 of the sorted "relative path, sha256" lines of that model's files, so it does not
+depend on where the bundle was unpacked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "MANIFEST.json"
+CHUNK_SIZE = 1024 * 1024
+ROLES = ("image", "model", "wheel", "pulumi", "stack", "other")
+
+
+class BundleError(Exception):
+    """Base class of every bundle failure that is the user's to fix (exit code 1 or 2)."""
+
+    exit_code = 1
+
+
+class ManifestError(BundleError):
+    """MANIFEST.json is missing, unreadable or malformed."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the bundle."""
+
+    path: str
+    size: int
+    sha256: str
+    role: str
+    model: Optional[str] = None  # the model uid for role "model"
+
+
+@dataclass
+class Manifest:
+    """The bundle's table of contents."""
+
+    stack: str
+    files: list[FileEntry] = field(default_factory=list)
+    format: int = FORMAT_VERSION
+    created: str = ""
+    image: Optional[str] = None  # image reference inside the image tar
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+    def role(self, role: str) -> list[FileEntry]:
+        return [f for f in self.files if f.role == role]
+
+    def image_sha256(self) -> Optional[str]:
+        images = self.role("image")
+        return images[0].sha256 if images else None
+
+    def model_digests(self) -> dict[str, str]:
+        """{model uid: digest of its files}."""
+        per_model: dict[str, list[FileEntry]] = {}
+        for entry in self.role("model"):
+            per_model.setdefault(entry.model or "", []).append(entry)
+        return {uid: files_digest(entries) for uid, entries in per_model.items()}
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["files"] = [asdict(f) for f in sorted(self.files, key=lambda f: f.path)]
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = MANIFEST_NAME) -> "Manifest":
+        try:
+            data = json.loads(text)
+            if data.get("format") != FORMAT_VERSION:
+                raise ManifestError(f"{source}: format {data.get('format')!r} is not {FORMAT_VERSION}; "
+                                    "rebuild the bundle with this version of `bundle`")
+            files = [FileEntry(**f) for f in data["files"]]
+            manifest = cls(stack=data["stack"], files=files, format=data["format"],
+                           created=data.get("created", ""), image=data.get("image"))
+        except ManifestError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"{source}: not a valid bundle manifest ({exc})") from exc
+        for entry in manifest.files:
+            _check_entry(entry, source)
+        return manifest
+
+    def save(self, directory: Path) -> Path:
+        """Write MANIFEST.json atomically (temp file + os.replace)."""
+        target = Path(directory) / MANIFEST_NAME
+        write_atomic(target, self.to_json().encode())
+        return target
+
+
+def _check_entry(entry: FileEntry, source: str) -> None:
+    parts = Path(entry.path).parts
+    if entry.path.startswith("/") or ".." in parts or not parts:
+        raise ManifestError(f"{source}: unsafe path {entry.path!r} in the manifest")
+    if entry.role not in ROLES:
+        raise ManifestError(f"{source}: {entry.path}: unknown role {entry.role!r} (one of {', '.join(ROLES)})")
+    if len(entry.sha256) != 64 or entry.size < 0:
+        raise ManifestError(f"{source}: {entry.path}: bad sha256 or size")
+
+
+def load_manifest(directory: Path) -> Manifest:
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the bundle manifest ({exc.strerror}); "
+                            "is this an unpacked bundle directory?") from exc
+    return Manifest.from_json(text, str(path))
+
+
+def files_digest(entries: Iterable[FileEntry], strip_prefix: bool = True) -> str:
+    """Digest of a set of files, independent of where the set lives.
+
+    With ``strip_prefix`` the common ``models/<dir>/`` prefix is removed, so the same model
+    files give the same digest in a bundle and in the host model directory.
+    """
+    entries = sorted(entries, key=lambda e: e.path)
+    paths = [e.path for e in entries]
+    prefix = os.path.commonpath(paths) if strip_prefix and len(paths) > 1 else ""
+    if strip_prefix and len(paths) == 1:
+        prefix = os.path.dirname(paths[0])
+    digest = hashlib.sha256()
+    for entry in entries:
+        rel = os.path.relpath(entry.path, prefix) if prefix else entry.path
+        digest.update(f"{rel}\0{entry.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
+    """Streamed sha256 (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

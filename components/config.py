@@ -1,0 +1,360 @@
+"""The stack config of one server (or one existing Xinference endpoint), as pydantic models.
+
+Everything an operator can write under ``config:`` in ``stacks/Pulumi.<stack>.yaml`` is
+declared here, strictly (``extra="forbid"``), with a description per field that also feeds
+the README's config reference. ``load_stack_config`` is the only entry point: it validates
+every section and every model separately, then runs the cross-field rules on whatever
+parsed, so an operator sees every problem of a config in one run, each with the key path,
+the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Iterable, Literal, Mapping, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from components.errors import ConfigError, Problem
+
+PROJECT = "xinference-offline"
+CONTAINER_MODELS_DIR = "/root/.xinference/models"
+CONTAINER_PORT = 9997
+MODEL_TYPES = ("LLM", "embedding", "rerank", "audio", "image", "video", "flexible")
+_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuConfig(_Strict):
+    """One GPU of the server, as `nvidia-smi` numbers it on the host."""
+
+    id: int = Field(ge=0, description="Host GPU index (`nvidia-smi --query-gpu=index`).")
+    vram_gb: Optional[float] = Field(
+        default=None, gt=0, description="Memory of this GPU in GB; models' declared `vram_gb` must fit in it."
+    )
+
+
+class DockerHostConfig(_Strict):
+    """Where the Docker engine that runs Xinference lives."""
+
+    host: str = Field(
+        default="unix:///var/run/docker.sock",
+        description="Docker engine address: `unix:///var/run/docker.sock` (this machine) or `ssh://user@host`.",
+    )
+    ssh_opts: list[str] = Field(default_factory=list, description="Extra ssh options for an `ssh://` host.")
+
+    @field_validator("host")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not re.match(r"^(unix|ssh|tcp|npipe)://.+", value):
+            raise ValueError("must start with unix://, ssh:// or tcp:// (e.g. ssh://ops@gpu-node-2)")
+        return value
+
+
+class ImageConfig(_Strict):
+    """The Xinference image: loaded from the bundled tar, never pulled."""
+
+    name: str = Field(min_length=1, description="Image reference as inside the tar, e.g. `xprobe/xinference:v1.12.0`.")
+    tar: Optional[str] = Field(
+        default=None, description="Path of the `docker save` tar on the machine running Pulumi; omit if already loaded."
+    )
+    tar_sha256: Optional[str] = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the tar (from the bundle manifest); a new value reloads the image.",
+    )
+
+
+class HealthcheckConfig(_Strict):
+    """Docker healthcheck timing (the check itself is a Python one-liner, no curl needed)."""
+
+    interval_s: int = Field(default=30, ge=1, description="Seconds between checks.")
+    timeout_s: int = Field(default=10, ge=1, description="Seconds one check may take.")
+    retries: int = Field(default=5, ge=1, description="Failures in a row before the container is unhealthy.")
+    start_period_s: int = Field(default=120, ge=0, description="Grace period after start.")
+
+
+class ContainerConfig(_Strict):
+    """The Xinference container (the docker-compose service of the reference job)."""
+
+    name: str = Field(default="xinference", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Container name.")
+    port: int = Field(default=9997, ge=1, le=65535, description="Host port published for Xinference's port 9997.")
+    restart: Literal["no", "on-failure", "always", "unless-stopped"] = Field(
+        default="unless-stopped", description="Docker restart policy."
+    )
+    shm_size_mb: int = Field(default=8192, ge=64, description="Shared memory (/dev/shm) in MB.")
+    healthcheck: HealthcheckConfig = Field(default_factory=HealthcheckConfig, description="Healthcheck timing.")
+    wait_timeout_s: int = Field(default=600, ge=30, description="Seconds `up` waits for the container to be healthy.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment overrides (win over the offline defaults).")
+    log_max_size: str = Field(default="100m", pattern=r"^\d+[kmg]$", description="json-file log rotation size.")
+    log_max_file: int = Field(default=5, ge=1, description="json-file log files kept.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra container labels.")
+    models_read_only: bool = Field(default=False, description="Mount the model directory read-only.")
+    data_dir: Optional[str] = Field(
+        default=None,
+        description="Host directory kept as XINFERENCE_HOME (logs, autostart registry, auth db) across replacements.",
+    )
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_as_text(cls, value: Any) -> Any:
+        # YAML turns `HF_HUB_OFFLINE: 1` into an int; docker wants text, so accept scalars.
+        if isinstance(value, Mapping):
+            return {k: (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(v, (int, float, bool)) else v
+                    for k, v in value.items()}
+        return value
+
+
+class ModelSource(_Strict):
+    """Where `bundle build` fetches a model's files on the online machine."""
+
+    hub: Literal["modelscope", "huggingface", "local"] = Field(description="modelscope, huggingface or local.")
+    id: Optional[str] = Field(default=None, description="Repository id on the hub, e.g. `maidalun/bce-embedding-base_v1`.")
+    revision: Optional[str] = Field(default=None, description="Pinned revision (tag or commit) on the hub.")
+    path: Optional[str] = Field(default=None, description="Local directory to copy from (hub: local).")
+
+
+class ModelConfig(_Strict):
+    """One model to keep launched (one `xinference launch` line of the reference job)."""
+
+    uid: str = Field(description="Model uid in Xinference (unique per server).")
+    name: Optional[str] = Field(default=None, description="Xinference model_name; defaults to the uid.")
+    type: Literal["LLM", "embedding", "rerank", "audio", "image", "video", "flexible"] = Field(
+        description="Xinference model_type."
+    )
+    enabled: bool = Field(default=True, description="false keeps the entry but launches nothing (and terminates it).")
+    gpus: list[int] = Field(default_factory=list, description="Host GPU ids the model runs on; empty = CPU.")
+    path: Optional[str] = Field(
+        default=None, description="Model directory, relative to `models_dir` (or absolute on the server)."
+    )
+    engine: Optional[str] = Field(default=None, description="model_engine (required for LLM: vllm, transformers, ...).")
+    format: Optional[str] = Field(default=None, description="model_format (pytorch, gptq, awq, ggufv2, ...).")
+    size_in_billions: Optional[Union[int, float, str]] = Field(default=None, description="model_size_in_billions.")
+    quantization: Optional[str] = Field(default=None, description="quantization (none, 4-bit, Q4_K_M, ...).")
+    replica: int = Field(default=1, ge=1, description="Number of replicas.")
+    n_gpu: Optional[Union[int, Literal["auto"]]] = Field(default=None, description="n_gpu: a count or `auto`.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Other launch kwargs, passed through as-is.")
+    vram_gb: Optional[float] = Field(default=None, gt=0, description="VRAM the model needs on each of its GPUs, in GB.")
+    source: Optional[ModelSource] = Field(default=None, description="Where `bundle build` gets the files.")
+    launch_timeout_s: float = Field(default=900, gt=0, description="Seconds a launch may take before it fails.")
+    autostart: bool = Field(default=True, description="Register in Xinference's autostart registry (heals restarts).")
+    smoke_test: bool = Field(default=True, description="Send one request after launch so `up` ends with a serving model.")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _single_gpu_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @property
+    def model_name(self) -> str:
+        return self.name or self.uid
+
+
+class StackConfig(_Strict):
+    """Everything under `config:` in a stack file (keys are namespaced `xinference-offline:<key>`)."""
+
+    mode: Literal["docker", "existing"] = Field(
+        default="docker",
+        description="`docker`: this stack owns the image and container; `existing`: deploy models to `endpoint`.",
+    )
+    endpoint: Optional[str] = Field(
+        default=None,
+        description="Xinference URL. Required in `existing` mode; in `docker` mode overrides the derived address.",
+    )
+    docker: DockerHostConfig = Field(default_factory=DockerHostConfig, description="Docker engine to use.")
+    image: Optional[ImageConfig] = Field(default=None, description="Xinference image (required in `docker` mode).")
+    container: ContainerConfig = Field(default_factory=ContainerConfig, description="Container settings.")
+    gpus: list[GpuConfig] = Field(default_factory=list, description="The server's GPUs given to Xinference.")
+    models_dir: str = Field(
+        default="/data/docker_models", description=f"Host model directory, mounted at `{CONTAINER_MODELS_DIR}`."
+    )
+    models: list[ModelConfig] = Field(default_factory=list, description="Models to keep launched.")
+    auth: bool = Field(default=False, description="Keep Xinference auth on (then `api_key` must be set, as a secret).")
+    api_key: Optional[str] = Field(default=None, description="Xinference API key; set with `pulumi config set --secret`.")
+    bundle_dir: Optional[str] = Field(
+        default=None, description="Unpacked offline bundle; its MANIFEST.json gives the image and weights digests."
+    )
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _plain_ids(cls, value: Any) -> Any:
+        # `gpus: [0, 1]` is the common case; `{id, vram_gb}` adds the budget.
+        if isinstance(value, list):
+            return [{"id": v} if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @property
+    def enabled_models(self) -> list[ModelConfig]:
+        return [m for m in self.models if m.enabled]
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        return [g.id for g in self.gpus]
+
+
+def strip_namespace(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """`xinference-offline:models` -> `models`; keys of other namespaces are not ours and are skipped."""
+    ours: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for key, value in raw.items():
+        namespace, sep, name = key.partition(":")
+        if not sep:
+            problems.append(Problem(key, value, "config key without a namespace",
+                                    f"write it as `{PROJECT}:{key}`"))
+        elif namespace == PROJECT:
+            ours[name] = value
+    return ours, problems
+
+
+def load_stack_config(raw: Mapping[str, Any], *, namespaced: bool = True,
+                      secret_keys: Iterable[str] = (), source: str = "stack config") -> StackConfig:
+    """Validate a stack's config (``{"xinference-offline:models": [...], ...}``).
+
+    ``secret_keys``: keys Pulumi holds as secrets (values read from a stack file as
+    ``{secure: ...}`` count too). Raises ConfigError listing every problem; returns the
+    parsed config otherwise.
+    """
+    problems: list[Problem] = []
+    values = dict(raw)
+    if namespaced:
+        values, problems = strip_namespace(raw)
+    secrets = {k.partition(":")[2] if ":" in k else k for k in secret_keys}
+    secrets |= {k for k, v in values.items() if _is_ciphertext(v)}
+    values = {k: ("<secret>" if _is_ciphertext(v) else v) for k, v in values.items()}
+
+    fields = StackConfig.model_fields
+    parsed: dict[str, Any] = {}
+    positions: list[int] = []
+    for key, value in values.items():
+        if key not in fields:
+            problems.append(_unknown_key(key, value, list(fields)))
+            continue
+        if key == "models":
+            parsed[key], positions = _parse_models(value, problems)
+            continue
+        try:
+            # Validate through StackConfig so the field's own validators run, one key at a time.
+            parsed[key] = getattr(StackConfig.model_validate({key: value}), key)
+        except ValidationError as exc:
+            problems.extend(_from_validation_error(exc, ""))
+
+    partial = StackConfig.model_construct(**_defaults_for_missing(parsed))
+    from components.rules import CheckContext, cross_check  # the cross-field rules live beside, not inside, the schema
+
+    problems.extend(cross_check(partial, CheckContext(set(parsed), set(values), positions, secrets)))
+    if problems:
+        raise ConfigError(problems, source)
+    return StackConfig.model_validate(parsed)
+
+
+def _defaults_for_missing(parsed: dict[str, Any]) -> dict[str, Any]:
+    out = dict(parsed)
+    for name, field in StackConfig.model_fields.items():
+        if name not in out:
+            out[name] = field.get_default(call_default_factory=True)
+    return out
+
+
+def _is_ciphertext(value: Any) -> bool:
+    # Pulumi hands a secret as plain text to the program; a stack file read from disk holds
+    # `{secure: v1:...}` ciphertext that `plan` cannot decrypt without the passphrase.
+    return isinstance(value, Mapping) and set(value) == {"secure"}
+
+
+def _parse_models(value: Any, problems: list[Problem]) -> tuple[list[ModelConfig], list[int]]:
+    """Validate each model on its own; returns the valid ones and their positions in the list."""
+    if not isinstance(value, list):
+        problems.append(Problem("models", value, "must be a list of models", "write `models:` as a YAML list (`- uid: ...`)"))
+        return [], []
+    models: list[ModelConfig] = []
+    positions: list[int] = []
+    for index, entry in enumerate(value):
+        try:
+            models.append(ModelConfig.model_validate(entry))
+            positions.append(index)
+        except ValidationError as exc:
+            problems.extend(_from_validation_error(exc, f"models[{index}]"))
+    return models, positions
+
+
+def _unknown_key(path: str, value: Any, known: list[str], parent: str = "") -> Problem:
+    leaf = path.rsplit(".", 1)[-1].split("]")[-1]
+    close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
+    hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
+    return Problem(path, value, "unknown key", f"{hint} (remove or rename it)")
+
+
+def _from_validation_error(exc: ValidationError, prefix: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not _is_union_branch(p)]
+        path = _join_path(prefix, loc)
+        if err["type"] == "extra_forbidden":
+            problems.append(_unknown_key(path, err.get("input"), _known_fields_at(prefix, loc)))
+            continue
+        fix = _FIXES.get(err["type"], "see the config reference in the README")
+        problems.append(Problem(path, err.get("input"), err["msg"], fix))
+    return problems
+
+
+def _is_union_branch(part: Any) -> bool:
+    # pydantic names union branches in loc ("int", "literal['auto']", "function-before[...]"): not keys.
+    return isinstance(part, str) and ("[" in part or part in {"int", "float", "str"})
+
+
+def _join_path(prefix: str, loc: list[Any]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _known_fields_at(prefix: str, loc: list[Any]) -> list[str]:
+    # Walk the schema along the error location to suggest the right sibling key.
+    model: Any = ModelConfig if prefix.startswith("models[") else StackConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        model = _model_of(model)
+        if model is None or part not in model.model_fields:
+            return []
+        model = model.model_fields[part].annotation
+    model = _model_of(model)
+    return list(model.model_fields) if model else []
+
+
+def _model_of(annotation: Any) -> Optional[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found:
+            return found
+    return None
+
+
+_FIXES = {
+    "missing": "add this key",
+    "int_parsing": "write a whole number",
+    "int_type": "write a whole number",
+    "float_parsing": "write a number",
+    "bool_parsing": "write true or false",
+    "bool_type": "write true or false",
+    "literal_error": "use one of the values listed",
+    "greater_than_equal": "use a larger value",
+    "greater_than": "use a larger value",
+    "less_than_equal": "use a smaller value",
+    "string_pattern_mismatch": "use the format shown in the config reference",
+    "string_type": "write a text value",
+    "list_type": "write a YAML list",
+    "dict_type": "write a YAML mapping",
+    "model_type": "write a YAML mapping",
+    "model_attributes_type": "write a YAML mapping",
+    "string_too_short": "write a non-empty value",
+    "value_error": "see the message",
+}

@@ -1,0 +1,80 @@
+"""XinferenceContainer: the GPU-reserved Xinference container (the compose service of the old job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import pulumi
+import pulumi_docker as docker
+
+from components.config import CONTAINER_MODELS_DIR, CONTAINER_PORT, ContainerConfig
+from components.launch import container_command, healthcheck_command
+from components.placement import docker_gpu_request
+
+
+@dataclass
+class XinferenceContainerArgs:
+    """Inputs of XinferenceContainer."""
+
+    image_id: pulumi.Input[str]
+    """Image id from LoadedImage: a new image replaces the container."""
+    settings: ContainerConfig
+    """Port, restart policy, healthcheck, logs, labels (from the stack config)."""
+    host_gpus: Sequence[int]
+    """Host GPU ids reserved for the container (exactly these; none = CPU)."""
+    models_dir: str
+    """Host model directory, mounted at /root/.xinference/models."""
+    env: Mapping[str, str]
+    """Environment (offline defaults merged with the stack's overrides)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels added to the stack's own."""
+
+
+def _seconds(value: int) -> str:
+    return f"{value}s"
+
+
+class XinferenceContainer(pulumi.ComponentResource):
+    """One Xinference server in Docker, healthy before `up` moves on to the models."""
+
+    container_id: pulumi.Output[str]
+    name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: XinferenceContainerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("xinference-offline:index:XinferenceContainer", name, None, opts)
+        s = args.settings
+        mounts = [docker.ContainerMountArgs(
+            type="bind", source=args.models_dir, target=CONTAINER_MODELS_DIR, read_only=s.models_read_only)]
+        if s.data_dir:
+            # XINFERENCE_HOME on the host keeps the autostart registry and auth db across replacements.
+            mounts.insert(0, docker.ContainerMountArgs(type="bind", source=s.data_dir, target="/root/.xinference"))
+        labels = {"managed-by": "xinference-offline", **args.labels, **s.labels}
+        self.container = docker.Container(
+            f"{name}-container",
+            name=s.name,
+            image=args.image_id,
+            command=container_command(),
+            envs=[f"{k}={v}" for k, v in sorted(args.env.items())],
+            gpus=docker_gpu_request(args.host_gpus),
+            ports=[docker.ContainerPortArgs(internal=CONTAINER_PORT, external=s.port)],
+            mounts=mounts,
+            restart=s.restart,
+            shm_size=s.shm_size_mb,
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=healthcheck_command(),
+                interval=_seconds(s.healthcheck.interval_s),
+                timeout=_seconds(s.healthcheck.timeout_s),
+                retries=s.healthcheck.retries,
+                start_period=_seconds(s.healthcheck.start_period_s),
+            ),
+            wait=True,
+            wait_timeout=s.wait_timeout_s,
+            log_driver="json-file",
+            log_opts={"max-size": s.log_max_size, "max-file": str(s.log_max_file)},
+            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())],
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.container_id = self.container.id
+        self.name = self.container.name
+        self.register_outputs({"container_id": self.container_id, "name": self.name})

@@ -1,0 +1,123 @@
+"""Pure functions from the stack config to what gets run: env, endpoint, per-model launch specs.
+
+Nothing here touches Pulumi or the network, so `bundle plan`, the program and the tests all
+see the same answers.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+from urllib.parse import urlparse
+
+from components.config import CONTAINER_MODELS_DIR, CONTAINER_PORT, ModelConfig, StackConfig
+from components.placement import container_gpu_indices
+
+# Offline defaults: no hub access, no per-model virtualenvs (they pip-install from an index),
+# CUDA numbering that agrees with nvidia-smi. The stack's container.env wins over these.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "XINFERENCE_MODEL_SRC": "modelscope",
+    "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
+    "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    "XINFERENCE_HOME": "/root/.xinference",
+}
+
+
+def container_env(cfg: StackConfig) -> dict[str, str]:
+    env = dict(OFFLINE_ENV)
+    if not cfg.auth:
+        env["XINFERENCE_AUTH_ADVANCED"] = "0"  # 4.x turns auth on by default
+    env.update(cfg.container.env)
+    return env
+
+
+def container_command() -> list[str]:
+    return ["xinference-local", "-H", "0.0.0.0", "--port", str(CONTAINER_PORT)]
+
+
+def healthcheck_command() -> list[str]:
+    # The image has Python but not necessarily curl.
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/status', timeout=5)"
+    return ["CMD", "python3", "-c", probe]
+
+
+def endpoint_url(cfg: StackConfig) -> str:
+    """The URL the provider uses to reach Xinference."""
+    if cfg.endpoint:
+        return cfg.endpoint.rstrip("/")
+    parsed = urlparse(cfg.docker.host)
+    host = parsed.hostname if parsed.scheme in ("ssh", "tcp") and parsed.hostname else "127.0.0.1"
+    return f"http://{host}:{cfg.container.port}"
+
+
+def model_dir_on_server(cfg: StackConfig, model: ModelConfig) -> str:
+    """Where the model's files are as Xinference sees them (inside the container in docker mode)."""
+    path = model.path or model.uid
+    if cfg.mode == "existing":
+        return path if path.startswith("/") else posixpath.join(cfg.models_dir, path)
+    if path.startswith("/"):
+        path = posixpath.relpath(posixpath.normpath(path), cfg.models_dir)
+    return posixpath.join(CONTAINER_MODELS_DIR, path)
+
+
+def model_dir_on_host(cfg: StackConfig, model: ModelConfig) -> str:
+    path = model.path or model.uid
+    return path if path.startswith("/") else posixpath.join(cfg.models_dir, path)
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What one XinferenceModel resource is given (names follow Xinference's REST API)."""
+
+    model_uid: str
+    model_name: str
+    model_type: str
+    model_path: str
+    gpu_idx: list[int]
+    host_gpus: list[int]
+    replica: int
+    launch_timeout: float
+    autostart: bool
+    smoke_test: bool
+    model_engine: Optional[str] = None
+    model_format: Optional[str] = None
+    model_size_in_billions: Optional[Any] = None
+    quantization: Optional[str] = None
+    n_gpu: Optional[Any] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    vram_gb: Optional[float] = None
+    weights_digest: str = ""
+
+
+def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[LaunchSpec]:
+    """One spec per enabled model, with host GPU ids mapped to the container's indices."""
+    specs = []
+    for model in cfg.enabled_models:
+        # In existing mode nobody renumbers GPUs: the server's ids are what Xinference sees.
+        gpu_idx = (container_gpu_indices(cfg.gpu_ids, model.gpus) if cfg.mode == "docker"
+                   else list(model.gpus))
+        specs.append(LaunchSpec(
+            model_uid=model.uid,
+            model_name=model.model_name,
+            model_type=model.type,
+            model_path=model_dir_on_server(cfg, model),
+            gpu_idx=gpu_idx,
+            host_gpus=list(model.gpus),
+            replica=model.replica,
+            launch_timeout=model.launch_timeout_s,
+            autostart=model.autostart,
+            smoke_test=model.smoke_test,
+            model_engine=model.engine,
+            model_format=model.format,
+            model_size_in_billions=model.size_in_billions,
+            quantization=model.quantization,
+            n_gpu=model.n_gpu,
+            extra=dict(model.extra),
+            vram_gb=model.vram_gb,
+            weights_digest=weights_digests.get(model.uid, ""),
+        ))
+    return specs

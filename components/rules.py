@@ -1,0 +1,180 @@
+"""Cross-field rules of the stack config: what no single field can check by itself.
+
+Each rule reads the (possibly partial) StackConfig and returns Problems; ``cross_check``
+runs them all so an operator sees every mistake at once. Rules skip sections that failed
+their own validation (they are not in ``parsed_keys``), so one typo does not cascade.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from components.config import CONTAINER_MODELS_DIR, PROJECT, StackConfig, _ENV_NAME_RE, _UID_RE
+from components.errors import Problem
+from components.placement import vram_budgets
+
+# Launch kwargs that have a first-class field; passing them through `extra` would fight it.
+_FIRST_CLASS_KWARGS = {
+    "model_uid": "uid", "model_name": "name", "model_type": "type", "model_engine": "engine",
+    "model_format": "format", "model_size_in_billions": "size_in_billions", "quantization": "quantization",
+    "model_path": "path", "gpu_idx": "gpus", "n_gpu": "n_gpu", "replica": "replica", "worker_ip": "worker",
+}
+_ENDPOINT_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?/?$")
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What the rules need besides the config: which keys parsed, where each model stood."""
+
+    parsed_keys: set[str]  # keys that passed their own validation
+    given_keys: set[str] = field(default_factory=set)  # keys written in the stack file
+    model_positions: list[int] = field(default_factory=list)  # index in the stack file of cfg.models[i]
+    secret_keys: set[str] = field(default_factory=set)
+
+    def usable(self, key: str) -> bool:
+        """True when the key holds a valid value or its default (not a value that failed)."""
+        return key in self.parsed_keys or key not in self.given_keys
+
+    def model_path(self, i: int) -> str:
+        return f"models[{self.model_positions[i] if i < len(self.model_positions) else i}]"
+
+
+def cross_check(cfg: StackConfig, ctx: CheckContext) -> list[Problem]:
+    problems: list[Problem] = []
+    for rule in _RULES:
+        problems.extend(rule(cfg, ctx))
+    return problems
+
+
+def _mode_sections(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    keys = ctx.given_keys
+    if cfg.mode == "docker":
+        if cfg.image is None and "image" not in keys:
+            yield Problem("image", None, "docker mode needs the Xinference image",
+                          "set image.name (and image.tar, the `docker save` tar from the bundle)")
+    else:
+        if not cfg.endpoint and "endpoint" not in keys:
+            yield Problem("endpoint", None, "existing mode needs the URL of the running Xinference",
+                          "set endpoint, e.g. http://10.0.0.5:9997")
+        for key in ("image", "container", "docker"):
+            if key in keys:
+                yield Problem(key, "...", "has no effect in existing mode (no container is managed)",
+                              "remove it, or set mode: docker")
+
+
+def _endpoint(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    if cfg.endpoint and not _ENDPOINT_RE.match(cfg.endpoint):
+        yield Problem("endpoint", cfg.endpoint, "not an http(s)://host:port URL", "write it like http://10.0.0.5:9997")
+
+
+def _gpus(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    for gpu, count in Counter(cfg.gpu_ids).items():
+        if count > 1:
+            yield Problem("gpus", cfg.gpu_ids, f"GPU {gpu} is listed {count} times", "list each host GPU once")
+
+
+def _paths(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    if "models_dir" in ctx.parsed_keys and (not cfg.models_dir.startswith("/") or ".." in cfg.models_dir.split("/")):
+        yield Problem("models_dir", cfg.models_dir, "must be an absolute path without `..`",
+                      "write the host directory, e.g. /data/docker_models")
+    if cfg.container.data_dir and not cfg.container.data_dir.startswith("/"):
+        yield Problem("container.data_dir", cfg.container.data_dir, "must be an absolute host path",
+                      "write e.g. /data/xinference-home")
+    for name in cfg.container.env:
+        if not _ENV_NAME_RE.match(name):
+            yield Problem(f"container.env.{name}", name, "not a valid environment variable name",
+                          "use letters, digits and _ (not starting with a digit)")
+
+
+def _uids(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    counts = Counter(m.uid for m in cfg.models)
+    for i, model in enumerate(cfg.models):
+        if not _UID_RE.match(model.uid):
+            yield Problem(f"{ctx.model_path(i)}.uid", model.uid, "not a valid model uid",
+                          "use letters, digits, `.`, `_`, `-` (max 128, starting with a letter or digit)")
+        if counts[model.uid] > 1:
+            yield Problem(f"{ctx.model_path(i)}.uid", model.uid, f"uid used by {counts[model.uid]} models",
+                          "give each model its own uid (a uid can be launched once per server)")
+
+
+def _model_fields(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    server_gpus = cfg.gpu_ids
+    for i, model in enumerate(cfg.models):
+        at = ctx.model_path(i)
+        if not model.enabled:
+            continue
+        if ctx.usable("gpus"):
+            for gpu in model.gpus:
+                if gpu not in server_gpus:
+                    fix = (f"use one of {server_gpus} or add GPU {gpu} to `gpus`" if server_gpus
+                           else f"add GPU {gpu} to the server's `gpus` or remove it from the model (CPU)")
+                    yield Problem(f"{at}.gpus", model.gpus, f"GPU {gpu} is not a GPU of this server", fix)
+        if len(set(model.gpus)) != len(model.gpus):
+            yield Problem(f"{at}.gpus", model.gpus, "a GPU is listed twice", "list each GPU once")
+        if isinstance(model.n_gpu, int) and model.gpus and model.n_gpu != len(model.gpus):
+            yield Problem(f"{at}.n_gpu", model.n_gpu, f"disagrees with gpus {model.gpus}",
+                          "drop n_gpu (gpus decides) or make them agree")
+        if model.path is None and model.source is None:
+            yield Problem(f"{at}.path", None, "an enabled model needs its files",
+                          "set path (directory under models_dir) or source (where `bundle build` gets them)")
+        yield from _model_path(cfg, at, model.path)
+        if model.type == "LLM" and not model.engine:
+            yield Problem(f"{at}.engine", None, "LLM models need an engine", "set engine: vllm, transformers or llama.cpp")
+        for kwarg in sorted(set(model.extra) & set(_FIRST_CLASS_KWARGS)):
+            yield Problem(f"{at}.extra.{kwarg}", model.extra[kwarg], "has its own field",
+                          f"use `{_FIRST_CLASS_KWARGS[kwarg]}` instead of extra.{kwarg}")
+        yield from _model_source(at, model)
+
+
+def _model_path(cfg: StackConfig, at: str, path: Optional[str]) -> Iterable[Problem]:
+    if path is None:
+        return
+    if ".." in path.split("/"):
+        yield Problem(f"{at}.path", path, "must not contain `..`", "name the directory under models_dir directly")
+    elif path.startswith("/") and cfg.mode == "docker":
+        inside = posixpath.normpath(path)
+        if not (inside + "/").startswith(cfg.models_dir.rstrip("/") + "/"):
+            yield Problem(f"{at}.path", path, f"is outside models_dir {cfg.models_dir} (only that is mounted)",
+                          f"move the model under {cfg.models_dir} and write the path relative to it")
+
+
+def _model_source(at: str, model) -> Iterable[Problem]:
+    source = model.source
+    if source is None:
+        return
+    if source.hub == "local" and not source.path:
+        yield Problem(f"{at}.source.path", None, "a local source needs a directory", "set source.path")
+    if source.hub != "local" and not source.id:
+        yield Problem(f"{at}.source.id", None, f"a {source.hub} source needs a repository id",
+                      "set source.id, e.g. maidalun/bce-embedding-base_v1")
+
+
+def _vram(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    budgets = vram_budgets([(g.id, g.vram_gb) for g in cfg.gpus],
+                           [(m.uid, m.gpus, m.vram_gb) for m in cfg.enabled_models])
+    for budget in budgets:
+        if budget.over:
+            yield Problem(f"gpus[id={budget.gpu}].vram_gb", budget.capacity_gb,
+                          f"models {list(budget.models)} declare {budget.used_gb:g} GB on GPU {budget.gpu}, "
+                          f"over its {budget.capacity_gb:g} GB",
+                          "move a model to another GPU, disable one, or correct vram_gb")
+
+
+def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    if cfg.auth and not cfg.api_key:
+        yield Problem("api_key", None, "auth is on but no API key is set",
+                      f"pulumi config set --secret {PROJECT}:api_key <key> (or set auth: false)")
+    if cfg.api_key and "api_key" not in ctx.secret_keys:
+        yield Problem("api_key", "<plain text>", "the API key is stored in plain text",
+                      f"pulumi config set --secret {PROJECT}:api_key <key>")
+
+
+_RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [
+    _mode_sections, _endpoint, _gpus, _paths, _uids, _model_fields, _vram, _auth,
+]
+
+__all__ = ["cross_check", "CONTAINER_MODELS_DIR"]
