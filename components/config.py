@@ -119,6 +119,13 @@ class ModelSource(_Strict):
     path: Optional[str] = Field(default=None, description="Local directory to copy from (hub: local).")
 
 
+class CompanionDir(_Strict):
+    """Files a model needs beside its own (e.g. SenseVoiceSmall's fsmn-vad VAD model)."""
+
+    path: str = Field(description="Directory relative to `models_dir` (point the model at it through `extra`).")
+    source: Optional[ModelSource] = Field(default=None, description="Where `bundle build` gets the files.")
+
+
 class ModelConfig(_Strict):
     """One model to keep launched (one `xinference launch` line of the reference job)."""
 
@@ -141,6 +148,7 @@ class ModelConfig(_Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="Other launch kwargs, passed through as-is.")
     vram_gb: Optional[float] = Field(default=None, gt=0, description="VRAM the model needs on each of its GPUs, in GB.")
     source: Optional[ModelSource] = Field(default=None, description="Where `bundle build` gets the files.")
+    companions: list[CompanionDir] = Field(default_factory=list, description="Extra directories the model needs.")
     launch_timeout_s: float = Field(default=900, gt=0, description="Seconds a launch may take before it fails.")
     autostart: bool = Field(default=True, description="Register in Xinference's autostart registry (heals restarts).")
     smoke_test: bool = Field(default=True, description="Send one request after launch so `up` ends with a serving model.")

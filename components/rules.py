@@ -23,6 +23,10 @@ _FIRST_CLASS_KWARGS = {
     "model_format": "format", "model_size_in_billions": "size_in_billions", "quantization": "quantization",
     "model_path": "path", "gpu_idx": "gpus", "n_gpu": "n_gpu", "replica": "replica", "worker_ip": "worker",
 }
+# FunASR models whose built-in config loads `vad_model: fsmn-vad` from the hub at launch:
+# offline they need a local VAD directory passed as extra.vad_model.
+_NEEDS_LOCAL_VAD = {"SenseVoiceSmall", "paraformer-zh", "paraformer-zh-long", "paraformer-zh-spk",
+                    "paraformer-zh-hotword", "seaco-paraformer-zh", "Fun-ASR-Nano-2512", "Fun-ASR-MLT-Nano-2512"}
 _ENDPOINT_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?/?$")
 
 
@@ -128,6 +132,14 @@ def _model_fields(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
             yield Problem(f"{at}.extra.{kwarg}", model.extra[kwarg], "has its own field",
                           f"use `{_FIRST_CLASS_KWARGS[kwarg]}` instead of extra.{kwarg}")
         yield from _model_source(at, model)
+        if model.model_name in _NEEDS_LOCAL_VAD and "vad_model" not in model.extra:
+            yield Problem(f"{at}.extra.vad_model", None,
+                          f"{model.model_name} loads its VAD model (fsmn-vad) from the hub at launch: fatal offline",
+                          "add a companion {path: fsmn-vad, source: {hub: modelscope, id: "
+                          "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch}} and extra.vad_model: "
+                          "/root/.xinference/models/fsmn-vad")
+        for j, companion in enumerate(model.companions):
+            yield from _model_path(cfg, f"{at}.companions[{j}]", companion.path)
 
 
 def _model_path(cfg: StackConfig, at: str, path: Optional[str]) -> Iterable[Problem]:

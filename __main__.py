@@ -1,0 +1,28 @@
+"""Pulumi program: one Xinference model service for the server this stack describes.
+
+Thin on purpose: read and validate the stack config once, build one XinferenceDeployment,
+export what an operator looks at after `pulumi up`.
+"""
+
+import pulumi
+
+from bundle.manifest import BundleError, load_manifest
+from components.config_source import from_pulumi
+from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
+from components.errors import ConfigError
+
+try:
+    config = from_pulumi()
+    manifest = load_manifest(config.bundle_dir) if config.bundle_dir else None
+except (ConfigError, BundleError) as exc:
+    # RunError prints the message without a Python traceback: this is the operator's mistake.
+    raise pulumi.RunError(str(exc)) from None
+
+deployment = XinferenceDeployment(
+    "xinference",
+    XinferenceDeploymentArgs(config=config, stack=pulumi.get_stack(), manifest=manifest),
+)
+
+pulumi.export("endpoint", deployment.endpoint)
+pulumi.export("container_id", deployment.container_id)
+pulumi.export("models", deployment.models)

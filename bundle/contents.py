@@ -1,0 +1,62 @@
+"""What an offline bundle for a stack must hold: a pure function of the stack config.
+
+`plan` prints it, `build` fetches it, `verify`/`plan --bundle` check a bundle against it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Optional
+
+from components.config import ModelSource, StackConfig
+
+IMAGE_DIR = "images"
+MODELS_DIR = "models"
+WHEELS_DIR = "wheels"
+PULUMI_DIR = "pulumi"
+STACK_DIR = "stack"
+PULUMI_PLUGINS = ("docker", "command")
+
+
+@dataclass(frozen=True)
+class BundleItem:
+    """One thing the bundle carries: a file or a directory (path ends with /)."""
+
+    role: str  # image | model | wheel | pulumi | stack
+    path: str  # relative to the bundle root
+    what: str  # human description
+    model: Optional[str] = None  # uid for role "model"
+    source: Optional[ModelSource] = None
+
+
+def image_tar_name(image: str) -> str:
+    """`xprobe/xinference:v4.1.0` -> `xprobe_xinference_v4.1.0.tar` (a safe single file name)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in image) + ".tar"
+
+
+def model_bundle_dir(path: str) -> str:
+    # The model's directory under models_dir becomes models/<same relative path> in the bundle.
+    return posixpath.join(MODELS_DIR, path.strip("/").split("/")[-1] if path.startswith("/") else path) + "/"
+
+
+def bundle_items(cfg: StackConfig, stack: str) -> list[BundleItem]:
+    items: list[BundleItem] = []
+    if cfg.mode == "docker" and cfg.image is not None:
+        items.append(BundleItem("image", posixpath.join(IMAGE_DIR, image_tar_name(cfg.image.name)),
+                                f"docker save of {cfg.image.name}"))
+    for model in cfg.enabled_models:
+        source = model.source
+        described = f"{source.hub} {source.id or source.path}" + (f"@{source.revision}" if source.revision else "") \
+            if source else "copied from the existing model directory"
+        items.append(BundleItem("model", model_bundle_dir(model.path or model.uid), f"{model.uid}: {described}",
+                                model=model.uid, source=source))
+        for companion in model.companions:
+            items.append(BundleItem("model", model_bundle_dir(companion.path),
+                                    f"companion of {model.uid}: {companion.path}", model=model.uid,
+                                    source=companion.source))
+    items.append(BundleItem("wheel", WHEELS_DIR + "/", "Python wheels of requirements.txt (offline install)"))
+    items.append(BundleItem("pulumi", PULUMI_DIR + "/", "Pulumi CLI, python language host, plugins "
+                            + ", ".join(PULUMI_PLUGINS)))
+    items.append(BundleItem("stack", posixpath.join(STACK_DIR, f"Pulumi.{stack}.yaml"), "the stack file"))
+    return items

@@ -1,0 +1,126 @@
+"""`python -m bundle plan`: validate a stack and print what will run where, before going to site.
+
+Needs no Pulumi CLI and no network: it reads the stack file, applies the same validation as
+the program, and prints the model placement, the VRAM budget per GPU and the bundle contents
+(checked against an unpacked bundle with --bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+from bundle.contents import bundle_items
+from bundle.manifest import BundleError, Manifest, load_manifest
+from components.config import StackConfig
+from components.config_source import from_stack_file
+from components.errors import ConfigError
+from components.launch import container_env, endpoint_url, launch_specs
+from components.placement import docker_gpu_request, vram_budgets
+
+EXIT_USAGE = 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("plan", help="validate a stack and print what will run where",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--stack", help="stack name: reads stacks/Pulumi.NAME.yaml")
+    source.add_argument("--config", type=Path, help="any stack file")
+    parser.add_argument("--stacks-dir", type=Path, default=Path("stacks"), help="default: ./stacks")
+    parser.add_argument("--bundle", type=Path, help="unpacked bundle to check against the plan")
+    parser.set_defaults(func=run)
+
+
+def stack_file(args: argparse.Namespace) -> tuple[str, Path]:
+    if args.config:
+        name = args.config.name
+        stack = name[len("Pulumi."):-len(".yaml")] if name.startswith("Pulumi.") and name.endswith(".yaml") else name
+        return stack, args.config
+    return args.stack, args.stacks_dir / f"Pulumi.{args.stack}.yaml"
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    stack, path = stack_file(args)
+    try:
+        cfg = from_stack_file(path)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_USAGE
+    manifest: Optional[Manifest] = None
+    if args.bundle:
+        try:
+            manifest = load_manifest(args.bundle)
+        except BundleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    write_plan(cfg, stack, path, manifest, out)
+    missing = bundle_gaps(cfg, stack, manifest) if manifest else []
+    return 1 if missing else 0
+
+
+def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Manifest], out: TextIO) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
+    p(f"Stack {stack} ({path}): {cfg.mode} mode, endpoint {endpoint_url(cfg)}")
+    if cfg.mode == "docker" and cfg.image:
+        p(f"Image     {cfg.image.name}  from {cfg.image.tar or '(already loaded on the host)'}")
+        c = cfg.container
+        p(f"Container {c.name} on {cfg.docker.host}: port {c.port}->9997, GPUs {docker_gpu_request(cfg.gpu_ids) or 'none'}, "
+          f"restart {c.restart}, shm {c.shm_size_mb} MB, models {cfg.models_dir} -> /root/.xinference/models")
+        env = container_env(cfg)
+        p("Env       " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))
+    specs = launch_specs(cfg, manifest.model_digests() if manifest else {})
+    disabled = [m.uid for m in cfg.models if not m.enabled]
+    p("")
+    p(f"Models: {len(specs)} enabled" + (f", disabled (terminated if running): {', '.join(disabled)}" if disabled else ""))
+    rows = [("UID", "TYPE", "HOST GPU", "GPU_IDX", "VRAM GB", "MODEL PATH (as Xinference sees it)")]
+    for s in specs:
+        rows.append((s.model_uid, s.model_type, _ids(s.host_gpus), _ids(s.gpu_idx),
+                     f"{s.vram_gb:g}" if s.vram_gb is not None else "-", s.model_path))
+    _table(rows, out)
+    budgets = vram_budgets([(g.id, g.vram_gb) for g in cfg.gpus],
+                           [(m.uid, m.gpus, m.vram_gb) for m in cfg.enabled_models])
+    if budgets:
+        p("")
+        p("GPU budget (declared vram_gb per GPU)")
+        rows = [("GPU", "CAPACITY GB", "DECLARED GB", "FREE GB", "MODELS")]
+        for b in budgets:
+            free = f"{b.capacity_gb - b.used_gb:g}" if b.capacity_gb is not None else "?"
+            models = ", ".join(b.models) + (f" (undeclared: {', '.join(b.undeclared)})" if b.undeclared else "")
+            rows.append((str(b.gpu), f"{b.capacity_gb:g}" if b.capacity_gb is not None else "?",
+                         f"{b.used_gb:g}", free, models or "-"))
+        _table(rows, out)
+    p("")
+    p("Offline bundle must carry" + (" (checked against the bundle)" if manifest else ""))
+    gaps = set(bundle_gaps(cfg, stack, manifest)) if manifest else set()
+    for item in bundle_items(cfg, stack):
+        status = "" if manifest is None else ("  MISSING" if item.path in gaps else "  ok")
+        p(f"  {item.path:<44} {item.what}{status}")
+
+
+def bundle_gaps(cfg: StackConfig, stack: str, manifest: Optional[Manifest]) -> list[str]:
+    """Bundle items the manifest does not hold (a directory counts when it holds a file)."""
+    if manifest is None:
+        return []
+    paths = [f.path for f in manifest.files]
+    gaps = []
+    for item in bundle_items(cfg, stack):
+        if item.path.endswith("/"):
+            present = any(p.startswith(item.path) for p in paths)
+        else:
+            present = item.path in paths
+        if not present:
+            gaps.append(item.path)
+    return gaps
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ",".join(map(str, ids)) if ids else "cpu"
+
+
+def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
