@@ -1,0 +1,89 @@
+"""Pure placement and launch-spec functions: host GPU ids -> container indices, env, endpoint, VRAM."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.config import load_stack_config
+from components.launch import container_env, endpoint_url, launch_specs, model_dir_on_server
+from components.placement import container_gpu_indices, docker_gpu_request, vram_budgets
+from tests.stack_configs import docker_stack, namespaced, reference_models
+
+
+@pytest.mark.parametrize("server, model, expected", [
+    ([0, 1], [0], [0]),
+    ([0, 1], [1], [1]),
+    ([2, 3], [3], [1]),          # the container sees host GPUs 2,3 as 0,1
+    ([3, 2], [2, 3], [0, 1]),    # order of the stack file does not matter: PCI bus order
+    ([1, 4, 6], [6, 1], [2, 0]),
+])
+def test_host_gpu_ids_map_to_container_indices(server, model, expected):
+    assert container_gpu_indices(server, model) == expected
+
+
+def test_unknown_host_gpu_is_an_error():
+    with pytest.raises(ValueError, match=r"GPU\(s\) \[5\] are not among the server's GPUs \[0, 1\]"):
+        container_gpu_indices([0, 1], [5])
+
+
+def test_docker_gpu_request_names_exactly_the_server_gpus():
+    assert docker_gpu_request([3, 2]) == "device=2,3"
+    assert docker_gpu_request([]) is None
+
+
+def test_vram_budget_sums_models_per_gpu():
+    budgets = vram_budgets([(0, 24.0), (1, None)], [("a", [0], 10.0), ("b", [0, 1], 8.0), ("c", [1], None)])
+    assert [(b.gpu, b.used_gb, b.models, b.undeclared, b.over) for b in budgets] == [
+        (0, 18.0, ("a", "b"), (), False),
+        (1, 8.0, ("b", "c"), ("c",), False),
+    ]
+    assert vram_budgets([(0, 10.0)], [("a", [0], 10.5)])[0].over
+
+
+def test_launch_specs_of_a_remapped_server():
+    models = [{"uid": "llm", "name": "qwen2.5-instruct", "type": "LLM", "engine": "vllm", "gpus": [2, 3],
+               "path": "qwen"}, {"uid": "emb", "type": "embedding", "gpus": 3, "path": "/data/m/emb"},
+              {"uid": "off", "type": "embedding", "enabled": False, "path": "x"}]
+    cfg = load_stack_config(namespaced(docker_stack(gpus=[2, 3], models=models, models_dir="/data/m")))
+    specs = launch_specs(cfg, {"emb": "d1"})
+    assert [(s.model_uid, s.model_name, s.gpu_idx, s.host_gpus, s.model_path, s.weights_digest) for s in specs] == [
+        ("llm", "qwen2.5-instruct", [0, 1], [2, 3], "/root/.xinference/models/qwen", ""),
+        ("emb", "emb", [1], [3], "/root/.xinference/models/emb", "d1"),
+    ]
+
+
+def test_existing_mode_uses_server_paths_and_gpu_ids():
+    cfg = load_stack_config(namespaced({"mode": "existing", "endpoint": "http://127.0.0.1:9997/",
+                                        "gpus": [2], "models_dir": "/srv/models",
+                                        "models": [{"uid": "e", "type": "embedding", "gpus": [2], "path": "e"}]}))
+    spec, = launch_specs(cfg, {})
+    assert spec.gpu_idx == [2] and spec.model_path == "/srv/models/e"
+    assert endpoint_url(cfg) == "http://127.0.0.1:9997"
+    assert model_dir_on_server(cfg, cfg.models[0]) == "/srv/models/e"
+
+
+def test_offline_env_defaults_and_overrides():
+    env = container_env(load_stack_config(namespaced(docker_stack())))
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "0"  # per-model venvs pip-install: fatal offline
+    assert env["XINFERENCE_AUTH_ADVANCED"] == "0" and env["XINFERENCE_MODEL_SRC"] == "modelscope"
+    cfg = load_stack_config(namespaced(docker_stack(container={"env": {"XINFERENCE_MODEL_SRC": "huggingface",
+                                                                        "HF_ENDPOINT": 1}})),)
+    env = container_env(cfg)
+    assert env["XINFERENCE_MODEL_SRC"] == "huggingface" and env["HF_ENDPOINT"] == "1"
+    secured = load_stack_config(namespaced(docker_stack(auth=True, api_key="k")), secret_keys={"api_key"})
+    assert "XINFERENCE_AUTH_ADVANCED" not in container_env(secured)
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("unix:///var/run/docker.sock", "http://127.0.0.1:9997"),
+    ("ssh://ops@gpu-node-2", "http://gpu-node-2:9997"),
+    ("tcp://10.1.2.3:2376", "http://10.1.2.3:9997"),
+])
+def test_endpoint_follows_the_docker_host(host, expected):
+    assert endpoint_url(load_stack_config(namespaced(docker_stack(docker={"host": host})))) == expected
+
+
+def test_reference_models_all_fit():
+    cfg = load_stack_config(namespaced(docker_stack(models=reference_models())))
+    assert [len(launch_specs(cfg, {}))] == [4]

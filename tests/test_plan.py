@@ -1,0 +1,72 @@
+"""`python -m bundle plan`: main(argv) called directly, and once as a real subprocess."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from bundle.cli import main
+from tests.stack_configs import docker_stack, namespaced, reference_models
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_plan(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["plan", *argv], out=out)
+    return code, out.getvalue()
+
+
+def test_plan_prints_the_reference_deployment():
+    code, text = run_plan("--stack", "gpu-node-1", "--stacks-dir", str(ROOT / "stacks"))
+    assert code == 0
+    lines = [line.split() for line in text.splitlines()]
+    assert ["bce-embedding-base_v1", "embedding", "0", "0", "2", "/root/.xinference/models/bce-embedding-base_v1"] in lines
+    assert ["SenseVoiceSmall", "audio", "1", "1", "3", "/root/.xinference/models/SenseVoiceSmall"] in lines
+    assert ["0", "24", "10", "14", "bce-embedding-base_v1,", "bce-reranker-base_v1,", "CosyVoice-300M"] in lines
+    assert "GPUs device=0,1" in text and "restart unless-stopped" in text
+    assert "images/xprobe_xinference_v4.1.0.tar" in text and "models/fsmn-vad/" in text
+
+
+def test_plan_shows_container_indices_of_a_remapped_server():
+    code, text = run_plan("--config", str(ROOT / "stacks" / "Pulumi.gpu-node-2.yaml"))
+    assert code == 0
+    assert ["qwen2.5-instruct-7b", "LLM", "2,3", "0,1", "40", "/root/.xinference/models/Qwen2.5-7B-Instruct"] in [
+        line.split() for line in text.splitlines()]
+    assert "disabled (terminated if running): SenseVoiceSmall" in text
+
+
+def test_plan_rejects_a_bad_config_with_every_problem(tmp_path, capsys):
+    models = reference_models()
+    models[0]["gpus"] = [9]
+    models[1]["typ"] = "rerank"
+    bad = tmp_path / "Pulumi.bad.yaml"
+    bad.write_text(yaml.safe_dump({"config": namespaced(docker_stack(models=models))}))
+    code, text = run_plan("--config", str(bad))
+    err = capsys.readouterr().err
+    assert code == 2 and text == ""
+    assert f"{bad}: 2 problems" in err
+    assert "models[1].typ = 'rerank': unknown key; fix: did you mean `type`?" in err
+    assert "models[0].gpus = [9]: GPU 9 is not a GPU of this server" in err
+
+
+def test_plan_of_a_missing_stack_is_a_usage_error(capsys):
+    code, _ = run_plan("--stack", "nowhere", "--stacks-dir", str(ROOT / "stacks"))
+    assert code == 2
+    assert "stacks/Pulumi.nowhere.yaml" in capsys.readouterr().err
+
+
+def test_plan_without_arguments_is_a_usage_error(capsys):
+    assert main(["plan"], out=io.StringIO()) == 2
+    assert "one of the arguments --stack --config is required" in capsys.readouterr().err
+
+
+def test_plan_as_the_operator_runs_it():
+    proc = subprocess.run([sys.executable, "-m", "bundle", "plan", "--stack", "gpu-node-1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Models: 4 enabled" in proc.stdout
