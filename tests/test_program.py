@@ -1,0 +1,206 @@
+"""The Pulumi program under Pulumi's mocks: the resource graph and the inputs that matter.
+
+No engine, no Docker: `pulumi.runtime.set_mocks` records every resource the program
+registers with its (camelCase) inputs, so the tests assert what `pulumi up` would ask
+Docker and Xinference for.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from tests.stack_configs import NS, docker_stack, reference_models
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    def __init__(self):
+        self.resources: dict[str, pulumi.runtime.MockResourceArgs] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.resources[args.name] = args
+        outputs = dict(args.inputs)
+        if args.typ == "docker:index/remoteImage:RemoteImage":
+            outputs["imageId"] = "sha256:" + "1" * 64
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+    def of_type(self, typ: str) -> list:
+        return [r for r in self.resources.values() if r.typ == typ]
+
+    def one(self, typ: str):
+        found = self.of_type(typ)
+        assert len(found) == 1, [r.name for r in found]
+        return found[0]
+
+    def models(self) -> dict:
+        return {r.inputs["model_uid"]: r for r in self.resources.values() if "model_uid" in r.inputs}
+
+
+def run_program(cfg: dict, secret_keys=()) -> tuple[RecordingMocks, dict]:
+    """Run __main__.py under mocks with this stack config; returns the mocks and the exports."""
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="xinference-offline", stack="gpu-node-1", preview=False)
+    pulumi.runtime.set_all_config(
+        {f"{NS}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in cfg.items()},
+        [f"{NS}:{k}" for k in secret_keys],
+    )
+    exports: dict = {}
+    resolved: dict = {}
+
+    @pulumi.runtime.test
+    def program():
+        original_export = pulumi.export
+        pulumi.export = lambda name, value: exports.__setitem__(name, value)
+        try:
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        finally:
+            pulumi.export = original_export
+        return pulumi.Output.all(**exports).apply(resolved.update)
+
+    program()
+    return mocks, resolved
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return run_program(docker_stack())
+
+
+CONTAINER = "docker:index/container:Container"
+
+
+def test_graph_of_one_server(reference):
+    mocks, _ = reference
+    types = sorted(r.typ for r in mocks.resources.values())
+    assert types.count(CONTAINER) == 1
+    assert types.count("docker:index/remoteImage:RemoteImage") == 1
+    assert types.count("command:local:Command") == 2  # docker load + model directory check
+    assert types.count("pulumi:providers:docker") == 1
+    assert len(mocks.models()) == 4
+
+
+def test_image_is_loaded_from_the_tar_and_never_pulled(reference):
+    mocks, _ = reference
+    load = mocks.resources["xinference-image-load"]
+    assert "docker load -i /bundle/images/xinference.tar" in load.inputs["create"]
+    assert load.inputs["triggers"] == ["a" * 64]  # the tar's sha256: a new tar reloads
+    assert load.inputs["environment"] == {"DOCKER_HOST": "unix:///var/run/docker.sock"}
+    image = mocks.one("docker:index/remoteImage:RemoteImage")
+    assert image.inputs["name"] == "xprobe/xinference:v4.1.0" and image.inputs["keepLocally"] is True
+    assert image.inputs["triggers"] == {"tar_sha256": "a" * 64}
+
+
+def test_container_reserves_exactly_the_server_gpus(reference):
+    c = reference[0].one(CONTAINER).inputs
+    assert c["gpus"] == "device=0,1"
+    assert c["image"] == "sha256:" + "1" * 64  # the loaded image's id: a new image replaces the container
+    assert c["restart"] == "unless-stopped"
+    assert c["ports"] == [{"internal": 9997, "external": 9997}]
+    assert c["mounts"] == [{"type": "bind", "source": "/data/docker_models",
+                            "target": "/root/.xinference/models", "readOnly": False}]
+
+
+def test_container_healthcheck_needs_no_curl_and_up_waits_for_it(reference):
+    c = reference[0].one(CONTAINER).inputs
+    hc = c["healthcheck"]
+    assert hc["tests"][:2] == ["CMD", "python3"] and "/status" in hc["tests"][3]
+    assert (hc["interval"], hc["timeout"], hc["retries"], hc["startPeriod"]) == ("30s", "10s", 5, "120s")
+    assert c["wait"] is True and c["waitTimeout"] == 600
+
+
+def test_container_env_is_offline(reference):
+    env = dict(e.split("=", 1) for e in reference[0].one(CONTAINER).inputs["envs"])
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "0" and env["XINFERENCE_AUTH_ADVANCED"] == "0"
+
+
+def test_container_logs_rotate_and_are_labelled(reference):
+    c = reference[0].one(CONTAINER).inputs
+    assert c["logDriver"] == "json-file" and c["logOpts"] == {"max-size": "100m", "max-file": "5"}
+    assert {"label": "managed-by", "value": "xinference-offline"} in c["labels"]
+    assert {"label": "xinference-offline/stack", "value": "gpu-node-1"} in c["labels"]
+    assert c["shmSize"] == 8192
+
+
+def test_every_model_takes_the_container_id(reference):
+    mocks, _ = reference
+    container_id = mocks.one(CONTAINER).name + "-id"
+    for uid, model in mocks.models().items():
+        assert model.inputs["container_id"] == container_id, uid
+        assert model.inputs["endpoint"] == "http://127.0.0.1:9997"
+
+
+def test_model_inputs_follow_the_reference_job(reference):
+    models = reference[0].models()
+    assert {uid: (m.inputs["model_type"], m.inputs["gpu_idx"], m.inputs["model_path"]) for uid, m in models.items()} == {
+        "bce-embedding-base_v1": ("embedding", [0], "/root/.xinference/models/bce-embedding-base_v1"),
+        "bce-reranker-base_v1": ("rerank", [0], "/root/.xinference/models/bce-reranker-base_v1"),
+        "CosyVoice-300M": ("audio", [0], "/root/.xinference/models/CosyVoice-300M"),
+        "SenseVoiceSmall": ("audio", [1], "/root/.xinference/models/SenseVoiceSmall"),
+    }
+    assert models["SenseVoiceSmall"].inputs["extra"] == {"vad_model": "/root/.xinference/models/fsmn-vad"}
+
+
+def test_exports(reference):
+    mocks, exports = reference
+    assert exports["endpoint"] == "http://127.0.0.1:9997"
+    assert exports["container_id"] == mocks.one(CONTAINER).name + "-id"
+    assert exports["models"][3] == {"uid": "SenseVoiceSmall", "type": "audio", "host_gpus": [1], "gpu_idx": [1]}
+
+
+def test_disabled_model_creates_no_resource():
+    models = reference_models()
+    models[2]["enabled"] = False
+    mocks, exports = run_program(docker_stack(models=models))
+    assert sorted(mocks.models()) == ["SenseVoiceSmall", "bce-embedding-base_v1", "bce-reranker-base_v1"]
+    assert [row["uid"] for row in exports["models"]] == ["bce-embedding-base_v1", "bce-reranker-base_v1",
+                                                         "SenseVoiceSmall"]
+
+
+def test_remote_host_gets_its_own_provider_and_remapped_gpus():
+    models = [{"uid": "emb", "type": "embedding", "gpus": [3], "path": "emb"}]
+    mocks, exports = run_program(docker_stack(gpus=[2, 3], models=models,
+                                              docker={"host": "ssh://ops@gpu-node-2", "ssh_opts": ["-p", "2222"]}))
+    provider = mocks.one("pulumi:providers:docker")
+    assert provider.inputs["host"] == "ssh://ops@gpu-node-2"
+    assert json.loads(provider.inputs["sshOpts"]) == ["-p", "2222"]
+    assert mocks.one(CONTAINER).inputs["gpus"] == "device=2,3"
+    assert mocks.models()["emb"].inputs["gpu_idx"] == [1]
+    assert mocks.resources["xinference-image-load"].inputs["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-node-2"}
+    assert exports["endpoint"] == "http://gpu-node-2:9997"
+
+
+def test_existing_mode_manages_no_container():
+    cfg = {"mode": "existing", "endpoint": "http://127.0.0.1:19997",
+           "models": [{"uid": "emb", "type": "embedding", "path": "/srv/models/emb"}]}
+    mocks, exports = run_program(cfg)
+    assert not mocks.of_type(CONTAINER) and not mocks.of_type("docker:index/remoteImage:RemoteImage")
+    model = mocks.models()["emb"]
+    assert model.inputs["endpoint"] == "http://127.0.0.1:19997" and model.inputs.get("container_id") is None
+    assert exports["container_id"] is None
+
+
+def test_bad_config_fails_the_program_with_every_problem():
+    models = reference_models()
+    models[0]["gpus"] = [4]
+    with pytest.raises(pulumi.RunError) as info:
+        run_program(docker_stack(models=models, container={"port": 0}))
+    text = str(info.value)
+    assert "2 problems" in text and "models[0].gpus = [4]" in text and "container.port = 0" in text
+
+
+def test_api_key_must_be_a_secret():
+    with pytest.raises(pulumi.RunError, match="api_key = '<plain text>'"):
+        run_program(docker_stack(auth=True, api_key="s3cret"))
+    mocks, _ = run_program(docker_stack(auth=True, api_key="s3cret"), secret_keys=["api_key"])
+    for resource in mocks.resources.values():
+        assert "s3cret" not in json.dumps(resource.inputs, default=str), resource.name
