@@ -1,0 +1,31 @@
+"""The README stays true: its config reference is the one generated from the models, and its
+first two commands are the ones CI and a newcomer run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from components.reference import END, START, reference_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_config_reference_matches_the_pydantic_models():
+    block = README.split(START, 1)[1].split(END, 1)[0]
+    assert block.strip() == reference_markdown().strip(), "run: venv/bin/python -m components.reference --write"
+
+
+def test_the_readme_starts_with_the_two_setup_commands():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).strip().splitlines()
+    assert len(first_block) == 2
+    assert "main job" in first_block[0] and "tests" in first_block[1]
+    assert first_block[1].startswith("bash tools/test.sh")
+    assert (ROOT / ".ci" / "run").read_text().count("tools/test.sh") == 1
+
+
+def test_every_stack_is_described():
+    for stack in sorted((ROOT / "stacks").glob("Pulumi.*.yaml")):
+        name = stack.name[len("Pulumi."):-len(".yaml")]
+        assert f"`{name}`" in README, f"README does not describe stack {name}"
