@@ -42,7 +42,7 @@ def model_bundle_dir(path: str) -> str:
 
 def bundle_items(cfg: StackConfig, stack: str) -> list[BundleItem]:
     items: list[BundleItem] = []
-    if cfg.mode == "docker" and cfg.image is not None:
+    if cfg.mode != "existing" and cfg.image is not None:
         items.append(BundleItem("image", posixpath.join(IMAGE_DIR, image_tar_name(cfg.image.name)),
                                 f"docker save of {cfg.image.name}"))
     for model in cfg.enabled_models:

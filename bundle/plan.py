@@ -18,7 +18,8 @@ from components.config import StackConfig
 from components.config_source import from_stack_file
 from components.errors import ConfigError
 from components.launch import container_env, endpoint_url, launch_specs
-from components.placement import docker_gpu_request, vram_budgets
+from components.placement import docker_gpu_request
+from components.rules import server_budgets
 
 EXIT_USAGE = 2
 
@@ -64,33 +65,43 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Manifest], out: TextIO) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
     p(f"Stack {stack} ({path}): {cfg.mode} mode, endpoint {endpoint_url(cfg)}")
-    if cfg.mode == "docker" and cfg.image:
+    if cfg.mode != "existing" and cfg.image:
         p(f"Image     {cfg.image.name}  from {cfg.image.tar or '(already loaded on the host)'}")
         c = cfg.container
-        p(f"Container {c.name} on {cfg.docker.host}: port {c.port}->9997, GPUs {docker_gpu_request(cfg.gpu_ids) or 'none'}, "
-          f"restart {c.restart}, shm {c.shm_size_mb} MB, models {cfg.models_dir} -> /root/.xinference/models")
+        if cfg.mode == "docker":
+            p(f"Container {c.name} on {cfg.docker.host}: port {c.port}->9997, "
+              f"GPUs {docker_gpu_request(cfg.gpu_ids) or 'none'}, restart {c.restart}, shm {c.shm_size_mb} MB, "
+              f"models {cfg.models_dir} -> /root/.xinference/models")
+        else:
+            for server in cfg.servers:
+                role = "supervisor + worker" if server.supervisor else "worker"
+                p(f"Server    {server.name} ({server.address}, {role}) on {server.docker.host}: "
+                  f"GPUs {docker_gpu_request(server.gpu_ids) or 'none'}, models {server.models_dir or cfg.models_dir}")
         env = container_env(cfg)
         p("Env       " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))
     specs = launch_specs(cfg, manifest.model_digests() if manifest else {})
     disabled = [m.uid for m in cfg.models if not m.enabled]
     p("")
     p(f"Models: {len(specs)} enabled" + (f", disabled (terminated if running): {', '.join(disabled)}" if disabled else ""))
-    rows = [("UID", "TYPE", "HOST GPU", "GPU_IDX", "VRAM GB", "MODEL PATH (as Xinference sees it)")]
+    cluster = cfg.mode == "cluster"
+    server_col = ("SERVER (WORKER_IP)",) if cluster else ()
+    rows = [("UID", "TYPE", *server_col, "HOST GPU", "GPU_IDX", "VRAM GB", "MODEL PATH (as Xinference sees it)")]
     for s in specs:
-        rows.append((s.model_uid, s.model_type, _ids(s.host_gpus), _ids(s.gpu_idx),
+        server = (f"{s.server} ({s.worker_ip})",) if cluster else ()
+        rows.append((s.model_uid, s.model_type, *server, _ids(s.host_gpus), _ids(s.gpu_idx),
                      f"{s.vram_gb:g}" if s.vram_gb is not None else "-", s.model_path))
     _table(rows, out)
-    budgets = vram_budgets([(g.id, g.vram_gb) for g in cfg.gpus],
-                           [(m.uid, m.gpus, m.vram_gb) for m in cfg.enabled_models])
+    budgets = server_budgets(cfg)
     if budgets:
         p("")
         p("GPU budget (declared vram_gb per GPU)")
-        rows = [("GPU", "CAPACITY GB", "DECLARED GB", "FREE GB", "MODELS")]
-        for b in budgets:
+        rows = [(*(("SERVER",) if cluster else ()), "GPU", "CAPACITY GB", "DECLARED GB", "FREE GB", "MODELS")]
+        for where, b in budgets:
             free = f"{b.capacity_gb - b.used_gb:g}" if b.capacity_gb is not None else "?"
             models = ", ".join(b.models) + (f" (undeclared: {', '.join(b.undeclared)})" if b.undeclared else "")
-            rows.append((str(b.gpu), f"{b.capacity_gb:g}" if b.capacity_gb is not None else "?",
-                         f"{b.used_gb:g}", free, models or "-"))
+            rows.append((*((where,) if cluster else ()), str(b.gpu),
+                         f"{b.capacity_gb:g}" if b.capacity_gb is not None else "?", f"{b.used_gb:g}", free,
+                         models or "-"))
         _table(rows, out)
     p("")
     p("Offline bundle must carry" + (" (checked against the bundle)" if manifest else ""))

@@ -152,6 +152,7 @@ class ModelConfig(_Strict):
     launch_timeout_s: float = Field(default=900, gt=0, description="Seconds a launch may take before it fails.")
     autostart: bool = Field(default=True, description="Register in Xinference's autostart registry (heals restarts).")
     smoke_test: bool = Field(default=True, description="Send one request after launch so `up` ends with a serving model.")
+    server: Optional[str] = Field(default=None, description="cluster mode: name of the server (in `servers`) it runs on.")
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -163,12 +164,37 @@ class ModelConfig(_Strict):
         return self.name or self.uid
 
 
+def _plain_gpu_ids(value: Any) -> Any:
+    # `gpus: [0, 1]` is the common case; `{id, vram_gb}` adds the budget.
+    if isinstance(value, list):
+        return [{"id": v} if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    return value
+
+
+class ServerConfig(_Strict):
+    """cluster mode: one GPU server running an Xinference worker (and the supervisor on one of them)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Server name, used by models' `server`.")
+    address: str = Field(min_length=1, description="IP or host name the other servers reach it at (the worker_ip).")
+    supervisor: bool = Field(default=False, description="Runs the supervisor too (exactly one server).")
+    docker: DockerHostConfig = Field(default_factory=DockerHostConfig, description="Docker engine of this server.")
+    gpus: list[GpuConfig] = Field(default_factory=list, description="This server's GPUs given to its worker.")
+    models_dir: Optional[str] = Field(default=None, description="Host model directory here (default: `models_dir`).")
+
+    _gpu_ids_as_mappings = field_validator("gpus", mode="before")(classmethod(lambda cls, v: _plain_gpu_ids(v)))
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        return [g.id for g in self.gpus]
+
+
 class StackConfig(_Strict):
     """Everything under `config:` in a stack file (keys are namespaced `xinference-offline:<key>`)."""
 
-    mode: Literal["docker", "existing"] = Field(
+    mode: Literal["docker", "existing", "cluster"] = Field(
         default="docker",
-        description="`docker`: this stack owns the image and container; `existing`: deploy models to `endpoint`.",
+        description="`docker`: this stack owns the image and container; `existing`: deploy models to `endpoint`; "
+                    "`cluster`: a supervisor and one worker per entry of `servers`.",
     )
     endpoint: Optional[str] = Field(
         default=None,
@@ -182,19 +208,14 @@ class StackConfig(_Strict):
         default="/data/docker_models", description=f"Host model directory, mounted at `{CONTAINER_MODELS_DIR}`."
     )
     models: list[ModelConfig] = Field(default_factory=list, description="Models to keep launched.")
+    servers: list[ServerConfig] = Field(default_factory=list, description="cluster mode: the GPU servers.")
     auth: bool = Field(default=False, description="Keep Xinference auth on (then `api_key` must be set, as a secret).")
     api_key: Optional[str] = Field(default=None, description="Xinference API key; set with `pulumi config set --secret`.")
     bundle_dir: Optional[str] = Field(
         default=None, description="Unpacked offline bundle; its MANIFEST.json gives the image and weights digests."
     )
 
-    @field_validator("gpus", mode="before")
-    @classmethod
-    def _plain_ids(cls, value: Any) -> Any:
-        # `gpus: [0, 1]` is the common case; `{id, vram_gb}` adds the budget.
-        if isinstance(value, list):
-            return [{"id": v} if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
-        return value
+    _gpu_ids_as_mappings = field_validator("gpus", mode="before")(classmethod(lambda cls, v: _plain_gpu_ids(v)))
 
     @property
     def enabled_models(self) -> list[ModelConfig]:
@@ -203,6 +224,13 @@ class StackConfig(_Strict):
     @property
     def gpu_ids(self) -> list[int]:
         return [g.id for g in self.gpus]
+
+    def server(self, name: Optional[str]) -> Optional[ServerConfig]:
+        return next((s for s in self.servers if s.name == name), None)
+
+    @property
+    def supervisor(self) -> Optional[ServerConfig]:
+        return next((s for s in self.servers if s.supervisor), None)
 
 
 def strip_namespace(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:

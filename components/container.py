@@ -29,6 +29,14 @@ class XinferenceContainerArgs:
     """Environment (offline defaults merged with the stack's overrides)."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Labels added to the stack's own."""
+    command: Sequence[str] = field(default_factory=container_command)
+    """Xinference process: xinference-local (default), or supervisor / worker in a cluster."""
+    healthcheck: Sequence[str] = field(default_factory=healthcheck_command)
+    """Healthcheck test (Python one-liner; the image need not have curl)."""
+    host_network: bool = False
+    """Cluster containers share the host's network (model processes listen on random ports)."""
+    container_name: Optional[str] = None
+    """Docker container name (default: settings.name)."""
 
 
 def _seconds(value: int) -> str:
@@ -52,17 +60,18 @@ class XinferenceContainer(pulumi.ComponentResource):
         labels = {"managed-by": "xinference-offline", **args.labels, **s.labels}
         self.container = docker.Container(
             f"{name}-container",
-            name=s.name,
+            name=args.container_name or s.name,
             image=args.image_id,
-            command=container_command(),
+            command=list(args.command),
             envs=[f"{k}={v}" for k, v in sorted(args.env.items())],
             gpus=docker_gpu_request(args.host_gpus),
-            ports=[docker.ContainerPortArgs(internal=CONTAINER_PORT, external=s.port)],
+            network_mode="host" if args.host_network else None,
+            ports=None if args.host_network else [docker.ContainerPortArgs(internal=CONTAINER_PORT, external=s.port)],
             mounts=mounts,
             restart=s.restart,
             shm_size=s.shm_size_mb,
             healthcheck=docker.ContainerHealthcheckArgs(
-                tests=healthcheck_command(),
+                tests=list(args.healthcheck),
                 interval=_seconds(s.healthcheck.interval_s),
                 timeout=_seconds(s.healthcheck.timeout_s),
                 retries=s.healthcheck.retries,

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_docker as docker
 
 from bundle.manifest import Manifest
-from components.config import StackConfig
+from components.config import DockerHostConfig, StackConfig
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
-from components.launch import LaunchSpec, container_env, endpoint_url, launch_specs, model_dir_on_host
+from components.launch import (LaunchSpec, container_command, container_env, endpoint_url, healthcheck_command,
+                               launch_specs, model_dir_on_host)
 from components.model import XinferenceModel, XinferenceModelArgs
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
 
@@ -55,7 +56,7 @@ def image_digest(cfg: StackConfig, manifest: Optional[Manifest]) -> str:
 
 
 class XinferenceDeployment(pulumi.ComponentResource):
-    """Image, container and models of one Xinference server."""
+    """Image, container(s) and models of one Xinference service (one server, or a cluster)."""
 
     endpoint: pulumi.Output[str]
     container_id: pulumi.Output[Optional[str]]
@@ -63,60 +64,101 @@ class XinferenceDeployment(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: XinferenceDeploymentArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("xinference-offline:index:XinferenceDeployment", name, None, opts)
+        self._name, self._args = name, args
+        self._images: dict[str, tuple[LoadedImage, pulumi.ResourceOptions]] = {}  # per docker host
         cfg = args.config
-        local_host = cfg.mode == "existing" or cfg.docker.host == LOCAL_DOCKER
+        local_host = cfg.mode == "existing" or (cfg.mode == "docker" and cfg.docker.host == LOCAL_DOCKER)
         digests = weights_digests(cfg, args.manifest, local_host=local_host)
         self.specs: list[LaunchSpec] = launch_specs(cfg, digests)
-
-        self.volume = ModelVolume(f"{name}-models", ModelVolumeArgs(
-            models_dir=cfg.models_dir,
-            model_dirs={m.uid: model_dir_on_host(cfg, m) for m in cfg.enabled_models},
-            digests=digests,
-            check_on_host=local_host and cfg.mode == "docker",
-        ), opts=pulumi.ResourceOptions(parent=self))
-
-        self.image: Optional[LoadedImage] = None
-        self.container: Optional[XinferenceContainer] = None
-        container_id: pulumi.Input[Optional[str]] = None
-        depends: list[pulumi.Resource] = [self.volume]
-        if cfg.mode == "docker":
-            self._create_server(name, args, depends)
-            assert self.container is not None
-            container_id = self.container.container_id
-            depends = [self.container]
-
         self.endpoint = pulumi.Output.from_input(endpoint_url(cfg))
+
+        # What each model waits for and is relaunched with: its server's container.
+        self.containers: dict[Optional[str], XinferenceContainer] = {}
+        if cfg.mode == "cluster":
+            self._create_cluster(digests)
+        else:
+            volume = self._volume(f"{name}-models", [m for m in cfg.enabled_models], digests,
+                                  cfg.models_dir, check=local_host and cfg.mode == "docker")
+            if cfg.mode == "docker":
+                self.containers[None] = self._container(f"{name}-server", cfg.docker, cfg.gpu_ids, cfg.models_dir,
+                                                        [volume], name_prefix=name)
+
         self.models_by_uid: dict[str, XinferenceModel] = {}
         for spec in self.specs:
+            container = self.containers.get(spec.server)
             self.models_by_uid[spec.model_uid] = XinferenceModel(
                 f"{name}-{spec.model_uid}",
-                model_args(spec, endpoint_url(cfg), container_id),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=depends),
+                model_args(spec, endpoint_url(cfg), container.container_id if container else None),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[container] if container else []),
             )
-        self.container_id = container_id if container_id is not None else pulumi.Output.from_input(None)
+        single = self.containers.get(None)
+        self.container_id = single.container_id if single else pulumi.Output.from_input(None)
         self.models = pulumi.Output.from_input([model_row(spec) for spec in self.specs])
         self.register_outputs({"endpoint": self.endpoint, "container_id": self.container_id, "models": self.models})
 
-    def _create_server(self, name: str, args: XinferenceDeploymentArgs, depends: list[pulumi.Resource]) -> None:
-        cfg = args.config
-        assert cfg.image is not None  # validated: docker mode needs an image
-        provider = docker.Provider(f"{name}-docker", host=cfg.docker.host, ssh_opts=cfg.docker.ssh_opts or None,
+    def _volume(self, name: str, models: list, digests: dict, models_dir: str, check: bool) -> ModelVolume:
+        cfg = self._args.config
+        return ModelVolume(name, ModelVolumeArgs(
+            models_dir=models_dir,
+            model_dirs={m.uid: model_dir_on_host(cfg, m) for m in models},
+            digests={m.uid: digests.get(m.uid, "") for m in models},
+            check_on_host=check,
+        ), opts=pulumi.ResourceOptions(parent=self))
+
+    def _image_on(self, prefix: str, host: DockerHostConfig) -> tuple[LoadedImage, pulumi.ResourceOptions]:
+        """A docker provider for the host and the image loaded onto it (once per host)."""
+        if host.host in self._images:
+            return self._images[host.host]
+        cfg = self._args.config
+        assert cfg.image is not None  # validated: docker and cluster modes need an image
+        provider = docker.Provider(f"{prefix}-docker", host=host.host, ssh_opts=host.ssh_opts or None,
                                    opts=pulumi.ResourceOptions(parent=self))
         on_host = pulumi.ResourceOptions(parent=self, providers={"docker": provider})
-        self.image = LoadedImage(f"{name}-image", LoadedImageArgs(
+        image = LoadedImage(f"{prefix}-image", LoadedImageArgs(
             image_name=cfg.image.name,
             tar_path=cfg.image.tar,
-            tar_digest=image_digest(cfg, args.manifest),
-            docker_host=cfg.docker.host,
+            tar_digest=image_digest(cfg, self._args.manifest),
+            docker_host=host.host,
         ), opts=on_host)
-        self.container = XinferenceContainer(f"{name}-server", XinferenceContainerArgs(
-            image_id=self.image.image_id,
+        self._images[host.host] = (image, on_host)
+        return image, on_host
+
+    def _container(self, name: str, host: DockerHostConfig, gpus: list[int], models_dir: str,
+                   depends: list[pulumi.Resource], name_prefix: str, **role: Any) -> XinferenceContainer:
+        cfg = self._args.config
+        image, on_host = self._image_on(name_prefix, host)
+        return XinferenceContainer(name, XinferenceContainerArgs(
+            image_id=image.image_id,
             settings=cfg.container,
-            host_gpus=cfg.gpu_ids,
-            models_dir=cfg.models_dir,
+            host_gpus=gpus,
+            models_dir=models_dir,
             env=container_env(cfg),
-            labels={"xinference-offline/stack": args.stack},
+            labels={"xinference-offline/stack": self._args.stack},
+            **role,
         ), opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=depends)))
+
+    def _create_cluster(self, digests: dict) -> None:
+        """One supervisor container, and a worker container per server with that server's GPUs."""
+        cfg, name = self._args.config, self._name
+        supervisor = cfg.supervisor
+        assert supervisor is not None  # validated: exactly one supervisor
+        supervisor_url = endpoint_url(cfg)
+        sup = self._container(f"{name}-supervisor", supervisor.docker, [], supervisor.models_dir or cfg.models_dir, [],
+                              name_prefix=f"{name}-{supervisor.name}",
+                              command=container_command("supervisor", supervisor.address, port=cfg.container.port),
+                              healthcheck=healthcheck_command("supervisor", supervisor.address, cfg.container.port),
+                              host_network=True, container_name=f"{cfg.container.name}-supervisor")
+        for server in cfg.servers:
+            models_dir = server.models_dir or cfg.models_dir
+            placed = [m for m in cfg.enabled_models if m.server == server.name]
+            volume = self._volume(f"{name}-{server.name}-models", placed, digests, models_dir,
+                                  check=server.docker.host == LOCAL_DOCKER)
+            self.containers[server.name] = self._container(
+                f"{name}-{server.name}-worker", server.docker, server.gpu_ids, models_dir, [sup, volume],
+                name_prefix=f"{name}-{server.name}",
+                command=container_command("worker", server.address, supervisor_url),
+                healthcheck=healthcheck_command("worker", server.address),
+                host_network=True, container_name=f"{cfg.container.name}-worker")
 
 
 def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optional[str]]) -> XinferenceModelArgs:
@@ -136,6 +178,7 @@ def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optio
         extra=dict(spec.extra) or None,
         container_id=container_id,
         weights_digest=spec.weights_digest or None,
+        worker_ip=spec.worker_ip,
         launch_timeout=spec.launch_timeout,
         autostart=spec.autostart,
         smoke_test=spec.smoke_test,
@@ -144,5 +187,8 @@ def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optio
 
 def model_row(spec: LaunchSpec) -> dict:
     """One line of the exported model table."""
-    return {"uid": spec.model_uid, "type": spec.model_type, "host_gpus": spec.host_gpus, "gpu_idx": spec.gpu_idx}
+    row = {"uid": spec.model_uid, "type": spec.model_type, "host_gpus": spec.host_gpus, "gpu_idx": spec.gpu_idx}
+    if spec.server:
+        row["server"] = spec.server
+    return row
 

@@ -35,23 +35,50 @@ def container_env(cfg: StackConfig) -> dict[str, str]:
     return env
 
 
-def container_command() -> list[str]:
+SUPERVISOR_ACTOR_PORT = 9999
+WORKER_PORT = 30001
+
+
+def container_command(role: str = "local", address: str = "", supervisor_url: str = "", port: int = CONTAINER_PORT
+                      ) -> list[str]:
+    """The Xinference process of a container: one-box (`local`), `supervisor` or `worker`.
+
+    Cluster containers use host networking (model processes listen on random ports the other
+    servers must reach), so they bind to the server's own address.
+    """
+    if role == "supervisor":
+        return ["xinference-supervisor", "-H", address, "--port", str(port),
+                "--supervisor-port", str(SUPERVISOR_ACTOR_PORT)]
+    if role == "worker":
+        return ["xinference-worker", "-e", supervisor_url, "-H", address, "--worker-port", str(WORKER_PORT)]
     return ["xinference-local", "-H", "0.0.0.0", "--port", str(CONTAINER_PORT)]
 
 
-def healthcheck_command() -> list[str]:
-    # The image has Python but not necessarily curl.
-    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/status', timeout=5)"
+def healthcheck_command(role: str = "local", address: str = "127.0.0.1", port: int = CONTAINER_PORT) -> list[str]:
+    # The image has Python but not necessarily curl. A worker serves no HTTP: check its actor port.
+    if role == "worker":
+        probe = f"import socket; socket.create_connection(('{address}', {WORKER_PORT}), timeout=5).close()"
+    else:
+        probe = f"import urllib.request; urllib.request.urlopen('http://{address}:{port}/status', timeout=5)"
     return ["CMD", "python3", "-c", probe]
 
 
 def endpoint_url(cfg: StackConfig) -> str:
-    """The URL the provider uses to reach Xinference."""
+    """The URL the provider uses to reach Xinference (the supervisor, in a cluster)."""
     if cfg.endpoint:
         return cfg.endpoint.rstrip("/")
+    if cfg.mode == "cluster":
+        supervisor = cfg.supervisor
+        return f"http://{supervisor.address if supervisor else 'supervisor'}:{cfg.container.port}"
     parsed = urlparse(cfg.docker.host)
     host = parsed.hostname if parsed.scheme in ("ssh", "tcp") and parsed.hostname else "127.0.0.1"
     return f"http://{host}:{cfg.container.port}"
+
+
+def models_dir_of(cfg: StackConfig, model: ModelConfig) -> str:
+    """The host model directory of the server the model runs on."""
+    server = cfg.server(model.server) if cfg.mode == "cluster" else None
+    return (server.models_dir if server and server.models_dir else None) or cfg.models_dir
 
 
 def model_dir_on_server(cfg: StackConfig, model: ModelConfig) -> str:
@@ -60,13 +87,13 @@ def model_dir_on_server(cfg: StackConfig, model: ModelConfig) -> str:
     if cfg.mode == "existing":
         return path if path.startswith("/") else posixpath.join(cfg.models_dir, path)
     if path.startswith("/"):
-        path = posixpath.relpath(posixpath.normpath(path), cfg.models_dir)
+        path = posixpath.relpath(posixpath.normpath(path), models_dir_of(cfg, model))
     return posixpath.join(CONTAINER_MODELS_DIR, path)
 
 
 def model_dir_on_host(cfg: StackConfig, model: ModelConfig) -> str:
     path = model.path or model.uid
-    return path if path.startswith("/") else posixpath.join(cfg.models_dir, path)
+    return path if path.startswith("/") else posixpath.join(models_dir_of(cfg, model), path)
 
 
 @dataclass(frozen=True)
@@ -91,15 +118,20 @@ class LaunchSpec:
     extra: Mapping[str, Any] = field(default_factory=dict)
     vram_gb: Optional[float] = None
     weights_digest: str = ""
+    server: Optional[str] = None  # cluster: the server it is placed on
+    worker_ip: Optional[str] = None  # cluster: that server's address
 
 
 def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[LaunchSpec]:
     """One spec per enabled model, with host GPU ids mapped to the container's indices."""
     specs = []
     for model in cfg.enabled_models:
+        server = cfg.server(model.server) if cfg.mode == "cluster" else None
         # In existing mode nobody renumbers GPUs: the server's ids are what Xinference sees.
-        gpu_idx = (container_gpu_indices(cfg.gpu_ids, model.gpus) if cfg.mode == "docker"
-                   else list(model.gpus))
+        if cfg.mode == "existing":
+            gpu_idx = list(model.gpus)
+        else:
+            gpu_idx = container_gpu_indices(server.gpu_ids if server else cfg.gpu_ids, model.gpus)
         specs.append(LaunchSpec(
             model_uid=model.uid,
             model_name=model.model_name,
@@ -119,5 +151,7 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
             extra=dict(model.extra),
             vram_gb=model.vram_gb,
             weights_digest=weights_digests.get(model.uid, ""),
+            server=server.name if server else None,
+            worker_ip=server.address if server else None,
         ))
     return specs

@@ -7,6 +7,7 @@ their own validation (they are not in ``parsed_keys``), so one typo does not cas
 
 from __future__ import annotations
 
+import difflib
 import posixpath
 import re
 from collections import Counter
@@ -15,7 +16,8 @@ from typing import Callable, Iterable, Optional
 
 from components.config import CONTAINER_MODELS_DIR, PROJECT, StackConfig, _ENV_NAME_RE, _UID_RE
 from components.errors import Problem
-from components.placement import vram_budgets
+from components.launch import models_dir_of
+from components.placement import GpuBudget, vram_budgets
 
 # Launch kwargs that have a first-class field; passing them through `extra` would fight it.
 _FIRST_CLASS_KWARGS = {
@@ -56,7 +58,7 @@ def cross_check(cfg: StackConfig, ctx: CheckContext) -> list[Problem]:
 
 def _mode_sections(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
     keys = ctx.given_keys
-    if cfg.mode == "docker":
+    if cfg.mode in ("docker", "cluster"):
         if cfg.image is None and "image" not in keys:
             yield Problem("image", None, "docker mode needs the Xinference image",
                           "set image.name (and image.tar, the `docker save` tar from the bundle)")
@@ -68,6 +70,51 @@ def _mode_sections(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
             if key in keys:
                 yield Problem(key, "...", "has no effect in existing mode (no container is managed)",
                               "remove it, or set mode: docker")
+    if cfg.mode != "cluster" and "servers" in keys:
+        yield Problem("servers", "...", f"only used in cluster mode (mode is {cfg.mode})",
+                      "set mode: cluster, or remove servers")
+
+
+def _cluster(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    if cfg.mode != "cluster":
+        for i, model in enumerate(cfg.models):
+            if model.server is not None:
+                yield Problem(f"{ctx.model_path(i)}.server", model.server, f"only used in cluster mode (mode is {cfg.mode})",
+                              "remove server, or set mode: cluster")
+        return
+    for key in ("gpus", "docker"):
+        if key in ctx.given_keys:
+            yield Problem(key, "...", "in cluster mode each server has its own", f"move it under servers[].{key}")
+    if not ctx.usable("servers"):
+        return
+    if not cfg.servers:
+        yield Problem("servers", [], "cluster mode needs its servers", "list them: - {name, address, gpus, docker}")
+        return
+    supervisors = [s.name for s in cfg.servers if s.supervisor]
+    if len(supervisors) != 1:
+        yield Problem("servers", supervisors, f"{len(supervisors)} servers have supervisor: true; exactly one must",
+                      "set supervisor: true on one server")
+    for attr in ("name", "address"):
+        for value, count in Counter(getattr(s, attr) for s in cfg.servers).items():
+            if count > 1:
+                yield Problem(f"servers[].{attr}", value, f"used by {count} servers", f"give each server its own {attr}")
+    for j, server in enumerate(cfg.servers):
+        for gpu, count in Counter(server.gpu_ids).items():
+            if count > 1:
+                yield Problem(f"servers[{j}].gpus", server.gpu_ids, f"GPU {gpu} is listed {count} times",
+                              "list each host GPU once")
+    names = [s.name for s in cfg.servers]
+    for i, model in enumerate(cfg.models):
+        if not model.enabled:
+            continue
+        if model.server is None:
+            yield Problem(f"{ctx.model_path(i)}.server", None, "cluster mode places every model on a server",
+                          f"set server: one of {names}")
+        elif cfg.server(model.server) is None:
+            close = difflib.get_close_matches(model.server, names, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            yield Problem(f"{ctx.model_path(i)}.server", model.server, "not a server of this cluster",
+                          f"{hint}use one of {names}")
 
 
 def _endpoint(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
@@ -106,17 +153,22 @@ def _uids(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 
 
 def _model_fields(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
-    server_gpus = cfg.gpu_ids
     for i, model in enumerate(cfg.models):
         at = ctx.model_path(i)
         if not model.enabled:
             continue
-        if ctx.usable("gpus"):
+        where, server_gpus, usable = "`gpus`", cfg.gpu_ids, ctx.usable("gpus")
+        if cfg.mode == "cluster":
+            server = cfg.server(model.server)
+            usable = server is not None
+            where, server_gpus = f"servers[{model.server}].gpus", server.gpu_ids if server else []
+        if usable:
             for gpu in model.gpus:
                 if gpu not in server_gpus:
-                    fix = (f"use one of {server_gpus} or add GPU {gpu} to `gpus`" if server_gpus
-                           else f"add GPU {gpu} to the server's `gpus` or remove it from the model (CPU)")
-                    yield Problem(f"{at}.gpus", model.gpus, f"GPU {gpu} is not a GPU of this server", fix)
+                    fix = (f"use one of {server_gpus} or add GPU {gpu} to {where}" if server_gpus
+                           else f"add GPU {gpu} to {where} or remove it from the model (CPU)")
+                    yield Problem(f"{at}.gpus", model.gpus, f"GPU {gpu} is not a GPU of {model.server or 'this server'}",
+                                  fix)
         if len(set(model.gpus)) != len(model.gpus):
             yield Problem(f"{at}.gpus", model.gpus, "a GPU is listed twice", "list each GPU once")
         if isinstance(model.n_gpu, int) and model.gpus and model.n_gpu != len(model.gpus):
@@ -125,7 +177,7 @@ def _model_fields(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
         if model.path is None and model.source is None:
             yield Problem(f"{at}.path", None, "an enabled model needs its files",
                           "set path (directory under models_dir) or source (where `bundle build` gets them)")
-        yield from _model_path(cfg, at, model.path)
+        yield from _model_path(cfg, at, model.path, models_dir_of(cfg, model))
         if model.type == "LLM" and not model.engine:
             yield Problem(f"{at}.engine", None, "LLM models need an engine", "set engine: vllm, transformers or llama.cpp")
         for kwarg in sorted(set(model.extra) & set(_FIRST_CLASS_KWARGS)):
@@ -139,19 +191,19 @@ def _model_fields(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
                           "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch}} and extra.vad_model: "
                           "/root/.xinference/models/fsmn-vad")
         for j, companion in enumerate(model.companions):
-            yield from _model_path(cfg, f"{at}.companions[{j}]", companion.path)
+            yield from _model_path(cfg, f"{at}.companions[{j}]", companion.path, models_dir_of(cfg, model))
 
 
-def _model_path(cfg: StackConfig, at: str, path: Optional[str]) -> Iterable[Problem]:
+def _model_path(cfg: StackConfig, at: str, path: Optional[str], models_dir: str) -> Iterable[Problem]:
     if path is None:
         return
     if ".." in path.split("/"):
         yield Problem(f"{at}.path", path, "must not contain `..`", "name the directory under models_dir directly")
-    elif path.startswith("/") and cfg.mode == "docker":
+    elif path.startswith("/") and cfg.mode != "existing":
         inside = posixpath.normpath(path)
-        if not (inside + "/").startswith(cfg.models_dir.rstrip("/") + "/"):
-            yield Problem(f"{at}.path", path, f"is outside models_dir {cfg.models_dir} (only that is mounted)",
-                          f"move the model under {cfg.models_dir} and write the path relative to it")
+        if not (inside + "/").startswith(models_dir.rstrip("/") + "/"):
+            yield Problem(f"{at}.path", path, f"is outside models_dir {models_dir} (only that is mounted)",
+                          f"move the model under {models_dir} and write the path relative to it")
 
 
 def _model_source(at: str, model) -> Iterable[Problem]:
@@ -166,14 +218,25 @@ def _model_source(at: str, model) -> Iterable[Problem]:
 
 
 def _vram(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
-    budgets = vram_budgets([(g.id, g.vram_gb) for g in cfg.gpus],
-                           [(m.uid, m.gpus, m.vram_gb) for m in cfg.enabled_models])
-    for budget in budgets:
+    for where, budget in server_budgets(cfg):
         if budget.over:
-            yield Problem(f"gpus[id={budget.gpu}].vram_gb", budget.capacity_gb,
-                          f"models {list(budget.models)} declare {budget.used_gb:g} GB on GPU {budget.gpu}, "
+            on = f" of {where}" if where else ""
+            yield Problem(f"{'servers[' + where + '].' if where else ''}gpus[id={budget.gpu}].vram_gb", budget.capacity_gb,
+                          f"models {list(budget.models)} declare {budget.used_gb:g} GB on GPU {budget.gpu}{on}, "
                           f"over its {budget.capacity_gb:g} GB",
                           "move a model to another GPU, disable one, or correct vram_gb")
+
+
+def server_budgets(cfg: StackConfig) -> list[tuple[str, GpuBudget]]:
+    """(server name or "" for a one-server stack, budget) for every GPU."""
+    if cfg.mode != "cluster":
+        return [("", b) for b in vram_budgets([(g.id, g.vram_gb) for g in cfg.gpus],
+                                              [(m.uid, m.gpus, m.vram_gb) for m in cfg.enabled_models])]
+    out = []
+    for server in cfg.servers:
+        placed = [(m.uid, m.gpus, m.vram_gb) for m in cfg.enabled_models if m.server == server.name]
+        out += [(server.name, b) for b in vram_budgets([(g.id, g.vram_gb) for g in server.gpus], placed)]
+    return out
 
 
 def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
@@ -186,7 +249,7 @@ def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 
 
 _RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [
-    _mode_sections, _endpoint, _gpus, _paths, _uids, _model_fields, _vram, _auth,
+    _mode_sections, _cluster, _endpoint, _gpus, _paths, _uids, _model_fields, _vram, _auth,
 ]
 
 __all__ = ["cross_check", "CONTAINER_MODELS_DIR"]
