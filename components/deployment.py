@@ -10,12 +10,14 @@ Xinference at `endpoint`.
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import pulumi
 import pulumi_docker as docker
 
+from bundle.contents import model_bundle_dir
 from bundle.manifest import Manifest
 from components.config import DockerHostConfig, StackConfig
 from components.container import XinferenceContainer, XinferenceContainerArgs
@@ -23,6 +25,7 @@ from components.image import LoadedImage, LoadedImageArgs
 from components.launch import (LaunchSpec, container_command, container_env, endpoint_url, healthcheck_command,
                                launch_specs, model_dir_on_host)
 from components.model import XinferenceModel, XinferenceModelArgs
+from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
 
 LOCAL_DOCKER = "unix:///var/run/docker.sock"
@@ -80,8 +83,9 @@ class XinferenceDeployment(pulumi.ComponentResource):
             volume = self._volume(f"{name}-models", [m for m in cfg.enabled_models], digests,
                                   cfg.models_dir, check=local_host and cfg.mode == "docker")
             if cfg.mode == "docker":
+                depends = [volume, *self._sync(name, cfg.docker, cfg.enabled_models, cfg.models_dir)]
                 self.containers[None] = self._container(f"{name}-server", cfg.docker, cfg.gpu_ids, cfg.models_dir,
-                                                        [volume], name_prefix=name)
+                                                        depends, name_prefix=name)
 
         self.models_by_uid: dict[str, XinferenceModel] = {}
         for spec in self.specs:
@@ -104,6 +108,23 @@ class XinferenceDeployment(pulumi.ComponentResource):
             digests={m.uid: digests.get(m.uid, "") for m in models},
             check_on_host=check,
         ), opts=pulumi.ResourceOptions(parent=self))
+
+    def _sync(self, prefix: str, host: DockerHostConfig, models: list, models_dir: str) -> list[pulumi.Resource]:
+        """Copy + verify the bundle's model directories onto an ssh:// host (nothing for a local one)."""
+        cfg, manifest = self._args.config, self._args.manifest
+        if not host.host.startswith("ssh://") or manifest is None or not cfg.bundle_dir:
+            return []
+        targets = {}
+        for model in models:
+            targets[model_bundle_dir(model.path or model.uid)] = model_dir_on_host(cfg, model)
+            for companion in model.companions:
+                targets[model_bundle_dir(companion.path)] = posixpath.join(models_dir, companion.path)
+        copies = directory_copies(manifest, targets)
+        if not copies:
+            return []
+        return [RemoteModelSync(f"{prefix}-sync", RemoteModelSyncArgs(host=host, bundle_root=cfg.bundle_dir,
+                                                                      copies=copies),
+                                opts=pulumi.ResourceOptions(parent=self))]
 
     def _image_on(self, prefix: str, host: DockerHostConfig) -> tuple[LoadedImage, pulumi.ResourceOptions]:
         """A docker provider for the host and the image loaded onto it (once per host)."""
@@ -153,8 +174,9 @@ class XinferenceDeployment(pulumi.ComponentResource):
             placed = [m for m in cfg.enabled_models if m.server == server.name]
             volume = self._volume(f"{name}-{server.name}-models", placed, digests, models_dir,
                                   check=server.docker.host == LOCAL_DOCKER)
+            synced = self._sync(f"{name}-{server.name}", server.docker, placed, models_dir)
             self.containers[server.name] = self._container(
-                f"{name}-{server.name}-worker", server.docker, server.gpu_ids, models_dir, [sup, volume],
+                f"{name}-{server.name}-worker", server.docker, server.gpu_ids, models_dir, [sup, volume, *synced],
                 name_prefix=f"{name}-{server.name}",
                 command=container_command("worker", server.address, supervisor_url),
                 healthcheck=healthcheck_command("worker", server.address),

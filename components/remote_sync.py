@@ -1,0 +1,104 @@
+"""RemoteModelSync: the bundle's model files reach a remote Docker host (copy, then verify).
+
+When a stack drives a server over `ssh://`, the operator machine holds the unpacked bundle
+and the server does not. Each model directory is copied with `command.remote.CopyToRemote`
+(re-copied when its digest changes) and then checked on the server with `sha256sum -c`
+against the manifest, so a container never starts on files that arrived damaged.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+from urllib.parse import urlparse
+
+import pulumi
+import pulumi_command as command
+
+from bundle.manifest import FileEntry, Manifest, files_digest
+from components.config import DockerHostConfig
+
+
+@dataclass(frozen=True)
+class DirectoryCopy:
+    """One model directory: where it is in the bundle, where it goes on the server, its files."""
+
+    bundle_dir: str  # e.g. models/bce-embedding-base_v1 (relative to the bundle root)
+    remote_dir: str  # e.g. /data/docker_models/bce-embedding-base_v1
+    files: tuple[tuple[str, str], ...]  # (path relative to the directory, sha256)
+    digest: str
+
+
+def directory_copies(manifest: Manifest, bundle_dirs: dict[str, str]) -> list[DirectoryCopy]:
+    """{bundle dir: remote dir} -> the copies, each with its files from the manifest."""
+    copies = []
+    for bundle_dir, remote_dir in sorted(bundle_dirs.items()):
+        prefix = bundle_dir.rstrip("/") + "/"
+        entries: list[FileEntry] = [e for e in manifest.files if e.path.startswith(prefix)]
+        if not entries:
+            continue
+        files = tuple(sorted((e.path[len(prefix):], e.sha256) for e in entries))
+        copies.append(DirectoryCopy(bundle_dir.rstrip("/"), remote_dir.rstrip("/"), files, files_digest(entries)))
+    return copies
+
+
+def verify_script(copy: DirectoryCopy) -> str:
+    """`sha256sum -c` of every file of the directory, as the server runs it."""
+    listing = "\n".join(f"{sha}  {rel}" for rel, sha in copy.files)
+    return (f"set -eu\ncd {shlex.quote(copy.remote_dir)}\n"
+            f"sha256sum -c --quiet --strict - <<'XINFERENCE_OFFLINE_SHA256'\n{listing}\nXINFERENCE_OFFLINE_SHA256\n")
+
+
+def ssh_connection(host: DockerHostConfig) -> command.remote.ConnectionArgs:
+    """Connection for an ssh:// docker host; the key is read from ssh_key (secret) or the ssh agent."""
+    parsed = urlparse(host.host)
+    key = Path(host.ssh_key).read_text() if host.ssh_key else None
+    return command.remote.ConnectionArgs(
+        host=parsed.hostname or "",
+        user=parsed.username,
+        port=float(parsed.port) if parsed.port else None,
+        private_key=pulumi.Output.secret(key) if key else None,
+    )
+
+
+@dataclass
+class RemoteModelSyncArgs:
+    """Inputs of RemoteModelSync."""
+
+    host: DockerHostConfig
+    """The ssh:// docker host the files go to."""
+    bundle_root: str
+    """The unpacked bundle on the operator machine."""
+    copies: Sequence[DirectoryCopy]
+    """What to copy where."""
+
+
+class RemoteModelSync(pulumi.ComponentResource):
+    """Copies and verifies model directories on a remote server."""
+
+    def __init__(self, name: str, args: RemoteModelSyncArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("xinference-offline:index:RemoteModelSync", name, None, opts)
+        connection = ssh_connection(args.host)
+        self.verified: list[command.remote.Command] = []
+        for copy in args.copies:
+            label = copy.bundle_dir.split("/")[-1]
+            copied = command.remote.CopyToRemote(
+                f"{name}-{label}-copy",
+                connection=connection,
+                source=pulumi.FileArchive(str(Path(args.bundle_root) / copy.bundle_dir)),
+                # Copying a directory into an existing directory lands it as a sub-directory.
+                remote_path=posixpath.dirname(copy.remote_dir),
+                triggers=[copy.digest],
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.verified.append(command.remote.Command(
+                f"{name}-{label}-verify",
+                connection=connection,
+                create=verify_script(copy),
+                triggers=[copy.digest],
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[copied]),
+            ))
+        self.register_outputs({})

@@ -1,0 +1,74 @@
+"""Model files reaching an ssh:// Docker host: copy + verify resources in the graph, and the
+verify script run for real against real files (it is what the server runs)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from bundle.manifest import FileEntry, Manifest
+from components.remote_sync import directory_copies, verify_script
+from tests.stack_configs import docker_stack, reference_models
+from tests.test_program import CONTAINER, run_program
+
+
+def make_bundle(root: Path, files: dict[str, bytes]) -> Manifest:
+    entries = []
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        model = rel.split("/")[1]
+        entries.append(FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), "model", model))
+    manifest = Manifest(stack="gpu-node-2", files=entries)
+    manifest.save(root)
+    return manifest
+
+
+FILES = {
+    "models/emb/config.json": b'{"dim": 384}',
+    "models/emb/weights/model.safetensors": b"\x00weights" * 100,
+    "models/rerank/config.json": b"{}",
+}
+
+
+def test_verify_script_accepts_intact_files_and_names_a_damaged_one(tmp_path):
+    bundle = tmp_path / "bundle"
+    manifest = make_bundle(bundle, FILES)
+    copy, = directory_copies(manifest, {"models/emb/": str(bundle / "models" / "emb")})
+    assert copy.files == (("config.json", hashlib.sha256(FILES["models/emb/config.json"]).hexdigest()),
+                          ("weights/model.safetensors",
+                           hashlib.sha256(FILES["models/emb/weights/model.safetensors"]).hexdigest()))
+    ok = subprocess.run(["bash", "-c", verify_script(copy)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    (bundle / "models" / "emb" / "weights" / "model.safetensors").write_bytes(b"\x01weights" * 100)
+    bad = subprocess.run(["bash", "-c", verify_script(copy)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "weights/model.safetensors: FAILED" in bad.stdout + bad.stderr
+
+
+def test_ssh_host_gets_copy_and_verify_before_the_container(tmp_path):
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, FILES)
+    models = [{"uid": "emb", "type": "embedding", "gpus": [0], "path": "emb"},
+              {"uid": "rerank", "type": "rerank", "gpus": [0], "path": "rerank", "enabled": False}]
+    mocks, _ = run_program(docker_stack(models=models, gpus=[0], bundle_dir=str(bundle), models_dir="/data/m",
+                                        docker={"host": "ssh://ops@gpu-node-2:2222"}))
+    copies = mocks.of_type("command:remote:CopyToRemote")
+    assert [c.inputs["remotePath"] for c in copies] == ["/data/m"]  # only the enabled model
+    connection = copies[0].inputs["connection"]
+    connection = connection.get("value", connection)  # pulumi-command marks the connection secret
+    assert (connection["host"], connection["user"], connection["port"]) == ("gpu-node-2", "ops", 2222)
+    verify = mocks.resources["xinference-sync-emb-verify"].inputs
+    assert "cd /data/m/emb" in verify["create"] and "sha256sum -c" in verify["create"]
+    assert verify["triggers"] == copies[0].inputs["triggers"]  # new weights: copy and verify again
+    assert len(mocks.of_type(CONTAINER)) == 1
+
+
+def test_local_host_copies_nothing(tmp_path):
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, FILES)
+    models = reference_models()[:1]
+    models[0]["path"] = "emb"
+    mocks, _ = run_program(docker_stack(models=models, bundle_dir=str(bundle)))
+    assert not mocks.of_type("command:remote:CopyToRemote")
