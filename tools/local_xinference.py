@@ -61,51 +61,61 @@ def is_up(endpoint: str) -> bool:
         return False
 
 
-def start(root: Path, host: str, port: int, timeout: float) -> int:
-    endpoint = f"http://{host}:{port}"
-    install_model(root / "models")
-    if is_up(endpoint):
-        print(f"Xinference already answers at {endpoint}", file=sys.stderr)
-        print(endpoint)
-        return 0
-    (root / "home").mkdir(parents=True, exist_ok=True)
-    binary = Path(sys.executable).parent / "xinference-local"
-    log = open(root / "xinference.log", "ab")
-    proc = subprocess.Popen([str(binary), "-H", host, "-p", str(port)], env=offline_env(root / "home"),
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    (root / "xinference.pid").write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            print(f"xinference-local exited with {proc.returncode}; see {root / 'xinference.log'}", file=sys.stderr)
-            return 1
-        if is_up(endpoint):
-            print(f"Xinference is up at {endpoint} (pid {proc.pid}, log {root / 'xinference.log'})", file=sys.stderr)
-            print(endpoint)
-            return 0
-        time.sleep(1)
-    print(f"Xinference did not answer {endpoint}/status within {timeout:.0f} s; see {root / 'xinference.log'}",
-          file=sys.stderr)
-    return 1
+class LocalXinference:
+    """One xinference-local process under ROOT (home, log, pid file, model directory)."""
 
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 19997):
+        self.root, self.host, self.port = Path(root), host, port
+        self.endpoint = f"http://{host}:{port}"
+        self.models_dir = self.root / "models"
+        self.log = self.root / "xinference.log"
+        self.pid_file = self.root / "xinference.pid"
+        self.proc: subprocess.Popen | None = None
 
-def stop(root: Path) -> int:
-    pid_file = root / "xinference.pid"
-    if not pid_file.exists():
-        print("no local Xinference recorded; nothing to stop", file=sys.stderr)
-        return 0
-    pid = int(pid_file.read_text())
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(30):
-            os.killpg(pid, 0)
-            time.sleep(0.5)
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    pid_file.unlink()
-    print(f"stopped Xinference (pid {pid})", file=sys.stderr)
-    return 0
+    def start(self, timeout: float = 240) -> None:
+        """Start (or find running) and wait for /status; RuntimeError with the log's tail if it fails."""
+        install_model(self.models_dir)
+        if is_up(self.endpoint):
+            return
+        (self.root / "home").mkdir(parents=True, exist_ok=True)
+        binary = Path(sys.executable).parent / "xinference-local"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(binary), "-H", self.host, "-p", str(self.port)],
+                                         env=offline_env(self.root / "home"), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file.write_text(str(self.proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"xinference-local exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if is_up(self.endpoint):
+                return
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"Xinference did not answer {self.endpoint}/status within {timeout:.0f} s:\n"
+                           f"{self.log_tail()}")
+
+    def stop(self) -> None:
+        if not self.pid_file.exists():
+            return
+        pid = int(self.pid_file.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(40):
+                os.killpg(pid, 0)
+                time.sleep(0.5)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+        self.pid_file.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=240)
     args = parser.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)
-    return start(args.root, args.host, args.port, args.timeout) if args.action == "start" else stop(args.root)
+    server = LocalXinference(args.root, args.host, args.port)
+    if args.action == "stop":
+        server.stop()
+        print("stopped", file=sys.stderr)
+        return 0
+    try:
+        server.start(args.timeout)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"Xinference is up at {server.endpoint} (log {server.log})", file=sys.stderr)
+    print(server.endpoint)
+    return 0
 
 
 if __name__ == "__main__":
