@@ -47,6 +47,9 @@ class DockerHostConfig(_Strict):
         description="Docker engine address: `unix:///var/run/docker.sock` (this machine) or `ssh://user@host`.",
     )
     ssh_opts: list[str] = Field(default_factory=list, description="Extra ssh options for an `ssh://` host.")
+    check_daemon: bool = Field(
+        default=True, description="false: do not contact the engine when configuring (lets `preview` run without it)."
+    )
     ssh_key: Optional[str] = Field(
         default=None, description="Private key file for copying model files to an `ssh://` host (default: ssh agent)."
     )

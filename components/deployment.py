@@ -133,6 +133,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
         cfg = self._args.config
         assert cfg.image is not None  # validated: docker and cluster modes need an image
         provider = docker.Provider(f"{prefix}-docker", host=host.host, ssh_opts=host.ssh_opts or None,
+                                   disable_docker_daemon_check=None if host.check_daemon else True,
                                    opts=pulumi.ResourceOptions(parent=self))
         on_host = pulumi.ResourceOptions(parent=self, providers={"docker": provider})
         image = LoadedImage(f"{prefix}-image", LoadedImageArgs(
