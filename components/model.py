@@ -529,24 +529,37 @@ class XinferenceModelProvider(ResourceProvider):
         where = f" on GPU(s) {payload['gpu_idx']}" if payload.get("gpu_idx") else ""
         _say(uid, f"launching {props['model_type']} model {props['model_name']}{where} at {endpoint} "
                   f"(timeout {timeout:g}s)")
-        try:
-            client.launch(payload, deadline=deadline)
-        except XinferenceHTTPError as exc:
-            if exc.status == 400 and is_already_launched(exc.detail):
-                # Someone (autostart, a parallel run) launched it between our read and our launch.
-                described = self._wait_ready(client, uid, deadline, timeout)
-                self._refuse_conflict(client, uid, endpoint, described, props, deadline)
-                return described, False
-            if exc.status is not None and 400 <= exc.status < 500:
-                raise LaunchError(
-                    f"Xinference at {endpoint} refused to launch '{uid}': {exc.detail}. Nothing was launched. "
-                    f"Check the model's inputs (model_path must exist on the server / inside the container, "
-                    f"gpu_idx must be a GPU the worker sees).", status=exc.status, detail=exc.detail) from None
-            raise
-        except XinferenceUnreachable:
-            # The launch may or may not have reached the server: look before failing.
-            if client.describe(uid, deadline=time.monotonic() + self.retry_window).state == ABSENT:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                client.launch(payload, deadline=deadline)
+                break
+            except XinferenceHTTPError as exc:
+                if exc.status == 400 and is_already_launched(exc.detail):
+                    # Someone (autostart, a parallel run, our own lost request) launched it meanwhile.
+                    described = self._wait_ready(client, uid, deadline, timeout)
+                    self._refuse_conflict(client, uid, endpoint, described, props, deadline)
+                    return described, attempt > 1
+                if exc.status is not None and 400 <= exc.status < 500:
+                    raise LaunchError(
+                        f"Xinference at {endpoint} refused to launch '{uid}': {exc.detail}. Nothing was launched. "
+                        f"Check the model's inputs (model_path must exist on the server / inside the container, "
+                        f"gpu_idx must be a GPU the worker sees).", status=exc.status, detail=exc.detail) from None
                 raise
+            except XinferenceUnreachable:
+                # The connection broke after the request was sent: the launch may or may not have
+                # reached the server. Look; send it again only if nothing is there.
+                look = time.monotonic() + min(self.retry_window, max(5.0, deadline - time.monotonic()))
+                if client.describe(uid, deadline=look).state != ABSENT:
+                    break
+                status, _ = _instance_status(client.instances(uid, deadline=look))
+                if status in ("CREATING", "LOADING", "UPDATING"):
+                    break
+                if time.monotonic() + 1.0 >= deadline:
+                    raise
+                _say(uid, "the launch request was cut off before an answer and nothing was launched; sending it again")
+                time.sleep(min(5.0, 0.5 * attempt))
         try:
             return self._wait_ready(client, uid, deadline, timeout), True
         except Exception:
