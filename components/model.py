@@ -62,6 +62,8 @@ API_KEY_ENV = "XINFERENCE_API_KEY"
 
 MODEL_TYPES = ("LLM", "embedding", "rerank", "audio", "image", "video", "flexible")
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: a value not known at preview
+_SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc: a special value's signature key ...
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # ... and the signature of a secret
 _REPLICA_SUFFIX = re.compile(r"^.+-rep\d+$")
 
 
@@ -141,9 +143,20 @@ def _intify(value: Any) -> Any:
     return value
 
 
+def _unsecret(value: Any) -> Any:
+    """Values as plain data: a secret-wrapped value (should the engine ever send one) unwrapped."""
+    if isinstance(value, Mapping):
+        if value.get(_SIG_KEY) == _SECRET_SIG:
+            return _unsecret(value.get("value"))
+        return {k: _unsecret(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_unsecret(v) for v in value]
+    return value
+
+
 def normalize(props: Mapping[str, Any]) -> dict[str, Any]:
     """Inputs with defaults filled in and wire-format numbers made ints again. Unknowns are kept."""
-    out = dict(props)
+    out = {k: (v if k == "__provider" else _unsecret(v)) for k, v in props.items()}
     for key, default in DEFAULTS.items():
         if out.get(key) is None:
             out[key] = default

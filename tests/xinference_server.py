@@ -206,3 +206,76 @@ def _wait_port_free(port: int, timeout: float) -> None:
                 return
             except OSError:
                 time.sleep(0.5)
+
+
+class DynamicProviderServer:
+    """Pulumi's own dynamic provider server (`python -m pulumi.dynamic`), driven the way the engine
+    drives it: gRPC calls with properties serialized by `pulumi.runtime.rpc`.
+
+    Serialization runs on a private event loop (no asyncio.run in the test process).
+    """
+
+    TYPE = "pulumi-python:dynamic/xinference:XinferenceModel"
+
+    def __init__(self, cwd: Path, env: Optional[dict[str, str]] = None):
+        import grpc
+        from pulumi.runtime.proto import provider_pb2_grpc
+
+        import tempfile
+
+        self.stderr_path = Path(tempfile.mkdtemp(prefix="pulumi-dynamic-")) / "stderr.log"
+        self._stderr = open(self.stderr_path, "wb")
+        child_env = dict(env if env is not None else os.environ)
+        child_env.setdefault("PULUMI_PROJECT", "xinference-offline")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pulumi.dynamic"], cwd=str(cwd), env=child_env,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        if not line.isdigit():
+            self.close()
+            raise RuntimeError(f"python -m pulumi.dynamic did not print its port: {line!r}\n{self.stderr_text()}")
+        self.port = int(line)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = provider_pb2_grpc.ResourceProviderStub(self.channel)
+        import asyncio
+
+        self._loop = asyncio.new_event_loop()
+
+    def urn(self, name: str) -> str:
+        return f"urn:pulumi:test::xinference-offline::{self.TYPE}::{name}"
+
+    def serialize(self, props: dict):
+        from pulumi.runtime import rpc
+
+        return self._loop.run_until_complete(rpc.serialize_properties(props, {}))
+
+    @staticmethod
+    def deserialize(struct, keep_unknowns: bool = False) -> dict:
+        from pulumi.runtime import rpc
+
+        return rpc.deserialize_properties(struct, keep_unknowns)
+
+    def stderr_text(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        try:
+            self.channel.close()
+        except AttributeError:
+            pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._stderr.close()
+        if hasattr(self, "_loop"):
+            self._loop.close()
+        shutil.rmtree(self.stderr_path.parent, ignore_errors=True)
