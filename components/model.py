@@ -47,6 +47,7 @@ from components.xinference_client import (
     READY,
     Credential,
     Described,
+    XinferenceAuthError,
     XinferenceClient,
     XinferenceError,
     XinferenceHTTPError,
@@ -548,6 +549,8 @@ class XinferenceModelProvider(ResourceProvider):
             try:
                 client.launch(payload, deadline=deadline)
                 break
+            except XinferenceAuthError:
+                raise
             except XinferenceHTTPError as exc:
                 if exc.status == 400 and is_already_launched(exc.detail):
                     # Someone (autostart, a parallel run, our own lost request) launched it meanwhile.
