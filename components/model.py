@@ -701,6 +701,14 @@ class XinferenceModelProvider(ResourceProvider):
                 outs = observed(described.body, props)
                 outs.update(status=READY, autostart_registered=props.get("autostart_registered"),
                             adopted=props.get("adopted"))
+                entries = client.autostart_entries()
+                if entries is not None:
+                    # Registry drift (an entry removed or added by hand) shows as a change of the
+                    # `autostart` input, which the next `up` repairs in place.
+                    registered = uid in entries and bool(entries[uid].get("enabled", True))
+                    outs["autostart_registered"] = registered
+                    if bool(props.get("autostart")) != registered:
+                        outs["autostart"] = registered
                 return ReadResult(uid, outs)
             if described.state == LOADING:
                 return ReadResult(uid, self._keep(props, LOADING))

@@ -75,6 +75,15 @@ def test_lifecycle_create_adopt_conflict_update_drift_recreate_delete(provider, 
     assert updated["endpoint"].startswith("http://localhost:") and updated["launch_timeout"] == 120.0
     assert server.running()[uid]["address"] == address
 
+    # registry drift: the autostart entry removed by hand -> read shows it, up re-registers in place
+    requests.delete(f"{server.endpoint}/v1/autostart/models/{uid}", timeout=30).raise_for_status()
+    drifted = provider.read(uid, updated).outs
+    assert drifted["autostart"] is False and drifted["autostart_registered"] is False
+    diff = provider.diff(uid, drifted, news)
+    assert diff.replaces == [] and diff.changes
+    updated = provider.update(uid, drifted, news).outs
+    assert updated["autostart_registered"] is True and uid in server.autostart()
+
     # drift: terminated behind Pulumi's back -> read says gone (refresh records it) ...
     assert server.terminate(uid) == 200
     gone = provider.read(uid, updated)

@@ -1,7 +1,8 @@
 """The provider against a REAL Xinference 4.1 with auth on (its default): the first admin is set up
 with the setup token from the server's log (POST /v1/admin/setup), then:
 
-- `xinference-offline:api_key` = "<username>:<password>" reaches the provider through
+- `xinference-offline:api_key` = "<username>:<password>" of a deploy account with only
+  models:list/read/write reaches the provider through
   `configure` as a secret (via python -m pulumi.dynamic) and runs the whole lifecycle;
 - an access token from POST /token works as a bearer credential;
 - an API key from POST /v1/admin/keys may query models but not launch them (Xinference
@@ -28,7 +29,9 @@ from components.xinference_client import XinferenceAuthError
 from tests.xinference_server import MODEL_NAME, MODEL_TYPE, DynamicProviderServer
 
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN, ADMIN_PASSWORD = "admin", "auth-admin-pass-1f07"
 USER, PASSWORD = "deployer", "auth-test-pass-8d41"
+DEPLOY_PERMISSIONS = ["models:list", "models:read", "models:write"]
 
 pytestmark = pytest.mark.xinference
 
@@ -42,7 +45,12 @@ def auth_server(tmp_path_factory):
     server = XinferenceServer(tmp_path_factory.mktemp("xinference-auth"), auth=True)
     try:
         server.start()
-        server.admin_token = server.setup_admin(USER, PASSWORD)
+        server.admin_token = server.setup_admin(ADMIN, ADMIN_PASSWORD)
+        # the documented setup: a dedicated deploy account with the model permissions only
+        response = requests.post(f"{server.endpoint}/v1/admin/users", headers=server.headers(server.admin_token),
+                                 json={"username": USER, "password": PASSWORD, "permissions": DEPLOY_PERMISSIONS},
+                                 timeout=30)
+        assert response.status_code == 201, response.text
         yield server
     finally:
         server.stop()
@@ -66,7 +74,7 @@ def test_auth_is_on_by_default(auth_server):
 
 def test_username_password_from_configure_runs_the_lifecycle_through_grpc(auth_server, uid, monkeypatch):
     monkeypatch.delenv("XINFERENCE_API_KEY", raising=False)
-    token = auth_server.admin_token
+    token = auth_server.login(USER, PASSWORD)  # the registry lists the entries of the calling user
     secret = f"{USER}:{PASSWORD}"
     dynamic = DynamicProviderServer(ROOT)
     try:
