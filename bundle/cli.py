@@ -2,6 +2,10 @@
 
 Each command module exposes ``register(subparsers)`` and a ``run(args, out) -> int``.
 Exit codes: 0 success, 1 a check failed (verify, plan --bundle), 2 usage or config error.
+
+unpack, verify and install need only the standard library: on the offline server they run
+with the system python3 before any venv exists. `plan` needs the project's dependencies
+(pydantic, PyYAML); where they are missing it says how to get them instead of failing to start.
 """
 
 from __future__ import annotations
@@ -10,10 +14,31 @@ import argparse
 import sys
 from typing import Optional, Sequence, TextIO
 
-from bundle import plan
+from bundle import archive, build, install, verify
 from bundle.manifest import BundleError
 
-COMMANDS = [plan]
+try:
+    from bundle import plan
+except ImportError as missing:  # the bare offline python3: no pydantic / PyYAML yet
+    _PLAN_IMPORT_ERROR = missing
+
+    class plan:  # noqa: N801 - stands in for the module
+        @staticmethod
+        def register(subparsers: argparse._SubParsersAction) -> None:
+            # Every argument is taken as-is (no option prefix matches): the message below is the answer.
+            parser = subparsers.add_parser("plan", help="validate a stack (needs the project venv)", add_help=False,
+                                           prefix_chars="\x00")
+            parser.add_argument("rest", nargs="*")
+            parser.set_defaults(func=plan.run)
+
+        @staticmethod
+        def run(args: argparse.Namespace, out: TextIO) -> int:
+            print(f"error: plan needs the project's Python dependencies ({_PLAN_IMPORT_ERROR}); run "
+                  "`python3 -m bundle install BUNDLE_DIR` first, then `venv/bin/python -m bundle plan ...`",
+                  file=sys.stderr)
+            return 2
+
+COMMANDS = [plan, build, archive, verify, install]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,11 @@ Layout of a bundle directory (paths in the manifest are relative to it, POSIX st
 The per-model digest (what relaunches exactly the models whose weights changed) is the
 sha256 of the sorted "relative path, sha256" lines of that model's files, so it does not
 depend on where the bundle was unpacked.
+
+MANIFEST.json carries its own ``digest`` (sha256 of its canonical JSON without that key):
+an edit or a damaged byte in the manifest is found before any file is trusted. That digest
+is also the *bundle id* `build` prints; `verify`/`unpack --bundle-id` pin it, which is what
+stops a manifest rewritten consistently by someone else (give the id out of band).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
@@ -60,6 +65,10 @@ class Manifest:
     format: int = FORMAT_VERSION
     created: str = ""
     image: Optional[str] = None  # image reference inside the image tar
+    models_dir: Optional[str] = None  # the stack's host model directory (install's default target)
+    # {bundle dir "models/X": host dir, relative to models_dir or absolute}: where install puts each
+    model_dirs: dict[str, str] = field(default_factory=dict)
+    python: Optional[str] = None  # "3.11": the Python the bundled wheels were downloaded for
 
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
@@ -78,9 +87,21 @@ class Manifest:
             per_model.setdefault(entry.model or "", []).append(entry)
         return {uid: files_digest(entries) for uid, entries in per_model.items()}
 
-    def to_json(self) -> str:
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def _data(self) -> dict:
         data = asdict(self)
         data["files"] = [asdict(f) for f in sorted(self.files, key=lambda f: f.path)]
+        return data
+
+    def digest(self) -> str:
+        """The bundle id: sha256 of the canonical JSON of the manifest (without its digest)."""
+        return content_digest(self._data())
+
+    def to_json(self) -> str:
+        data = self._data()
+        data["digest"] = content_digest(data)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -90,15 +111,32 @@ class Manifest:
             if data.get("format") != FORMAT_VERSION:
                 raise ManifestError(f"{source}: format {data.get('format')!r} is not {FORMAT_VERSION}; "
                                     "rebuild the bundle with this version of `bundle`")
+            stated = data.pop("digest", None)
+            if stated is None:
+                raise ManifestError(f"{source}: has no digest; it was not written by `bundle build` "
+                                    "(rebuild the bundle)")
+            if stated != content_digest(data):
+                raise ManifestError(f"{source}: its content does not match its digest: the manifest was "
+                                    "edited or damaged after it was built; get the bundle again (or rebuild it)")
             files = [FileEntry(**f) for f in data["files"]]
             manifest = cls(stack=data["stack"], files=files, format=data["format"],
-                           created=data.get("created", ""), image=data.get("image"))
+                           created=data.get("created", ""), image=data.get("image"),
+                           models_dir=data.get("models_dir"), model_dirs=dict(data.get("model_dirs") or {}),
+                           python=data.get("python"))
         except ManifestError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ManifestError(f"{source}: not a valid bundle manifest ({exc})") from exc
+        seen: set[str] = set()
         for entry in manifest.files:
             _check_entry(entry, source)
+            if entry.path in seen or entry.path == MANIFEST_NAME:
+                raise ManifestError(f"{source}: {entry.path} is listed twice")
+            seen.add(entry.path)
+        for bundle_dir, host_dir in manifest.model_dirs.items():
+            if not bundle_dir.startswith("models/") or ".." in bundle_dir.split("/") \
+                    or ".." in str(host_dir).split("/") or not host_dir:
+                raise ManifestError(f"{source}: unsafe model directory {bundle_dir!r} -> {host_dir!r}")
         return manifest
 
     def save(self, directory: Path) -> Path:
@@ -116,6 +154,18 @@ def _check_entry(entry: FileEntry, source: str) -> None:
         raise ManifestError(f"{source}: {entry.path}: unknown role {entry.role!r} (one of {', '.join(ROLES)})")
     if len(entry.sha256) != 64 or entry.size < 0:
         raise ManifestError(f"{source}: {entry.path}: bad sha256 or size")
+
+
+def content_digest(data: dict) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_bundle_id(manifest: Manifest, expected: Optional[str], source: str) -> None:
+    """Fail unless the manifest is the one whose id was given out of band."""
+    if expected and manifest.digest() != expected.strip().lower():
+        raise ManifestError(f"{source}: bundle id is {manifest.digest()}, expected {expected}: this is not the "
+                            "bundle that was built (or its manifest was rewritten)")
 
 
 def load_manifest(directory: Path) -> Manifest:
@@ -146,12 +196,16 @@ def files_digest(entries: Iterable[FileEntry], strip_prefix: bool = True) -> str
     return digest.hexdigest()
 
 
-def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
-    """Streamed sha256 (constant memory)."""
+def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE, progress: Optional[Callable[[int], None]] = None) -> str:
+    """Streamed sha256 (constant memory: one reused buffer; releases the GIL while reading and hashing)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+            if progress:
+                progress(count)
     return digest.hexdigest()
 
 

@@ -1,0 +1,494 @@
+"""`pack DIR -o FILE` and `unpack FILE --into DIR`: the one archive carried across the air gap.
+
+pack writes MANIFEST.json as the first member, then exactly the files the manifest lists,
+hashing each one as it goes into the archive: a bundle directory that no longer matches its
+manifest is refused (every problem listed) instead of being carried to site. Members are
+normalised (owner root, mode 0644 or 0755, no links). `.tar.gz` uses gzip level 1 by
+default (weights hardly compress; level 9 would be many times slower); `.tar` is fastest.
+A `FILE.sha256` beside the archive lets `sha256sum -c` check the transfer anywhere.
+
+unpack first reads every member header (and the manifest, which must be the first member)
+and refuses the archive, before writing anything, for: absolute paths, `..`, symlinks and
+hard links (a bundle holds regular files only; links that point outside are named as
+such), device files and fifos, members not in the manifest or listed twice or with another
+size than the manifest's, manifest files the archive lacks, and a plain tar cut short. Then
+it extracts into a hidden temp directory beside the target, hashing every file, writes
+MANIFEST.json there last, and only then renames the directory into place. An interrupted
+unpack leaves only the hidden temp directory (no MANIFEST.json, so nothing that looks like a
+valid bundle), which the next unpack removes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import posixpath
+import secrets
+import shutil
+import stat
+import sys
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Optional, TextIO
+
+from bundle.manifest import (CHUNK_SIZE, MANIFEST_NAME, BundleError, FileEntry, Manifest, ManifestError,
+                             check_bundle_id, load_manifest)
+from bundle.progress import Progress, bars_wanted, human
+from bundle.sync import file_mode
+from bundle.verify import Problem, VerifyFailed, walk_files
+
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+GZIP_SUFFIXES = (".tar.gz", ".tgz")
+DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+class UsageError(BundleError):
+    exit_code = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# pack
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.count += len(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.count
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class _HashingReader:
+    """Reads a bundle file into the archive, hashing it; ``tarfile`` reads exactly ``size`` bytes."""
+
+    def __init__(self, raw: IO[bytes], progress: Progress):
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha256.update(data)
+        self.progress.update(len(data))
+        return data
+
+
+def archive_kind(path: Path) -> str:
+    name = path.name
+    if name.endswith(GZIP_SUFFIXES):
+        return "gz"
+    if name.endswith(".tar"):
+        return "tar"
+    raise UsageError(f"{path}: the archive name must end in .tar.gz, .tgz or .tar")
+
+
+def _tarinfo(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, mode, int(mtime)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple[Manifest, str]:
+    """Write the archive; returns (manifest, sha256 of the archive). Nothing is left behind on failure."""
+    kind = archive_kind(output)
+    manifest = load_manifest(root)
+    manifest_bytes = (root / MANIFEST_NAME).read_bytes()
+    problems: list[Problem] = []
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.parent / f".{output.name}.part-{secrets.token_hex(4)}"
+    try:
+        with open(partial, "wb") as raw, Progress(manifest.total_size(), "pack", bars_wanted(quiet)) as progress:
+            writer = _HashingWriter(raw)
+            options = {"compresslevel": level} if kind == "gz" else {}
+            with tarfile.open(fileobj=writer, mode="w:gz" if kind == "gz" else "w", format=tarfile.PAX_FORMAT,
+                              **options) as tar:
+                tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), 0o644,
+                                     (root / MANIFEST_NAME).stat().st_mtime), _BytesReader(manifest_bytes))
+                for entry in sorted(manifest.files, key=lambda e: e.path):
+                    problem = _add_file(tar, root, entry, progress)
+                    if problem:
+                        problems.append(problem)
+                        if problem.message.startswith("cut short"):
+                            break  # the archive stream is no longer usable
+            raw.flush()
+            os.fsync(raw.fileno())
+        if problems:
+            raise VerifyFailed(f"{root} does not match its manifest; nothing was packed "
+                               f"(run `python -m bundle verify {root}`, or rebuild)", problems)
+        os.replace(partial, output)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    digest = writer.sha256.hexdigest()
+    (output.parent / f"{output.name}.sha256").write_text(f"{digest}  {output.name}\n")
+    return manifest, digest
+
+
+class _BytesReader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size < 0 else self.pos + size
+        chunk, self.pos = self.data[self.pos:end], min(end, len(self.data))
+        return chunk
+
+
+def _add_file(tar: tarfile.TarFile, root: Path, entry: FileEntry, progress: Progress) -> Optional[Problem]:
+    path = root / entry.path
+    try:
+        handle = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        return Problem(entry.path, f"missing (expected {entry.size} bytes, sha256 {entry.sha256})")
+    except OSError as exc:
+        return Problem(entry.path, f"cannot be read ({exc.strerror})")
+    with handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode) or os.path.islink(path):
+            return Problem(entry.path, "not a regular file")
+        if st.st_size != entry.size:
+            return Problem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {st.st_size} bytes")
+        reader = _HashingReader(handle, progress)
+        try:
+            tar.addfile(_tarinfo(entry.path, entry.size, file_mode(st.st_mode), st.st_mtime), reader)
+        except OSError as exc:  # the file shrank while being read
+            return Problem(entry.path, f"cut short while packing ({exc})")
+        actual = reader.sha256.hexdigest()
+        if actual != entry.sha256:
+            return Problem(entry.path, f"sha256 mismatch: expected {entry.sha256}, actual {actual}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading an archive safely
+
+
+def member_name(member: tarfile.TarInfo) -> str:
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/") if member.isdir() else name
+
+
+def member_problem(member: tarfile.TarInfo, name: str, listed: set[str]) -> Optional[str]:
+    """Why this member must not be extracted (None: it is a file the manifest lists, or a directory)."""
+    if member.name.startswith("/") or name.startswith("/"):
+        return "absolute path in the archive: refused"
+    parts = name.split("/")
+    if ".." in parts:
+        return "`..` in the path would write outside the target: refused"
+    if member.issym() or member.islnk():
+        kind = "symlink" if member.issym() else "hard link"
+        target = member.linkname
+        base = posixpath.dirname(name) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join(base, target))
+        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+            return f"{kind} to {target!r} points outside the target: refused"
+        return f"{kind} to {target!r}: a bundle holds regular files only: refused"
+    if member.ischr() or member.isblk():
+        return "device file in the archive: refused"
+    if member.isfifo():
+        return "fifo in the archive: refused"
+    if member.isdir():
+        return None
+    if not member.isreg():
+        return f"member of tar type {member.type!r} is not a regular file: refused"
+    if name not in listed:
+        return "not in the manifest: refused (the archive was altered, or is not this bundle)"
+    return None
+
+
+@dataclass
+class ArchiveScan:
+    """What a pass over an archive found."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    problems: list[Problem] = field(default_factory=list)
+    members: list[tuple[str, str, int]] = field(default_factory=list)  # (name, type, size) in order
+
+
+FileSink = Callable[[tarfile.TarFile, tarfile.TarInfo, FileEntry], Optional[Problem]]
+
+
+def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optional[str] = None,
+                 expect: Optional[ArchiveScan] = None) -> ArchiveScan:
+    """One pass over the archive: validate every member; hand each listed file to ``sink``.
+
+    With ``expect`` (the result of an earlier pass), the members must be the same ones in the
+    same order: the file did not change between the check and the extraction.
+    """
+    try:
+        file_size = path.stat().st_size
+        with tarfile.open(path, "r:*", copybufsize=CHUNK_SIZE) as tar:
+            scan = _read_manifest(tar, path, bundle_id)
+            if expect is not None and scan.manifest_bytes != expect.manifest_bytes:
+                raise ManifestError(f"{path}: the archive changed while it was being unpacked")
+            _scan_members(tar, path, scan, sink, file_size if _is_plain_tar(path) else None, expect)
+    except ManifestError:
+        raise
+    except DAMAGED as exc:
+        raise VerifyFailed(f"{path} is damaged", [Problem(path.name, f"not a readable archive, or cut short ({exc})")])
+    return scan
+
+
+def _is_plain_tar(path: Path) -> bool:
+    """Not gzip, bzip2 or xz: member offsets are file offsets, so a cut can be measured."""
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    return not (magic.startswith(b"\x1f\x8b") or magic.startswith(b"BZh") or magic.startswith(b"\xfd7zXZ"))
+
+
+def _read_manifest(tar: tarfile.TarFile, path: Path, bundle_id: Optional[str]) -> ArchiveScan:
+    first = tar.next()
+    if first is None or member_name(first) != MANIFEST_NAME or not first.isreg():
+        raise ManifestError(f"{path}: the first member must be {MANIFEST_NAME} (was "
+                            f"{first.name if first else 'nothing'!r}); this is not a bundle made by `bundle pack`")
+    if first.size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: {MANIFEST_NAME} is {human(first.size)}: not a bundle manifest")
+    handle = tar.extractfile(first)
+    data = handle.read() if handle else b""
+    if len(data) != first.size:
+        raise ManifestError(f"{path}: {MANIFEST_NAME} is cut short")
+    manifest = Manifest.from_json(data.decode("utf-8", "replace"), f"{path}:{MANIFEST_NAME}")
+    check_bundle_id(manifest, bundle_id, f"{path}:{MANIFEST_NAME}")
+    return ArchiveScan(manifest, data)
+
+
+def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Optional[FileSink],
+                  plain_size: Optional[int], expect: Optional[ArchiveScan]) -> None:
+    by_path = scan.manifest.by_path()
+    listed = set(by_path)
+    seen: set[str] = set()
+    index = 0
+    while True:
+        try:
+            member = tar.next()
+        except DAMAGED as exc:
+            scan.problems.append(Problem(path.name, f"archive is damaged or cut short after {len(seen)} files ({exc})"))
+            return
+        if member is None:
+            break
+        name = member_name(member)
+        signature = (name, member.type.decode(errors="replace"), member.size)
+        if expect is not None and (index >= len(expect.members) or expect.members[index] != signature):
+            raise ManifestError(f"{path}: the archive changed while it was being unpacked")
+        scan.members.append(signature)
+        index += 1
+        problem = member_problem(member, name, listed)
+        if problem:
+            scan.problems.append(Problem(name or member.name, problem))
+            continue
+        if member.isdir():
+            continue
+        entry = by_path[name]
+        if name in seen:
+            scan.problems.append(Problem(name, "appears twice in the archive: refused"))
+            continue
+        seen.add(name)
+        if member.size != entry.size:
+            scan.problems.append(Problem(name, f"size mismatch: manifest says {entry.size} bytes, "
+                                               f"the archive holds {member.size} bytes"))
+            continue
+        if plain_size is not None and member.offset_data + member.size > plain_size:
+            scan.problems.append(Problem(name, f"archive is cut short: {member.offset_data + member.size - plain_size} "
+                                               "bytes of this file are missing"))
+            continue
+        if sink is not None:
+            try:
+                problem = sink(tar, member, entry)
+            except DAMAGED as exc:
+                if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None:
+                    raise  # a local write error (disk full, permissions): not the archive's fault
+                scan.problems.append(Problem(name, f"archive is damaged or cut short in this file ({exc})"))
+                return
+            if problem:
+                scan.problems.append(problem)
+    for missing in sorted(listed - seen):
+        entry = by_path[missing]
+        scan.problems.append(Problem(missing, f"missing from the archive (expected {entry.size} bytes)"))
+
+
+def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry,
+                 writer: Optional[IO[bytes]], progress: Progress) -> Optional[Problem]:
+    """Stream one member (into ``writer`` or nowhere), hashing it; a Problem when it differs."""
+    source = tar.extractfile(member)
+    assert source is not None
+    digest = hashlib.sha256()
+    count = 0
+    while chunk := source.read(CHUNK_SIZE):
+        digest.update(chunk)
+        if writer is not None:
+            writer.write(chunk)
+        count += len(chunk)
+        progress.update(len(chunk))
+    actual = digest.hexdigest()
+    if count != entry.size:
+        return Problem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {count} bytes")
+    if actual != entry.sha256:
+        return Problem(entry.path, f"sha256 mismatch: expected {entry.sha256}, actual {actual}")
+    return None
+
+
+def verify_archive(path: Path, bundle_id: Optional[str] = None, quiet: bool = False) -> Manifest:
+    """Check an archive without writing anything: members, then every file's size and sha256."""
+    with Progress(None, "verify", bars_wanted(quiet)) as progress:
+        scan = scan_archive(path, lambda tar, member, entry: _copy_member(tar, member, entry, None, progress),
+                            bundle_id)
+    if scan.problems:
+        raise VerifyFailed(f"{path} is not an intact bundle", scan.problems)
+    return scan.manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# unpack
+
+
+def _check_target(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise UsageError(f"--into {target}: exists and is not a directory; choose a new directory")
+    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
+        raise UsageError(f"--into {target}: is not empty and holds no bundle; refusing to replace it "
+                         "(choose a new or empty directory)")
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Hidden temp and old trees of interrupted unpacks into this target."""
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    for prefix in (f".{target.name}.unpack-", f".{target.name}.old-"):
+        for leftover in parent.glob(prefix + "*"):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+
+
+def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: bool = False) -> Manifest:
+    """Validate every member, extract into a temp dir beside ``target``, verify, then rename into place."""
+    archive, target = archive.resolve(), target.absolute()
+    _check_target(target)
+    checked = scan_archive(archive, None, bundle_id)
+    if checked.problems:
+        raise VerifyFailed(f"{archive} refused; nothing was written", checked.problems)
+    needed = checked.manifest.total_size()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target.parent).free
+    if needed > free:
+        raise BundleError(f"{target.parent}: {human(free)} free, the bundle needs {human(needed)}; "
+                          "nothing was written")
+    _remove_leftovers(target)
+    temp = target.parent / f".{target.name}.unpack-{secrets.token_hex(4)}"
+    temp.mkdir(mode=0o700)
+    try:
+        with Progress(needed, "unpack", bars_wanted(quiet)) as progress:
+            def write(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry) -> Optional[Problem]:
+                dest = temp / entry.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    problem = _copy_member(tar, member, entry, handle, progress)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(dest, file_mode(member.mode))
+                os.utime(dest, (member.mtime, member.mtime))
+                return problem
+
+            scan = scan_archive(archive, write, bundle_id, expect=checked)
+        if scan.problems:
+            raise VerifyFailed(f"{archive} is damaged; nothing was unpacked into {target}", scan.problems)
+        for dirpath, dirnames, _files in os.walk(temp):
+            for name in dirnames:
+                os.chmod(os.path.join(dirpath, name), 0o755)
+        os.chmod(temp, 0o755)
+        manifest_path = temp / MANIFEST_NAME
+        with open(manifest_path, "wb") as handle:  # last: only a complete tree has a manifest
+            handle.write(scan.manifest_bytes)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _swap_into_place(temp, target)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp)
+    return scan.manifest
+
+
+def _swap_into_place(temp: Path, target: Path) -> None:
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+        os.rename(target, old)
+        os.rename(temp, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(temp, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    pack_parser = subparsers.add_parser("pack", help="pack a built bundle directory into one archive",
+                                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pack_parser.add_argument("directory", type=Path, metavar="DIR", help="bundle directory made by `build`")
+    pack_parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                             help="archive to write: FILE.tar.gz (gzip) or FILE.tar (no compression, fastest)")
+    pack_parser.add_argument("--level", type=int, default=1, choices=range(0, 10), metavar="0-9",
+                             help="gzip level for .tar.gz (default 1)")
+    pack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    pack_parser.set_defaults(func=run_pack)
+
+    unpack_parser = subparsers.add_parser("unpack", help="check an archive, then unpack it safely",
+                                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    unpack_parser.add_argument("archive", type=Path, metavar="FILE", help="archive made by `pack`")
+    unpack_parser.add_argument("--into", type=Path, required=True, metavar="DIR",
+                               help="directory to create (or an earlier bundle to replace)")
+    unpack_parser.add_argument("--bundle-id", metavar="SHA256",
+                               help="the id `build` printed (given out of band): refuse any other bundle")
+    unpack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    unpack_parser.set_defaults(func=run_unpack)
+
+
+def run_pack(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.directory.is_dir():
+        print(f"error: {args.directory}: not a bundle directory (make one with `python -m bundle build`)",
+              file=sys.stderr)
+        return 2
+    manifest, digest = pack(args.directory, args.output, args.level, args.quiet)
+    size = args.output.stat().st_size
+    print(f"pack: {args.output} ({human(size)}, {len(manifest.files) + 1} members; "
+          f"{human(manifest.total_size())} of files)", file=out)
+    print(f"  archive sha256 {digest} (also in {args.output.name}.sha256)", file=out)
+    print(f"  bundle id      {manifest.digest()} (check with: unpack/verify --bundle-id ...)", file=out)
+    return 0
+
+
+def run_unpack(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.archive.is_file():
+        print(f"error: {args.archive}: no such archive", file=sys.stderr)
+        return 2
+    manifest = unpack(args.archive, args.into, args.bundle_id, args.quiet)
+    print(f"unpack: {args.into}: {len(manifest.files)} files, {human(manifest.total_size())}, every member "
+          f"checked and every sha256 matched (stack {manifest.stack}, bundle id {manifest.digest()})", file=out)
+    return 0

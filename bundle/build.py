@@ -1,0 +1,450 @@
+"""`python -m bundle build --stack NAME --out DIR`: gather on the online machine everything the
+offline server needs for that stack, in exactly the layout `bundle plan` lists.
+
+  images/<image>.tar    --image-tar FILE, else the stack's image.tar when that file exists
+                        here, else `docker save` of image.name; the tar must hold image.name
+  models/<path>/        each enabled model (and companion): from ModelScope or Hugging Face at
+                        the pinned revision (their Python libraries; `pip install modelscope` /
+                        `huggingface_hub` on this machine), or a local directory (source.hub:
+                        local, or no source: the model's directory under models_dir here)
+  wheels/               `pip download` of requirements.txt (binary wheels only, so the offline
+                        install needs no compiler), or --wheels-from DIR checked for completeness
+  pulumi/bin, plugins/  --pulumi-dir (what tools/pulumi-toolchain.sh built), else the release
+                        archives of the pinned versions from get.pulumi.com (or --pulumi-url)
+  stack/Pulumi.NAME.yaml
+  MANIFEST.json         written last and atomically; removed first when rebuilding, so an
+                        interrupted build never looks like a valid bundle. A rebuild that
+                        changes nothing keeps the bundle id.
+
+Incremental: a file whose size and mtime match its source is reused without being read
+again (its sha256 comes from a hash cache beside DIR, keyed by size, mtime and inode);
+only what changed or is missing is copied or downloaded, and files no longer wanted are
+removed. --rehash ignores the cache. Hub downloads and pip's wheels are kept in the cache
+directory (default: .DIR.build-cache beside DIR) and hard-linked into the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, TextIO
+
+from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, Source, download_model,
+                          download_toolchain, list_source_files, locate_toolchain)
+from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest
+from bundle.progress import Progress, bars_wanted, human
+from bundle.sync import HashCache, copy_with_sha256, link_or_copy, remove_partials
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PULUMI_REQUIRED = ("pulumi", "pulumi-language-python")
+
+
+@dataclass
+class BuildOptions:
+    """What the command line gives `build` besides the stack."""
+
+    out: Path
+    image_tar: Optional[Path] = None
+    pulumi_dir: Optional[Path] = None
+    pulumi_url: str = PULUMI_RELEASES
+    wheels_from: Optional[Path] = None
+    requirements: Path = PROJECT_ROOT / "requirements.txt"
+    python_version: Optional[str] = None
+    platforms: list[str] = field(default_factory=list)
+    cache_dir: Optional[Path] = None
+    hub_offline: bool = False
+    rehash: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class ItemReport:
+    """One line of the summary: a bundle item, its size, and what this build had to fetch."""
+
+    path: str
+    what: str
+    files: int = 0
+    size: int = 0
+    fetched_files: int = 0
+    fetched_size: int = 0
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A model (or companion) directory: where it goes in the bundle and on the host, where it comes from."""
+
+    bundle_dir: str  # models/<path>/ as bundle_items names it
+    host_path: str  # relative to models_dir, or absolute
+    source: Source
+    hub: bool
+
+
+class Builder:
+    """Builds (or refreshes) one bundle directory for one stack."""
+
+    def __init__(self, cfg, stack: str, stack_path: Path, options: BuildOptions, out: TextIO):
+        self.cfg, self.stack, self.stack_path, self.opts, self.stdout = cfg, stack, stack_path, options, out
+        self.out = options.out.absolute()
+        self.cache_dir = (options.cache_dir or self.out.parent / f".{self.out.name}.build-cache").absolute()
+        self.hashes = HashCache(self.cache_dir / "hashes.json")
+        if options.rehash:
+            self.hashes.entries = {}
+        self.entries: dict[str, FileEntry] = {}
+        self.model_dirs_done: set[str] = set()
+        self.reports: list[ItemReport] = []
+        self.progress = Progress(None, "build", bars_wanted(options.quiet))
+
+    # -- the whole build ----------------------------------------------------------------------
+
+    def build(self) -> Manifest:
+        from bundle.contents import bundle_items
+
+        items = bundle_items(self.cfg, self.stack)
+        model_dirs = self._model_dirs()
+        self._prepare_out_dir()
+        previous = self._previous_manifest()
+        try:
+            for item in items:
+                report = ItemReport(item.path, item.what)
+                self.reports.append(report)
+                handler = getattr(self, f"_{item.role}")
+                handler(item, report, model_dirs)
+                self.hashes.save()  # an interrupted build keeps what it already hashed
+        finally:
+            self.progress.close()
+        self._remove_stale()
+        self.hashes.forget_except(set(self.entries))
+        self.hashes.save()
+        manifest = Manifest(
+            stack=self.stack,
+            files=sorted(self.entries.values(), key=lambda e: e.path),
+            created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+            image=self.cfg.image.name if any(i.role == "image" for i in items) else None,
+            models_dir=self.cfg.models_dir,
+            model_dirs={d.bundle_dir.rstrip("/"): d.host_path for d in model_dirs.values()},
+            python=self.opts.python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
+        )
+        if previous is not None and dataclasses.replace(previous, created=manifest.created) == manifest:
+            manifest.created = previous.created  # same content, same bundle id
+        manifest.save(self.out)
+        return manifest
+
+    def _previous_manifest(self) -> Optional[Manifest]:
+        """The manifest of the bundle being refreshed (then removed: a rebuild is under way)."""
+        try:
+            previous = load_manifest(self.out)
+        except BundleError:
+            previous = None
+        (self.out / MANIFEST_NAME).unlink(missing_ok=True)
+        return previous
+
+    def _prepare_out_dir(self) -> None:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise SetupError(f"--out {out}: exists and is not a directory")
+        is_ours = (out / MANIFEST_NAME).exists() or (self.cache_dir / "hashes.json").exists()
+        if out.is_dir() and any(out.iterdir()) and not is_ours:
+            raise SetupError(f"--out {out}: is not empty and is not a bundle built here; choose a new directory "
+                             "(build deletes files of its output directory that the bundle does not need)")
+        out.mkdir(parents=True, exist_ok=True)
+        remove_partials(out)
+
+    def _model_dirs(self) -> dict[str, ModelDir]:
+        """{bundle dir: ModelDir} of the enabled models and their companions, from the stack config."""
+        from bundle.contents import model_bundle_dir
+        from components.launch import models_dir_of
+
+        dirs: dict[str, ModelDir] = {}
+        for model in self.cfg.enabled_models:
+            local_root = models_dir_of(self.cfg, model)
+            pairs = [(model.path or model.uid, model.source)]
+            pairs += [(c.path, c.source) for c in model.companions]
+            for host_path, source in pairs:
+                if source is None:
+                    here = host_path if host_path.startswith("/") else os.path.join(local_root, host_path)
+                    src, hub = Source("local", path=here), False
+                else:
+                    src, hub = Source(source.hub, source.id, source.revision, source.path), source.hub != "local"
+                dirs[model_bundle_dir(host_path)] = ModelDir(model_bundle_dir(host_path), host_path, src, hub)
+        return dirs
+
+    # -- one handler per role of bundle_items -------------------------------------------------
+
+    def _image(self, item, report: ItemReport, _dirs) -> None:
+        image = self.cfg.image.name
+        tar = self.opts.image_tar
+        if tar is not None:
+            if not tar.is_file():
+                raise SetupError(f"--image-tar {tar}: no such file")
+        elif self.cfg.image.tar and Path(self.cfg.image.tar).is_file():
+            tar = Path(self.cfg.image.tar)
+        else:
+            tar = self._docker_save(image)
+        check_image_tar(tar, image)
+        self._sync_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
+
+    def _docker_save(self, image: str) -> Path:
+        docker = shutil.which("docker")
+        configured = f"image.tar = {self.cfg.image.tar!r} is not on this machine and " if self.cfg.image.tar else ""
+        if docker is None:
+            raise SetupError(f"no image tar: {configured}`docker` is not installed here to `docker save {image}`; "
+                             f"pass --image-tar FILE (a `docker save` of {image})")
+        dest = self.cache_dir / "images" / f"{hashlib.sha256(image.encode()).hexdigest()[:16]}.tar"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_suffix(".part")
+        self._say(f"build: docker save {image} (this takes a while for a large image)")
+        proc = subprocess.run([docker, "save", "-o", str(partial), image], capture_output=True, text=True)
+        if proc.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise FetchError(f"docker save {image} failed: {proc.stderr.strip() or proc.returncode}; "
+                             f"`docker pull {image}` first, or pass --image-tar FILE")
+        os.replace(partial, dest)
+        return dest
+
+    def _model(self, item, report: ItemReport, dirs: dict[str, ModelDir]) -> None:
+        if item.path in self.model_dirs_done:  # a companion two models share
+            report.what += " (shared, already in the bundle)"
+            return
+        self.model_dirs_done.add(item.path)
+        model_dir = dirs[item.path]
+        source_dir = download_model(model_dir.source, self.cache_dir, self.opts.hub_offline, self.opts.quiet)
+        files = list(list_source_files(source_dir, HUB_BOOKKEEPING if model_dir.hub else frozenset()))
+        if not files:
+            raise FetchError(f"{item.what}: {source_dir} holds no files")
+        self._sync_tree(files, item.path, "model", item.model, report, link=model_dir.hub)
+
+    def _wheel(self, item, report: ItemReport, _dirs) -> None:
+        requirements = self.opts.requirements
+        if not requirements.is_file():
+            raise SetupError(f"--requirements {requirements}: no such file")
+        if self.opts.wheels_from is not None:
+            wheel_dir = self.opts.wheels_from
+            if not wheel_dir.is_dir():
+                raise SetupError(f"--wheels-from {wheel_dir}: no such directory")
+            self._check_wheels_complete(wheel_dir, requirements)
+        else:
+            wheel_dir = self._pip_download(requirements)
+        files = [(name, wheel_dir / name) for name in sorted(os.listdir(wheel_dir))
+                 if name.endswith((".whl", ".tar.gz", ".zip")) and (wheel_dir / name).is_file()]
+        self._sync_tree(files, item.path, "wheel", None, report, link=wheel_dir.is_relative_to(self.cache_dir))
+        self._sync_file(requirements, item.path + "requirements.txt", "wheel", None, report)
+
+    def _pip_args(self) -> list[str]:
+        args = ["--disable-pip-version-check", "--only-binary=:all:"]
+        if self.opts.python_version:
+            args += ["--python-version", self.opts.python_version]
+        for tag in self.opts.platforms:
+            args += ["--platform", tag]
+        return args
+
+    def _pip_download(self, requirements: Path) -> Path:
+        key = hashlib.sha256(json.dumps([requirements.read_text(), self._pip_args()]).encode()).hexdigest()[:16]
+        dest = self.cache_dir / "wheels" / key
+        dest.mkdir(parents=True, exist_ok=True)
+        self._say(f"build: pip download -r {requirements} (into {dest})")
+        cmd = [sys.executable, "-m", "pip", "download", *self._pip_args(), "-r", str(requirements), "-d", str(dest)]
+        if self.opts.quiet:
+            cmd.append("-q")
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE if self.opts.quiet else None, stderr=subprocess.PIPE,
+                              text=True)
+        if proc.returncode != 0:
+            raise FetchError(f"pip download failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        return dest
+
+    def _check_wheels_complete(self, wheel_dir: Path, requirements: Path) -> None:
+        """Resolve requirements.txt against the given wheels alone, as the offline install will."""
+        with tempfile.TemporaryDirectory(dir=self.cache_dir.parent if self.cache_dir.parent.exists() else None) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-index", "--find-links", str(wheel_dir),
+                   *self._pip_args(), "-r", str(requirements), "-d", tmp]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SetupError(f"--wheels-from {wheel_dir} cannot satisfy {requirements} without an index: "
+                             f"{proc.stderr.strip()[-1500:]}\nadd the missing wheels (pip download -r "
+                             f"{requirements} -d {wheel_dir}) or drop --wheels-from")
+
+    def _pulumi(self, item, report: ItemReport, _dirs) -> None:
+        from bundle.contents import PULUMI_PLUGINS
+
+        if self.opts.pulumi_dir is not None:
+            toolchain = locate_toolchain(self.opts.pulumi_dir)
+        else:
+            self._say(f"build: downloading the Pulumi CLI and plugins from {self.opts.pulumi_url}")
+            toolchain = download_toolchain(self.cache_dir, self.opts.pulumi_url, self.opts.hub_offline)
+        binaries = [(name, toolchain.bin_dir / name) for name in sorted(os.listdir(toolchain.bin_dir))
+                    if name.startswith("pulumi") and (toolchain.bin_dir / name).is_file()]
+        plugins = []
+        if toolchain.plugins_dir is not None:
+            plugins = [(rel, path) for rel, path in list_source_files(toolchain.plugins_dir)
+                       if not rel.endswith((".lock", ".partial")) and "/" in rel]
+        names = {name for name, _ in binaries}
+        missing = [n for n in PULUMI_REQUIRED if n not in names]
+        for plugin in PULUMI_PLUGINS:
+            binary = f"pulumi-resource-{plugin}"
+            if binary not in names and not any(rel.startswith(f"resource-{plugin}-v") and rel.endswith("/" + binary)
+                                               for rel, _ in plugins):
+                missing.append(binary)
+        if missing:
+            where = self.opts.pulumi_dir or toolchain.bin_dir
+            raise SetupError(f"the Pulumi toolchain in {where} lacks {', '.join(missing)}; build them with "
+                             "tools/pulumi-toolchain.sh (or point --pulumi-dir at a complete toolchain)")
+        self._sync_tree(binaries, item.path + "bin/", "pulumi", None, report,
+                        link=toolchain.bin_dir.is_relative_to(self.cache_dir))
+        if plugins:
+            self._sync_tree(plugins, item.path + "plugins/", "pulumi", None, report,
+                            link=toolchain.bin_dir.is_relative_to(self.cache_dir))
+
+    def _stack(self, item, report: ItemReport, _dirs) -> None:
+        self._sync_file(self.stack_path, item.path, "stack", None, report)
+
+    # -- file plumbing ------------------------------------------------------------------------
+
+    def _sync_tree(self, files: Iterable[tuple[str, Path]], prefix: str, role: str, model: Optional[str],
+                   report: ItemReport, link: bool = False) -> None:
+        for rel, src in files:
+            self._sync_file(src, prefix + rel, role, model, report, link)
+
+    def _sync_file(self, src: Path, rel: str, role: str, model: Optional[str], report: ItemReport,
+                   link: bool = False) -> None:
+        """Make out/rel hold src's content; reuse it when size and mtime already match."""
+        dest = self.out / rel
+        src_stat = src.stat()
+        try:
+            dest_stat = dest.lstat()
+        except FileNotFoundError:
+            dest_stat = None
+        same = (dest_stat is not None and dest.is_file() and not dest.is_symlink()
+                and dest_stat.st_size == src_stat.st_size and dest_stat.st_mtime_ns == src_stat.st_mtime_ns)
+        if same:
+            sha = self.hashes.sha256(rel, dest, self.progress.update)
+        else:
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            sha = link_or_copy(src, dest, self.progress.update) if link else \
+                copy_with_sha256(src, dest, progress=self.progress.update, fsync=False)
+            if sha is None:  # hard-linked: hash it once (the cache remembers it)
+                sha = self.hashes.sha256(rel, dest, self.progress.update)
+            else:
+                self.hashes.record(rel, dest.stat(), sha)
+            report.fetched_files += 1
+            report.fetched_size += src_stat.st_size
+        if rel in self.entries:
+            raise SetupError(f"{rel}: two sources want the same bundle file; give the models distinct paths")
+        self.entries[rel] = FileEntry(rel, src_stat.st_size, sha, role, model)
+        report.files += 1
+        report.size += src_stat.st_size
+
+    def _remove_stale(self) -> None:
+        """Delete what an earlier build put in the bundle that this one did not produce."""
+        keep = set(self.entries)
+        for dirpath, dirnames, filenames in os.walk(self.out, topdown=False):
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                path = os.path.join(dirpath, name)
+                if os.path.relpath(path, self.out).replace(os.sep, "/") not in keep:
+                    os.unlink(path)
+            if dirpath != str(self.out) and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+
+    def _say(self, text: str) -> None:
+        if not self.opts.quiet:
+            print(text, file=sys.stderr)
+
+
+def check_image_tar(tar: Path, image: str) -> None:
+    """The tar is a `docker save` archive that holds ``image`` (carrying the wrong one is costly)."""
+    try:
+        with tarfile.open(tar, "r:*") as archive:
+            member = next((m for m in archive if m.name.lstrip("./") == "manifest.json" and m.isreg()), None)
+            if member is None:
+                raise SetupError(f"{tar}: has no manifest.json: not a `docker save` archive")
+            handle = archive.extractfile(member)
+            entries = json.loads(handle.read() if handle else b"[]")
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise SetupError(f"{tar}: not a readable `docker save` archive ({exc})") from exc
+    tags = sorted({tag for entry in entries if isinstance(entry, dict) for tag in entry.get("RepoTags") or []})
+    candidates = {image, f"docker.io/{image}", image.removeprefix("docker.io/"),
+                  image.removeprefix("docker.io/library/")}
+    if not candidates & set(tags):
+        raise SetupError(f"{tar} holds {', '.join(tags) or 'no tagged image'}, not image.name {image!r}; "
+                         "fix image.name or give the right tar")
+
+
+def summary(manifest: Manifest, reports: list[ItemReport], out: Path) -> str:
+    rows = [("ITEM", "FILES", "SIZE", "FETCHED NOW")]
+    for r in reports:
+        fetched = "reused" if r.fetched_files == 0 else f"{r.fetched_files} files, {human(r.fetched_size)}"
+        rows.append((r.path, str(r.files), human(r.size), fetched))
+    total_fetched = sum(r.fetched_files for r in reports)
+    rows.append(("total", str(len(manifest.files)), human(manifest.total_size()),
+                 f"{total_fetched} files, {human(sum(r.fetched_size for r in reports))}"
+                 f" ({len(manifest.files) - total_fetched} reused)"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [f"Bundle {out} for stack {manifest.stack}"]
+    lines += ["  " + "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in
+                                enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.append(f"bundle id {manifest.digest()}  (give it to the offline site: verify/unpack --bundle-id)")
+    return "\n".join(lines)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("build", help="gather the offline bundle of a stack (online machine)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stack", required=True, metavar="NAME", help="reads STACKS_DIR/Pulumi.NAME.yaml")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory (created or refreshed)")
+    parser.add_argument("--stacks-dir", type=Path, default=Path("stacks"), help="default: ./stacks")
+    parser.add_argument("--image-tar", type=Path, metavar="FILE", help="an existing `docker save` tar of image.name")
+    parser.add_argument("--pulumi-dir", type=Path, metavar="DIR",
+                        help="built Pulumi CLI + plugins (the bin dir tools/pulumi-toolchain.sh prints)")
+    parser.add_argument("--pulumi-url", default=PULUMI_RELEASES, metavar="URL",
+                        help=f"release mirror used without --pulumi-dir (default {PULUMI_RELEASES})")
+    parser.add_argument("--wheels-from", type=Path, metavar="DIR", help="pre-downloaded wheels instead of pip download")
+    parser.add_argument("--requirements", type=Path, default=PROJECT_ROOT / "requirements.txt", metavar="FILE",
+                        help="default: this project's requirements.txt")
+    parser.add_argument("--python-version", metavar="X.Y", help="the offline server's Python, when not this one's")
+    parser.add_argument("--platform", action="append", default=[], metavar="TAG",
+                        help="wheel platform of the offline server (pip's --platform, repeatable), "
+                             "e.g. manylinux2014_x86_64")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="downloads and hash cache "
+                        "(default: .DIR.build-cache beside --out)")
+    parser.add_argument("--hub-offline", action="store_true",
+                        help="no downloads: use only what the cache already holds")
+    parser.add_argument("--rehash", action="store_true", help="hash every file again (ignore the hash cache)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        from components.config_source import from_stack_file
+        from components.errors import ConfigError
+    except ImportError as exc:
+        print(f"error: build needs the project's dependencies ({exc}): bash tools/setup.sh, then "
+              "venv/bin/python -m bundle build ...", file=sys.stderr)
+        return 2
+    if args.python_version and not all(p.isdigit() for p in args.python_version.split(".")):
+        print(f"error: --python-version {args.python_version!r}: write it as 3.11", file=sys.stderr)
+        return 2
+    stack_path = args.stacks_dir / f"Pulumi.{args.stack}.yaml"
+    try:
+        cfg = from_stack_file(stack_path)
+    except ConfigError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 2
+    options = BuildOptions(out=args.out, image_tar=args.image_tar, pulumi_dir=args.pulumi_dir,
+                           pulumi_url=args.pulumi_url, wheels_from=args.wheels_from, requirements=args.requirements,
+                           python_version=args.python_version, platforms=args.platform, cache_dir=args.cache_dir,
+                           hub_offline=args.hub_offline, rehash=args.rehash, quiet=args.quiet)
+    builder = Builder(cfg, args.stack, stack_path, options, out)
+    manifest = builder.build()
+    print(summary(manifest, builder.reports, args.out), file=out)
+    return 0

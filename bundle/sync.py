@@ -1,0 +1,164 @@
+"""Copy a file with its sha256 taken on the way, atomically; remember hashes by (size, mtime).
+
+Shared by `build` (sources -> bundle) and `install` (bundle -> host directories):
+
+- ``copy_with_sha256`` reads the source once, hashing what it writes into a temp file beside
+  the target, checks the expected sha256 when one is given, and only then renames the temp
+  file into place: a reader never sees a half-written file under the real name, and an
+  interrupted copy leaves only a ``.<name>.part-*`` file that the next run removes.
+- ``HashCache`` is a small JSON file of {relative path: [size, mtime_ns, inode, sha256]}: a
+  file whose size, mtime and inode are unchanged is not read again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from bundle.manifest import CHUNK_SIZE, BundleError, sha256_file, write_atomic
+
+PART_PREFIX = ".part-"
+
+
+class CopyError(BundleError):
+    """A copied file did not have the content the manifest promises."""
+
+
+def file_mode(st_mode: int) -> int:
+    """0755 for executables (the Pulumi CLI and plugins), 0644 for the rest; never setuid."""
+    return 0o755 if st_mode & 0o111 else 0o644
+
+
+def copy_with_sha256(src: Path, dest: Path, *, expect_sha256: Optional[str] = None,
+                     expect_size: Optional[int] = None, progress: Optional[Callable[[int], None]] = None,
+                     fsync: bool = True) -> str:
+    """Copy ``src`` to ``dest`` atomically; returns the sha256 of the bytes written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}{PART_PREFIX}")
+    written = 0
+    try:
+        with open(src, "rb", buffering=0) as reader, os.fdopen(fd, "wb", buffering=0) as writer:
+            src_stat = os.fstat(reader.fileno())
+            while count := reader.readinto(buffer):
+                chunk = view[:count]
+                digest.update(chunk)
+                writer.write(chunk)
+                written += count
+                if progress:
+                    progress(count)
+            if fsync:
+                os.fsync(writer.fileno())
+        sha = digest.hexdigest()
+        if expect_size is not None and written != expect_size:
+            raise CopyError(f"{src}: size mismatch: expected {expect_size} bytes, actual {written} bytes")
+        if expect_sha256 is not None and sha != expect_sha256:
+            raise CopyError(f"{src}: sha256 mismatch: expected {expect_sha256}, actual {sha}")
+        os.chmod(tmp, file_mode(src_stat.st_mode))
+        os.utime(tmp, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))
+        os.replace(tmp, dest)
+        return sha
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def link_or_copy(src: Path, dest: Path, progress: Optional[Callable[[int], None]] = None) -> Optional[str]:
+    """Hard-link ``src`` to ``dest`` (atomically) when both are on one file system; returns None then,
+    else copies and returns the sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}{PART_PREFIX}link"
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+        return None
+    except OSError:
+        if tmp.exists():
+            tmp.unlink()
+        return copy_with_sha256(src, dest, progress=progress)
+
+
+def remove_partials(root: Path) -> int:
+    """Delete leftovers of interrupted copies below ``root``."""
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") and PART_PREFIX in name:
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+    return removed
+
+
+class HashCache:
+    """{key: (size, mtime_ns, inode, sha256)} persisted as JSON; unreadable means empty."""
+
+    FORMAT = 1
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.entries: dict[str, list] = {}
+        self.meta: dict = {}  # free-form facts saved alongside (install: the bundle id, the stack)
+        self._dirty = False
+        try:
+            data = json.loads(self.path.read_text())
+            if isinstance(data, dict) and data.get("format") == self.FORMAT and isinstance(data.get("files"), dict):
+                self.entries = data["files"]
+                self.meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        except (OSError, ValueError):
+            pass
+
+    @staticmethod
+    def _signature(st: os.stat_result) -> list:
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+    def lookup(self, key: str, st: os.stat_result) -> Optional[str]:
+        entry = self.entries.get(key)
+        if entry and len(entry) == 4 and entry[:3] == self._signature(st) and stat.S_ISREG(st.st_mode):
+            return entry[3]
+        return None
+
+    def record(self, key: str, st: os.stat_result, sha256: str) -> None:
+        value = [*self._signature(st), sha256]
+        if self.entries.get(key) != value:
+            self.entries[key] = value
+            self._dirty = True
+
+    def set_meta(self, **values) -> None:
+        if any(self.meta.get(k) != v for k, v in values.items()):
+            self.meta.update(values)
+            self._dirty = True
+
+    def forget(self, key: str) -> None:
+        if self.entries.pop(key, None) is not None:
+            self._dirty = True
+
+    def forget_except(self, keep: set[str]) -> None:
+        for key in set(self.entries) - keep:
+            del self.entries[key]
+            self._dirty = True
+
+    def sha256(self, key: str, path: Path, progress: Optional[Callable[[int], None]] = None) -> str:
+        """The cached sha256 of ``path`` when unchanged, else hash it now (and remember)."""
+        st = os.stat(path)
+        cached = self.lookup(key, st)
+        if cached is not None:
+            return cached
+        sha = sha256_file(path, progress=progress)
+        self.record(key, st, sha)
+        return sha
+
+    def save(self) -> None:
+        if self._dirty:
+            data = {"format": self.FORMAT, "meta": self.meta, "files": self.entries}
+            write_atomic(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+            self._dirty = False

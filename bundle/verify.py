@@ -1,0 +1,199 @@
+"""`python -m bundle verify DIR|FILE`: prove a bundle complete and intact before anything is touched.
+
+For an unpacked directory: every manifest entry is checked (missing, not a regular file,
+size, sha256), every file the manifest does not list is reported, and all problems are
+printed at once with the path and the expected and actual values; exit 1 on any.
+Hashing streams each file through one reused 1 MiB buffer (memory does not grow with file
+size) on a pool of threads, one per core: hashlib and file reads release the GIL, so
+threads hash in parallel without the start-up and pickling costs of processes
+(bench/bench_verify.py measures both). Largest files go first so the cores finish together.
+
+For an archive (.tar or .tar.gz) the members are checked the way `unpack` checks them,
+then every member is hashed as it streams by; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, TextIO
+
+from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, check_bundle_id, load_manifest, sha256_file
+from bundle.progress import Progress, bars_wanted, human
+
+EXIT_FAILED = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a bundle, said so an operator can act on it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class VerifyFailed(BundleError):
+    """A bundle that does not match its manifest; carries every problem found."""
+
+    def __init__(self, what: str, problems: list[Problem]):
+        self.problems = sorted(problems, key=lambda p: (p.path, p.message))
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{what}: {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}\n{lines}")
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def hash_files(paths: Iterable[tuple[str, Path, int]], workers: Optional[int] = None,
+               progress: Optional[Callable[[int], None]] = None) -> dict[str, str]:
+    """{key: sha256} for (key, path, size) triples, hashed on ``workers`` threads, largest first.
+
+    A file that cannot be read maps to "error: <reason>" instead of a digest.
+    """
+    jobs = sorted(paths, key=lambda job: -job[2])
+
+    def one(job: tuple[str, Path, int]) -> tuple[str, str]:
+        key, path, _size = job
+        try:
+            return key, sha256_file(path, progress=progress)
+        except OSError as exc:
+            return key, f"error: {exc.strerror or exc}"
+
+    workers = max(1, workers or default_workers())
+    if workers == 1 or len(jobs) <= 1:
+        return dict(map(one, jobs))
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="sha256") as pool:
+        return dict(pool.map(one, jobs))
+
+
+def walk_files(root: Path) -> tuple[list[str], list[Problem]]:
+    """Relative POSIX paths of the regular files below ``root``, and problems for anything else
+    (symlinks, fifos, devices: a bundle holds regular files only). Never follows links."""
+    files: list[str] = []
+    problems: list[Problem] = []
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(root / rel_dir if rel_dir else root) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                mode = entry.stat(follow_symlinks=False).st_mode
+                if stat.S_ISDIR(mode):
+                    stack.append(rel)
+                elif stat.S_ISREG(mode):
+                    files.append(rel)
+                else:
+                    problems.append(Problem(rel, f"is a {kind_of(mode)}, not a regular file"))
+    return files, problems
+
+
+def kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_directory(root: Path, manifest: Manifest, workers: Optional[int] = None,
+                    progress: Optional[Progress] = None, extras: bool = True, content: bool = True,
+                    only: Optional[Iterable[FileEntry]] = None) -> list[Problem]:
+    """Every problem of the unpacked bundle at ``root`` against ``manifest`` (empty list: intact).
+
+    ``extras``: also report files the manifest does not list; ``content``: hash (else only
+    presence, type and size); ``only``: check these entries instead of all.
+    """
+    problems: list[Problem] = []
+    irregular: set[str] = set()  # already reported by the walk
+    if extras:
+        files, problems = walk_files(root)
+        irregular = {p.path for p in problems}
+        listed = {e.path for e in manifest.files} | {MANIFEST_NAME}
+        problems += [Problem(rel, "extra file, not in the manifest (remove it, or rebuild the bundle)")
+                     for rel in sorted(set(files) - listed)]
+    jobs = []
+    for entry in manifest.files if only is None else only:
+        path = root / entry.path
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            problems.append(Problem(entry.path, f"missing (expected {entry.size} bytes, sha256 {entry.sha256})"))
+            continue
+        except OSError as exc:
+            problems.append(Problem(entry.path, f"cannot be read ({exc.strerror})"))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            if entry.path not in irregular:
+                problems.append(Problem(entry.path, f"is a {kind_of(st.st_mode)}, not a regular file"))
+            continue
+        if st.st_size != entry.size:
+            problems.append(Problem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {st.st_size} bytes"))
+            if progress:
+                progress.update(entry.size)
+            continue
+        jobs.append((entry.path, path, entry.size))
+    if not content:
+        jobs = []
+    expected = {e.path: e.sha256 for e in manifest.files}
+    for key, actual in hash_files(jobs, workers, progress.update if progress else None).items():
+        if actual.startswith("error: "):
+            problems.append(Problem(key, f"cannot be read ({actual[7:]})"))
+        elif actual != expected[key]:
+            problems.append(Problem(key, f"sha256 mismatch: expected {expected[key]}, actual {actual}"))
+    return sorted(problems, key=lambda p: (p.path, p.message))
+
+
+def verify_directory(root: Path, bundle_id: Optional[str] = None, workers: Optional[int] = None,
+                     quiet: bool = False) -> Manifest:
+    """Raise VerifyFailed listing every problem; returns the manifest when the bundle is intact."""
+    manifest = load_manifest(root)
+    check_bundle_id(manifest, bundle_id, str(root / MANIFEST_NAME))
+    with Progress(manifest.total_size(), "verify", bars_wanted(quiet)) as progress:
+        problems = check_directory(root, manifest, workers, progress)
+    if problems:
+        raise VerifyFailed(f"{root} does not match its manifest", problems)
+    return manifest
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("verify", help="check every file of a bundle (directory or archive)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", type=Path, metavar="DIR|FILE", help="unpacked bundle directory, or .tar/.tar.gz")
+    parser.add_argument("--bundle-id", metavar="SHA256",
+                        help="the id `build` printed (given out of band): refuse any other manifest")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N", help="hashing threads (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    target: Path = args.target
+    if args.jobs is not None and args.jobs < 1:
+        print(f"error: --jobs {args.jobs}: must be at least 1", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    if target.is_dir():
+        manifest = verify_directory(target, args.bundle_id, args.jobs, args.quiet)
+    elif target.is_file():
+        from bundle.archive import verify_archive
+
+        manifest = verify_archive(target, args.bundle_id, args.quiet)
+    else:
+        print(f"error: {target}: no such bundle directory or archive", file=sys.stderr)
+        return 2
+    elapsed = max(time.monotonic() - started, 1e-9)
+    total = manifest.total_size()
+    print(f"verify: OK: {target} (stack {manifest.stack}, bundle id {manifest.digest()}): "
+          f"{len(manifest.files)} files, {human(total)}, sha256 of every file matches "
+          f"({human(total / elapsed)}/s)", file=out)
+    return 0

@@ -1,0 +1,158 @@
+"""Real inputs for the bundle tests, made on disk: a `docker save`-shaped image tar, model
+directories, a pure-Python wheel pip can install, a Pulumi toolchain directory, a stack file.
+No hub and no Docker engine are needed; everything is small so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from bundle.cli import main
+
+IMAGE = "xprobe/xinference:v4.1.0"
+WHEEL_NAME, WHEEL_VERSION = "xoffline_probe", "1.0"
+
+
+def make_image_tar(path: Path, image: str = IMAGE, layer: bytes = b"layer bytes " * 1000) -> Path:
+    """A tar laid out like `docker save`: manifest.json with RepoTags, a config and a layer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layer_name = hashlib.sha256(layer).hexdigest() + "/layer.tar"
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": [image], "Layers": [layer_name]}]).encode()
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("config.json", b"{}"), (layer_name, layer), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def make_model(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def make_wheel(directory: Path, name: str = WHEEL_NAME, version: str = WHEEL_VERSION) -> Path:
+    """A real, installable pure-Python wheel (module + dist-info with a correct RECORD)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": f"VERSION = {version!r}\n".encode(),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: bundle-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for rel, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{rel},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for rel, data in files.items():
+            archive.writestr(rel, data)
+    return wheel
+
+
+def make_pulumi_dir(root: Path, plugins: tuple[str, ...] = ("docker", "command")) -> Path:
+    """A toolchain bin dir as tools/pulumi-toolchain.sh lays it out (small stand-in executables)."""
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    names = ["pulumi", "pulumi-language-python"] + [f"pulumi-resource-{p}" for p in plugins]
+    for name in names:
+        script = bin_dir / name
+        script.write_text(f"#!/bin/sh\necho {name}\n")
+        script.chmod(0o755)
+    return bin_dir
+
+
+@dataclass
+class Site:
+    """The online machine of a test: sources, stack file, and the paths build writes to."""
+
+    root: Path
+    stack: str = "t1"
+
+    @property
+    def stacks(self) -> Path:
+        return self.root / "stacks"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out" / "bundle"
+
+    @property
+    def host_models(self) -> Path:
+        return self.root / "host-models"
+
+    def src(self, name: str) -> Path:
+        return self.root / "src" / name
+
+
+def make_site(root: Path, models: Optional[dict[str, dict[str, bytes]]] = None, stack: str = "t1") -> Site:
+    """Sources for a docker-mode stack: an image tar, local model dirs (emb with a companion), wheels, Pulumi."""
+    site = Site(root, stack)
+    models = models or {
+        "emb": {"config.json": b'{"dim": 384}', "model.safetensors": os.urandom(64 * 1024),
+                "tokenizer/vocab.txt": b"a\nb\nc\n"},
+        "rr": {"config.json": b'{"rerank": true}', "weights.bin": os.urandom(32 * 1024)},
+        "vad": {"vad.onnx": os.urandom(8 * 1024)},
+    }
+    for name, files in models.items():
+        make_model(site.src(name), files)
+    make_image_tar(root / "image" / "xinference.tar")
+    make_wheel(root / "wheels")
+    (root / "requirements.txt").write_text(f"{WHEEL_NAME}=={WHEEL_VERSION}\n")
+    make_pulumi_dir(root / "toolchain")
+    write_stack(site, [name for name in models if name != "vad"], companion="vad" if "vad" in models else None)
+    return site
+
+
+def write_stack(site: Site, uids: list[str], companion: Optional[str] = None) -> Path:
+    entries = []
+    for i, uid in enumerate(uids):
+        entry = {"uid": uid, "type": "embedding" if i % 2 == 0 else "rerank", "path": uid,
+                 "source": {"hub": "local", "path": str(site.src(uid))}}
+        if companion and i == 0:
+            entry["companions"] = [{"path": companion, "source": {"hub": "local", "path": str(site.src(companion))}}]
+        entries.append(entry)
+    config = {
+        "xinference-offline:mode": "docker",
+        "xinference-offline:image": {"name": IMAGE},
+        "xinference-offline:models_dir": str(site.host_models),
+        "xinference-offline:models": entries,
+    }
+    site.stacks.mkdir(parents=True, exist_ok=True)
+    path = site.stacks / f"Pulumi.{site.stack}.yaml"
+    path.write_text(yaml.safe_dump({"config": config}, sort_keys=False))
+    return path
+
+
+def build_args(site: Site, *extra: str) -> list[str]:
+    return ["build", "--stack", site.stack, "--stacks-dir", str(site.stacks), "--out", str(site.out),
+            "--image-tar", str(site.root / "image" / "xinference.tar"),
+            "--pulumi-dir", str(site.root / "toolchain" / "bin"), "--wheels-from", str(site.root / "wheels"),
+            "--requirements", str(site.root / "requirements.txt"), "--quiet", *extra]
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """{relative path: content} of every file below root (what a test compares before/after)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
