@@ -33,7 +33,7 @@ def from_pulumi() -> StackConfig:
 
     raw: dict[str, Any] = dict(runtime_config.get_config_env())
     raw.update(runtime_config.CONFIG.get())
-    secret_keys = set(runtime_config.get_config_secret_keys_env())
+    secret_keys = set(runtime_config.get_config_secret_keys_env() or ())
     secret_keys |= {k for k in raw if runtime_config.is_config_secret(k)}
     return load_stack_config({k: _decode(v) for k, v in raw.items()}, secret_keys=secret_keys)
 

@@ -13,7 +13,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -39,13 +38,13 @@ type host struct {
 }
 
 func main() {
-	flag.String("tracing", "", "ignored: tracing endpoint")
-	flag.String("root", "", "ignored: project root (the engine also sends it in ProgramInfo)")
-	flag.Bool("logtostderr", false, "ignored")
-	flag.Parse()
+	// The engine passes logging/tracing flags and then its own address; only the address
+	// matters here (it is also sent again in Handshake).
 	h := &host{}
-	if args := flag.Args(); len(args) > 0 {
-		h.engineAddress = args[len(args)-1]
+	for _, arg := range os.Args[1:] {
+		if !strings.HasPrefix(arg, "-") {
+			h.engineAddress = arg
+		}
 	}
 	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
 		Init: func(srv *grpc.Server) error {
@@ -177,7 +176,7 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	if err != nil {
 		return nil, err
 	}
-	secretKeys, err := json.Marshal(req.GetConfigSecretKeys())
+	secretKeys, err := json.Marshal(append([]string{}, req.GetConfigSecretKeys()...)) // [] rather than null
 	if err != nil {
 		return nil, err
 	}
