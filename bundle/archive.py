@@ -285,6 +285,8 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
             scan.problems.append(Problem(path.name, f"archive is damaged or cut short after {len(seen)} files ({exc})"))
             return
         if member is None:
+            if plain_size is not None:
+                _check_end_marker(path, tar.offset, plain_size, scan)
             break
         name = member_name(member)
         signature = (name, member.type.decode(errors="replace"), member.size)
@@ -324,6 +326,19 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
     for missing in sorted(listed - seen):
         entry = by_path[missing]
         scan.problems.append(Problem(missing, f"missing from the archive (expected {entry.size} bytes)"))
+
+
+def _check_end_marker(path: Path, offset: int, size: int, scan: ArchiveScan) -> None:
+    """tarfile stops quietly at a short or unreadable header; a whole plain tar ends with zero blocks."""
+    if offset + tarfile.BLOCKSIZE > size:
+        scan.problems.append(Problem(path.name, f"archive is cut short: it ends at byte {size} without the "
+                                                "end-of-archive marker"))
+        return
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        block = handle.read(tarfile.BLOCKSIZE)
+    if block.count(0) != len(block):
+        scan.problems.append(Problem(path.name, f"archive is damaged: unreadable header at byte {offset}"))
 
 
 def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry,
