@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEMO_ROOT=${DEMO_ROOT:-/tmp/xinference-offline-demo}   # matches stacks/Pulumi.local.yaml
-export PULUMI_CONFIG_PASSPHRASE=${PULUMI_CONFIG_PASSPHRASE-demo-only-passphrase}
+# The local stack holds no real secret; its encryptionsalt (committed) belongs to this passphrase.
+export PULUMI_CONFIG_PASSPHRASE=demo-only-passphrase PULUMI_CONFIG_PASSPHRASE_FILE=
 export PULUMI_SKIP_UPDATE_CHECK=1
 
 bash tools/setup.sh --test >&2
