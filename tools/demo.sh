@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 DEMO_ROOT=${DEMO_ROOT:-/tmp/xinference-offline-demo}   # matches stacks/Pulumi.local.yaml
 # The local stack holds no real secret; its encryptionsalt (committed) belongs to this passphrase.
-export PULUMI_CONFIG_PASSPHRASE=demo-only-passphrase PULUMI_CONFIG_PASSPHRASE_FILE=
+export PULUMI_CONFIG_PASSPHRASE=demo-only-passphrase
+unset PULUMI_CONFIG_PASSPHRASE_FILE
 export PULUMI_SKIP_UPDATE_CHECK=1
 
 bash tools/setup.sh --test >&2
