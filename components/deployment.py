@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 import pulumi
@@ -185,27 +185,14 @@ class XinferenceDeployment(pulumi.ComponentResource):
 
 
 def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optional[str]]) -> XinferenceModelArgs:
-    return XinferenceModelArgs(
-        endpoint=endpoint,
-        model_uid=spec.model_uid,
-        model_name=spec.model_name,
-        model_type=spec.model_type,
-        model_engine=spec.model_engine,
-        model_format=spec.model_format,
-        model_size_in_billions=spec.model_size_in_billions,
-        quantization=spec.quantization,
-        model_path=spec.model_path,
-        gpu_idx=spec.gpu_idx or None,
-        n_gpu=spec.n_gpu,
-        replica=spec.replica,
-        extra=dict(spec.extra) or None,
-        container_id=container_id,
-        weights_digest=spec.weights_digest or None,
-        worker_ip=spec.worker_ip,
-        launch_timeout=spec.launch_timeout,
-        autostart=spec.autostart,
-        smoke_test=spec.smoke_test,
-    )
+    """The resource's inputs: the spec's launch parameters (same names) plus where and what it depends on."""
+    shared = {f.name for f in fields(XinferenceModelArgs)} & {f.name for f in fields(LaunchSpec)}
+    # Empty values are left out rather than sent as [] / {} / "" (absent and empty must diff the same).
+    values = {name: getattr(spec, name) or None for name in shared}
+    values["extra"] = dict(spec.extra) or None
+    for kept in ("replica", "launch_timeout", "autostart", "smoke_test"):  # falsy but meaningful
+        values[kept] = getattr(spec, kept)
+    return XinferenceModelArgs(endpoint=endpoint, container_id=container_id, **values)
 
 
 def model_row(spec: LaunchSpec) -> dict:
