@@ -19,8 +19,9 @@ offline server needs for that stack, in exactly the layout `bundle plan` lists.
 Incremental: a file whose size and mtime match its source is reused without being read
 again (its sha256 comes from a hash cache beside DIR, keyed by size, mtime and inode);
 only what changed or is missing is copied or downloaded, and files no longer wanted are
-removed. --rehash ignores the cache. Hub downloads and pip's wheels are kept in the cache
-directory (default: .DIR.build-cache beside DIR) and hard-linked into the bundle.
+removed. --full copies and hashes everything again. Hub downloads and pip's wheels are
+kept in the cache directory (default: .DIR.build-cache beside DIR) and hard-linked into
+the bundle.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Iterable, Optional, TextIO
 from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, Source, download_model,
                           download_toolchain, list_source_files, locate_toolchain)
 from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest
-from bundle.progress import Progress, bars_wanted, human
+from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import HashCache, copy_with_sha256, link_or_copy, remove_partials
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ class BuildOptions:
     platforms: list[str] = field(default_factory=list)
     cache_dir: Optional[Path] = None
     hub_offline: bool = False
-    rehash: bool = False
+    full: bool = False
     quiet: bool = False
 
 
@@ -98,8 +99,6 @@ class Builder:
         self.out = options.out.absolute()
         self.cache_dir = (options.cache_dir or self.out.parent / f".{self.out.name}.build-cache").absolute()
         self.hashes = HashCache(self.cache_dir / "hashes.json")
-        if options.rehash:
-            self.hashes.entries = {}
         self.entries: dict[str, FileEntry] = {}
         self.model_dirs_done: set[str] = set()
         self.reports: list[ItemReport] = []
@@ -323,7 +322,7 @@ class Builder:
             dest_stat = dest.lstat()
         except FileNotFoundError:
             dest_stat = None
-        same = (dest_stat is not None and dest.is_file() and not dest.is_symlink()
+        same = (not self.opts.full and dest_stat is not None and dest.is_file() and not dest.is_symlink()
                 and dest_stat.st_size == src_stat.st_size and dest_stat.st_mtime_ns == src_stat.st_mtime_ns)
         if same:
             sha = self.hashes.sha256(rel, dest, self.progress.update)
@@ -382,11 +381,11 @@ def check_image_tar(tar: Path, image: str) -> None:
 def summary(manifest: Manifest, reports: list[ItemReport], out: Path) -> str:
     rows = [("ITEM", "FILES", "SIZE", "FETCHED NOW")]
     for r in reports:
-        fetched = "reused" if r.fetched_files == 0 else f"{r.fetched_files} files, {human(r.fetched_size)}"
+        fetched = "reused" if r.fetched_files == 0 else f"{plural(r.fetched_files, 'file')}, {human(r.fetched_size)}"
         rows.append((r.path, str(r.files), human(r.size), fetched))
     total_fetched = sum(r.fetched_files for r in reports)
     rows.append(("total", str(len(manifest.files)), human(manifest.total_size()),
-                 f"{total_fetched} files, {human(sum(r.fetched_size for r in reports))}"
+                 f"{plural(total_fetched, 'file')}, {human(sum(r.fetched_size for r in reports))}"
                  f" ({len(manifest.files) - total_fetched} reused)"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [f"Bundle {out} for stack {manifest.stack}"]
@@ -418,7 +417,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: .DIR.build-cache beside --out)")
     parser.add_argument("--hub-offline", action="store_true",
                         help="no downloads: use only what the cache already holds")
-    parser.add_argument("--rehash", action="store_true", help="hash every file again (ignore the hash cache)")
+    parser.add_argument("--full", action="store_true", help="copy and hash every file again (trust nothing in DIR)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     parser.set_defaults(func=run)
 
@@ -443,7 +442,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     options = BuildOptions(out=args.out, image_tar=args.image_tar, pulumi_dir=args.pulumi_dir,
                            pulumi_url=args.pulumi_url, wheels_from=args.wheels_from, requirements=args.requirements,
                            python_version=args.python_version, platforms=args.platform, cache_dir=args.cache_dir,
-                           hub_offline=args.hub_offline, rehash=args.rehash, quiet=args.quiet)
+                           hub_offline=args.hub_offline, full=args.full, quiet=args.quiet)
     builder = Builder(cfg, args.stack, stack_path, options, out)
     manifest = builder.build()
     print(summary(manifest, builder.reports, args.out), file=out)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from bundle.manifest import FileEntry, Manifest, check_bundle_id, files_digest, load_manifest, sha256_file
-from bundle.progress import Progress, bars_wanted, human
+from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import CopyError, HashCache, copy_with_sha256, remove_partials
 from bundle.verify import Problem, VerifyFailed, check_directory
 
@@ -65,8 +65,8 @@ class StepResult:
     def line(self) -> str:
         if self.note:
             return f"  {self.name:<8} {self.note}"
-        parts = [f"{self.copied} files copied ({human(self.copied_bytes)})" if self.copied else "",
-                 f"{self.removed} stale files removed" if self.removed else "",
+        parts = [f"{plural(self.copied, 'file')} copied ({human(self.copied_bytes)})" if self.copied else "",
+                 f"{plural(self.removed, 'stale file')} removed" if self.removed else "",
                  f"{self.unchanged} already in place" if self.unchanged else ""]
         return f"  {self.name:<8} " + ", ".join(p for p in parts if p)
 
@@ -172,7 +172,7 @@ def install_venv(bundle: Path, manifest: Manifest, venv: Path, python: str, quie
     venv_python = venv / "bin" / "python"
     if venv_python.exists() and stamp.is_file() and stamp.read_text().strip() == want:
         result.unchanged = len(wheels)
-        result.note = f"{venv} already installed from these {len(wheels) - 1} wheels"
+        result.note = f"{venv} already installed from these {plural(len(wheels) - 1, 'wheel')}"
         return result
     problems = check_directory(bundle, manifest, only=wheels, extras=False)
     if problems:
@@ -199,7 +199,7 @@ def install_venv(bundle: Path, manifest: Manifest, venv: Path, python: str, quie
     stamp.write_text(want + "\n")
     result.copied = len(wheels) - 1
     result.copied_bytes = sum(e.size for e in wheels)
-    result.note = f"{venv}: installed {len(wheels) - 1} wheels with no index"
+    result.note = f"{venv}: installed {plural(len(wheels) - 1, 'wheel')} with no index"
     return result
 
 

@@ -61,3 +61,8 @@ def human(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def plural(count: int, word: str) -> str:
+    """plural(1, "file") -> '1 file'; plural(3, "file") -> '3 files'."""
+    return f"{count} {word}" + ("" if count == 1 else "s")
