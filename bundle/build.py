@@ -43,6 +43,7 @@ from typing import Iterable, Optional, TextIO
 
 from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, Source, download_model,
                           download_toolchain, list_source_files, locate_toolchain)
+from bundle.install import offline_pip_env
 from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest
 from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import HashCache, copy_with_sha256, link_or_copy, remove_partials
@@ -266,7 +267,7 @@ class Builder:
         with tempfile.TemporaryDirectory(dir=self.cache_dir.parent if self.cache_dir.parent.exists() else None) as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-index", "--find-links", str(wheel_dir),
                    *self._pip_args(), "-r", str(requirements), "-d", tmp]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_pip_env())
         if proc.returncode != 0:
             raise SetupError(f"--wheels-from {wheel_dir} cannot satisfy {requirements} without an index: "
                              f"{proc.stderr.strip()[-1500:]}\nadd the missing wheels (pip download -r "

@@ -162,7 +162,8 @@ def locate_toolchain(directory: Path) -> PulumiToolchain:
     else:
         raise SetupError(f"--pulumi-dir {directory}: no `pulumi` executable there or in its bin/ "
                          "(tools/pulumi-toolchain.sh prints the bin directory it built)")
-    for plugins in (bin_dir.parent / "plugins", directory / "plugins"):
+    # tools/pulumi-toolchain.sh keeps plugins in <cache>/home/plugins (its PULUMI_HOME)
+    for plugins in (bin_dir.parent / "plugins", bin_dir.parent / "home" / "plugins", directory / "plugins"):
         if plugins.is_dir():
             return PulumiToolchain(bin_dir, plugins)
     return PulumiToolchain(bin_dir, None)

@@ -152,6 +152,15 @@ def install_pulumi(bundle: Path, manifest: Manifest, home: Path, progress: Progr
     return result
 
 
+def offline_pip_env() -> dict[str, str]:
+    """The environment for a pip that must see the bundle's wheels and nothing else: no pip config
+    file and no PIP_* settings (a PIP_FIND_LINKS or index on this machine would hide a wheel the
+    bundle lacks)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
 def python_version(python: str) -> str:
     proc = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                           capture_output=True, text=True)
@@ -192,7 +201,8 @@ def install_venv(bundle: Path, manifest: Manifest, venv: Path, python: str, quie
            "--find-links", str(bundle / "wheels"), "-r", str(requirements)]
     if quiet:
         cmd.append("-q")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE, text=True,
+                          env=offline_pip_env())
     if proc.returncode != 0:
         raise InstallError("venv", [Problem(str(venv), "pip install from the bundled wheels failed: "
                                                        f"{proc.stderr.strip()[-2000:]}")])
