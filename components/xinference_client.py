@@ -18,7 +18,9 @@ Facts about Xinference 4.1.0 that shape this module (checked against a real serv
   drops it from the model list but leaves its process running, so never cancel a ready one);
 - with auth on, API keys created at /v1/admin/keys may only query models and run
   inference (403 "API keys can only access model query and inference endpoints"):
-  launching needs a user's access token (POST /token).
+  launching needs a user's access token (POST /token);
+- a request on a kept-alive connection costs ~40 ms more than on a new one (delayed ACK),
+  so every request asks for `Connection: close`.
 """
 
 from __future__ import annotations
@@ -190,6 +192,9 @@ class XinferenceClient:
         self.retry_window = retry_window
         self._session = session or requests.Session()
         self._session.trust_env = False  # an offline server: no proxies from the environment
+        # A request on a kept-alive connection to Xinference 4.1 (uvicorn) waits ~40 ms for a delayed
+        # ACK (measured: 48 ms vs 3.5 ms for GET /status on localhost); a fresh connection does not.
+        self._session.headers["Connection"] = "close"
 
     def close(self) -> None:
         self._session.close()
