@@ -20,7 +20,8 @@ from bundle.contents import bundle_items
 from bundle.fetch import Source, hub_cache_dir, pulumi_versions, release_urls
 from bundle.manifest import MANIFEST_NAME, load_manifest
 from components.config_source import from_stack_file
-from tests.bundle_kit import IMAGE, build_args, make_image_tar, make_pulumi_dir, make_site, run_cli, write_stack
+from tests.bundle_kit import (IMAGE, build_args, make_image_tar, make_pulumi_dir, make_site, make_wheel, run_cli,
+                              write_stack)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,8 +227,11 @@ def test_the_toolchain_dir_may_be_its_parent_with_a_plugins_dir(site):
     assert not any(p.endswith(".lock") for p in paths)
 
 
-def test_incomplete_wheels_are_refused_before_the_air_gap(site):
+def test_incomplete_wheels_are_refused_before_the_air_gap(site, monkeypatch):
     (site.root / "requirements.txt").write_text("xoffline_probe==1.0\nxoffline-not-there==2.0\n")
+    # a wheel this machine's pip settings could find must not count: the offline server lacks it
+    make_wheel(site.root / "machine-wheels", "xoffline_not_there", "2.0")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(site.root / "machine-wheels"))
     code, _, err = cli(*build_args(site))
     assert code == 2 and "cannot satisfy" in err and "xoffline-not-there" in err
 
