@@ -38,7 +38,7 @@ from bundle.manifest import (CHUNK_SIZE, MANIFEST_NAME, BundleError, FileEntry, 
                              check_bundle_id, load_manifest)
 from bundle.progress import Progress, bars_wanted, human
 from bundle.sync import file_mode
-from bundle.verify import Problem, VerifyFailed, walk_files
+from bundle.verify import Problem, VerifyFailed
 
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
@@ -245,8 +245,15 @@ def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optiona
     except ManifestError:
         raise
     except DAMAGED as exc:
+        if _local_error(exc):
+            raise
         raise VerifyFailed(f"{path} is damaged", [Problem(path.name, f"not a readable archive, or cut short ({exc})")])
     return scan
+
+
+def _local_error(exc: BaseException) -> bool:
+    """An OSError of this machine (disk full, permissions), not a sign of a damaged archive."""
+    return isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None
 
 
 def _is_plain_tar(path: Path) -> bool:
@@ -282,6 +289,8 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
         try:
             member = tar.next()
         except DAMAGED as exc:
+            if _local_error(exc):
+                raise
             scan.problems.append(Problem(path.name, f"archive is damaged or cut short after {len(seen)} files ({exc})"))
             return
         if member is None:
@@ -317,8 +326,8 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
             try:
                 problem = sink(tar, member, entry)
             except DAMAGED as exc:
-                if isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None:
-                    raise  # a local write error (disk full, permissions): not the archive's fault
+                if _local_error(exc):
+                    raise
                 scan.problems.append(Problem(name, f"archive is damaged or cut short in this file ({exc})"))
                 return
             if problem:

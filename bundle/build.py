@@ -364,7 +364,7 @@ def check_image_tar(tar: Path, image: str) -> None:
     """The tar is a `docker save` archive that holds ``image`` (carrying the wrong one is costly)."""
     try:
         with tarfile.open(tar, "r:*") as archive:
-            member = next((m for m in archive if m.name.lstrip("./") == "manifest.json" and m.isreg()), None)
+            member = next((m for m in archive if m.name.removeprefix("./") == "manifest.json" and m.isreg()), None)
             if member is None:
                 raise SetupError(f"{tar}: has no manifest.json: not a `docker save` archive")
             handle = archive.extractfile(member)
@@ -400,7 +400,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("build", help="gather the offline bundle of a stack (online machine)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", required=True, metavar="NAME", help="reads STACKS_DIR/Pulumi.NAME.yaml")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory (created or refreshed)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="bundle directory (created or refreshed)")
     parser.add_argument("--stacks-dir", type=Path, default=Path("stacks"), help="default: ./stacks")
     parser.add_argument("--image-tar", type=Path, metavar="FILE", help="an existing `docker save` tar of image.name")
     parser.add_argument("--pulumi-dir", type=Path, metavar="DIR",

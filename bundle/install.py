@@ -15,9 +15,11 @@ Runs with the system python3 (standard library only), from the project checkout:
 
 Each destination keeps a small JSON record of what was installed
 (`.xinference-offline-installed.json`: per file size, mtime, inode and sha256, plus the bundle
-id), so a re-run hashes only files that changed since; files an earlier install put there
-that the bundle no longer has are removed. A second run changes nothing and says so. After a
-failure (disk full, a damaged bundle file) fix the cause and run it again: it carries on.
+id), so a re-run hashes only files that changed since; inside the bundle's model
+directories, files an earlier install put there that the bundle no longer has are removed
+(directories of models the stack dropped are left: another stack may share them). A
+second run changes nothing and says so. After a failure (disk full, a damaged bundle file)
+fix the cause and run it again: it carries on.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ def check_directory(root: Path, manifest: Manifest, workers: Optional[int] = Non
                 problems.append(Problem(entry.path, f"is a {kind_of(st.st_mode)}, not a regular file"))
             continue
         if st.st_size != entry.size:
-            problems.append(Problem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {st.st_size} bytes"))
+            problems.append(Problem(entry.path,
+                                    f"size mismatch: expected {entry.size} bytes, actual {st.st_size} bytes"))
             if progress:
                 progress.update(entry.size)
             continue

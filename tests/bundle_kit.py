@@ -6,6 +6,7 @@ No hub and no Docker engine are needed; everything is small so the suite stays f
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -151,6 +152,14 @@ def run_cli(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
     code = main(list(argv), out=out)
     return code, out.getvalue()
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """main(argv) -> (exit code, stdout, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code, out = run_cli(*argv)
+    return code, out, err.getvalue()
 
 
 def tree(root: Path) -> dict[str, bytes]:

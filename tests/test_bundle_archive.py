@@ -6,7 +6,6 @@ target, not a temp directory, not a file outside (the escapes aim at real paths 
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import json
@@ -21,7 +20,7 @@ from typing import Optional
 import pytest
 
 from bundle.manifest import MANIFEST_NAME, load_manifest
-from tests.bundle_kit import build_args, make_site, run_cli, tree
+from tests.bundle_kit import build_args, cli, make_site, run_cli, tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,13 +31,6 @@ def built(tmp_path_factory):
     code, _ = run_cli(*build_args(site))
     assert code == 0
     return site.out
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code, out = run_cli(*argv)
-    return code, out, err.getvalue()
 
 
 def member(name: str, data: Optional[bytes] = None, **fields) -> tuple[tarfile.TarInfo, Optional[bytes]]:
@@ -287,8 +279,10 @@ def test_a_plain_archive_cut_short_is_refused(site, where):
         members = tar.getmembers()
         end = tar.offset
     big = max(members, key=lambda m: m.size)
-    cut = {"in a header": members[3].offset + 100, "in the data of a file": big.offset_data + big.size // 2,
-           "in the last file": members[-1].offset_data + members[-1].size - 1, "before the end marker": end + 100}[where]
+    cut = {"in a header": members[3].offset + 100,
+           "in the data of a file": big.offset_data + big.size // 2,
+           "in the last file": members[-1].offset_data + members[-1].size - 1,
+           "before the end marker": end + 100}[where]
     archive.write_bytes(archive.read_bytes()[:cut])
     unpack_refused(site, archive, "cut short")
 

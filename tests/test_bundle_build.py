@@ -3,7 +3,6 @@ and the real ModelScope / Hugging Face / Pulumi download code run against local 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
@@ -20,17 +19,10 @@ from bundle.contents import bundle_items
 from bundle.fetch import Source, hub_cache_dir, pulumi_versions, release_urls
 from bundle.manifest import MANIFEST_NAME, load_manifest
 from components.config_source import from_stack_file
-from tests.bundle_kit import (IMAGE, build_args, make_image_tar, make_pulumi_dir, make_site, make_wheel, run_cli,
+from tests.bundle_kit import (IMAGE, build_args, cli, make_image_tar, make_pulumi_dir, make_site, make_wheel, run_cli,
                               write_stack)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code, out = run_cli(*argv)
-    return code, out, err.getvalue()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ of a fresh server, no site-packages); then install's idempotence and recovery.""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -17,16 +15,9 @@ import pytest
 
 from bundle.install import STATE_NAME
 from bundle.manifest import load_manifest
-from tests.bundle_kit import WHEEL_NAME, build_args, make_site, run_cli, tree
+from tests.bundle_kit import WHEEL_NAME, build_args, cli, make_site, run_cli, tree
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code, out = run_cli(*argv)
-    return code, out, err.getvalue()
 
 
 def bare_python(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -89,7 +80,8 @@ def test_the_offline_flow_works_end_to_end(flow):
     record = json.loads((models / STATE_NAME).read_text())
     assert record["meta"]["bundle"] == load_manifest(bundle).digest()
     assert set(record["meta"]["models"]) == {"emb", "rr"}
-    assert (flow["project"] / "stacks" / "Pulumi.t1.yaml").read_bytes() == (bundle / "stack/Pulumi.t1.yaml").read_bytes()
+    stack_file = flow["project"] / "stacks" / "Pulumi.t1.yaml"
+    assert stack_file.read_bytes() == (bundle / "stack/Pulumi.t1.yaml").read_bytes()
     # and the plan holds against the unpacked bundle
     code, plan_out = run_cli("plan", "--config", str(flow["project"] / "stacks" / "Pulumi.t1.yaml"),
                              "--bundle", str(bundle))

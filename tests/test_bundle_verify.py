@@ -10,7 +10,7 @@ import pytest
 
 from bundle.manifest import MANIFEST_NAME, content_digest, load_manifest
 from bundle.verify import hash_files
-from tests.bundle_kit import build_args, make_site, run_cli
+from tests.bundle_kit import build_args, cli, make_site, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +32,7 @@ def bundle(built, tmp_path) -> Path:
 
 
 def verify(target: Path, *extra: str) -> tuple[int, str, str]:
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code, out = run_cli("verify", str(target), "--quiet", *extra)
-    return code, out, err.getvalue()
+    return cli("verify", str(target), "--quiet", *extra)
 
 
 def entry(bundle: Path, path: str):
