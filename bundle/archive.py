@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import posixpath
 import secrets
@@ -120,7 +121,7 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
             with tarfile.open(fileobj=writer, mode="w:gz" if kind == "gz" else "w", format=tarfile.PAX_FORMAT,
                               **options) as tar:
                 tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), 0o644,
-                                     (root / MANIFEST_NAME).stat().st_mtime), _BytesReader(manifest_bytes))
+                                     (root / MANIFEST_NAME).stat().st_mtime), io.BytesIO(manifest_bytes))
                 for entry in sorted(manifest.files, key=lambda e: e.path):
                     problem = _add_file(tar, root, entry, progress)
                     if problem:
@@ -139,16 +140,6 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
     digest = writer.sha256.hexdigest()
     (output.parent / f"{output.name}.sha256").write_text(f"{digest}  {output.name}\n")
     return manifest, digest
-
-
-class _BytesReader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self.data) if size < 0 else self.pos + size
-        chunk, self.pos = self.data[self.pos:end], min(end, len(self.data))
-        return chunk
 
 
 def _add_file(tar: tarfile.TarFile, root: Path, entry: FileEntry, progress: Progress) -> Optional[Problem]:

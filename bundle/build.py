@@ -264,7 +264,7 @@ class Builder:
 
     def _check_wheels_complete(self, wheel_dir: Path, requirements: Path) -> None:
         """Resolve requirements.txt against the given wheels alone, as the offline install will."""
-        with tempfile.TemporaryDirectory(dir=self.cache_dir.parent if self.cache_dir.parent.exists() else None) as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-index", "--find-links", str(wheel_dir),
                    *self._pip_args(), "-r", str(requirements), "-d", tmp]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_pip_env())
@@ -298,11 +298,9 @@ class Builder:
             where = self.opts.pulumi_dir or toolchain.bin_dir
             raise SetupError(f"the Pulumi toolchain in {where} lacks {', '.join(missing)}; build them with "
                              "tools/pulumi-toolchain.sh (or point --pulumi-dir at a complete toolchain)")
-        self._sync_tree(binaries, item.path + "bin/", "pulumi", None, report,
-                        link=toolchain.bin_dir.is_relative_to(self.cache_dir))
-        if plugins:
-            self._sync_tree(plugins, item.path + "plugins/", "pulumi", None, report,
-                            link=toolchain.bin_dir.is_relative_to(self.cache_dir))
+        downloaded = toolchain.bin_dir.is_relative_to(self.cache_dir)
+        self._sync_tree(binaries, item.path + "bin/", "pulumi", None, report, link=downloaded)
+        self._sync_tree(plugins, item.path + "plugins/", "pulumi", None, report, link=downloaded)
 
     def _stack(self, item, report: ItemReport, _dirs) -> None:
         self._sync_file(self.stack_path, item.path, "stack", None, report)
