@@ -58,6 +58,14 @@ def image_digest(cfg: StackConfig, manifest: Optional[Manifest]) -> str:
     return ""
 
 
+def image_tar_path(cfg: StackConfig, manifest: Optional[Manifest]) -> Optional[str]:
+    """The tar to load: the bundle's image tar when the stack names a bundle, else image.tar."""
+    images = manifest.role("image") if manifest else []
+    if images and cfg.bundle_dir:
+        return os.path.join(cfg.bundle_dir, images[0].path)
+    return cfg.image.tar if cfg.image else None
+
+
 class XinferenceDeployment(pulumi.ComponentResource):
     """Image, container(s) and models of one Xinference service (one server, or a cluster)."""
 
@@ -138,7 +146,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
         on_host = pulumi.ResourceOptions(parent=self, providers={"docker": provider})
         image = LoadedImage(f"{prefix}-image", LoadedImageArgs(
             image_name=cfg.image.name,
-            tar_path=cfg.image.tar,
+            tar_path=image_tar_path(cfg, self._args.manifest),
             tar_digest=image_digest(cfg, self._args.manifest),
             docker_host=host.host,
         ), opts=on_host)

@@ -72,3 +72,17 @@ def test_local_host_copies_nothing(tmp_path):
     models[0]["path"] = "emb"
     mocks, _ = run_program(docker_stack(models=models, bundle_dir=str(bundle)))
     assert not mocks.of_type("command:remote:CopyToRemote")
+
+
+def test_image_tar_comes_from_the_bundle_when_the_stack_names_one(tmp_path):
+    bundle = tmp_path / "bundle"
+    manifest = make_bundle(bundle, FILES)
+    manifest.files.append(FileEntry("images/xprobe_xinference_v4.1.0.tar", 10, "c" * 64, "image"))
+    manifest.save(bundle)
+    models = [{"uid": "emb", "type": "embedding", "gpus": [0], "path": "emb"}]
+    stack = docker_stack(models=models, bundle_dir=str(bundle))
+    del stack["image"]["tar_sha256"]
+    mocks, _ = run_program(stack)
+    load = mocks.resources["xinference-image-load"].inputs
+    assert f"docker load -i {bundle}/images/xprobe_xinference_v4.1.0.tar" in load["create"]
+    assert load["triggers"] == ["c" * 64]  # the manifest's sha256: a new image reloads
