@@ -14,6 +14,10 @@ Xinference bans an IP after 10 failed credentials in 5 minutes, so the tests sta
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,3 +138,70 @@ def test_a_wrong_password_is_refused_and_never_shown(auth_server, uid):
         provider(f"{USER}:{wrong}").read(uid, props(auth_server, uid))
     assert "the credential was refused" in str(refused.value)
     assert wrong not in str(refused.value)
+
+
+PULUMI = shutil.which("pulumi")
+
+PROGRAM = '''"""A one-model program: the XinferenceModel provider under the real engine, auth on."""
+import pulumi
+
+from components.model import XinferenceModel, XinferenceModelArgs
+
+cfg = pulumi.Config()
+model = XinferenceModel("minilm", XinferenceModelArgs(
+    endpoint=cfg.require("endpoint"),
+    model_uid=cfg.require("uid"),
+    model_name=cfg.require("model_name"),
+    model_type="embedding",
+    model_path=cfg.require("model_path"),
+    launch_timeout=300,
+))
+pulumi.export("status", model.status)
+pulumi.export("uid", model.model_uid)
+'''
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(PULUMI is None, reason="no pulumi CLI on PATH: build it with tools/pulumi-toolchain.sh "
+                                           "(needs Go; tools/test.sh does it)")
+def test_the_engine_hands_the_secret_to_the_provider(auth_server, uid, tmp_path):
+    """Through the real pulumi CLI: the stack secret reaches the dynamic provider via Configure,
+    the model launches on the auth-on server, and the password is in neither the state nor the output."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copytree(ROOT / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "venv").symlink_to(ROOT / "venv")
+    (root / "__main__.py").write_text(PROGRAM)
+    (root / "state").mkdir()
+    (root / "Pulumi.yaml").write_text(
+        "name: xinference-offline\n"
+        "runtime:\n  name: python\n  options:\n    toolchain: pip\n    virtualenv: venv\n"
+        f"backend:\n  url: file://{root / 'state'}\n")
+    env = {**os.environ, "PULUMI_CONFIG_PASSPHRASE": "auth-e2e-passphrase", "PULUMI_SKIP_UPDATE_CHECK": "1"}
+    env.pop("XINFERENCE_API_KEY", None)
+    env.pop("PULUMI_CONFIG_PASSPHRASE_FILE", None)
+
+    def pulumi(*args, check=True):
+        proc = subprocess.run([PULUMI, *args, "--non-interactive"], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=600)
+        if check:
+            assert proc.returncode == 0, f"pulumi {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    pulumi("stack", "init", "auth")
+    for key, value in (("endpoint", auth_server.endpoint), ("uid", uid), ("model_name", MODEL_NAME),
+                       ("model_path", str(auth_server.model_dir))):
+        pulumi("config", "set", f"xinference-offline:{key}", value)
+    pulumi("config", "set", "--secret", "xinference-offline:api_key", f"{USER}:{PASSWORD}")
+    token = auth_server.login(USER, PASSWORD)
+    try:
+        up = pulumi("up", "--yes", "--skip-preview")
+        assert uid in auth_server.running(token) and uid in auth_server.autostart(token)
+        outputs = json.loads(pulumi("stack", "output", "--json").stdout)
+        assert outputs == {"status": "READY", "uid": uid}
+        state = "".join(p.read_text(errors="replace") for p in (root / "state").rglob("*.json"))
+        assert state and PASSWORD not in state and PASSWORD not in up.stdout + up.stderr
+        pulumi("destroy", "--yes", "--skip-preview")
+        assert uid not in auth_server.running(token) and uid not in auth_server.autostart(token)
+    finally:
+        pulumi("destroy", "--yes", "--skip-preview", check=False)
