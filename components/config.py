@@ -216,7 +216,11 @@ class StackConfig(_Strict):
     models: list[ModelConfig] = Field(default_factory=list, description="Models to keep launched.")
     servers: list[ServerConfig] = Field(default_factory=list, description="cluster mode: the GPU servers.")
     auth: bool = Field(default=False, description="Keep Xinference auth on (then `api_key` must be set, as a secret).")
-    api_key: Optional[str] = Field(default=None, description="Xinference API key; set with `pulumi config set --secret`.")
+    api_key: Optional[str] = Field(
+        default=None,
+        description="Xinference credential for deploying: `username:password` or an access token (4.1 API keys "
+                    "cannot launch models, see docs/provider.md); set with `pulumi config set --secret`.",
+    )
     bundle_dir: Optional[str] = Field(
         default=None, description="Unpacked offline bundle; its MANIFEST.json gives the image and weights digests."
     )
