@@ -1,10 +1,16 @@
-// Wrapper module: builds the pulumi CLI (pkg/v3 cmd/pulumi) with the upstream pkg/go.mod's
-// replace directive (atotto/clipboard); tools/pulumi-toolchain.sh runs `go build` here.
+// Wrapper module for the pulumi CLI: requires github.com/pulumi/pulumi/pkg/v3 and sdk/v3 at the
+// pinned version and carries the non-local replace directives of the upstream pkg/go.mod of that
+// version (at v3.274.1 only atotto/clipboard; the sergi/go-diff and xanzy/ssh-agent replaces of
+// older releases are gone upstream). tools/pulumi-toolchain.sh checks that they still match and
+// builds `github.com/pulumi/pulumi/pkg/v3/cmd/pulumi` from a copy of this directory.
 module xinference-offline/pulumi-toolchain
 
 go 1.26.6
 
-require github.com/pulumi/pulumi/pkg/v3 v3.274.1
+require (
+	github.com/pulumi/pulumi/pkg/v3 v3.274.1
+	github.com/pulumi/pulumi/sdk/v3 v3.274.1
+)
 
 require (
 	cel.dev/expr v0.25.3 // indirect
@@ -200,7 +206,6 @@ require (
 	github.com/pulumi/appdash v0.0.0-20231130102222-75f619a67231 // indirect
 	github.com/pulumi/inflector v0.1.1 // indirect
 	github.com/pulumi/pulumi-cloud-sdk/go v1.20261104.0 // indirect
-	github.com/pulumi/pulumi/sdk/v3 v3.274.1 // indirect
 	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/rogpeppe/go-internal v1.14.1 // indirect
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect

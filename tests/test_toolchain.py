@@ -1,0 +1,222 @@
+"""tools/pulumi-toolchain.sh: the Pulumi CLI, the Python language host and the resource plugins
+built from Go modules into a cache.
+
+The cold build (10+ minutes on 2 cores) is done by tools/test.sh before pytest; here the script
+runs against that cache and must answer in seconds. Each test drives the real binaries: the CLI
+reports the pinned version, runs a Python program end to end through the language host, and
+lists the resource plugins the script says it built (a plugin the script reports as not built is
+a skip that carries the script's own reason, never a pass).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tools" / "pulumi-toolchain.sh"
+PINNED = re.search(r"^PULUMI_VERSION=(\S+)", SCRIPT.read_text(), re.M).group(1)
+PLUGINS = {  # name -> version, as pinned in the script
+    name: re.search(rf"^{name.upper()}_VERSION=(\S+)", SCRIPT.read_text(), re.M).group(1)
+    for name in ("command", "docker")
+}
+BUILD_TIMEOUT = 3600  # only when the cache is cold (tools/test.sh builds it before pytest)
+
+pytestmark = pytest.mark.e2e
+needs_go = pytest.mark.skipif(shutil.which("go") is None,
+                              reason="Go is not installed: the Pulumi CLI cannot be built from its Go modules here")
+
+
+def run_script(*args: str, timeout: float = BUILD_TIMEOUT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CI="true")
+    return subprocess.run(["bash", str(SCRIPT), *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+class Toolchain:
+    def __init__(self, bin_dir: Path, stderr: str):
+        self.bin = bin_dir
+        self.root = bin_dir.parent
+        self.home = self.root / "home"
+        self.stderr = stderr
+
+    def env(self, **extra: str) -> dict:
+        env = dict(os.environ, PATH=f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+                   PULUMI_HOME=str(self.home), PULUMI_SKIP_UPDATE_CHECK="1", CI="true")
+        env.update(extra)
+        return env
+
+    def pulumi(self, *args: str, cwd: Path | None = None, env: dict | None = None,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bin / "pulumi"), *args], cwd=cwd, env=env or self.env(),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+    def versions(self) -> dict[str, list[str]]:
+        """versions.txt: component -> [version, build_seconds, source]."""
+        rows = {}
+        for line in (self.root / "versions.txt").read_text().splitlines():
+            if line and not line.startswith("#"):
+                name, *rest = line.split("\t")
+                rows[name] = rest
+        return rows
+
+
+@pytest.fixture(scope="module")
+def toolchain() -> Toolchain:
+    if shutil.which("go") is None:
+        pytest.skip("Go is not installed: the Pulumi CLI cannot be built from its Go modules here")
+    result = run_script()
+    assert result.returncode == 0, f"tools/pulumi-toolchain.sh failed:\n{result.stderr[-6000:]}"
+    bin_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert (bin_dir / "pulumi").is_file(), f"last stdout line is not the bin dir: {result.stdout!r}"
+    return Toolchain(bin_dir, result.stderr)
+
+
+def test_help_needs_nothing():
+    result = subprocess.run(["bash", str(SCRIPT), "--help"], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert "usage: tools/pulumi-toolchain.sh" in result.stdout
+    assert "--cache DIR" in result.stdout and "--src NAME=PATH" in result.stdout
+    bad = subprocess.run(["bash", str(SCRIPT), "--no-such-flag"], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown argument '--no-such-flag'" in bad.stderr
+
+
+@needs_go
+def test_cli_reports_the_pinned_version(toolchain):
+    result = toolchain.pulumi("version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"v{PINNED}"
+    # the CLI is the nearest release the Go module proxy serves, never older than the Python SDK
+    sdk = importlib.metadata.version("pulumi")
+    as_tuple = lambda v: tuple(int(x) for x in v.split(".")[:3])  # noqa: E731
+    assert as_tuple(PINNED) >= as_tuple(sdk), f"CLI v{PINNED} is older than the Python SDK {sdk}"
+
+
+@needs_go
+def test_language_host_and_runner_sit_next_to_the_cli(toolchain):
+    for name in ("pulumi-language-python", "pulumi-language-python-exec", "pulumi-resource-pulumi-python"):
+        path = toolchain.bin / name
+        assert path.is_file() and os.access(path, os.X_OK), f"{path} is missing or not executable"
+    # the language host answers the engine (it prints its gRPC port, then serves until killed)
+    host = subprocess.Popen([str(toolchain.bin / "pulumi-language-python"), "127.0.0.1:1"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = host.stdout.readline().strip()
+        assert port.isdigit() and int(port) > 0, f"pulumi-language-python printed {port!r}"
+    finally:
+        host.kill()
+        host.wait(timeout=10)
+
+
+@needs_go
+def test_versions_file_and_env_file(toolchain):
+    rows = toolchain.versions()
+    for name in ("pulumi", "pulumi-language-python", "pulumi-language-python-exec",
+                 "pulumi-resource-pulumi-python", "plugin-command", "plugin-docker"):
+        assert name in rows, f"versions.txt has no line for {name}"
+    version, seconds, source = rows["pulumi"]
+    assert version == f"v{PINNED}" and seconds.isdigit() and "github.com/pulumi/pulumi/pkg/v3" in source
+    env_sh = (toolchain.root / "env.sh").read_text()
+    assert f'export PATH="{toolchain.bin}:$PATH"' in env_sh
+    assert f'export PULUMI_HOME="{toolchain.home}"' in env_sh
+    assert "export PULUMI_SKIP_UPDATE_CHECK=1" in env_sh
+
+
+@needs_go
+def test_pulumi_up_runs_a_python_program(toolchain, tmp_path):
+    """The CLI finds the language host, which runs the program with the project's virtualenv."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("the tests do not run in a virtualenv (Pulumi.yaml's pip toolchain needs one)")
+    project, state, home = tmp_path / "project", tmp_path / "state", tmp_path / "home"
+    for d in (project, state, home):
+        d.mkdir()
+    (project / "Pulumi.yaml").write_text(
+        "name: toolchain-smoke\nruntime:\n  name: python\n  options:\n"
+        f"    toolchain: pip\n    virtualenv: {sys.prefix}\n")
+    (project / "__main__.py").write_text('import pulumi\npulumi.export("x", 1)\n')
+    # a private PULUMI_HOME: `pulumi login` must not change the toolchain home's backend
+    env = toolchain.env(PULUMI_HOME=str(home), PULUMI_CONFIG_PASSPHRASE="x")
+    for args in (("login", f"file://{state}"), ("stack", "init", "test"),
+                 ("up", "--yes", "--non-interactive", "--skip-preview")):
+        result = toolchain.pulumi(*args, cwd=project, env=env, timeout=300)
+        assert result.returncode == 0, f"pulumi {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    result = toolchain.pulumi("stack", "output", "x", cwd=project, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+@needs_go
+@pytest.mark.parametrize("name", sorted(PLUGINS))
+def test_resource_plugin_is_installed(toolchain, name):
+    version = PLUGINS[name]
+    row = toolchain.versions()[f"plugin-{name}"]
+    if "NOT BUILT" in row[2]:
+        pytest.skip(f"tools/pulumi-toolchain.sh did not build the {name} plugin: {row[2]}")
+    result = toolchain.pulumi("plugin", "ls")
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[:3] for line in result.stdout.splitlines() if line.strip()]
+    assert [name, "resource", version] in listed, result.stdout
+    binary = toolchain.home / "plugins" / f"resource-{name}-v{version}" / f"pulumi-resource-{name}"
+    assert binary.is_file() and os.access(binary, os.X_OK)
+
+
+@needs_go
+def test_second_run_is_cached(toolchain):
+    """Everything built: the script only prints the path, in seconds, and rewrites no binary."""
+    binaries = {p: p.stat().st_mtime_ns for p in toolchain.bin.iterdir()}
+    started = time.monotonic()
+    result = run_script(timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(toolchain.bin)
+    assert elapsed < 30, f"a cached run took {elapsed:.1f}s"
+    assert "building" not in result.stderr, result.stderr
+    assert {p: p.stat().st_mtime_ns for p in toolchain.bin.iterdir()} == binaries
+
+
+def _linked_copy(toolchain: Toolchain, dest: Path) -> Path:
+    """A copy of the toolchain dir whose big binaries are hard links (the script only ever
+    replaces files by rename, so the original is never written through a link)."""
+    for part in ("bin", "home"):
+        if (toolchain.root / part).is_dir():
+            shutil.copytree(toolchain.root / part, dest / part, copy_function=os.link, symlinks=True)
+    shutil.copytree(toolchain.root / "stamps", dest / "stamps")
+    return dest
+
+
+@needs_go
+def test_one_stamp_per_component(toolchain, tmp_path):
+    """A component whose stamp is gone is redone alone: here the SDK runner files are copied
+    again, the CLI and the language host are not rebuilt."""
+    copy = _linked_copy(toolchain, tmp_path / "toolchain")
+    (copy / "stamps" / "pulumi-language-python-exec").unlink()
+    result = run_script("--dir", str(copy), timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(copy / "bin")
+    assert "copied pulumi-language-python-exec" in result.stderr
+    assert "building pulumi" not in result.stderr, result.stderr
+    assert not list(copy.glob(".work.*")), "temp build dirs were left behind"
+
+
+@needs_go
+def test_an_unavailable_plugin_source_is_reported_and_the_rest_goes_on(toolchain, tmp_path):
+    copy = _linked_copy(toolchain, tmp_path / "toolchain")
+    (copy / "stamps" / "plugin-command").unlink(missing_ok=True)  # as if it was never built
+    missing = tmp_path / "no-such-checkout"
+    result = run_script("--dir", str(copy), "--src", f"command={missing}", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(copy / "bin")
+    reason = f"plugin command v{PLUGINS['command']}: NOT BUILT: --src command={missing}: {missing} does not exist"
+    assert reason in result.stderr, result.stderr
+    row = (copy / "versions.txt").read_text()
+    assert f"--src command={missing}: {missing} does not exist" in row
