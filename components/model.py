@@ -666,7 +666,8 @@ class XinferenceModelProvider(ResourceProvider):
         last_cancel = 0.0
         try:
             while time.monotonic() < end:
-                described = client.describe(uid, deadline=end)
+                # Any replica up counts as READY here: such a model is terminated, never cancelled.
+                described = client.describe(uid, all_replicas=False, deadline=end)
                 if described.state == READY:
                     client.terminate(uid, deadline=end)
                     continue

@@ -114,6 +114,9 @@ def test_relaunch_on_a_launch_parameter_change(provider, model_props, uid, xinfe
     provider.delete(uid, old)
     assert uid not in server.running()
     new = provider.create(news).outs
+    # READY means every replica: Xinference answers 200 for the uid once replica 0 is up.
+    rows = requests.get(f"{server.endpoint}/v1/models/instances", params={"model_uid": uid}, timeout=30).json()
+    assert [r["status"] for r in rows[0]["replica_statuses"]] == ["READY", "READY"]
     assert new["replica"] == 2 and server.running()[uid]["replica"] == 2
     provider.delete(uid, new)
     assert_nothing_left(server, uid)
