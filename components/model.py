@@ -66,6 +66,8 @@ _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN:
 _SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc: a special value's signature key ...
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # ... and the signature of a secret
 _REPLICA_SUFFIX = re.compile(r"^.+-rep\d+$")
+# How Xinference 4.1 reports a worker it cannot reach, e.g. "[Errno 111] Connect call failed ('10.0.0.2', 30001)".
+_WORKER_UNREACHABLE = re.compile(r"Connect call failed|Connection refused|ServerClosed|timed? ?out", re.IGNORECASE)
 
 
 @dataclass
@@ -351,7 +353,10 @@ def running_mismatches(described: Mapping[str, Any], props: Mapping[str, Any],
             found.append(("gpu_idx", running_gpus, list(wanted_gpus)))
     if props.get("worker_ip") and isinstance(described.get("address"), str) and ":" in described["address"]:
         host = described["address"].rsplit(":", 1)[0]
-        if host != props["worker_ip"]:
+        wanted_host = str(props["worker_ip"])
+        if wanted_host.count(":") == 1:  # a worker named by its full ip:port address
+            wanted_host = wanted_host.split(":")[0]
+        if host != wanted_host:
             found.append(("worker_ip", host, props["worker_ip"]))
 
     if registered:
@@ -698,6 +703,19 @@ class XinferenceModelProvider(ResourceProvider):
                 described = client.describe(uid)
             except XinferenceUnreachable as exc:
                 raise XinferenceUnreachable(f"cannot tell whether model '{uid}' still runs: {exc}") from None
+            except XinferenceHTTPError as exc:
+                server_error = exc.status >= 500 if exc.status is not None else (exc.detail or "").startswith("HTTP 5")
+                if not server_error or not _WORKER_UNREACHABLE.search(exc.detail or ""):
+                    raise
+                # The supervisor answers but cannot reach the worker that hosts the model. Xinference
+                # drops the model once it declares the worker dead (about a second when the worker's
+                # port refuses, ~35 s by default when the server is silent); "gone" is for it to say.
+                raise XinferenceError(
+                    f"cannot tell whether model '{uid}' still runs: the supervisor at {props.get('endpoint')} "
+                    f"cannot reach the worker that hosts it ({exc.detail}). Bring the worker back, or wait "
+                    f"until Xinference declares it dead and run `pulumi refresh` again (it then records the "
+                    f"model as gone and the next `pulumi up` relaunches it).", status=exc.status,
+                    detail=exc.detail) from None
             if described.state == READY:
                 outs = observed(described.body, props)
                 outs.update(status=READY, autostart_registered=props.get("autostart_registered"),

