@@ -12,7 +12,7 @@ import uuid
 import pytest
 import requests
 
-from components.model import ConflictError, LaunchError, XinferenceModelProvider
+from components.model import ConflictError, LaunchError
 from tests.xinference_server import MODEL_NAME, MODEL_TYPE
 
 pytestmark = pytest.mark.xinference
@@ -32,15 +32,6 @@ def cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
-
-
-@pytest.fixture
-def provider():
-    from pulumi.dynamic import Config, ConfigureRequest
-
-    p = XinferenceModelProvider(retry_window=20.0)
-    p.configure(ConfigureRequest(Config({}, "xinference-offline")))
-    return p
 
 
 @pytest.fixture
