@@ -11,6 +11,8 @@ offline server needs for that stack, in exactly the layout `bundle plan` lists.
                         install needs no compiler), or --wheels-from DIR checked for completeness
   pulumi/bin, plugins/  --pulumi-dir (what tools/pulumi-toolchain.sh built), else the release
                         archives of the pinned versions from get.pulumi.com (or --pulumi-url)
+  program/              this project's files (--project, default: this checkout): git's tracked and
+                        untracked-not-ignored files, never .state/, stacks/, venv/ or the output
   stack/Pulumi.NAME.yaml
   MANIFEST.json         written last and atomically; removed first when rebuilding, so an
                         interrupted build never looks like a valid bundle. A rebuild that
@@ -43,8 +45,9 @@ from typing import Iterable, Optional, TextIO
 
 from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, Source, download_model,
                           download_toolchain, list_source_files, locate_toolchain)
-from bundle.install import offline_pip_env
+from bundle.install import STATE_NAME, offline_pip_env
 from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest
+from bundle.program import PROJECT_MARKER, program_files
 from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import HashCache, copy_with_sha256, link_or_copy, remove_partials
 
@@ -57,11 +60,12 @@ class BuildOptions:
     """What the command line gives `build` besides the stack."""
 
     out: Path
+    project: Path = PROJECT_ROOT  # the checkout carried as program/ (holds Pulumi.yaml)
     image_tar: Optional[Path] = None
     pulumi_dir: Optional[Path] = None
     pulumi_url: str = PULUMI_RELEASES
     wheels_from: Optional[Path] = None
-    requirements: Path = PROJECT_ROOT / "requirements.txt"
+    requirements: Optional[Path] = None  # default: the project's requirements.txt
     python_version: Optional[str] = None
     platforms: list[str] = field(default_factory=list)
     cache_dir: Optional[Path] = None
@@ -112,6 +116,9 @@ class Builder:
 
         items = bundle_items(self.cfg, self.stack)
         model_dirs = self._model_dirs()
+        if not (self.opts.project / PROJECT_MARKER).is_file():
+            raise SetupError(f"--project {self.opts.project}: has no {PROJECT_MARKER}: not the project checkout "
+                             "(the bundle carries it as program/)")
         self._prepare_out_dir()
         previous = self._previous_manifest()
         try:
@@ -225,7 +232,7 @@ class Builder:
         self._sync_tree(files, item.path, "model", item.model, report, link=model_dir.hub)
 
     def _wheel(self, item, report: ItemReport, _dirs) -> None:
-        requirements = self.opts.requirements
+        requirements = self.opts.requirements or self.opts.project / "requirements.txt"
         if not requirements.is_file():
             raise SetupError(f"--requirements {requirements}: no such file")
         if self.opts.wheels_from is not None:
@@ -301,6 +308,13 @@ class Builder:
         downloaded = toolchain.bin_dir.is_relative_to(self.cache_dir)
         self._sync_tree(binaries, item.path + "bin/", "pulumi", None, report, link=downloaded)
         self._sync_tree(plugins, item.path + "plugins/", "pulumi", None, report, link=downloaded)
+
+    def _program(self, item, report: ItemReport, _dirs) -> None:
+        files, notes = program_files(self.opts.project, excluded_dirs=(self.out, self.cache_dir),
+                                     excluded_names=(STATE_NAME,))
+        for note in notes:
+            print(f"build: program: {note}", file=sys.stderr)
+        self._sync_tree(files, item.path, "program", None, report)
 
     def _stack(self, item, report: ItemReport, _dirs) -> None:
         self._sync_file(self.stack_path, item.path, "stack", None, report)
@@ -401,14 +415,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="bundle directory (created or refreshed)")
     parser.add_argument("--stacks-dir", type=Path, default=Path("stacks"), help="default: ./stacks")
+    parser.add_argument("--project", type=Path, default=PROJECT_ROOT, metavar="DIR",
+                        help="project checkout carried as program/ (default: this one, the directory holding "
+                             "Pulumi.yaml)")
     parser.add_argument("--image-tar", type=Path, metavar="FILE", help="an existing `docker save` tar of image.name")
     parser.add_argument("--pulumi-dir", type=Path, metavar="DIR",
                         help="built Pulumi CLI + plugins (the bin dir tools/pulumi-toolchain.sh prints)")
     parser.add_argument("--pulumi-url", default=PULUMI_RELEASES, metavar="URL",
                         help=f"release mirror used without --pulumi-dir (default {PULUMI_RELEASES})")
     parser.add_argument("--wheels-from", type=Path, metavar="DIR", help="pre-downloaded wheels instead of pip download")
-    parser.add_argument("--requirements", type=Path, default=PROJECT_ROOT / "requirements.txt", metavar="FILE",
-                        help="default: this project's requirements.txt")
+    parser.add_argument("--requirements", type=Path, metavar="FILE",
+                        help="default: the project's requirements.txt")
     parser.add_argument("--python-version", metavar="X.Y", help="the offline server's Python, when not this one's")
     parser.add_argument("--platform", action="append", default=[], metavar="TAG",
                         help="wheel platform of the offline server (pip's --platform, repeatable), "
@@ -439,10 +456,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return 2
-    options = BuildOptions(out=args.out, image_tar=args.image_tar, pulumi_dir=args.pulumi_dir,
-                           pulumi_url=args.pulumi_url, wheels_from=args.wheels_from, requirements=args.requirements,
-                           python_version=args.python_version, platforms=args.platform, cache_dir=args.cache_dir,
-                           hub_offline=args.hub_offline, full=args.full, quiet=args.quiet)
+    options = BuildOptions(out=args.out, project=args.project.absolute(), image_tar=args.image_tar,
+                           pulumi_dir=args.pulumi_dir, pulumi_url=args.pulumi_url, wheels_from=args.wheels_from,
+                           requirements=args.requirements, python_version=args.python_version,
+                           platforms=args.platform, cache_dir=args.cache_dir, hub_offline=args.hub_offline,
+                           full=args.full, quiet=args.quiet)
     builder = Builder(cfg, args.stack, stack_path, options, out)
     manifest = builder.build()
     print(summary(manifest, builder.reports, args.out), file=out)

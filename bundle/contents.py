@@ -9,6 +9,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Optional
 
+from bundle.program import PROGRAM_DIR
 from components.config import ModelSource, StackConfig
 
 IMAGE_DIR = "images"
@@ -23,7 +24,7 @@ PULUMI_PLUGINS = ("docker", "command")
 class BundleItem:
     """One thing the bundle carries: a file or a directory (path ends with /)."""
 
-    role: str  # image | model | wheel | pulumi | stack
+    role: str  # image | model | wheel | pulumi | program | stack
     path: str  # relative to the bundle root
     what: str  # human description
     model: Optional[str] = None  # uid for role "model"
@@ -58,5 +59,7 @@ def bundle_items(cfg: StackConfig, stack: str) -> list[BundleItem]:
     items.append(BundleItem("wheel", WHEELS_DIR + "/", "Python wheels of requirements.txt (offline install)"))
     items.append(BundleItem("pulumi", PULUMI_DIR + "/", "Pulumi CLI, python language host, plugins "
                             + ", ".join(PULUMI_PLUGINS)))
+    items.append(BundleItem("program", PROGRAM_DIR + "/",
+                            "the Pulumi program and the bundle tool (this project's files)"))
     items.append(BundleItem("stack", posixpath.join(STACK_DIR, f"Pulumi.{stack}.yaml"), "the stack file"))
     return items

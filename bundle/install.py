@@ -1,8 +1,14 @@
 """`python -m bundle install DIR`: on the offline server, put what `pulumi up` needs in place.
 
-Runs with the system python3 (standard library only), from the project checkout:
+Runs with the system python3 (standard library only), from the project checkout (or from
+`program/` taken out of the archive with tar: the bundle carries this tool):
 
-  venv        `python3 -m venv VENV`, then `pip install --no-index --find-links DIR/wheels -r
+  program     DIR/program/* -> the project checkout (--project, default: .), each file copied
+              only when it differs, atomically (temp file checked against the manifest's
+              sha256, then renamed into place). venv/, .state/, stacks/ and every file the
+              bundle does not list are never touched; a file an earlier install put there that
+              the bundle no longer lists is removed.
+  venv        `python3 -m venv VENV` (default: PROJECT/venv), then `pip install --no-index --find-links DIR/wheels -r
               DIR/wheels/requirements.txt`: no package index is contacted. Skipped when the venv
               was already installed from these exact wheels (a stamp file in the venv).
   Pulumi      DIR/pulumi/bin/* -> PULUMI_HOME/bin, DIR/pulumi/plugins/* -> PULUMI_HOME/plugins.
@@ -10,7 +16,7 @@ Runs with the system python3 (standard library only), from the project checkout:
               default: the stack's models_dir), each file copied only when it differs, into a
               temp file that is checked against the manifest's sha256 and then renamed into
               place, so a model directory never holds a half-copied file under its real name.
-  stack file  copied to ./stacks/ when the project has none for this stack (a differing one is
+  stack file  copied to PROJECT/stacks/ when the project has none for this stack (a differing one is
               reported, never overwritten).
 
 Each destination keeps a small JSON record of what was installed
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from bundle.manifest import FileEntry, Manifest, check_bundle_id, files_digest, load_manifest, sha256_file
+from bundle.program import PROGRAM_DIR, PROJECT_MARKER, is_site_owned
 from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import CopyError, HashCache, copy_with_sha256, remove_partials
 from bundle.verify import Problem, VerifyFailed, check_directory
@@ -134,6 +141,43 @@ def install_models(bundle: Path, manifest: Manifest, models_dir: Path, progress:
     state.set_meta(bundle=manifest.digest(), stack=manifest.stack, models=per_model)
     state.save()
     return result
+
+
+def install_program(bundle: Path, manifest: Manifest, project: Path, progress: Progress) -> StepResult:
+    result = StepResult("program")
+    entries = manifest.role("program")
+    if not entries:
+        result.note = "the bundle carries no program"
+        return result
+    prefix = PROGRAM_DIR + "/"
+    pairs = []
+    for entry in entries:
+        rel = entry.path[len(prefix):]
+        if not entry.path.startswith(prefix) or is_site_owned(rel) or rel == STATE_NAME:
+            result.problems.append(Problem(entry.path, "refused: the program never writes the site's own files "
+                                                       "(venv/, .state/, stacks/)"))
+            continue
+        pairs.append((entry, project / rel, rel))
+    project.mkdir(parents=True, exist_ok=True)
+    for directory in {dest.parent for _entry, dest, _key in pairs}:
+        remove_partials(directory, recursive=False)  # never walk into venv/ or .state/
+    state = HashCache(project / STATE_NAME)
+    sync_files(bundle, pairs, state, ("",), result, progress)
+    state.set_meta(bundle=manifest.digest(), stack=manifest.stack)
+    state.save()
+    return result
+
+
+def project_problem(project: Path) -> Optional[str]:
+    """Why the program must not be installed into ``project`` (None: new, empty, or a checkout)."""
+    if not project.exists():
+        return None
+    if not project.is_dir():
+        return "exists and is not a directory"
+    if (project / PROJECT_MARKER).is_file() or (project / STATE_NAME).is_file() or not any(project.iterdir()):
+        return None
+    return (f"is not empty and holds no {PROJECT_MARKER}: not the project checkout; pass --project DIR (the "
+            "checkout, or a new directory), or --skip program")
 
 
 def install_pulumi(bundle: Path, manifest: Manifest, home: Path, progress: Progress) -> StepResult:
@@ -245,16 +289,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("bundle", type=Path, metavar="DIR", help="unpacked (and verified) bundle directory")
     parser.add_argument("--models-dir", type=Path, metavar="PATH",
                         help="host model directory (default: the stack's models_dir from the bundle)")
-    parser.add_argument("--venv", type=Path, default=Path("venv"), metavar="PATH",
-                        help="virtualenv to create or update (default: ./venv, the one Pulumi.yaml names)")
+    parser.add_argument("--venv", type=Path, metavar="PATH",
+                        help="virtualenv to create or update (default: PROJECT/venv, the one Pulumi.yaml names)")
     parser.add_argument("--pulumi-home", type=Path, default=Path("~/.pulumi"), metavar="PATH",
                         help="gets bin/ (the CLI) and plugins/ (default: ~/.pulumi, Pulumi's own default)")
     parser.add_argument("--python", default=sys.executable, metavar="PATH",
                         help="Python that creates the venv (default: this one)")
     parser.add_argument("--project", type=Path, default=Path("."), metavar="DIR",
-                        help="project checkout that receives stacks/Pulumi.STACK.yaml (default: .)")
+                        help="project checkout that receives the program and stacks/Pulumi.STACK.yaml (default: .)")
     parser.add_argument("--bundle-id", metavar="SHA256", help="refuse any bundle but this one")
-    parser.add_argument("--skip", action="append", default=[], choices=["venv", "pulumi", "models", "stack"],
+    parser.add_argument("--skip", action="append", default=[], choices=["program", "venv", "pulumi", "models",
+                                                                          "stack"],
                         help="leave a step out (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -268,6 +313,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if models_dir is None and manifest.model_dirs and "models" not in args.skip:
         print("error: --models-dir: the bundle names no models_dir; give the host model directory", file=sys.stderr)
         return 2
+    project = args.project.absolute()
+    trouble = project_problem(project) if manifest.role("program") and "program" not in args.skip else None
+    if trouble:
+        print(f"error: --project {args.project}: {trouble}", file=sys.stderr)
+        return 2
+    venv = (args.venv or project / "venv").absolute()
     problems = check_directory(bundle, manifest, extras=False, content=False)  # cheap: presence and sizes
     if problems:
         raise InstallError(f"{bundle} is incomplete; nothing was installed (run `python -m bundle verify {bundle}`)",
@@ -276,10 +327,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     results: list[StepResult] = []
     with Progress(None, "install", bars_wanted(args.quiet)) as progress:
         steps = {
-            "venv": lambda: install_venv(bundle, manifest, args.venv.absolute(), args.python, args.quiet),
+            "program": lambda: install_program(bundle, manifest, project, progress),
+            "venv": lambda: install_venv(bundle, manifest, venv, args.python, args.quiet),
             "pulumi": lambda: install_pulumi(bundle, manifest, home, progress),
             "models": lambda: install_models(bundle, manifest, models_dir.absolute(), progress),
-            "stack": lambda: install_stack_file(bundle, manifest, args.project.absolute()),
+            "stack": lambda: install_stack_file(bundle, manifest, project),
         }
         for name, step in steps.items():
             if name not in args.skip:
@@ -295,6 +347,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     env = f"export PATH={home}/bin:$PATH"
     if home != Path("~/.pulumi").expanduser().absolute():
         env += f" PULUMI_HOME={home}"
-    print(f"next:\n  {env}\n  pulumi login file://$PWD/.state\n  pulumi stack select --create {manifest.stack}\n"
+    cd = "" if project.resolve() == Path.cwd().resolve() else f"\n  cd {project}"
+    print(f"next:{cd}\n  {env}\n  pulumi login file://$PWD/.state\n  pulumi stack select --create {manifest.stack}\n"
           f"  pulumi preview --stack {manifest.stack}   # then: pulumi up --stack {manifest.stack}", file=out)
     return 0

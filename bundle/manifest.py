@@ -8,6 +8,7 @@ Layout of a bundle directory (paths in the manifest are relative to it, POSIX st
     models/<model path>/...         each enabled model's files              (role "model", model = uid)
     wheels/*.whl                    this program's Python dependencies       (role "wheel")
     pulumi/...                      the Pulumi CLI and plugins               (role "pulumi")
+    program/...                     the project's files: Pulumi program, bundle tool (role "program")
 
 The per-model digest (what relaunches exactly the models whose weights changed) is the
 sha256 of the sorted "relative path, sha256" lines of that model's files, so it does not
@@ -32,7 +33,7 @@ from typing import Callable, Iterable, Optional
 FORMAT_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
 CHUNK_SIZE = 1024 * 1024
-ROLES = ("image", "model", "wheel", "pulumi", "stack", "other")
+ROLES = ("image", "model", "wheel", "pulumi", "program", "stack", "other")
 
 
 class BundleError(Exception):

@@ -88,14 +88,16 @@ def link_or_copy(src: Path, dest: Path, progress: Optional[Callable[[int], None]
         return copy_with_sha256(src, dest, progress=progress)
 
 
-def remove_partials(root: Path) -> int:
-    """Delete leftovers of interrupted copies below ``root``."""
+def remove_partials(root: Path, recursive: bool = True) -> int:
+    """Delete leftovers of interrupted copies in ``root`` (and below it when ``recursive``)."""
     removed = 0
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             if name.startswith(".") and PART_PREFIX in name:
                 os.unlink(os.path.join(dirpath, name))
                 removed += 1
+        if not recursive:
+            break
     return removed
 
 

@@ -1,5 +1,6 @@
 """Real inputs for the bundle tests, made on disk: a `docker save`-shaped image tar, model
-directories, a pure-Python wheel pip can install, a Pulumi toolchain directory, a stack file.
+directories, a pure-Python wheel pip can install, a Pulumi toolchain directory, a stack file,
+a small project checkout (what the bundle carries as program/).
 No hub and no Docker engine are needed; everything is small so the suite stays fast.
 """
 
@@ -11,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import yaml
 
 from bundle.cli import main
 
+ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "xprobe/xinference:v4.1.0"
 WHEEL_NAME, WHEEL_VERSION = "xoffline_probe", "1.0"
 
@@ -79,6 +82,25 @@ def make_pulumi_dir(root: Path, plugins: tuple[str, ...] = ("docker", "command")
     return bin_dir
 
 
+PROJECT_FILES = {
+    "Pulumi.yaml": b"name: xinference-offline\nruntime:\n  name: python\n  options:\n    virtualenv: venv\n",
+    "__main__.py": b"print('the Pulumi program')\n",
+    "tools/deploy.sh": b"#!/bin/sh\necho deploy\n",
+}
+
+
+def make_project(root: Path, with_bundle_tool: bool = False) -> Path:
+    """A project checkout: Pulumi.yaml, the program, an executable tool script; with
+    ``with_bundle_tool`` also a copy of this checkout's bundle package (what runs offline)."""
+    make_model(root, PROJECT_FILES)
+    (root / "tools" / "deploy.sh").chmod(0o755)
+    if with_bundle_tool:
+        (root / "bundle").mkdir()
+        for source in sorted((ROOT / "bundle").glob("*.py")):
+            shutil.copy2(source, root / "bundle" / source.name)
+    return root
+
+
 @dataclass
 class Site:
     """The online machine of a test: sources, stack file, and the paths build writes to."""
@@ -89,6 +111,10 @@ class Site:
     @property
     def stacks(self) -> Path:
         return self.root / "stacks"
+
+    @property
+    def project(self) -> Path:
+        return self.root / "project"
 
     @property
     def out(self) -> Path:
@@ -117,6 +143,7 @@ def make_site(root: Path, models: Optional[dict[str, dict[str, bytes]]] = None, 
     make_wheel(root / "wheels")
     (root / "requirements.txt").write_text(f"{WHEEL_NAME}=={WHEEL_VERSION}\n")
     make_pulumi_dir(root / "toolchain")
+    make_project(site.project)
     write_stack(site, [name for name in models if name != "vad"], companion="vad" if "vad" in models else None)
     return site
 
@@ -143,6 +170,7 @@ def write_stack(site: Site, uids: list[str], companion: Optional[str] = None) ->
 
 def build_args(site: Site, *extra: str) -> list[str]:
     return ["build", "--stack", site.stack, "--stacks-dir", str(site.stacks), "--out", str(site.out),
+            "--project", str(site.project),
             "--image-tar", str(site.root / "image" / "xinference.tar"),
             "--pulumi-dir", str(site.root / "toolchain" / "bin"), "--wheels-from", str(site.root / "wheels"),
             "--requirements", str(site.root / "requirements.txt"), "--quiet", *extra]

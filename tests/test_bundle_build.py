@@ -74,6 +74,9 @@ def test_build_produces_exactly_what_plan_lists(site):
     assert by_path["wheels/requirements.txt"].role == "wheel"
     assert by_path["pulumi/bin/pulumi-resource-docker"].role == "pulumi"
     assert by_path["stack/Pulumi.t1.yaml"].role == "stack"
+    assert {p for p in paths if p.startswith("program/")} == {"program/Pulumi.yaml", "program/__main__.py",
+                                                             "program/tools/deploy.sh"}
+    assert by_path["program/Pulumi.yaml"].role == "program" and os.access(site.out / "program/tools/deploy.sh", os.X_OK)
     assert manifest.model_dirs == {"models/emb": "emb", "models/vad": "vad", "models/rr": "rr"}
     assert manifest.models_dir == str(site.host_models)
     assert manifest.python == f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -89,7 +92,7 @@ def test_a_rebuild_with_no_change_touches_nothing_and_keeps_the_bundle_id(site):
     files = {p: identity(p) for p in site.out.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
     summary = build(site)
     assert set(fetched(summary).values()) == {"reused"}
-    assert "0 files, 0 B (14 reused)" in summary
+    assert "0 files, 0 B (17 reused)" in summary
     assert {p: identity(p) for p in files} == files
     assert load_manifest(site.out).digest() == before_id
 

@@ -63,7 +63,11 @@ def test_the_offline_flow_works_end_to_end(flow):
     assert "every member checked and every sha256 matched" in steps["unpack"].stdout
     assert "verify: OK" in steps["verify"].stdout
     out = steps["install"].stdout
-    assert "installed 1 wheel with no index" in out and "6 files copied" in out
+    assert "installed 1 wheel with no index" in out and "models   6 files copied" in out
+    assert "program  3 files copied" in out  # the fixture's own Pulumi.yaml replaced by the bundle's
+    for name in ("Pulumi.yaml", "__main__.py", "tools/deploy.sh"):
+        assert (flow["project"] / name).read_bytes() == (flow["bundle"] / "program" / name).read_bytes()
+    assert os.access(flow["project"] / "tools" / "deploy.sh", os.X_OK)
     # the venv really has the bundled package, installed without an index
     venv_python = flow["project"] / "venv" / "bin" / "python"
     proc = subprocess.run([str(venv_python), "-c", f"import {WHEEL_NAME}; print({WHEEL_NAME}.VERSION)"],
@@ -85,7 +89,7 @@ def test_the_offline_flow_works_end_to_end(flow):
     # and the plan holds against the unpacked bundle
     code, plan_out = run_cli("plan", "--config", str(flow["project"] / "stacks" / "Pulumi.t1.yaml"),
                              "--bundle", str(bundle))
-    assert code == 0 and "MISSING" not in plan_out and plan_out.count("  ok") == 7
+    assert code == 0 and "MISSING" not in plan_out and plan_out.count("  ok") == 8
 
 
 def snapshot(flow) -> dict[str, tuple[int, int]]:
@@ -124,7 +128,7 @@ def test_install_stops_on_a_damaged_bundle_file_then_carries_on_after_the_fix(fl
     damaged[7] ^= 0xFF
     (bundle / "models/emb/model.safetensors").write_bytes(bytes(damaged))
     args = ["install", str(bundle), "--models-dir", str(models), "--skip", "venv", "--skip", "pulumi",
-            "--skip", "stack", "--quiet"]
+            "--skip", "stack", "--skip", "program", "--quiet"]
     code, out, err = cli(*args)
     assert code == 1
     assert "models/emb/model.safetensors:" in err and "sha256 mismatch" in err and "bundle is damaged" in err
@@ -142,7 +146,7 @@ def test_files_an_earlier_install_put_there_are_removed_when_the_bundle_drops_th
     assert cli(*build_args(site))[0] == 0
     models = tmp_path / "models"
     args = ["install", str(site.out), "--models-dir", str(models), "--skip", "venv", "--skip", "pulumi",
-            "--skip", "stack", "--quiet"]
+            "--skip", "stack", "--skip", "program", "--quiet"]
     assert cli(*args)[0] == 0
     (site.src("emb") / "tokenizer" / "vocab.txt").unlink()
     assert cli(*build_args(site))[0] == 0
@@ -155,7 +159,7 @@ def test_wheels_for_another_python_are_refused_with_the_fix(flow, tmp_path):
     site = make_site(tmp_path / "online")
     assert cli(*build_args(site, "--python-version", "3.99"))[0] == 0
     code, _, err = cli("install", str(site.out), "--venv", str(tmp_path / "venv"), "--skip", "pulumi",
-                       "--skip", "models", "--skip", "stack", "--quiet")
+                       "--skip", "models", "--skip", "stack", "--skip", "program", "--quiet")
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert code == 1
     assert f"is Python {here}, the bundled wheels are for Python 3.99" in err and "--python-version" in err
@@ -166,7 +170,8 @@ def test_an_incomplete_bundle_installs_nothing(flow, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(flow["bundle"], bundle)
     (bundle / "models/rr/config.json").unlink()
-    code, _, err = cli("install", str(bundle), "--models-dir", str(tmp_path / "models"), "--skip", "venv")
+    code, _, err = cli("install", str(bundle), "--models-dir", str(tmp_path / "models"), "--skip", "venv",
+                       "--skip", "program")
     assert code == 1 and "is incomplete; nothing was installed" in err and "models/rr/config.json: missing" in err
     assert not (tmp_path / "models").exists()
 

@@ -30,6 +30,7 @@ def test_plan_prints_the_reference_deployment():
     assert ["0", "24", "10", "14", "bce-embedding-base_v1,", "bce-reranker-base_v1,", "CosyVoice-300M"] in lines
     assert "GPUs device=0,1" in text and "restart unless-stopped" in text
     assert "images/xprobe_xinference_v4.1.0.tar" in text and "models/fsmn-vad/" in text
+    assert "program/" in text and "the Pulumi program and the bundle tool" in text
 
 
 def test_plan_shows_container_indices_of_a_remapped_server():
