@@ -252,6 +252,10 @@ def diff_props(olds: Mapping[str, Any], news: Mapping[str, Any]) -> tuple[list[s
     olds, news = normalize(olds), normalize(news)
     changes = [k for k in ARG_KEYS if not _known(news.get(k)) or not _same(olds.get(k), news.get(k))]
     replaces = [k for k in changes if k in REPLACE_KEYS]
+    if olds.get("status") not in (None, "READY") and "status" not in changes:
+        # Refresh saw it still coming back (autostart after a restart): an in-place update waits
+        # for it, so that `up --refresh` ends with a serving model, not merely a recorded one.
+        changes.append("status")
     return replaces, changes
 
 

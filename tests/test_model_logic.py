@@ -179,6 +179,12 @@ def test_outputs_in_the_old_state_do_not_count():
     assert diff_props(old, {**props(), "__provider": "def"}) == ([], [])
 
 
+@pytest.mark.parametrize("status", ["LOADING", "AUTOSTARTING"])
+def test_a_model_still_coming_back_is_an_in_place_update_that_waits(status):
+    old = {**normalize(props()), "status": status}
+    assert diff_props(old, props()) == ([], ["status"])
+
+
 @pytest.mark.parametrize("key, value", [
     ("model_name", "other"), ("model_type", "rerank"), ("model_engine", "vllm"), ("model_format", "gguf"),
     ("model_size_in_billions", 14), ("quantization", "Q4_K_M"), ("model_path", "/other"), ("gpu_idx", [1]),

@@ -212,6 +212,14 @@ def test_concurrent_creates_restart_with_and_without_autostart(model_props, xinf
 
     server.start()
     assert provider.read(plain, results[plain]).id is None  # lost with the restart: drift
+    first = provider.read(healing, results[healing])
+    assert first.id == healing
+    if first.outs["status"] != "READY":
+        # `up --refresh` right after a restart: an in-place update that waits for the registry's relaunch
+        diff = provider.diff(healing, first.outs, provider.check(first.outs, inputs[healing]).inputs)
+        assert diff.changes and diff.replaces == []
+        waited = provider.update(healing, first.outs, inputs[healing]).outs
+        assert waited["status"] == "READY"  # adopted, or launched if it got there before the registry
     deadline = time.monotonic() + 180
     status = None
     while time.monotonic() < deadline:

@@ -26,7 +26,9 @@ fi
 
 endpoint=$(venv/bin/python tools/local_xinference.py start --root "$DEMO_ROOT" --port 19997)
 pulumi stack select --create local --non-interactive >&2
-pulumi up --stack local --yes --non-interactive
+# --refresh: the server may have restarted since the last run (its autostart registry then
+# brings the model back, and up waits for it) or lost the model (up relaunches it).
+pulumi up --stack local --yes --non-interactive --refresh
 pulumi stack output --stack local
 
 venv/bin/python - "$endpoint" <<'PY'
