@@ -303,3 +303,13 @@ def test_configure_reads_the_stack_secret_then_the_environment(monkeypatch):
     monkeypatch.delenv("XINFERENCE_API_KEY")
     p.configure(ConfigureRequest(Config({}, "xinference-offline")))
     assert p._get_credential() is None
+
+
+def test_replicas_still_loading_are_named():
+    from components.xinference_client import replicas_pending
+
+    row = {"status": "READY", "replica_statuses": [{"replica_id": 0, "status": "READY"},
+                                                   {"replica_id": 1, "status": "CREATING"}]}
+    assert replicas_pending([row]) == ["1"]
+    assert replicas_pending([{**row, "replica_statuses": [{"replica_id": 0, "status": "READY"}]}]) == []
+    assert replicas_pending([]) == [] and replicas_pending([{"status": "READY"}]) == []
