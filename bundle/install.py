@@ -165,6 +165,9 @@ def install_program(bundle: Path, manifest: Manifest, project: Path, progress: P
     sync_files(bundle, pairs, state, ("",), result, progress)
     state.set_meta(bundle=manifest.digest(), stack=manifest.stack)
     state.save()
+    # Pulumi.yaml's file backend (file://./.state) must exist before `pulumi login`; the bundle
+    # never carries it (it is the site's own), so a new site gets an empty, private one.
+    (project / ".state").mkdir(mode=0o700, exist_ok=True)
     return result
 
 

@@ -168,6 +168,7 @@ def test_the_documented_bootstrap_runs_from_the_extracted_program(site_flow):
         assert not (program / rel).is_file() or (program / rel).read_text(errors="replace") != f"leftover {rel}\n", rel
     # the rest of install: the venv from the bundled wheel, the stack file, the models
     assert (program / "venv" / "bin" / "python").exists()
+    assert (program / ".state").is_dir()  # the file backend Pulumi.yaml names: `pulumi login` needs it
     assert (program / "stacks" / "Pulumi.t1.yaml").read_bytes() == (bundle / "stack" / "Pulumi.t1.yaml").read_bytes()
     assert tree(site.host_models / "rr") == tree(bundle / "models" / "rr")
     assert "cd " not in out.split("next:")[1]  # installed into ., the directory it ran from
