@@ -7,7 +7,8 @@ Runs with the system python3 (standard library only), from the project checkout 
               only when it differs, atomically (temp file checked against the manifest's
               sha256, then renamed into place). venv/, .state/, stacks/ and every file the
               bundle does not list are never touched; a file an earlier install put there that
-              the bundle no longer lists is removed.
+              the bundle no longer lists is removed. An empty, private .state/ (the file
+              backend Pulumi.yaml names) is created when the project has none.
   venv        `python3 -m venv VENV` (default: PROJECT/venv), then `pip install --no-index --find-links DIR/wheels -r
               DIR/wheels/requirements.txt`: no package index is contacted. Skipped when the venv
               was already installed from these exact wheels (a stamp file in the venv).
