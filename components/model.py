@@ -43,6 +43,7 @@ from pulumi.dynamic import ResourceProvider, UpdateResult
 from components.xinference_client import (
     ABSENT,
     LOADING,
+    PENDING_STATUSES,
     READY,
     Credential,
     Described,
@@ -259,7 +260,7 @@ class XinferenceModelProvider(ResourceProvider):
                 if client.describe(uid, deadline=look).state != ABSENT:
                     break
                 status, _ = _instance_status(client.instances(uid, deadline=look))
-                if status in ("CREATING", "LOADING", "UPDATING"):
+                if status in PENDING_STATUSES:
                     break
                 if time.monotonic() + 1.0 >= deadline:
                     raise
@@ -294,7 +295,7 @@ class XinferenceModelProvider(ResourceProvider):
                 if status == "ERROR":
                     why = "; ".join(errors) or "no message from the server (cancelled, or see the Xinference log)"
                     raise LaunchError(f"launch of '{uid}' failed on the server: {why}", detail=why)
-                if status in ("CREATING", "LOADING", "UPDATING"):
+                if status in PENDING_STATUSES:
                     absent_since = None
                 else:
                     absent_since = absent_since if absent_since is not None else now
@@ -361,7 +362,7 @@ class XinferenceModelProvider(ResourceProvider):
                     client.terminate(uid, deadline=end)
                     continue
                 status, _ = _instance_status(client.instances(uid, deadline=end))
-                if described.state == ABSENT and status not in ("CREATING", "LOADING", "UPDATING"):
+                if described.state == ABSENT and status not in PENDING_STATUSES:
                     _say(uid, "cleaned up after the failed launch")
                     return
                 # Loading (never cancel a READY model: Xinference then drops it but leaves its process running).
@@ -388,8 +389,7 @@ class XinferenceModelProvider(ResourceProvider):
             except XinferenceUnreachable as exc:
                 raise XinferenceUnreachable(f"cannot tell whether model '{uid}' still runs: {exc}") from None
             except XinferenceHTTPError as exc:
-                server_error = exc.status >= 500 if exc.status is not None else (exc.detail or "").startswith("HTTP 5")
-                if not server_error or not _WORKER_UNREACHABLE.search(exc.detail or ""):
+                if exc.status is None or exc.status < 500 or not _WORKER_UNREACHABLE.search(exc.detail or ""):
                     raise
                 # The supervisor answers but cannot reach the worker that hosts the model. Xinference
                 # drops the model once it declares the worker dead (about a second when the worker's
@@ -440,7 +440,7 @@ class XinferenceModelProvider(ResourceProvider):
             described = client.describe(uid)
             if described.state == ABSENT:
                 status, _ = _instance_status(client.instances(uid))
-                if status not in ("CREATING", "LOADING", "UPDATING"):
+                if status not in PENDING_STATUSES:
                     return  # already gone: done
             # Still loading (DELETE does not stop a load in Xinference 4.1): cancel it and make sure.
             self._abort(client, uid)

@@ -300,7 +300,7 @@ class XinferenceClient:
                 if failure and failure.startswith("HTTP "):
                     raise XinferenceHTTPError(self._redact(
                         f"{label} at {self.endpoint}: still failing when the deadline passed "
-                        f"({attempt} attempts): {failure}"), status=None, detail=failure)
+                        f"({attempt} attempts): {failure}"), status=status, detail=detail)
                 raise XinferenceUnreachable(self._redact(
                     f"{label}: Xinference at {self.endpoint} did not answer within the retry window "
                     f"({attempt} attempts, last: {failure}). Check that the server runs and the endpoint "
