@@ -152,7 +152,8 @@ class Credential:
         assert self._login is not None
         username, password = self._login
         response = client.request("POST", "/token", json={"username": username, "password": password},
-                                  ok=(200,), authenticate=False, what=f"log in as '{username}'")
+                                  ok=(200,), authenticate=False, what=f"log in as '{username}'",
+                                  idempotent=True)  # a second login only mints a second token
         try:
             token = response.json()["access_token"]
         except (ValueError, KeyError, TypeError):

@@ -196,6 +196,10 @@ def _handler(fake: FakeXinference):
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if self.close_connection:
+                    # As uvicorn (h11) does: a request that asked for `Connection: close` gets it
+                    # echoed, so the client never reuses a socket this server is closing.
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(data)
             except OSError:
