@@ -186,7 +186,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if target.is_dir():
         manifest = verify_directory(target, args.bundle_id, args.jobs, args.quiet)
     elif target.is_file():
-        from bundle.archive import verify_archive
+        from bundle.tarscan import verify_archive
 
         manifest = verify_archive(target, args.bundle_id, args.quiet)
     else:

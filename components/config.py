@@ -14,7 +14,7 @@ import difflib
 import re
 from typing import Any, Iterable, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from components.errors import ConfigError, Problem
 

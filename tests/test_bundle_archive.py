@@ -312,14 +312,14 @@ def test_garbage_is_not_an_archive(site):
 CRASH_AFTER_TWO_FILES = """
 import os, sys
 sys.path.insert(0, {root!r})
-import bundle.archive as archive
-real, calls = archive._copy_member, []
+import bundle.tarscan as tarscan
+real, calls = tarscan.copy_member, []
 def crash(*args, **kwargs):
     calls.append(1)
     if len(calls) == 3:
         os._exit(9)  # as abrupt as a power cut or kill -9: no cleanup runs
     return real(*args, **kwargs)
-archive._copy_member = crash
+tarscan.copy_member = crash
 from bundle.cli import main
 sys.exit(main(["unpack", {archive!r}, "--into", {target!r}, "--quiet"]))
 """

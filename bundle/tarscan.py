@@ -1,0 +1,227 @@
+"""Reading a bundle archive safely, without writing anything: the checks `verify` and `unpack` share.
+
+Every member header is checked before any byte of it is used (absolute paths, `..`, links,
+device files, members the manifest does not list or lists with another size); the manifest
+must be the first member; each file is streamed and hashed in CHUNK_SIZE pieces, so memory
+stays flat whatever the archive holds; a plain tar cut short is told from a whole one by its
+end-of-archive marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Optional
+
+from bundle.manifest import CHUNK_SIZE, MANIFEST_NAME, FileEntry, Manifest, ManifestError, check_bundle_id
+from bundle.progress import Progress, bars_wanted, human
+from bundle.verify import Problem, VerifyFailed
+
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+
+def member_name(member: tarfile.TarInfo) -> str:
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/") if member.isdir() else name
+
+
+def member_problem(member: tarfile.TarInfo, name: str, listed: set[str]) -> Optional[str]:
+    """Why this member must not be extracted (None: it is a file the manifest lists, or a directory)."""
+    if member.name.startswith("/") or name.startswith("/"):
+        return "absolute path in the archive: refused"
+    parts = name.split("/")
+    if ".." in parts:
+        return "`..` in the path would write outside the target: refused"
+    if member.issym() or member.islnk():
+        kind = "symlink" if member.issym() else "hard link"
+        target = member.linkname
+        base = posixpath.dirname(name) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join(base, target))
+        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+            return f"{kind} to {target!r} points outside the target: refused"
+        return f"{kind} to {target!r}: a bundle holds regular files only: refused"
+    if member.ischr() or member.isblk():
+        return "device file in the archive: refused"
+    if member.isfifo():
+        return "fifo in the archive: refused"
+    if member.isdir():
+        return None
+    if not member.isreg():
+        return f"member of tar type {member.type!r} is not a regular file: refused"
+    if name not in listed:
+        return "not in the manifest: refused (the archive was altered, or is not this bundle)"
+    return None
+
+
+@dataclass
+class ArchiveScan:
+    """What a pass over an archive found."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    problems: list[Problem] = field(default_factory=list)
+    members: list[tuple[str, str, int]] = field(default_factory=list)  # (name, type, size) in order
+
+
+FileSink = Callable[[tarfile.TarFile, tarfile.TarInfo, FileEntry], Optional[Problem]]
+
+
+def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optional[str] = None,
+                 expect: Optional[ArchiveScan] = None) -> ArchiveScan:
+    """One pass over the archive: validate every member; hand each listed file to ``sink``.
+
+    With ``expect`` (the result of an earlier pass), the members must be the same ones in the
+    same order: the file did not change between the check and the extraction.
+    """
+    try:
+        file_size = path.stat().st_size
+        with tarfile.open(path, "r:*", copybufsize=CHUNK_SIZE) as tar:
+            scan = _read_manifest(tar, path, bundle_id)
+            if expect is not None and scan.manifest_bytes != expect.manifest_bytes:
+                raise ManifestError(f"{path}: the archive changed while it was being unpacked")
+            _scan_members(tar, path, scan, sink, file_size if _is_plain_tar(path) else None, expect)
+    except ManifestError:
+        raise
+    except DAMAGED as exc:
+        if _local_error(exc):
+            raise
+        raise VerifyFailed(f"{path} is damaged", [Problem(path.name, f"not a readable archive, or cut short ({exc})")])
+    return scan
+
+
+def _local_error(exc: BaseException) -> bool:
+    """An OSError of this machine (disk full, permissions), not a sign of a damaged archive."""
+    return isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None
+
+
+def _is_plain_tar(path: Path) -> bool:
+    """Not gzip, bzip2 or xz: member offsets are file offsets, so a cut can be measured."""
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    return not (magic.startswith(b"\x1f\x8b") or magic.startswith(b"BZh") or magic.startswith(b"\xfd7zXZ"))
+
+
+def _read_manifest(tar: tarfile.TarFile, path: Path, bundle_id: Optional[str]) -> ArchiveScan:
+    first = tar.next()
+    if first is None or member_name(first) != MANIFEST_NAME or not first.isreg():
+        raise ManifestError(f"{path}: the first member must be {MANIFEST_NAME} (was "
+                            f"{first.name if first else 'nothing'!r}); this is not a bundle made by `bundle pack`")
+    if first.size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: {MANIFEST_NAME} is {human(first.size)}: not a bundle manifest")
+    handle = tar.extractfile(first)
+    data = handle.read() if handle else b""
+    if len(data) != first.size:
+        raise ManifestError(f"{path}: {MANIFEST_NAME} is cut short")
+    manifest = Manifest.from_json(data.decode("utf-8", "replace"), f"{path}:{MANIFEST_NAME}")
+    check_bundle_id(manifest, bundle_id, f"{path}:{MANIFEST_NAME}")
+    return ArchiveScan(manifest, data)
+
+
+def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Optional[FileSink],
+                  plain_size: Optional[int], expect: Optional[ArchiveScan]) -> None:
+    by_path = scan.manifest.by_path()
+    listed = set(by_path)
+    seen: set[str] = set()
+    index = 0
+    while True:
+        try:
+            member = tar.next()
+        except DAMAGED as exc:
+            if _local_error(exc):
+                raise
+            scan.problems.append(Problem(path.name, f"archive is damaged or cut short after {len(seen)} files ({exc})"))
+            return
+        if member is None:
+            if plain_size is not None:
+                _check_end_marker(path, tar.offset, plain_size, scan)
+            break
+        name = member_name(member)
+        signature = (name, member.type.decode(errors="replace"), member.size)
+        if expect is not None and (index >= len(expect.members) or expect.members[index] != signature):
+            raise ManifestError(f"{path}: the archive changed while it was being unpacked")
+        scan.members.append(signature)
+        index += 1
+        problem = member_problem(member, name, listed)
+        if problem:
+            scan.problems.append(Problem(name or member.name, problem))
+            continue
+        if member.isdir():
+            continue
+        entry = by_path[name]
+        if name in seen:
+            scan.problems.append(Problem(name, "appears twice in the archive: refused"))
+            continue
+        seen.add(name)
+        if member.size != entry.size:
+            scan.problems.append(Problem(name, f"size mismatch: manifest says {entry.size} bytes, "
+                                               f"the archive holds {member.size} bytes"))
+            continue
+        if plain_size is not None and member.offset_data + member.size > plain_size:
+            scan.problems.append(Problem(name, f"archive is cut short: {member.offset_data + member.size - plain_size} "
+                                               "bytes of this file are missing"))
+            continue
+        if sink is not None:
+            try:
+                problem = sink(tar, member, entry)
+            except DAMAGED as exc:
+                if _local_error(exc):
+                    raise
+                scan.problems.append(Problem(name, f"archive is damaged or cut short in this file ({exc})"))
+                return
+            if problem:
+                scan.problems.append(problem)
+    for missing in sorted(listed - seen):
+        entry = by_path[missing]
+        scan.problems.append(Problem(missing, f"missing from the archive (expected {entry.size} bytes)"))
+
+
+def _check_end_marker(path: Path, offset: int, size: int, scan: ArchiveScan) -> None:
+    """tarfile stops quietly at a short or unreadable header; a whole plain tar ends with zero blocks."""
+    if offset + tarfile.BLOCKSIZE > size:
+        scan.problems.append(Problem(path.name, f"archive is cut short: it ends at byte {size} without the "
+                                                "end-of-archive marker"))
+        return
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        block = handle.read(tarfile.BLOCKSIZE)
+    if block.count(0) != len(block):
+        scan.problems.append(Problem(path.name, f"archive is damaged: unreadable header at byte {offset}"))
+
+
+def copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry,
+                 writer: Optional[IO[bytes]], progress: Progress) -> Optional[Problem]:
+    """Stream one member (into ``writer`` or nowhere), hashing it; a Problem when it differs."""
+    source = tar.extractfile(member)
+    assert source is not None
+    digest = hashlib.sha256()
+    count = 0
+    while chunk := source.read(CHUNK_SIZE):
+        digest.update(chunk)
+        if writer is not None:
+            writer.write(chunk)
+        count += len(chunk)
+        progress.update(len(chunk))
+    actual = digest.hexdigest()
+    if count != entry.size:
+        return Problem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {count} bytes")
+    if actual != entry.sha256:
+        return Problem(entry.path, f"sha256 mismatch: expected {entry.sha256}, actual {actual}")
+    return None
+
+
+def verify_archive(path: Path, bundle_id: Optional[str] = None, quiet: bool = False) -> Manifest:
+    """Check an archive without writing anything: members, then every file's size and sha256."""
+    with Progress(None, "verify", bars_wanted(quiet)) as progress:
+        scan = scan_archive(path, lambda tar, member, entry: copy_member(tar, member, entry, None, progress),
+                            bundle_id)
+    if scan.problems:
+        raise VerifyFailed(f"{path} is not an intact bundle", scan.problems)
+    return scan.manifest
