@@ -24,7 +24,9 @@ Each destination keeps a small JSON record of what was installed
 (`.xinference-offline-installed.json`: per file size, mtime, inode and sha256, plus the bundle
 id), so a re-run hashes only files that changed since; inside the bundle's model
 directories, files an earlier install put there that the bundle no longer has are removed
-(directories of models the stack dropped are left: another stack may share them). A
+(and directories that leaves empty); directories of models the stack dropped are kept and
+named with their size on every run (weights are costly to carry again; another stack may
+share them). A
 second run changes nothing and says so. After a failure (disk full, a damaged bundle file)
 fix the cause and run it again: it carries on.
 """
@@ -73,17 +75,16 @@ class StepResult:
         return bool(self.copied or self.removed)
 
     def line(self) -> str:
-        if self.note:
-            return f"  {self.name:<8} {self.note}"
         parts = [f"{plural(self.copied, 'file')} copied ({human(self.copied_bytes)})" if self.copied else "",
                  f"{plural(self.removed, 'stale file')} removed" if self.removed else "",
-                 f"{self.unchanged} already in place" if self.unchanged else ""]
-        return f"  {self.name:<8} " + ", ".join(p for p in parts if p)
+                 f"{self.unchanged} already in place" if self.unchanged else "", self.note]
+        return f"  {self.name:<8} " + "; ".join(p for p in parts if p)
 
 
-def sync_files(bundle: Path, pairs: list[tuple[FileEntry, Path, str]], state: HashCache, scope: tuple[str, ...],
-               result: StepResult, progress: Progress) -> None:
-    """Make every dest hold its entry's content; remove files an earlier install left in ``scope``."""
+def sync_files(bundle: Path, root: Path, pairs: list[tuple[FileEntry, Path, str]], state: HashCache,
+               scope: tuple[str, ...], result: StepResult, progress: Progress) -> None:
+    """Make every dest hold its entry's content; remove files an earlier install left in ``scope``
+    (and the directories under ``root`` that this leaves empty)."""
     wanted = {key for _entry, _dest, key in pairs}
     for entry, dest, key in pairs:
         try:
@@ -119,9 +120,26 @@ def sync_files(bundle: Path, pairs: list[tuple[FileEntry, Path, str]], state: Ha
             if state.lookup(key, path.lstat()) is not None:  # still what we put there: ours to remove
                 path.unlink()
                 result.removed += 1
+                _prune_empty_dirs(path.parent, root)
         except FileNotFoundError:
             pass
         state.forget(key)
+
+
+def _prune_empty_dirs(directory: Path, root: Path) -> None:
+    """Remove ``directory`` and its parents while they are empty, stopping at ``root``."""
+    root = root.absolute()
+    directory = directory.absolute()
+    while directory != root and root in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (a foreign file, another model's files), or already gone
+            return
+        directory = directory.parent
+
+
+def _dir_size(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def install_models(bundle: Path, manifest: Manifest, models_dir: Path, progress: Progress) -> StepResult:
@@ -129,19 +147,44 @@ def install_models(bundle: Path, manifest: Manifest, models_dir: Path, progress:
     models_dir.mkdir(parents=True, exist_ok=True)
     state = HashCache(models_dir / STATE_NAME)
     per_model = {uid: digest for uid, digest in manifest.model_digests().items()}
+    current_dirs: list[str] = []
     for bundle_dir, host in sorted(manifest.model_dirs.items()):
         host_dir = Path(host) if host.startswith("/") else models_dir / host
         key_prefix = host if host.startswith("/") else host.strip("/")
         prefix = bundle_dir.rstrip("/") + "/"
         pairs = [(e, host_dir / e.path[len(prefix):], f"{key_prefix}/{e.path[len(prefix):]}")
                  for e in manifest.files if e.path.startswith(prefix)]
+        current_dirs.append(key_prefix)
         host_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(host_dir)
-        sync_files(bundle, pairs, state, (key_prefix + "/",), result, progress)
+        sync_files(bundle, host_dir, pairs, state, (key_prefix + "/",), result, progress)
         state.save()  # per model directory: a failure later keeps this one's record
-    state.set_meta(bundle=manifest.digest(), stack=manifest.stack, models=per_model)
+    kept = _kept_model_dirs(state, models_dir, current_dirs)
+    if kept:
+        noun = "model directory" if len(kept) == 1 else "model directories"
+        result.note = (f"kept {len(kept)} {noun} this bundle no longer lists: {', '.join(kept.values())}; "
+                       "delete by hand once no stack needs it")
+    # kept ones stay remembered, so every install names them until someone removes them
+    state.set_meta(bundle=manifest.digest(), stack=manifest.stack, models=per_model,
+                   dirs=sorted([*current_dirs, *kept]))
     state.save()
     return result
+
+
+def _kept_model_dirs(state: HashCache, models_dir: Path, current: list[str]) -> dict[str, str]:
+    """Model directories an earlier install filled that this bundle no longer lists: kept, and said.
+
+    Weights of a model dropped from the stack are never deleted by an install: on a site
+    without internet, a model disabled for a while would otherwise have to cross the air gap
+    again. Their records stay too, so re-enabling it copies nothing. Returns {key prefix:
+    "directory (size)"} for those still on disk.
+    """
+    kept = {}
+    for prefix in sorted(set(state.meta.get("dirs") or []) - set(current)):
+        directory = Path(prefix) if prefix.startswith("/") else models_dir / prefix
+        if directory.is_dir():
+            kept[prefix] = f"{directory} ({human(_dir_size(directory))})"
+    return kept
 
 
 def install_program(bundle: Path, manifest: Manifest, project: Path, progress: Progress) -> StepResult:
@@ -163,7 +206,7 @@ def install_program(bundle: Path, manifest: Manifest, project: Path, progress: P
     for directory in {dest.parent for _entry, dest, _key in pairs}:
         remove_partials(directory, recursive=False)  # never walk into venv/ or .state/
     state = HashCache(project / STATE_NAME)
-    sync_files(bundle, pairs, state, ("",), result, progress)
+    sync_files(bundle, project, pairs, state, ("",), result, progress)
     state.set_meta(bundle=manifest.digest(), stack=manifest.stack)
     state.save()
     # Pulumi.yaml's file backend (file://./.state) must exist before `pulumi login`; the bundle
@@ -196,7 +239,7 @@ def install_pulumi(bundle: Path, manifest: Manifest, home: Path, progress: Progr
     for sub in {"bin", "plugins"}:
         if (home / sub).is_dir():
             remove_partials(home / sub)
-    sync_files(bundle, pairs, state, ("bin/", "plugins/"), result, progress)
+    sync_files(bundle, home, pairs, state, ("bin/", "plugins/"), result, progress)
     state.set_meta(bundle=manifest.digest(), stack=manifest.stack)
     state.save()
     return result

@@ -15,7 +15,7 @@ import pytest
 
 from bundle.install import STATE_NAME
 from bundle.manifest import load_manifest
-from tests.bundle_kit import WHEEL_NAME, build_args, cli, make_site, run_cli, tree
+from tests.bundle_kit import WHEEL_NAME, build_args, cli, make_site, run_cli, tree, write_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,7 +152,29 @@ def test_files_an_earlier_install_put_there_are_removed_when_the_bundle_drops_th
     assert cli(*build_args(site))[0] == 0
     code, out, err = cli(*args)
     assert code == 0 and "1 stale file removed" in out
-    assert not (models / "emb" / "tokenizer" / "vocab.txt").exists()
+    assert not (models / "emb" / "tokenizer").exists()  # the directory it leaves empty goes too
+    assert (models / "emb" / "config.json").is_file()
+
+
+def test_a_model_dropped_from_the_stack_keeps_its_weights_and_install_says_so(flow, tmp_path):
+    site = make_site(tmp_path / "online")
+    assert cli(*build_args(site))[0] == 0
+    models = tmp_path / "models"
+    args = ["install", str(site.out), "--models-dir", str(models), "--skip", "venv", "--skip", "pulumi",
+            "--skip", "stack", "--skip", "program", "--quiet"]
+    assert cli(*args)[0] == 0
+    weights = (models / "rr" / "weights.bin").read_bytes()
+    write_stack(site, ["emb"], companion="vad")  # rr is no longer wanted
+    assert cli(*build_args(site))[0] == 0
+    code, out, _ = cli(*args)
+    # weights cross the air gap at a cost: an install never deletes a whole model, it says so
+    assert code == 0 and "kept 1 model directory this bundle no longer lists" in out and str(models / "rr") in out
+    assert (models / "rr" / "weights.bin").read_bytes() == weights
+    assert "kept 1 model directory" in cli(*args)[1]  # said again on every run while it is there
+    write_stack(site, ["emb", "rr"], companion="vad")  # wanted again: nothing to copy
+    assert cli(*build_args(site))[0] == 0
+    code, out, _ = cli(*args)
+    assert code == 0 and "copied" not in out and "kept" not in out, out
 
 
 def test_wheels_for_another_python_are_refused_with_the_fix(flow, tmp_path):
