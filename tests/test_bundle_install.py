@@ -141,13 +141,19 @@ def test_install_stops_on_a_damaged_bundle_file_then_carries_on_after_the_fix(fl
     assert "1 file copied" in out and "5 already in place" in out
 
 
-def test_files_an_earlier_install_put_there_are_removed_when_the_bundle_drops_them(flow, tmp_path):
+def models_only_install(tmp_path: Path) -> tuple:
+    """A site built once and its models installed into tmp_path/models; the install argv to re-run."""
     site = make_site(tmp_path / "online")
     assert cli(*build_args(site))[0] == 0
     models = tmp_path / "models"
     args = ["install", str(site.out), "--models-dir", str(models), "--skip", "venv", "--skip", "pulumi",
             "--skip", "stack", "--skip", "program", "--quiet"]
     assert cli(*args)[0] == 0
+    return site, models, args
+
+
+def test_files_an_earlier_install_put_there_are_removed_when_the_bundle_drops_them(flow, tmp_path):
+    site, models, args = models_only_install(tmp_path)
     (site.src("emb") / "tokenizer" / "vocab.txt").unlink()
     assert cli(*build_args(site))[0] == 0
     code, out, err = cli(*args)
@@ -157,12 +163,7 @@ def test_files_an_earlier_install_put_there_are_removed_when_the_bundle_drops_th
 
 
 def test_a_model_dropped_from_the_stack_keeps_its_weights_and_install_says_so(flow, tmp_path):
-    site = make_site(tmp_path / "online")
-    assert cli(*build_args(site))[0] == 0
-    models = tmp_path / "models"
-    args = ["install", str(site.out), "--models-dir", str(models), "--skip", "venv", "--skip", "pulumi",
-            "--skip", "stack", "--skip", "program", "--quiet"]
-    assert cli(*args)[0] == 0
+    site, models, args = models_only_install(tmp_path)
     weights = (models / "rr" / "weights.bin").read_bytes()
     write_stack(site, ["emb"], companion="vad")  # rr is no longer wanted
     assert cli(*build_args(site))[0] == 0
