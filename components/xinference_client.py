@@ -207,6 +207,10 @@ class XinferenceClient:
         # A request on a kept-alive connection to Xinference 4.1 (uvicorn) waits ~40 ms for a delayed
         # ACK (measured: 48 ms vs 3.5 ms for GET /status on localhost); a fresh connection does not.
         self._session.headers["Connection"] = "close"
+        # ...and a server that keeps the socket open anyway (Python's http.server does not echo the
+        # header) must not see a second request on it: a request sent on a socket the server is
+        # closing fails with "Remote end closed connection" and a POST would not be retried.
+        self._session.hooks["response"].append(_close_after_reading)
 
     def close(self) -> None:
         self._session.close()
@@ -417,6 +421,15 @@ class XinferenceClient:
         if not results:
             raise XinferenceError(f"POST /v1/rerank for {model_uid}: unexpected answer {_short(str(body))}")
         return results
+
+
+def _close_after_reading(response: requests.Response, *_args, **_kwargs) -> requests.Response:
+    """Read the whole answer, then close its socket before the pool could hand it out again."""
+    connection = getattr(response.raw, "connection", None)
+    _ = response.content
+    if connection is not None:
+        connection.close()
+    return response
 
 
 def _never_sent(exc: requests.RequestException) -> bool:

@@ -23,7 +23,7 @@ PREFIX = "[address=127.0.0.1:1, pid=1] "
 
 class FakeXinference:
     def __init__(self, *, load_seconds: float = 0.3, autostart_api: bool = True,
-                 users: Optional[dict[str, str]] = None, port: int = 0):
+                 users: Optional[dict[str, str]] = None, port: int = 0, keep_alive: bool = False):
         self.load_seconds = load_seconds
         self.autostart_api = autostart_api
         self.users = users  # None: auth off; else username -> password, and a token per login
@@ -33,6 +33,8 @@ class FakeXinference:
         self.autostart: dict[str, dict[str, Any]] = {}
         self.faults: dict[tuple[str, str], list[tuple]] = defaultdict(list)
         self.log: list[tuple[str, str, dict, Any]] = []
+        self.keep_alive = keep_alive  # True: keep every connection open, even one the client asked to close
+        self.connections = 0  # TCP connections accepted
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self._server.daemon_threads = True
@@ -153,12 +155,19 @@ def _handler(fake: FakeXinference):
         def log_message(self, *args) -> None:  # quiet
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            with fake.lock:
+                fake.connections += 1
+
         def _serve(self, method: str) -> None:
             parsed = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else {}
             fake.log.append((method, parsed.path, dict(self.headers), body))
+            if fake.keep_alive:
+                self.close_connection = False
             with fake.lock:
                 queue = fake.faults.get((method, parsed.path))
                 action = queue.pop(0) if queue else None

@@ -90,6 +90,20 @@ def test_a_connection_dropped_mid_response_is_retried(fake):
     assert fake.calls("GET", "/v1/models/instances") == 2 and fake.calls("GET", "/v1/autostart/models") == 2
 
 
+def test_every_request_has_its_own_connection_even_where_the_server_would_keep_it_open():
+    # A kept-alive connection costs ~40 ms a call on Xinference (delayed ACK), and a request sent on
+    # a socket the server is closing fails in a way a launch cannot be retried from.
+    fake = FakeXinference(keep_alive=True).start()
+    try:
+        p = provider()
+        outs = p.create(props(fake)).outs
+        assert p.read("m1", outs).id == "m1"
+        p.delete("m1", outs)
+        assert len(fake.log) >= 8 and fake.connections == len(fake.log), (fake.connections, len(fake.log))
+    finally:
+        fake.stop()
+
+
 def test_a_launch_cut_off_before_the_server_acted_is_sent_again(fake):
     fake.inject("POST", "/v1/models", ("drop",))
     outs = provider().create(props(fake))
