@@ -1,7 +1,9 @@
 """XinferenceModel: one launched, serving model on an Xinference server, as a Pulumi dynamic resource.
 
-The provider talks to Xinference's REST API (components/xinference_client.py). Rules it keeps
-(see docs/provider.md for the operator's view):
+The provider talks to Xinference's REST API (components/xinference_client.py); the launch
+itself (wait, progress, smoke test, cleanup) is components/model_launch.py, the pure half
+(inputs, validation, payloads, diff) components/model_props.py. Rules it keeps (see
+docs/provider.md for the operator's view):
 
 - check validates every input and names the property that is wrong;
 - diff: launch parameters, ``container_id`` and ``weights_digest`` force a replacement,
@@ -29,12 +31,11 @@ uses it for refresh and destroy.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
 from dataclasses import fields
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, CreateResult, DiffResult, ReadResult
@@ -46,36 +47,33 @@ from components.xinference_client import (
     PENDING_STATUSES,
     READY,
     Credential,
-    Described,
-    XinferenceAuthError,
     XinferenceClient,
     XinferenceError,
     XinferenceHTTPError,
     XinferenceUnreachable,
-    is_already_launched,
 )
-# The pure half (inputs, validation, payloads, diff); names re-exported for callers of this module.
-from components.model_props import (  # noqa: F401
+# The launch half (launch, wait, smoke test, cleanup); errors re-exported for callers of this module.
+from components.model_launch import (  # noqa: F401 - the errors are part of this module's API
+    ConflictError,
+    LaunchError,
+    LaunchTiming,
+    ModelLaunch,
+    instance_status,
+    say,
+)
+# The pure half: inputs, validation, payloads, diff (components/model_props.py).
+from components.model_props import (
     _AUTOSTART_PENDING,
     ARG_KEYS,
-    IN_PLACE_KEYS,
-    LAUNCH_KEYS,
-    MODEL_TYPES,
     OUTPUT_KEYS,
-    REPLACE_KEYS,
     XinferenceModelArgs,
     _known,
     autostart_entry,
-    conflict_message,
     diff_props,
-    launch_payload,
     normalize,
     observed,
-    running_mismatches,
     validate,
 )
-
-log = logging.getLogger(__name__)
 
 CONFIG_NAMESPACE = "xinference-offline"
 API_KEY_CONFIG = f"{CONFIG_NAMESPACE}:api_key"
@@ -84,24 +82,7 @@ API_KEY_ENV = "XINFERENCE_API_KEY"
 _WORKER_UNREACHABLE = re.compile(r"Connect call failed|Connection refused|ServerClosed|timed? ?out", re.IGNORECASE)
 
 
-def _say(uid: str, message: str) -> None:
-    text = f"XinferenceModel {uid}: {message}"
-    log.info(text)
-    try:
-        pulumi.log.info(text)
-    except Exception:  # noqa: BLE001 - logging must never fail an operation
-        pass
-
-
 # --- the provider ------------------------------------------------------------------------
-
-
-class LaunchError(XinferenceError):
-    """The model did not come up (refused, failed to load, timed out, smoke test failed)."""
-
-
-class ConflictError(XinferenceError):
-    """The uid already runs with other launch parameters."""
 
 
 class XinferenceModelProvider(ResourceProvider):
@@ -165,6 +146,11 @@ class XinferenceModelProvider(ResourceProvider):
         return XinferenceClient(endpoint, self._get_credential(), connect_timeout=self.connect_timeout,
                                 read_timeout=self.read_timeout, retry_window=self.retry_window)
 
+    def _timing(self) -> LaunchTiming:
+        return LaunchTiming(retry_window=self.retry_window, poll_interval=self.poll_interval,
+                            progress_every=self.progress_every, cleanup_timeout=self.cleanup_timeout,
+                            smoke_timeout=self.smoke_timeout)
+
     # --- check / diff --------------------------------------------------------------
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -193,187 +179,42 @@ class XinferenceModelProvider(ResourceProvider):
         timeout = float(props["launch_timeout"])
         deadline = time.monotonic() + timeout
         with self._client(endpoint) as client:
+            launch = ModelLaunch(client, uid, self._timing())
             described = client.describe(uid, deadline=deadline)
             started = False
             if described.state == LOADING:
-                _say(uid, "is already being launched on the server (autostart or another client); waiting for it")
-                described = self._wait_ready(client, uid, deadline, timeout)
+                say(uid, "is already being launched on the server (autostart or another client); waiting for it")
+                described = launch.wait_ready(deadline, timeout)
             if described.state == READY:
-                self._refuse_conflict(client, uid, endpoint, described, props, deadline)
+                launch.refuse_conflict(endpoint, described, props, deadline)
                 adopted = True
-                _say(uid, "already runs with these parameters: adopted")
+                say(uid, "already runs with these parameters: adopted")
             else:
                 adopted = False
-                described, started = self._launch(client, uid, endpoint, props, deadline, timeout)
+                described, started = launch.launch(endpoint, props, deadline, timeout)
             try:
                 if props.get("smoke_test"):
-                    self._smoke(client, uid, props["model_type"], deadline)
+                    launch.smoke(props["model_type"], deadline)
                 registered = self._sync_autostart(client, props, deadline)
             except Exception:
                 if started:
-                    self._abort(client, uid)
+                    launch.abort()
                 raise
         outs = observed(described.body, props)
         outs.update(status=READY, autostart_registered=registered, adopted=adopted)
         return outs
-
-    def _refuse_conflict(self, client: XinferenceClient, uid: str, endpoint: str, described: Described,
-                         props: Mapping[str, Any], deadline: float) -> None:
-        registered = None
-        entries = client.autostart_entries(deadline=deadline)
-        if entries and uid in entries:
-            registered = entries[uid].get("launch")
-        mismatches = running_mismatches(described.body, props, registered)
-        if mismatches:
-            raise ConflictError(conflict_message(uid, endpoint, mismatches))
-
-    def _launch(self, client: XinferenceClient, uid: str, endpoint: str, props: Mapping[str, Any],
-                deadline: float, timeout: float) -> tuple[Described, bool]:
-        payload = launch_payload(props)
-        where = f" on GPU(s) {payload['gpu_idx']}" if payload.get("gpu_idx") else ""
-        _say(uid, f"launching {props['model_type']} model {props['model_name']}{where} at {endpoint} "
-                  f"(timeout {timeout:g}s)")
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                client.launch(payload, deadline=deadline)
-                break
-            except XinferenceAuthError:
-                raise
-            except XinferenceHTTPError as exc:
-                if exc.status == 400 and is_already_launched(exc.detail):
-                    # Someone (autostart, a parallel run, our own lost request) launched it meanwhile.
-                    described = self._wait_ready(client, uid, deadline, timeout)
-                    self._refuse_conflict(client, uid, endpoint, described, props, deadline)
-                    return described, attempt > 1
-                if exc.status is not None and 400 <= exc.status < 500:
-                    raise LaunchError(
-                        f"Xinference at {endpoint} refused to launch '{uid}': {exc.detail}. Nothing was launched. "
-                        f"Check the model's inputs (model_path must exist on the server / inside the container, "
-                        f"gpu_idx must be a GPU the worker sees).", status=exc.status, detail=exc.detail) from None
-                raise
-            except XinferenceUnreachable:
-                # The connection broke after the request was sent: the launch may or may not have
-                # reached the server. Look; send it again only if nothing is there.
-                look = time.monotonic() + min(self.retry_window, max(5.0, deadline - time.monotonic()))
-                if client.describe(uid, deadline=look).state != ABSENT:
-                    break
-                status, _ = _instance_status(client.instances(uid, deadline=look))
-                if status in PENDING_STATUSES:
-                    break
-                if time.monotonic() + 1.0 >= deadline:
-                    raise
-                _say(uid, "the launch request was cut off before an answer and nothing was launched; sending it again")
-                time.sleep(min(5.0, 0.5 * attempt))
-        try:
-            return self._wait_ready(client, uid, deadline, timeout), True
-        except Exception:
-            self._abort(client, uid)
-            raise
-
-    def _wait_ready(self, client: XinferenceClient, uid: str, deadline: float, timeout: float) -> Described:
-        """Poll GET /v1/models/{uid} until it is ready, failed, or the deadline passes."""
-        next_progress = time.monotonic() + self.progress_every
-        absent_since: Optional[float] = None
-        described = Described(ABSENT, {})
-        interval = min(0.2, self.poll_interval)
-        while True:
-            now = time.monotonic()
-            described = client.describe(uid, deadline=max(deadline, now + 5.0))
-            if described.state == READY:
-                return described
-            now = time.monotonic()
-            if described.state == LOADING:
-                absent_since = None
-                if now >= next_progress:
-                    next_progress = now + self.progress_every
-                    self._report_progress(client, uid, deadline)
-            else:
-                rows = client.instances(uid, deadline=max(deadline, now + 5.0))
-                status, errors = _instance_status(rows)
-                if status == "ERROR":
-                    why = "; ".join(errors) or "no message from the server (cancelled, or see the Xinference log)"
-                    raise LaunchError(f"launch of '{uid}' failed on the server: {why}", detail=why)
-                if status in PENDING_STATUSES:
-                    absent_since = None
-                else:
-                    absent_since = absent_since if absent_since is not None else now
-                    if now - absent_since > 15.0:
-                        raise LaunchError(f"'{uid}' vanished from the server while launching (status {status!r}); "
-                                          f"see the Xinference log")
-            if now >= deadline:
-                raise LaunchError(
-                    f"'{uid}' was not ready after launch_timeout={timeout:g}s (last answer: "
-                    f"{described.detail or described.state}). The launch was cancelled. Raise launch_timeout for "
-                    f"large models, or check the Xinference log for why it is slow.")
-            time.sleep(max(0.05, min(interval, deadline - now)))
-            interval = min(self.poll_interval, interval * 1.5)
-
-    def _report_progress(self, client: XinferenceClient, uid: str, deadline: float) -> None:
-        try:
-            progress = client.progress(uid, deadline=time.monotonic() + 5.0)
-        except XinferenceError:
-            return
-        value = progress.get("progress")
-        stage = progress.get("stage") or "loading"
-        percent = f"{float(value) * 100:.0f}%" if isinstance(value, (int, float)) else "?"
-        left = max(0.0, deadline - time.monotonic())
-        _say(uid, f"{stage} {percent} ({left:.0f}s left)")
-
-    def _smoke(self, client: XinferenceClient, uid: str, model_type: str, deadline: float) -> None:
-        smoke_deadline = max(deadline, time.monotonic() + self.smoke_timeout)
-        kind = str(model_type).casefold()
-        try:
-            if kind == "embedding":
-                client.embed(uid, deadline=smoke_deadline, read_timeout=self.smoke_timeout)
-            elif kind == "rerank":
-                client.rerank(uid, deadline=smoke_deadline, read_timeout=self.smoke_timeout)
-            else:
-                described = client.describe(uid, deadline=smoke_deadline)
-                if described.state != READY:
-                    raise XinferenceError(f"GET /v1/models/{uid}: {described.detail or described.state}")
-        except XinferenceError as exc:
-            raise LaunchError(f"'{uid}' launched but its smoke test failed: {exc}. Set smoke_test: false to skip "
-                              f"it, or check the model.", status=exc.status, detail=exc.detail) from None
-        _say(uid, "smoke test passed")
 
     def _sync_autostart(self, client: XinferenceClient, props: Mapping[str, Any], deadline: float) -> bool:
         uid = props["model_uid"]
         request_deadline = max(deadline, time.monotonic() + 10.0)
         if props.get("autostart"):
             if client.autostart_upsert(autostart_entry(props), deadline=request_deadline) is None:
-                _say(uid, "this Xinference has no autostart registry (POST /v1/autostart/models): plain launch; "
-                          "after a server restart run `pulumi refresh` then `pulumi up`")
+                say(uid, "this Xinference has no autostart registry (POST /v1/autostart/models): plain launch; "
+                    "after a server restart run `pulumi refresh` then `pulumi up`")
                 return False
             return True
         client.autostart_remove(uid, deadline=request_deadline)
         return False
-
-    def _abort(self, client: XinferenceClient, uid: str) -> None:
-        """Leave nothing half-launched: cancel a loading launch, terminate a ready one, and check."""
-        end = time.monotonic() + self.cleanup_timeout
-        last_cancel = 0.0
-        try:
-            while time.monotonic() < end:
-                # Any replica up counts as READY here: such a model is terminated, never cancelled.
-                described = client.describe(uid, all_replicas=False, deadline=end)
-                if described.state == READY:
-                    client.terminate(uid, deadline=end)
-                    continue
-                status, _ = _instance_status(client.instances(uid, deadline=end))
-                if described.state == ABSENT and status not in PENDING_STATUSES:
-                    _say(uid, "cleaned up after the failed launch")
-                    return
-                # Loading (never cancel a READY model: Xinference then drops it but leaves its process running).
-                if time.monotonic() - last_cancel > 5.0:
-                    client.cancel(uid, deadline=end)
-                    last_cancel = time.monotonic()
-                time.sleep(0.5)
-            _say(uid, f"could not confirm the failed launch was cleaned up within {self.cleanup_timeout:g}s; "
-                      f"check `xinference list` and terminate it by hand")
-        except XinferenceError as exc:
-            _say(uid, f"cleanup after the failed launch failed: {exc}; terminate it by hand if it shows up")
 
     # --- read / delete -------------------------------------------------------------
 
@@ -435,31 +276,18 @@ class XinferenceModelProvider(ResourceProvider):
             # The entry first, so that the registry does not bring the model back.
             client.autostart_remove(uid)
             if client.terminate(uid):
-                _say(uid, "terminated")
+                say(uid, "terminated")
                 return
             described = client.describe(uid)
             if described.state == ABSENT:
-                status, _ = _instance_status(client.instances(uid))
+                status, _ = instance_status(client.instances(uid))
                 if status not in PENDING_STATUSES:
                     return  # already gone: done
             # Still loading (DELETE does not stop a load in Xinference 4.1): cancel it and make sure.
-            self._abort(client, uid)
+            ModelLaunch(client, uid, self._timing()).abort()
             if client.describe(uid).state != ABSENT:
                 raise XinferenceError(f"model '{uid}' is still on the server after terminate and cancel; "
                                       f"terminate it by hand and run `pulumi refresh`")
-
-
-def _instance_status(rows: Sequence[Mapping[str, Any]]) -> tuple[Optional[str], list[str]]:
-    """(status, error messages) from GET /v1/models/instances?model_uid=X."""
-    if not rows:
-        return None, []
-    row = rows[0]
-    errors = []
-    for replica in row.get("replica_statuses") or []:
-        message = replica.get("error_message")
-        if message:
-            errors.append(str(message))
-    return row.get("status"), errors
 
 
 def _autostart_pending(entry: Mapping[str, Any]) -> bool:

@@ -12,10 +12,10 @@ import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 from pulumi.dynamic.dynamic import serialize_provider
 
-from components.model import (
+from components.model import XinferenceModelProvider
+from components.model_props import (
     IN_PLACE_KEYS,
     REPLACE_KEYS,
-    XinferenceModelProvider,
     autostart_entry,
     conflict_message,
     diff_props,
@@ -214,7 +214,7 @@ def test_unknown_container_id_at_preview_means_replace():
 
 
 def test_key_sets_cover_every_input():
-    from components.model import ARG_KEYS
+    from components.model_props import ARG_KEYS
 
     assert set(REPLACE_KEYS) | set(IN_PLACE_KEYS) == set(ARG_KEYS)
     assert not set(REPLACE_KEYS) & set(IN_PLACE_KEYS)

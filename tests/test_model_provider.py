@@ -13,7 +13,8 @@ import time
 import pytest
 import requests
 
-from components.model import ConflictError, LaunchError, XinferenceModelProvider, diff_props, launch_payload
+from components.model import ConflictError, LaunchError, XinferenceModelProvider
+from components.model_props import diff_props, launch_payload
 from components.xinference_client import XinferenceUnreachable
 
 pytestmark = pytest.mark.xinference
