@@ -146,7 +146,7 @@ def install_models(bundle: Path, manifest: Manifest, models_dir: Path, progress:
     result = StepResult("models")
     models_dir.mkdir(parents=True, exist_ok=True)
     state = HashCache(models_dir / STATE_NAME)
-    per_model = {uid: digest for uid, digest in manifest.model_digests().items()}
+    per_model = manifest.model_digests()
     current_dirs: list[str] = []
     for bundle_dir, host in sorted(manifest.model_dirs.items()):
         host_dir = Path(host) if host.startswith("/") else models_dir / host
