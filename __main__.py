@@ -13,7 +13,8 @@ from components.errors import ConfigError
 
 try:
     config = from_pulumi()
-    manifest = load_manifest(config.bundle_dir) if config.bundle_dir else None
+    # the bundle may serve several stacks (one per server): this stack's files and digests
+    manifest = load_manifest(config.bundle_dir).for_stack(pulumi.get_stack()) if config.bundle_dir else None
 except (ConfigError, BundleError) as exc:
     # RunError prints the message without a Python traceback: this is the operator's mistake.
     raise pulumi.RunError(str(exc)) from None

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bundle.cli import main  # noqa: E402
-from bundle.manifest import FileEntry, Manifest, sha256_file  # noqa: E402
+from bundle.manifest import FileEntry, Manifest, StackEntry, sha256_file  # noqa: E402
 from bundle.verify import default_workers  # noqa: E402
 
 MiB = 1024 * 1024
@@ -61,7 +61,7 @@ def make_bundle(root: Path, total_bytes: int) -> list[Path]:
         paths.append(path)
     entries = [FileEntry(str(p.relative_to(root)), p.stat().st_size, sha256_file(p), "model" if "models/" in str(p)
                          else "image", p.parts[-2] if "models/" in str(p) else None) for p in paths]
-    Manifest(stack="bench", files=entries).save(root)
+    Manifest(stacks={"bench": StackEntry()}, files=entries).save(root)
     return paths
 
 

@@ -1,5 +1,9 @@
-"""`python -m bundle build --stack NAME --out DIR`: gather on the online machine everything the
-offline server needs for that stack, in exactly the layout `bundle plan` lists.
+"""`python -m bundle build --stack NAME [--stack NAME2 ...] --out DIR`: gather on the online machine
+everything the offline servers need for those stacks, in exactly the layout `bundle plan` lists.
+
+One bundle may serve several stacks (one per server of a site: one archive to carry): what
+they share (wheels, Pulumi, the program, a model or an image several of them use) is carried
+once. Two stacks that give one model directory different sources are refused.
 
   images/<image>.tar    --image-tar FILE, else the stack's image.tar when that file exists
                         here, else `docker save` of image.name; the tar must hold image.name
@@ -13,7 +17,7 @@ offline server needs for that stack, in exactly the layout `bundle plan` lists.
                         archives of the pinned versions from get.pulumi.com (or --pulumi-url)
   program/              this project's files (--project, default: this checkout): git's tracked and
                         untracked-not-ignored files, never .state/, stacks/, venv/ or the output
-  stack/Pulumi.NAME.yaml
+  stack/Pulumi.NAME.yaml  per stack
   MANIFEST.json         written last and atomically; removed first when rebuilding, so an
                         interrupted build never looks like a valid bundle. A rebuild that
                         changes nothing keeps the bundle id.
@@ -41,12 +45,12 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, TextIO
+from typing import Any, Iterable, Optional, TextIO
 
 from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, Source, download_model,
                           download_toolchain, list_source_files, locate_toolchain)
 from bundle.install import STATE_NAME, offline_pip_env
-from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest
+from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, StackEntry, load_manifest
 from bundle.program import PROJECT_MARKER, program_files
 from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import HashCache, copy_with_sha256, link_or_copy, remove_partials
@@ -87,6 +91,15 @@ class ItemReport:
 
 
 @dataclass(frozen=True)
+class StackSource:
+    """One stack the bundle is built for."""
+
+    name: str
+    cfg: Any  # components.config.StackConfig (imported lazily: plan/verify must work without pydantic)
+    path: Path  # its stack file
+
+
+@dataclass(frozen=True)
 class ModelDir:
     """A model (or companion) directory: where it goes in the bundle and on the host, where it comes from."""
 
@@ -97,10 +110,11 @@ class ModelDir:
 
 
 class Builder:
-    """Builds (or refreshes) one bundle directory for one stack."""
+    """Builds (or refreshes) one bundle directory for one or more stacks."""
 
-    def __init__(self, cfg, stack: str, stack_path: Path, options: BuildOptions, out: TextIO):
-        self.cfg, self.stack, self.stack_path, self.opts, self.stdout = cfg, stack, stack_path, options, out
+    def __init__(self, stacks: list[StackSource], options: BuildOptions, out: TextIO):
+        self.stacks, self.opts, self.stdout = stacks, options, out
+        self.by_item: dict[str, StackSource] = {}  # image and stack items -> the (first) stack that wants them
         self.out = options.out.absolute()
         self.cache_dir = (options.cache_dir or self.out.parent / f".{self.out.name}.build-cache").absolute()
         self.hashes = HashCache(self.cache_dir / "hashes.json")
@@ -112,9 +126,7 @@ class Builder:
     # -- the whole build ----------------------------------------------------------------------
 
     def build(self) -> Manifest:
-        from bundle.contents import bundle_items
-
-        items = bundle_items(self.cfg, self.stack)
+        items, per_stack = self._items()
         model_dirs = self._model_dirs()
         if not (self.opts.project / PROJECT_MARKER).is_file():
             raise SetupError(f"--project {self.opts.project}: has no {PROJECT_MARKER}: not the project checkout "
@@ -134,18 +146,50 @@ class Builder:
         self.hashes.forget_except(set(self.entries))
         self.hashes.save()
         manifest = Manifest(
-            stack=self.stack,
+            stacks={stack.name: self._stack_entry(stack, per_stack[stack.name]) for stack in self.stacks},
             files=sorted(self.entries.values(), key=lambda e: e.path),
             created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-            image=self.cfg.image.name if any(i.role == "image" for i in items) else None,
-            models_dir=self.cfg.models_dir,
-            model_dirs={d.bundle_dir.rstrip("/"): d.host_path for d in model_dirs.values()},
             python=self.opts.python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
         )
         if previous is not None and dataclasses.replace(previous, created=manifest.created) == manifest:
             manifest.created = previous.created  # same content, same bundle id
         manifest.save(self.out)
         return manifest
+
+    def _items(self) -> tuple[list, dict[str, list]]:
+        """Every stack's items, each bundle path once; and each stack's own list."""
+        from bundle.contents import bundle_items
+
+        merged: dict[str, Any] = {}
+        per_stack: dict[str, list] = {}
+        for stack in self.stacks:
+            per_stack[stack.name] = bundle_items(stack.cfg, stack.name)
+            for item in per_stack[stack.name]:
+                if item.path not in merged:
+                    merged[item.path] = item
+                    self.by_item[item.path] = stack
+        images = {stack.cfg.image.name for stack in self.stacks
+                  if any(i.role == "image" for i in per_stack[stack.name])}
+        if self.opts.image_tar is not None and len(images) > 1:
+            raise SetupError(f"--image-tar: the stacks use {len(images)} images ({', '.join(sorted(images))}); "
+                             "give each stack's tar as image.tar in its stack file instead")
+        return list(merged.values()), per_stack
+
+    @staticmethod
+    def _stack_entry(stack: StackSource, items: list) -> StackEntry:
+        from bundle.contents import model_bundle_dir
+
+        cfg = stack.cfg
+        image_item = next((i for i in items if i.role == "image"), None)
+        models = {}
+        model_dirs = {}
+        for model in cfg.enabled_models:
+            paths = [model.path or model.uid, *(c.path for c in model.companions)]
+            models[model.uid] = [model_bundle_dir(p).rstrip("/") for p in paths]
+            model_dirs.update({model_bundle_dir(p).rstrip("/"): p for p in paths})
+        return StackEntry(image=cfg.image.name if image_item else None,
+                          image_tar=image_item.path if image_item else None,
+                          models_dir=cfg.models_dir, model_dirs=model_dirs, models=models)
 
     def _previous_manifest(self) -> Optional[Manifest]:
         """The manifest of the bundle being refreshed (then removed: a rebuild is under way)."""
@@ -173,37 +217,48 @@ class Builder:
         from components.launch import models_dir_of
 
         dirs: dict[str, ModelDir] = {}
-        for model in self.cfg.enabled_models:
-            local_root = models_dir_of(self.cfg, model)
-            pairs = [(model.path or model.uid, model.source)]
-            pairs += [(c.path, c.source) for c in model.companions]
-            for host_path, source in pairs:
-                if source is None:
-                    here = host_path if host_path.startswith("/") else os.path.join(local_root, host_path)
-                    src, hub = Source("local", path=here), False
-                else:
-                    src, hub = Source(source.hub, source.id, source.revision, source.path), source.hub != "local"
-                dirs[model_bundle_dir(host_path)] = ModelDir(model_bundle_dir(host_path), host_path, src, hub)
+        wanted_by: dict[str, str] = {}
+        for stack in self.stacks:
+            for model in stack.cfg.enabled_models:
+                local_root = models_dir_of(stack.cfg, model)
+                pairs = [(model.path or model.uid, model.source)]
+                pairs += [(c.path, c.source) for c in model.companions]
+                for host_path, source in pairs:
+                    if source is None:
+                        here = host_path if host_path.startswith("/") else os.path.join(local_root, host_path)
+                        src, hub = Source("local", path=here), False
+                    else:
+                        src, hub = Source(source.hub, source.id, source.revision, source.path), source.hub != "local"
+                    bundle_dir = model_bundle_dir(host_path)
+                    known = dirs.get(bundle_dir)
+                    if known is not None and known.source != src:
+                        raise SetupError(f"{bundle_dir}: stack {wanted_by[bundle_dir]} fills it from {known.source}, "
+                                         f"stack {stack.name} (model {model.uid}) from {src}; give one of them "
+                                         "another path, or the same source")
+                    if known is None:
+                        dirs[bundle_dir] = ModelDir(bundle_dir, host_path, src, hub)
+                        wanted_by[bundle_dir] = stack.name
         return dirs
 
     # -- one handler per role of bundle_items -------------------------------------------------
 
     def _image(self, item, report: ItemReport, _dirs) -> None:
-        image = self.cfg.image.name
+        cfg = self.by_item[item.path].cfg
+        image = cfg.image.name
         tar = self.opts.image_tar
         if tar is not None:
             if not tar.is_file():
                 raise SetupError(f"--image-tar {tar}: no such file")
-        elif self.cfg.image.tar and Path(self.cfg.image.tar).is_file():
-            tar = Path(self.cfg.image.tar)
+        elif cfg.image.tar and Path(cfg.image.tar).is_file():
+            tar = Path(cfg.image.tar)
         else:
-            tar = self._docker_save(image)
+            tar = self._docker_save(image, cfg.image.tar)
         check_image_tar(tar, image)
         self._sync_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
 
-    def _docker_save(self, image: str) -> Path:
+    def _docker_save(self, image: str, configured_tar: Optional[str]) -> Path:
         docker = shutil.which("docker")
-        configured = f"image.tar = {self.cfg.image.tar!r} is not on this machine and " if self.cfg.image.tar else ""
+        configured = f"image.tar = {configured_tar!r} is not on this machine and " if configured_tar else ""
         if docker is None:
             raise SetupError(f"no image tar: {configured}`docker` is not installed here to `docker save {image}`; "
                              f"pass --image-tar FILE (a `docker save` of {image})")
@@ -317,7 +372,7 @@ class Builder:
         self._sync_tree(files, item.path, "program", None, report)
 
     def _stack(self, item, report: ItemReport, _dirs) -> None:
-        self._sync_file(self.stack_path, item.path, "stack", None, report)
+        self._sync_file(self.by_item[item.path].path, item.path, "stack", None, report)
 
     # -- file plumbing ------------------------------------------------------------------------
 
@@ -401,7 +456,8 @@ def summary(manifest: Manifest, reports: list[ItemReport], out: Path) -> str:
                  f"{plural(total_fetched, 'file')}, {human(sum(r.fetched_size for r in reports))}"
                  f" ({len(manifest.files) - total_fetched} reused)"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [f"Bundle {out} for stack {manifest.stack}"]
+    noun = "stack" if len(manifest.stacks) == 1 else "stacks"
+    lines = [f"Bundle {out} for {noun} {manifest.stack}"]
     lines += ["  " + "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in
                                 enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.append(f"bundle id {manifest.digest()}  (give it to the offline site: verify/unpack --bundle-id)")
@@ -409,9 +465,11 @@ def summary(manifest: Manifest, reports: list[ItemReport], out: Path) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("build", help="gather the offline bundle of a stack (online machine)",
+    parser = subparsers.add_parser("build", help="gather the offline bundle of one or more stacks (online machine)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stack", required=True, metavar="NAME", help="reads STACKS_DIR/Pulumi.NAME.yaml")
+    parser.add_argument("--stack", required=True, action="append", metavar="NAME",
+                        help="reads STACKS_DIR/Pulumi.NAME.yaml; repeat it for one bundle serving several stacks "
+                             "(e.g. one per server of a site)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="bundle directory (created or refreshed)")
     parser.add_argument("--stacks-dir", type=Path, default=Path("stacks"), help="default: ./stacks")
@@ -450,18 +508,22 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.python_version and not all(p.isdigit() for p in args.python_version.split(".")):
         print(f"error: --python-version {args.python_version!r}: write it as 3.11", file=sys.stderr)
         return 2
-    stack_path = args.stacks_dir / f"Pulumi.{args.stack}.yaml"
-    try:
-        cfg = from_stack_file(stack_path)
-    except ConfigError as exc:
-        print(exc.report(), file=sys.stderr)
+    stacks, failed = [], False
+    for name in dict.fromkeys(args.stack):  # each once, in the order given
+        stack_path = args.stacks_dir / f"Pulumi.{name}.yaml"
+        try:
+            stacks.append(StackSource(name, from_stack_file(stack_path), stack_path))
+        except ConfigError as exc:
+            print(exc.report(), file=sys.stderr)
+            failed = True
+    if failed:
         return 2
     options = BuildOptions(out=args.out, project=args.project.absolute(), image_tar=args.image_tar,
                            pulumi_dir=args.pulumi_dir, pulumi_url=args.pulumi_url, wheels_from=args.wheels_from,
                            requirements=args.requirements, python_version=args.python_version,
                            platforms=args.platform, cache_dir=args.cache_dir, hub_offline=args.hub_offline,
                            full=args.full, quiet=args.quiet)
-    builder = Builder(cfg, args.stack, stack_path, options, out)
+    builder = Builder(stacks, options, out)
     manifest = builder.build()
     print(summary(manifest, builder.reports, args.out), file=out)
     return 0

@@ -1,4 +1,8 @@
-"""`python -m bundle install DIR`: on the offline server, put what `pulumi up` needs in place.
+"""`python -m bundle install DIR [--stack NAME]`: on the offline server, put what `pulumi up` needs in place.
+
+A bundle built for several stacks (one per server of a site) installs one of them: the
+shared files, that stack's models and its stack file; `--stack` names it (required when
+the bundle carries more than one).
 
 Runs with the system python3 (standard library only), from the project checkout (or from
 `program/` taken out of the archive with tar: the bundle carries this tool):
@@ -44,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, TextIO
 
-from bundle.manifest import FileEntry, Manifest, check_bundle_id, files_digest, load_manifest, sha256_file
+from bundle.manifest import FileEntry, StackManifest, check_bundle_id, files_digest, load_manifest, sha256_file
 from bundle.program import PROGRAM_DIR, PROJECT_MARKER, is_site_owned
 from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import CopyError, HashCache, copy_with_sha256, remove_partials
@@ -142,7 +146,7 @@ def _dir_size(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def install_models(bundle: Path, manifest: Manifest, models_dir: Path, progress: Progress) -> StepResult:
+def install_models(bundle: Path, manifest: StackManifest, models_dir: Path, progress: Progress) -> StepResult:
     result = StepResult("models")
     models_dir.mkdir(parents=True, exist_ok=True)
     state = HashCache(models_dir / STATE_NAME)
@@ -187,7 +191,7 @@ def _kept_model_dirs(state: HashCache, models_dir: Path, current: list[str]) -> 
     return kept
 
 
-def install_program(bundle: Path, manifest: Manifest, project: Path, progress: Progress) -> StepResult:
+def install_program(bundle: Path, manifest: StackManifest, project: Path, progress: Progress) -> StepResult:
     result = StepResult("program")
     entries = manifest.role("program")
     if not entries:
@@ -227,7 +231,7 @@ def project_problem(project: Path) -> Optional[str]:
             "checkout, or a new directory), or --skip program")
 
 
-def install_pulumi(bundle: Path, manifest: Manifest, home: Path, progress: Progress) -> StepResult:
+def install_pulumi(bundle: Path, manifest: StackManifest, home: Path, progress: Progress) -> StepResult:
     result = StepResult("pulumi")
     entries = [e for e in manifest.role("pulumi")]
     if not entries:
@@ -262,7 +266,7 @@ def python_version(python: str) -> str:
     return proc.stdout.strip()
 
 
-def install_venv(bundle: Path, manifest: Manifest, venv: Path, python: str, quiet: bool) -> StepResult:
+def install_venv(bundle: Path, manifest: StackManifest, venv: Path, python: str, quiet: bool) -> StepResult:
     result = StepResult("venv")
     wheels = manifest.role("wheel")
     requirements = bundle / "wheels" / "requirements.txt"
@@ -306,7 +310,7 @@ def install_venv(bundle: Path, manifest: Manifest, venv: Path, python: str, quie
     return result
 
 
-def install_stack_file(bundle: Path, manifest: Manifest, project: Path) -> StepResult:
+def install_stack_file(bundle: Path, manifest: StackManifest, project: Path) -> StepResult:
     result = StepResult("stack")
     stack_files = manifest.role("stack")
     if not stack_files:
@@ -334,6 +338,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("install", help="offline server: venv, Pulumi CLI and model files from a bundle",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle", type=Path, metavar="DIR", help="unpacked (and verified) bundle directory")
+    parser.add_argument("--stack", metavar="NAME",
+                        help="the stack of this server (needed when the bundle carries several)")
     parser.add_argument("--models-dir", type=Path, metavar="PATH",
                         help="host model directory (default: the stack's models_dir from the bundle)")
     parser.add_argument("--venv", type=Path, metavar="PATH",
@@ -354,8 +360,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     bundle = args.bundle.absolute()
-    manifest = load_manifest(bundle)
-    check_bundle_id(manifest, args.bundle_id, str(bundle))
+    whole = load_manifest(bundle)
+    check_bundle_id(whole, args.bundle_id, str(bundle))
+    manifest = whole.for_stack(args.stack)  # this server's files: the shared ones and its stack's
     models_dir = args.models_dir or (Path(manifest.models_dir) if manifest.models_dir else None)
     if models_dir is None and manifest.model_dirs and "models" not in args.skip:
         print("error: --models-dir: the bundle names no models_dir; give the host model directory", file=sys.stderr)

@@ -3,12 +3,18 @@
 Layout of a bundle directory (paths in the manifest are relative to it, POSIX style):
 
     MANIFEST.json                   written last, atomically
-    stack/Pulumi.<stack>.yaml       the stack file the bundle was built for
-    images/<name>.tar               `docker save` of the Xinference image   (role "image")
-    models/<model path>/...         each enabled model's files              (role "model", model = uid)
+    stack/Pulumi.<stack>.yaml       the stack file of each stack the bundle was built for
+    images/<name>.tar               `docker save` of each Xinference image  (role "image")
+    models/<model path>/...         each enabled model's files, once however many stacks use
+                                    them                                    (role "model", model = uid)
     wheels/*.whl                    this program's Python dependencies       (role "wheel")
     pulumi/...                      the Pulumi CLI and plugins               (role "pulumi")
     program/...                     the project's files: Pulumi program, bundle tool (role "program")
+
+One bundle may serve several stacks (one per server of a site): ``stacks`` says, per stack,
+its image, its host model directory and which model directories are its own; the files a
+stack shares with another are carried once. ``Manifest.for_stack(NAME)`` is that stack's view
+(its files and facts), which is what install, plan and the Pulumi program use.
 
 The per-model digest (what relaunches exactly the models whose weights changed) is the
 sha256 of the sorted "relative path, sha256" lines of that model's files, so it does not
@@ -30,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "MANIFEST.json"
 CHUNK_SIZE = 1024 * 1024
 ROLES = ("image", "model", "wheel", "pulumi", "program", "stack", "other")
@@ -57,19 +63,38 @@ class FileEntry:
     model: Optional[str] = None  # the model uid for role "model"
 
 
+class StackChoiceError(BundleError):
+    """The bundle's stacks and the one asked for do not match (a usage error)."""
+
+    exit_code = 2
+
+
+@dataclass
+class StackEntry:
+    """What one stack of the bundle uses besides the shared files (wheels, Pulumi, program)."""
+
+    image: Optional[str] = None  # image reference inside the image tar
+    image_tar: Optional[str] = None  # bundle path of that tar
+    models_dir: Optional[str] = None  # the stack's host model directory (install's default target)
+    # {bundle dir "models/X": host dir, relative to models_dir or absolute}: where install puts each
+    model_dirs: dict[str, str] = field(default_factory=dict)
+    models: dict[str, list[str]] = field(default_factory=dict)  # model uid -> its bundle dirs (with companions)
+
+
 @dataclass
 class Manifest:
     """The bundle's table of contents."""
 
-    stack: str
+    stacks: dict[str, StackEntry]
     files: list[FileEntry] = field(default_factory=list)
     format: int = FORMAT_VERSION
     created: str = ""
-    image: Optional[str] = None  # image reference inside the image tar
-    models_dir: Optional[str] = None  # the stack's host model directory (install's default target)
-    # {bundle dir "models/X": host dir, relative to models_dir or absolute}: where install puts each
-    model_dirs: dict[str, str] = field(default_factory=dict)
     python: Optional[str] = None  # "3.11": the Python the bundled wheels were downloaded for
+
+    @property
+    def stack(self) -> str:
+        """The stack names, for messages."""
+        return ", ".join(sorted(self.stacks))
 
     def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
@@ -77,19 +102,34 @@ class Manifest:
     def role(self, role: str) -> list[FileEntry]:
         return [f for f in self.files if f.role == role]
 
-    def image_sha256(self) -> Optional[str]:
-        images = self.role("image")
-        return images[0].sha256 if images else None
-
-    def model_digests(self) -> dict[str, str]:
-        """{model uid: digest of its files}."""
-        per_model: dict[str, list[FileEntry]] = {}
-        for entry in self.role("model"):
-            per_model.setdefault(entry.model or "", []).append(entry)
-        return {uid: files_digest(entries) for uid, entries in per_model.items()}
-
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
+
+    def for_stack(self, name: Optional[str]) -> "StackManifest":
+        """One stack's view; ``None`` picks the only stack (a bundle of several needs a name)."""
+        if name is None:
+            if len(self.stacks) != 1:
+                raise StackChoiceError(f"the bundle carries {len(self.stacks)} stacks ({self.stack}): "
+                                       "name one with --stack NAME")
+            name = next(iter(self.stacks))
+        entry = self.stacks.get(name)
+        if entry is None:
+            raise StackChoiceError(f"the bundle carries no stack {name!r} (it carries {self.stack}); "
+                                   f"name one of those, or build a bundle with --stack {name}")
+        own_dirs = tuple(d.rstrip("/") + "/" for d in entry.model_dirs)
+        other_images = {e.image_tar for e in self.stacks.values()} - {entry.image_tar}
+        stack_file = f"stack/Pulumi.{name}.yaml"
+
+        def wanted(f: FileEntry) -> bool:
+            if f.role == "model":
+                return f.path.startswith(own_dirs)
+            if f.role == "image":
+                return f.path not in other_images
+            if f.role == "stack":
+                return f.path == stack_file
+            return True
+
+        return StackManifest(name, self.digest(), entry, [f for f in self.files if wanted(f)], self.python)
 
     def _data(self) -> dict:
         data = asdict(self)
@@ -120,9 +160,8 @@ class Manifest:
                 raise ManifestError(f"{source}: its content does not match its digest: the manifest was "
                                     "edited or damaged after it was built; get the bundle again (or rebuild it)")
             files = [FileEntry(**f) for f in data["files"]]
-            manifest = cls(stack=data["stack"], files=files, format=data["format"],
-                           created=data.get("created", ""), image=data.get("image"),
-                           models_dir=data.get("models_dir"), model_dirs=dict(data.get("model_dirs") or {}),
+            stacks = {str(name): StackEntry(**entry) for name, entry in data["stacks"].items()}
+            manifest = cls(stacks=stacks, files=files, format=data["format"], created=data.get("created", ""),
                            python=data.get("python"))
         except ManifestError:
             raise
@@ -134,10 +173,14 @@ class Manifest:
             if entry.path in seen or entry.path == MANIFEST_NAME:
                 raise ManifestError(f"{source}: {entry.path} is listed twice")
             seen.add(entry.path)
-        for bundle_dir, host_dir in manifest.model_dirs.items():
-            if not bundle_dir.startswith("models/") or ".." in bundle_dir.split("/") \
-                    or ".." in str(host_dir).split("/") or not host_dir:
-                raise ManifestError(f"{source}: unsafe model directory {bundle_dir!r} -> {host_dir!r}")
+        if not manifest.stacks:
+            raise ManifestError(f"{source}: names no stack")
+        for name, stack in manifest.stacks.items():
+            for bundle_dir, host_dir in stack.model_dirs.items():
+                if not bundle_dir.startswith("models/") or ".." in bundle_dir.split("/") \
+                        or ".." in str(host_dir).split("/") or not host_dir:
+                    raise ManifestError(f"{source}: stack {name}: unsafe model directory {bundle_dir!r} -> "
+                                        f"{host_dir!r}")
         return manifest
 
     def save(self, directory: Path) -> Path:
@@ -145,6 +188,56 @@ class Manifest:
         target = Path(directory) / MANIFEST_NAME
         write_atomic(target, self.to_json().encode())
         return target
+
+
+@dataclass(frozen=True)
+class StackManifest:
+    """One stack's view of a bundle: the shared files, its image, its models, its stack file."""
+
+    stack: str
+    bundle_id: str
+    entry: StackEntry
+    files: list[FileEntry]
+    python: Optional[str] = None
+
+    @property
+    def image(self) -> Optional[str]:
+        return self.entry.image
+
+    @property
+    def models_dir(self) -> Optional[str]:
+        return self.entry.models_dir
+
+    @property
+    def model_dirs(self) -> dict[str, str]:
+        return self.entry.model_dirs
+
+    def digest(self) -> str:
+        """The id of the whole bundle (what `build` printed)."""
+        return self.bundle_id
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+    def role(self, role: str) -> list[FileEntry]:
+        return [f for f in self.files if f.role == role]
+
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def image_sha256(self) -> Optional[str]:
+        images = [f for f in self.files if f.role == "image" and f.path == self.entry.image_tar]
+        return images[0].sha256 if images else None
+
+    def model_digests(self) -> dict[str, str]:
+        """{model uid: digest of its files (its directory and its companions')}."""
+        digests = {}
+        for uid, dirs in self.entry.models.items():
+            prefixes = tuple(d.rstrip("/") + "/" for d in dirs)
+            entries = [f for f in self.files if f.role == "model" and f.path.startswith(prefixes)]
+            if entries:
+                digests[uid] = files_digest(entries)
+        return digests
 
 
 def _check_entry(entry: FileEntry, source: str) -> None:

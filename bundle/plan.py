@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
 from bundle.contents import bundle_items
-from bundle.manifest import BundleError, Manifest, load_manifest
+from bundle.manifest import BundleError, StackManifest, load_manifest
 from components.config import StackConfig
 from components.config_source import from_stack_file
 from components.errors import ConfigError
@@ -50,10 +50,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_USAGE
-    manifest: Optional[Manifest] = None
+    manifest: Optional[StackManifest] = None
     if args.bundle:
         try:
-            manifest = load_manifest(args.bundle)
+            manifest = load_manifest(args.bundle).for_stack(stack)
         except BundleError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if missing else 0
 
 
-def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Manifest], out: TextIO) -> None:
+def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[StackManifest], out: TextIO) -> None:
     p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
     p(f"Stack {stack} ({path}): {cfg.mode} mode, endpoint {endpoint_url(cfg)}")
     if cfg.mode != "existing" and cfg.image:
@@ -111,7 +111,7 @@ def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Mani
         p(f"  {item.path:<44} {item.what}{status}")
 
 
-def bundle_gaps(cfg: StackConfig, stack: str, manifest: Optional[Manifest]) -> list[str]:
+def bundle_gaps(cfg: StackConfig, stack: str, manifest: Optional[StackManifest]) -> list[str]:
     """Bundle items the manifest does not hold (a directory counts when it holds a file)."""
     if manifest is None:
         return []

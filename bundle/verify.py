@@ -22,9 +22,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, TextIO
+from typing import Callable, Iterable, Optional, TextIO, Union
 
-from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, check_bundle_id, load_manifest, sha256_file
+from bundle.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackManifest, check_bundle_id,
+                             load_manifest, sha256_file)
 from bundle.progress import Progress, bars_wanted, human
 
 EXIT_FAILED = 1
@@ -105,7 +106,7 @@ def kind_of(mode: int) -> str:
     return "special file"
 
 
-def check_directory(root: Path, manifest: Manifest, workers: Optional[int] = None,
+def check_directory(root: Path, manifest: Union[Manifest, StackManifest], workers: Optional[int] = None,
                     progress: Optional[Progress] = None, extras: bool = True, content: bool = True,
                     only: Optional[Iterable[FileEntry]] = None) -> list[Problem]:
     """Every problem of the unpacked bundle at ``root`` against ``manifest`` (empty list: intact).

@@ -18,7 +18,7 @@ import pulumi
 import pulumi_docker as docker
 
 from bundle.contents import model_bundle_dir
-from bundle.manifest import Manifest
+from bundle.manifest import StackManifest
 from components.config import DockerHostConfig, StackConfig
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
@@ -39,11 +39,11 @@ class XinferenceDeploymentArgs:
     """The validated stack config."""
     stack: str
     """Stack name (used in labels)."""
-    manifest: Optional[Manifest] = None
-    """Manifest of the unpacked offline bundle, when the stack names one."""
+    manifest: Optional[StackManifest] = None
+    """This stack's view of the unpacked offline bundle, when the stack names one."""
 
 
-def image_digest(cfg: StackConfig, manifest: Optional[Manifest]) -> str:
+def image_digest(cfg: StackConfig, manifest: Optional[StackManifest]) -> str:
     """What triggers a reload: declared sha256, else the manifest's, else a fingerprint of the tar."""
     if cfg.image is None:
         return ""
@@ -58,7 +58,7 @@ def image_digest(cfg: StackConfig, manifest: Optional[Manifest]) -> str:
     return ""
 
 
-def image_tar_path(cfg: StackConfig, manifest: Optional[Manifest]) -> Optional[str]:
+def image_tar_path(cfg: StackConfig, manifest: Optional[StackManifest]) -> Optional[str]:
     """The tar to load: the bundle's image tar when the stack names a bundle, else image.tar."""
     images = manifest.role("image") if manifest else []
     if images and cfg.bundle_dir:

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pulumi
 import pulumi_command as command
 
-from bundle.manifest import FileEntry, Manifest, files_digest
+from bundle.manifest import FileEntry, StackManifest, files_digest
 from components.config import DockerHostConfig
 
 
@@ -32,7 +32,7 @@ class DirectoryCopy:
     digest: str
 
 
-def directory_copies(manifest: Manifest, bundle_dirs: dict[str, str]) -> list[DirectoryCopy]:
+def directory_copies(manifest: StackManifest, bundle_dirs: dict[str, str]) -> list[DirectoryCopy]:
     """{bundle dir: remote dir} -> the copies, each with its files from the manifest."""
     copies = []
     for bundle_dir, remote_dir in sorted(bundle_dirs.items()):

@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_command as command
 
-from bundle.manifest import Manifest
+from bundle.manifest import StackManifest
 from components.config import ModelConfig, StackConfig
 from components.launch import model_dir_on_host
 
@@ -43,7 +43,7 @@ def source_digest(model: ModelConfig) -> str:
     return ""
 
 
-def weights_digests(cfg: StackConfig, manifest: Optional[Manifest], local_host: bool) -> dict[str, str]:
+def weights_digests(cfg: StackConfig, manifest: Optional[StackManifest], local_host: bool) -> dict[str, str]:
     """{uid: digest} for every enabled model ("" when nothing is known)."""
     from_manifest = manifest.model_digests() if manifest else {}
     digests = {}

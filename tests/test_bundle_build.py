@@ -55,7 +55,9 @@ def identity(path: Path) -> tuple[int, int]:
 
 def test_build_produces_exactly_what_plan_lists(site):
     summary = build(site)
-    manifest = load_manifest(site.out)
+    whole = load_manifest(site.out)
+    assert list(whole.stacks) == ["t1"]
+    manifest = whole.for_stack(None)  # the only stack
     cfg = from_stack_file(site.stacks / "Pulumi.t1.yaml")
     items = bundle_items(cfg, "t1")
     paths = [f.path for f in manifest.files]
@@ -81,7 +83,7 @@ def test_build_produces_exactly_what_plan_lists(site):
     assert manifest.models_dir == str(site.host_models)
     assert manifest.python == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert set(manifest.model_digests()) == {"emb", "rr"}
-    assert "total" in summary and f"bundle id {manifest.digest()}" in summary
+    assert "total" in summary and f"bundle id {whole.digest()}" in summary and manifest.digest() == whole.digest()
     code, plan_out = run_cli("plan", "--stack", "t1", "--stacks-dir", str(site.stacks), "--bundle", str(site.out))
     assert code == 0 and "MISSING" not in plan_out
 
@@ -99,7 +101,7 @@ def test_a_rebuild_with_no_change_touches_nothing_and_keeps_the_bundle_id(site):
 
 def test_an_incremental_rebuild_touches_only_the_changed_model(site):
     build(site)
-    old = load_manifest(site.out)
+    old = load_manifest(site.out).for_stack("t1")
     untouched = {p: identity(p) for p in site.out.rglob("*")
                  if p.is_file() and p.name != MANIFEST_NAME and "models/rr/" not in str(p)}
     (site.src("rr") / "weights.bin").write_bytes(os.urandom(32 * 1024))
@@ -108,7 +110,7 @@ def test_an_incremental_rebuild_touches_only_the_changed_model(site):
     assert rows.pop("models/rr/") == "1 file, 32.0 KiB"
     assert set(rows.values()) == {"reused"}
     assert {p: identity(p) for p in untouched} == untouched
-    new = load_manifest(site.out)
+    new = load_manifest(site.out).for_stack("t1")
     changed = {uid for uid, digest in new.model_digests().items() if old.model_digests()[uid] != digest}
     assert changed == {"rr"}
     assert new.image_sha256() == old.image_sha256()
@@ -120,7 +122,7 @@ def test_files_no_longer_wanted_are_removed(site):
     (site.src("emb") / "tokenizer" / "vocab.txt").unlink()
     write_stack(site, ["emb"], companion=None)  # rr and the vad companion leave the stack
     build(site)
-    manifest = load_manifest(site.out)
+    manifest = load_manifest(site.out).for_stack("t1")
     assert not (site.out / "models" / "rr").exists() and not (site.out / "models" / "vad").exists()
     assert not (site.out / "models" / "emb" / "tokenizer").exists()
     assert set(manifest.model_digests()) == {"emb"}

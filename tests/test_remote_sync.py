@@ -6,24 +6,32 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Optional
 
-from bundle.manifest import FileEntry, Manifest
+from bundle.manifest import FileEntry, Manifest, StackEntry, StackManifest
 from components.remote_sync import directory_copies, verify_script
 from tests.stack_configs import docker_stack, reference_models
 from tests.test_program import CONTAINER, run_program
 
 
-def make_bundle(root: Path, files: dict[str, bytes]) -> Manifest:
+def make_bundle(root: Path, files: dict[str, bytes], image_tar: Optional[FileEntry] = None) -> StackManifest:
+    """A bundle for the stack the program runs as under the mocks (gpu-node-1): its view."""
     entries = []
+    models: dict[str, list[str]] = {}
     for rel, data in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         model = rel.split("/")[1]
+        models[model] = [f"models/{model}"]
         entries.append(FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), "model", model))
-    manifest = Manifest(stack="gpu-node-2", files=entries)
+    stack = StackEntry(models_dir="/data/m", model_dirs={d[0]: uid for uid, d in models.items()}, models=models)
+    if image_tar is not None:
+        entries.append(image_tar)  # listed, not written: the program only reads its path and sha256
+        stack.image, stack.image_tar = "xprobe/xinference:v4.1.0", image_tar.path
+    manifest = Manifest(stacks={"gpu-node-1": stack}, files=entries)
     manifest.save(root)
-    return manifest
+    return manifest.for_stack("gpu-node-1")
 
 
 FILES = {
@@ -76,9 +84,7 @@ def test_local_host_copies_nothing(tmp_path):
 
 def test_image_tar_comes_from_the_bundle_when_the_stack_names_one(tmp_path):
     bundle = tmp_path / "bundle"
-    manifest = make_bundle(bundle, FILES)
-    manifest.files.append(FileEntry("images/xprobe_xinference_v4.1.0.tar", 10, "c" * 64, "image"))
-    manifest.save(bundle)
+    make_bundle(bundle, FILES, image_tar=FileEntry("images/xprobe_xinference_v4.1.0.tar", 10, "c" * 64, "image"))
     models = [{"uid": "emb", "type": "embedding", "gpus": [0], "path": "emb"}]
     stack = docker_stack(models=models, bundle_dir=str(bundle))
     del stack["image"]["tar_sha256"]
