@@ -45,15 +45,18 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, TextIO
+from typing import TYPE_CHECKING, Iterable, Optional, TextIO
 
-from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, Source, download_model,
+from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, download_model,
                           download_toolchain, list_source_files, locate_toolchain)
 from bundle.install import STATE_NAME, offline_pip_env
-from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, StackEntry, load_manifest
+from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest
 from bundle.program import PROJECT_MARKER, program_files
 from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import HashCache, copy_with_sha256, link_or_copy, remove_partials
+
+if TYPE_CHECKING:  # bundle.site needs the stack config models (pydantic): the offline side has no pydantic
+    from bundle.site import ModelDir, StackSource
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PULUMI_REQUIRED = ("pulumi", "pulumi-language-python")
@@ -90,31 +93,12 @@ class ItemReport:
     fetched_size: int = 0
 
 
-@dataclass(frozen=True)
-class StackSource:
-    """One stack the bundle is built for."""
-
-    name: str
-    cfg: Any  # components.config.StackConfig (imported lazily: plan/verify must work without pydantic)
-    path: Path  # its stack file
-
-
-@dataclass(frozen=True)
-class ModelDir:
-    """A model (or companion) directory: where it goes in the bundle and on the host, where it comes from."""
-
-    bundle_dir: str  # models/<path>/ as bundle_items names it
-    host_path: str  # relative to models_dir, or absolute
-    source: Source
-    hub: bool
-
-
 class Builder:
     """Builds (or refreshes) one bundle directory for one or more stacks."""
 
     def __init__(self, stacks: list[StackSource], options: BuildOptions, out: TextIO):
         self.stacks, self.opts, self.stdout = stacks, options, out
-        self.by_item: dict[str, StackSource] = {}  # image and stack items -> the (first) stack that wants them
+        self.wanted_by: dict[str, list[StackSource]] = {}  # bundle item path -> the stacks that want it
         self.out = options.out.absolute()
         self.cache_dir = (options.cache_dir or self.out.parent / f".{self.out.name}.build-cache").absolute()
         self.hashes = HashCache(self.cache_dir / "hashes.json")
@@ -126,15 +110,18 @@ class Builder:
     # -- the whole build ----------------------------------------------------------------------
 
     def build(self) -> Manifest:
-        items, per_stack = self._items()
-        model_dirs = self._model_dirs()
+        from bundle.site import model_sources, plan_site, stack_entry
+
+        site = plan_site(self.stacks, self.opts.image_tar)
+        self.wanted_by = site.wanted_by
+        model_dirs = model_sources(self.stacks)
         if not (self.opts.project / PROJECT_MARKER).is_file():
             raise SetupError(f"--project {self.opts.project}: has no {PROJECT_MARKER}: not the project checkout "
                              "(the bundle carries it as program/)")
         self._prepare_out_dir()
         previous = self._previous_manifest()
         try:
-            for item in items:
+            for item in site.items:
                 report = ItemReport(item.path, item.what)
                 self.reports.append(report)
                 handler = getattr(self, f"_{item.role}")
@@ -146,7 +133,7 @@ class Builder:
         self.hashes.forget_except(set(self.entries))
         self.hashes.save()
         manifest = Manifest(
-            stacks={stack.name: self._stack_entry(stack, per_stack[stack.name]) for stack in self.stacks},
+            stacks={stack.name: stack_entry(stack, site.per_stack[stack.name]) for stack in self.stacks},
             files=sorted(self.entries.values(), key=lambda e: e.path),
             created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             python=self.opts.python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -155,41 +142,6 @@ class Builder:
             manifest.created = previous.created  # same content, same bundle id
         manifest.save(self.out)
         return manifest
-
-    def _items(self) -> tuple[list, dict[str, list]]:
-        """Every stack's items, each bundle path once; and each stack's own list."""
-        from bundle.contents import bundle_items
-
-        merged: dict[str, Any] = {}
-        per_stack: dict[str, list] = {}
-        for stack in self.stacks:
-            per_stack[stack.name] = bundle_items(stack.cfg, stack.name)
-            for item in per_stack[stack.name]:
-                if item.path not in merged:
-                    merged[item.path] = item
-                    self.by_item[item.path] = stack
-        images = {stack.cfg.image.name for stack in self.stacks
-                  if any(i.role == "image" for i in per_stack[stack.name])}
-        if self.opts.image_tar is not None and len(images) > 1:
-            raise SetupError(f"--image-tar: the stacks use {len(images)} images ({', '.join(sorted(images))}); "
-                             "give each stack's tar as image.tar in its stack file instead")
-        return list(merged.values()), per_stack
-
-    @staticmethod
-    def _stack_entry(stack: StackSource, items: list) -> StackEntry:
-        from bundle.contents import model_bundle_dir
-
-        cfg = stack.cfg
-        image_item = next((i for i in items if i.role == "image"), None)
-        models = {}
-        model_dirs = {}
-        for model in cfg.enabled_models:
-            paths = [model.path or model.uid, *(c.path for c in model.companions)]
-            models[model.uid] = [model_bundle_dir(p).rstrip("/") for p in paths]
-            model_dirs.update({model_bundle_dir(p).rstrip("/"): p for p in paths})
-        return StackEntry(image=cfg.image.name if image_item else None,
-                          image_tar=image_item.path if image_item else None,
-                          models_dir=cfg.models_dir, model_dirs=model_dirs, models=models)
 
     def _previous_manifest(self) -> Optional[Manifest]:
         """The manifest of the bundle being refreshed (then removed: a rebuild is under way)."""
@@ -211,48 +163,20 @@ class Builder:
         out.mkdir(parents=True, exist_ok=True)
         remove_partials(out)
 
-    def _model_dirs(self) -> dict[str, ModelDir]:
-        """{bundle dir: ModelDir} of the enabled models and their companions, from the stack config."""
-        from bundle.contents import model_bundle_dir
-        from components.launch import models_dir_of
-
-        dirs: dict[str, ModelDir] = {}
-        wanted_by: dict[str, str] = {}
-        for stack in self.stacks:
-            for model in stack.cfg.enabled_models:
-                local_root = models_dir_of(stack.cfg, model)
-                pairs = [(model.path or model.uid, model.source)]
-                pairs += [(c.path, c.source) for c in model.companions]
-                for host_path, source in pairs:
-                    if source is None:
-                        here = host_path if host_path.startswith("/") else os.path.join(local_root, host_path)
-                        src, hub = Source("local", path=here), False
-                    else:
-                        src, hub = Source(source.hub, source.id, source.revision, source.path), source.hub != "local"
-                    bundle_dir = model_bundle_dir(host_path)
-                    known = dirs.get(bundle_dir)
-                    if known is not None and known.source != src:
-                        raise SetupError(f"{bundle_dir}: stack {wanted_by[bundle_dir]} fills it from {known.source}, "
-                                         f"stack {stack.name} (model {model.uid}) from {src}; give one of them "
-                                         "another path, or the same source")
-                    if known is None:
-                        dirs[bundle_dir] = ModelDir(bundle_dir, host_path, src, hub)
-                        wanted_by[bundle_dir] = stack.name
-        return dirs
-
     # -- one handler per role of bundle_items -------------------------------------------------
 
     def _image(self, item, report: ItemReport, _dirs) -> None:
-        cfg = self.by_item[item.path].cfg
-        image = cfg.image.name
+        images = [stack.cfg.image for stack in self.wanted_by[item.path]]  # one name, maybe several tars
+        image = images[0].name
+        configured = [Path(i.tar) for i in images if i.tar]
         tar = self.opts.image_tar
         if tar is not None:
             if not tar.is_file():
                 raise SetupError(f"--image-tar {tar}: no such file")
-        elif cfg.image.tar and Path(cfg.image.tar).is_file():
-            tar = Path(cfg.image.tar)
+        elif any(path.is_file() for path in configured):
+            tar = next(path for path in configured if path.is_file())
         else:
-            tar = self._docker_save(image, cfg.image.tar)
+            tar = self._docker_save(image, images[0].tar)
         check_image_tar(tar, image)
         self._sync_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
 
@@ -372,7 +296,7 @@ class Builder:
         self._sync_tree(files, item.path, "program", None, report)
 
     def _stack(self, item, report: ItemReport, _dirs) -> None:
-        self._sync_file(self.by_item[item.path].path, item.path, "stack", None, report)
+        self._sync_file(self.wanted_by[item.path][0].path, item.path, "stack", None, report)
 
     # -- file plumbing ------------------------------------------------------------------------
 
@@ -499,6 +423,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     try:
+        from bundle.site import StackSource
         from components.config_source import from_stack_file
         from components.errors import ConfigError
     except ImportError as exc:

@@ -1,0 +1,107 @@
+"""What one bundle for several stacks holds: a pure function of the stack configs.
+
+A site runs one stack per server and carries one archive. The stacks' items are merged by
+bundle path (what they share is carried once); a model directory two stacks fill from
+different sources is refused, naming both; each stack keeps its own facts (StackEntry: its
+image, host model directory, model directories and models) for install and the program.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from bundle.contents import BundleItem, bundle_items, model_bundle_dir
+from bundle.fetch import SetupError, Source
+from bundle.manifest import StackEntry
+
+
+@dataclass(frozen=True)
+class StackSource:
+    """One stack the bundle is built for."""
+
+    name: str
+    cfg: Any  # components.config.StackConfig
+    path: Path  # its stack file
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A model (or companion) directory: where it goes in the bundle and on the host, where it comes from."""
+
+    bundle_dir: str  # models/<path>/ as bundle_items names it
+    host_path: str  # relative to models_dir, or absolute
+    source: Source
+    hub: bool
+
+
+@dataclass
+class SitePlan:
+    """The merged items of every stack, and who wants each."""
+
+    items: list[BundleItem]  # each bundle path once, in the order the stacks list them
+    per_stack: dict[str, list[BundleItem]]
+    wanted_by: dict[str, list[StackSource]]  # bundle path -> the stacks that want it
+
+
+def plan_site(stacks: list[StackSource], image_tar: Optional[Path] = None) -> SitePlan:
+    """Every stack's items, each bundle path once; ``image_tar`` (one tar for all) needs one image."""
+    merged: dict[str, BundleItem] = {}
+    per_stack: dict[str, list[BundleItem]] = {}
+    wanted_by: dict[str, list[StackSource]] = {}
+    for stack in stacks:
+        per_stack[stack.name] = bundle_items(stack.cfg, stack.name)
+        for item in per_stack[stack.name]:
+            merged.setdefault(item.path, item)
+            wanted_by.setdefault(item.path, []).append(stack)
+    images = {stack.cfg.image.name for stack in stacks if any(i.role == "image" for i in per_stack[stack.name])}
+    if image_tar is not None and len(images) > 1:
+        raise SetupError(f"--image-tar: the stacks use {len(images)} images ({', '.join(sorted(images))}); "
+                         "give each stack's tar as image.tar in its stack file instead")
+    return SitePlan(list(merged.values()), per_stack, wanted_by)
+
+
+def stack_entry(stack: StackSource, items: list[BundleItem]) -> StackEntry:
+    """The manifest's facts about one stack."""
+    cfg = stack.cfg
+    image_item = next((i for i in items if i.role == "image"), None)
+    models: dict[str, list[str]] = {}
+    model_dirs: dict[str, str] = {}
+    for model in cfg.enabled_models:
+        paths = [model.path or model.uid, *(c.path for c in model.companions)]
+        models[model.uid] = [model_bundle_dir(p).rstrip("/") for p in paths]
+        model_dirs.update({model_bundle_dir(p).rstrip("/"): p for p in paths})
+    return StackEntry(image=cfg.image.name if image_item else None,
+                      image_tar=image_item.path if image_item else None,
+                      models_dir=cfg.models_dir, model_dirs=model_dirs, models=models)
+
+
+def model_sources(stacks: list[StackSource]) -> dict[str, ModelDir]:
+    """{bundle dir: ModelDir} of every stack's enabled models and their companions."""
+    from components.launch import models_dir_of
+
+    dirs: dict[str, ModelDir] = {}
+    first_stack: dict[str, str] = {}
+    for stack in stacks:
+        for model in stack.cfg.enabled_models:
+            local_root = models_dir_of(stack.cfg, model)
+            pairs = [(model.path or model.uid, model.source)]
+            pairs += [(c.path, c.source) for c in model.companions]
+            for host_path, source in pairs:
+                if source is None:
+                    here = host_path if host_path.startswith("/") else os.path.join(local_root, host_path)
+                    src, hub = Source("local", path=here), False
+                else:
+                    src, hub = Source(source.hub, source.id, source.revision, source.path), source.hub != "local"
+                bundle_dir = model_bundle_dir(host_path)
+                known = dirs.get(bundle_dir)
+                if known is not None and known.source != src:
+                    raise SetupError(f"{bundle_dir}: stack {first_stack[bundle_dir]} fills it from {known.source}, "
+                                     f"stack {stack.name} (model {model.uid}) from {src}; give one of them "
+                                     "another path, or the same source")
+                if known is None:
+                    dirs[bundle_dir] = ModelDir(bundle_dir, host_path, src, hub)
+                    first_stack[bundle_dir] = stack.name
+    return dirs
