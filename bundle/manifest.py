@@ -81,8 +81,23 @@ class StackEntry:
     models: dict[str, list[str]] = field(default_factory=dict)  # model uid -> its bundle dirs (with companions)
 
 
+class _Files:
+    """Lookups over ``self.files`` that a whole bundle and a stack's view share."""
+
+    files: list[FileEntry]
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+    def role(self, role: str) -> list[FileEntry]:
+        return [f for f in self.files if f.role == role]
+
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
 @dataclass
-class Manifest:
+class Manifest(_Files):
     """The bundle's table of contents."""
 
     stacks: dict[str, StackEntry]
@@ -95,15 +110,6 @@ class Manifest:
     def stack(self) -> str:
         """The stack names, for messages."""
         return ", ".join(sorted(self.stacks))
-
-    def by_path(self) -> dict[str, FileEntry]:
-        return {f.path: f for f in self.files}
-
-    def role(self, role: str) -> list[FileEntry]:
-        return [f for f in self.files if f.role == role]
-
-    def total_size(self) -> int:
-        return sum(f.size for f in self.files)
 
     def for_stack(self, name: Optional[str]) -> "StackManifest":
         """One stack's view; ``None`` picks the only stack (a bundle of several needs a name)."""
@@ -191,7 +197,7 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class StackManifest:
+class StackManifest(_Files):
     """One stack's view of a bundle: the shared files, its image, its models, its stack file."""
 
     stack: str
@@ -215,15 +221,6 @@ class StackManifest:
     def digest(self) -> str:
         """The id of the whole bundle (what `build` printed)."""
         return self.bundle_id
-
-    def by_path(self) -> dict[str, FileEntry]:
-        return {f.path: f for f in self.files}
-
-    def role(self, role: str) -> list[FileEntry]:
-        return [f for f in self.files if f.role == role]
-
-    def total_size(self) -> int:
-        return sum(f.size for f in self.files)
 
     def image_sha256(self) -> Optional[str]:
         images = [f for f in self.files if f.role == "image" and f.path == self.entry.image_tar]
