@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from bundle.contents import BundleItem, bundle_items, model_bundle_dir
 from bundle.fetch import SetupError, Source
 from bundle.manifest import StackEntry
+from components.config import StackConfig
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class StackSource:
     """One stack the bundle is built for."""
 
     name: str
-    cfg: Any  # components.config.StackConfig
+    cfg: StackConfig
     path: Path  # its stack file
 
 
