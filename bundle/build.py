@@ -168,13 +168,13 @@ class Builder:
     def _image(self, item, report: ItemReport, _dirs) -> None:
         images = [stack.cfg.image for stack in self.wanted_by[item.path]]  # one name, maybe several tars
         image = images[0].name
-        configured = [Path(i.tar) for i in images if i.tar]
+        here = next((Path(i.tar) for i in images if i.tar and Path(i.tar).is_file()), None)
         tar = self.opts.image_tar
         if tar is not None:
             if not tar.is_file():
                 raise SetupError(f"--image-tar {tar}: no such file")
-        elif any(path.is_file() for path in configured):
-            tar = next(path for path in configured if path.is_file())
+        elif here is not None:
+            tar = here
         else:
             tar = self._docker_save(image, images[0].tar)
         check_image_tar(tar, image)
