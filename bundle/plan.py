@@ -3,6 +3,11 @@
 Needs no Pulumi CLI and no network: it reads the stack file, applies the same validation as
 the program, and prints the model placement, the VRAM budget per GPU and the bundle contents
 (checked against an unpacked bundle with --bundle).
+
+With --bundle and no stack, it plans every stack the bundle carries (one per server of a
+site), then prints one line per stack and what two stacks would both take on one remote
+docker host. A stack's file is stacks/Pulumi.NAME.yaml when the project has it, else the
+bundle's own copy (stack/Pulumi.NAME.yaml), so it runs on site before `install`.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ EXIT_USAGE = 2
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("plan", help="validate a stack and print what will run where",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--stack", help="stack name: reads stacks/Pulumi.NAME.yaml")
     source.add_argument("--config", type=Path, help="any stack file")
     parser.add_argument("--stacks-dir", type=Path, default=Path("stacks"), help="default: ./stacks")
-    parser.add_argument("--bundle", type=Path, help="unpacked bundle to check against the plan")
+    parser.add_argument("--bundle", type=Path,
+                        help="unpacked bundle to check against the plan; alone: plan every stack it carries")
     parser.set_defaults(func=run)
 
 
@@ -40,10 +46,25 @@ def stack_file(args: argparse.Namespace) -> tuple[str, Path]:
         name = args.config.name
         stack = name[len("Pulumi."):-len(".yaml")] if name.startswith("Pulumi.") and name.endswith(".yaml") else name
         return stack, args.config
-    return args.stack, args.stacks_dir / f"Pulumi.{args.stack}.yaml"
+    return args.stack, named_stack_file(args.stack, args.stacks_dir, args.bundle)
+
+
+def named_stack_file(stack: str, stacks_dir: Path, bundle: Optional[Path]) -> Path:
+    """The project's stack file; the bundle's copy when the project has none (on site, before install)."""
+    own = stacks_dir / f"Pulumi.{stack}.yaml"
+    carried = bundle / "stack" / own.name if bundle else None
+    return carried if carried is not None and not own.exists() and carried.is_file() else own
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
+    if not (args.stack or args.config):
+        if args.bundle:
+            from bundle.site_plan import plan_bundle_site
+
+            return plan_bundle_site(args.bundle, args.stacks_dir, out)
+        print("error: name a stack (--stack NAME or --config FILE), or give --bundle DIR alone to plan every "
+              "stack that bundle carries", file=sys.stderr)
+        return EXIT_USAGE
     stack, path = stack_file(args)
     try:
         cfg = from_stack_file(path)
@@ -88,9 +109,9 @@ def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Stac
     rows = [("UID", "TYPE", *server_col, "HOST GPU", "GPU_IDX", "VRAM GB", "MODEL PATH (as Xinference sees it)")]
     for s in specs:
         server = (f"{s.server} ({s.worker_ip})",) if cluster else ()
-        rows.append((s.model_uid, s.model_type, *server, _ids(s.host_gpus), _ids(s.gpu_idx),
+        rows.append((s.model_uid, s.model_type, *server, ids_text(s.host_gpus), ids_text(s.gpu_idx),
                      f"{s.vram_gb:g}" if s.vram_gb is not None else "-", s.model_path))
-    _table(rows, out)
+    print_table(rows, out)
     budgets = server_budgets(cfg)
     if budgets:
         p("")
@@ -102,7 +123,7 @@ def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Stac
             rows.append((*((where,) if cluster else ()), str(b.gpu),
                          f"{b.capacity_gb:g}" if b.capacity_gb is not None else "?", f"{b.used_gb:g}", free,
                          models or "-"))
-        _table(rows, out)
+        print_table(rows, out)
     p("")
     p("Offline bundle must carry" + (" (checked against the bundle)" if manifest else ""))
     gaps = set(bundle_gaps(cfg, stack, manifest)) if manifest else set()
@@ -127,11 +148,11 @@ def bundle_gaps(cfg: StackConfig, stack: str, manifest: Optional[StackManifest])
     return gaps
 
 
-def _ids(ids: Sequence[int]) -> str:
+def ids_text(ids: Sequence[int]) -> str:
     return ",".join(map(str, ids)) if ids else "cpu"
 
 
-def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+def print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)

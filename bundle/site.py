@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
+from urllib.parse import urlparse
 
 from bundle.contents import BundleItem, bundle_items, model_bundle_dir
 from bundle.fetch import SetupError, Source
@@ -61,6 +62,9 @@ def plan_site(stacks: list[StackSource], image_tar: Optional[Path] = None) -> Si
     if image_tar is not None and len(images) > 1:
         raise SetupError(f"--image-tar: the stacks use {len(images)} images ({', '.join(sorted(images))}); "
                          "give each stack's tar as image.tar in its stack file instead")
+    clashes = site_clashes(stacks)
+    if clashes:
+        raise SetupError("the stacks collide on a shared docker host:\n" + "\n".join(f"  {c}" for c in clashes))
     return SitePlan(list(merged.values()), per_stack, wanted_by)
 
 
@@ -106,3 +110,49 @@ def model_sources(stacks: list[StackSource]) -> dict[str, ModelDir]:
                     dirs[bundle_dir] = ModelDir(bundle_dir, host_path, src, hub)
                     first_stack[bundle_dir] = stack.name
     return dirs
+
+
+def _remote_host(address: str) -> Optional[str]:
+    """The machine an ssh:// or tcp:// docker host names; None for this machine's socket.
+
+    A local socket is a different machine for every stack (each server runs its own stack),
+    so only remote hosts can be shared by two stacks of a site.
+    """
+    parsed = urlparse(address)
+    if parsed.scheme not in ("ssh", "tcp") or not parsed.hostname:
+        return None
+    return parsed.hostname.lower()
+
+
+def _claims(cfg: StackConfig) -> Iterator[tuple[str, str, str]]:
+    """(remote host, what, value) for each container name, host port and GPU the stack takes there."""
+    if cfg.mode == "docker":
+        host = _remote_host(cfg.docker.host)
+        if host:
+            yield host, "container", cfg.container.name
+            yield host, "port", str(cfg.container.port)
+            yield from ((host, "GPU", str(gpu)) for gpu in cfg.gpu_ids)
+    elif cfg.mode == "cluster":
+        for server in cfg.servers:
+            host = _remote_host(server.docker.host)
+            if host:
+                if server.supervisor:
+                    yield host, "container", f"{cfg.container.name}-supervisor"
+                yield host, "container", f"{cfg.container.name}-worker"
+                yield from ((host, "GPU", str(gpu)) for gpu in server.gpu_ids)
+
+
+def site_clashes(stacks: list[StackSource]) -> list[str]:
+    """What two stacks of one site would both take on one remote docker host: one line each.
+
+    The usual cause is a stack file copied for the next server with its docker.host left
+    as it was; the second `pulumi up` would replace the first server's container.
+    """
+    takers: dict[tuple[str, str, str], list[str]] = {}
+    for stack in stacks:
+        for claim in dict.fromkeys(_claims(stack.cfg)):
+            takers.setdefault(claim, []).append(stack.name)
+    keys = {"container": "container.name", "port": "container.port", "GPU": "gpus"}
+    return [f"{host}: {what} {value} is taken by stacks {', '.join(names)}; fix: give each stack its own "
+            f"docker.host (servers[].docker.host in a cluster), or a distinct {keys[what]}"
+            for (host, what, value), names in takers.items() if len(names) > 1]

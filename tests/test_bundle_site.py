@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
+from bundle.fetch import SetupError
 from bundle.manifest import load_manifest
+from bundle.site import StackSource, plan_site, site_clashes
+from components.config import load_stack_config
+from tests.stack_configs import docker_stack, namespaced
 from tests.bundle_kit import Site, build_args, cli, make_model, make_site, write_stack
 
 
@@ -73,6 +78,26 @@ def test_one_bundle_serves_two_stacks_and_carries_what_they_share_once(tmp_path)
         code, _, err = cli("plan", "--stack", stack, "--stacks-dir", str(site.stacks), "--bundle", str(bundle))
         assert code == 0, err
 
+    # on site before install (no stacks/ yet): the whole site from the bundle's own stack files
+    no_stacks = tmp_path / "offline" / "stacks"
+    code, out, err = cli("plan", "--bundle", str(bundle), "--stacks-dir", str(no_stacks))
+    assert code == 0, err
+    assert out.count("Stack t1 (") == 1 and out.count("Stack t2 (") == 1 and "MISSING" not in out
+    assert f"Site: {bundle} carries 2 stacks (bundle id {whole.digest()})" in out
+    table = {line.split()[0]: line.split() for line in out.split("Site: ")[1].splitlines()[2:]}
+    assert table["t1"][-2:] == [str(bundle / "stack" / "Pulumi.t1.yaml"), "ok"] and table["t1"][4] == "2"
+    assert table["t2"][-2:] == [str(bundle / "stack" / "Pulumi.t2.yaml"), "ok"] and table["t2"][4] == "1"
+    code, out, _ = cli("plan", "--stack", "t2", "--stacks-dir", str(no_stacks), "--bundle", str(bundle))
+    assert code == 0 and f"Stack t2 ({bundle / 'stack' / 'Pulumi.t2.yaml'})" in out
+
+    # a stack file edited on site to run a model its part of the bundle lacks: the site plan says which
+    edited = Site(tmp_path / "offline" / "edited", "t2")
+    write_stack(edited, ["emb", "rr"])  # rr is in the bundle for t1 only
+    code, out, _ = cli("plan", "--bundle", str(bundle), "--stacks-dir", str(edited.stacks))
+    assert code == 1
+    assert "models/rr/" in out.split("Stack t2 (")[1] and "MISSING" in out
+    table = {line.split()[0]: line.split() for line in out.split("Site: ")[1].splitlines()[2:]}
+    assert table["t2"][-3:] == [str(edited.stacks / "Pulumi.t2.yaml"), "1", "MISSING"] and table["t1"][-1] == "ok"
 
 def test_two_stacks_that_fill_one_model_directory_differently_are_refused(tmp_path):
     site = make_site(tmp_path / "online")
@@ -86,3 +111,34 @@ def test_two_stacks_that_fill_one_model_directory_differently_are_refused(tmp_pa
     assert code == 2
     assert "models/emb/" in err and "stack t1" in err and "stack t2" in err and str(elsewhere) in err
     assert not (site.out / "MANIFEST.json").exists()
+
+
+def remote_stack(name: str, host: str, **overrides) -> StackSource:
+    cfg = load_stack_config(namespaced(docker_stack(docker={"host": host}, **overrides)))
+    return StackSource(name, cfg, Path(f"Pulumi.{name}.yaml"))
+
+
+def test_two_stacks_that_take_one_remote_container_port_or_gpu_clash():
+    # gpu-node-2's file copied from gpu-node-1 with docker.host left as it was
+    node1 = remote_stack("gpu-node-1", "ssh://ops@10.0.0.11")
+    node2 = remote_stack("gpu-node-2", "ssh://root@10.0.0.11", gpus=[{"id": 1, "vram_gb": 24}],
+                         models=[{"uid": "e", "type": "embedding", "gpus": [1], "path": "e"}])
+    clashes = site_clashes([node1, node2])
+    assert len(clashes) == 3 and all(c.startswith("10.0.0.11: ") for c in clashes)
+    assert any("container xinference is taken by stacks gpu-node-1, gpu-node-2" in c and
+               "distinct container.name" in c for c in clashes)
+    assert any("port 9997 is taken" in c for c in clashes) and any("GPU 1 is taken" in c for c in clashes)
+    assert not any("GPU 0" in c for c in clashes)
+    with pytest.raises(SetupError) as refused:
+        plan_site([node1, node2])
+    assert "collide on a shared docker host" in str(refused.value) and "fix: give each stack its own" in str(refused.value)
+
+    # its own host, or the local socket (each server runs its own stack): no clash
+    assert site_clashes([node1, remote_stack("gpu-node-2", "ssh://ops@10.0.0.12")]) == []
+    assert site_clashes([remote_stack("a", "unix:///var/run/docker.sock"),
+                         remote_stack("b", "unix:///var/run/docker.sock")]) == []
+    # one host, two containers side by side on distinct names, ports and GPUs
+    side = remote_stack("b", "ssh://ops@10.0.0.11", container={"name": "xinference-b", "port": 9998},
+                        gpus=[{"id": 2, "vram_gb": 24}], models=[{"uid": "e", "type": "embedding", "gpus": [2], "path": "e"}])
+    assert site_clashes([node1, side]) == []
+

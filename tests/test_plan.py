@@ -63,7 +63,8 @@ def test_plan_of_a_missing_stack_is_a_usage_error(capsys):
 
 def test_plan_without_arguments_is_a_usage_error(capsys):
     assert main(["plan"], out=io.StringIO()) == 2
-    assert "one of the arguments --stack --config is required" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--stack NAME or --config FILE" in err and "--bundle DIR alone" in err
 
 
 def test_plan_as_the_operator_runs_it():
