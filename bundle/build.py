@@ -41,12 +41,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, TextIO
 
+from bundle.docker_image import check_image_tar, docker_save
 from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, download_model,
                           download_toolchain, list_source_files, locate_toolchain)
 from bundle.install import STATE_NAME, offline_pip_env
@@ -176,27 +176,9 @@ class Builder:
         elif here is not None:
             tar = here
         else:
-            tar = self._docker_save(image, images[0].tar)
+            tar = docker_save(image, images[0].tar, self.cache_dir / "images", self._say)
         check_image_tar(tar, image)
         self._sync_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
-
-    def _docker_save(self, image: str, configured_tar: Optional[str]) -> Path:
-        docker = shutil.which("docker")
-        configured = f"image.tar = {configured_tar!r} is not on this machine and " if configured_tar else ""
-        if docker is None:
-            raise SetupError(f"no image tar: {configured}`docker` is not installed here to `docker save {image}`; "
-                             f"pass --image-tar FILE (a `docker save` of {image})")
-        dest = self.cache_dir / "images" / f"{hashlib.sha256(image.encode()).hexdigest()[:16]}.tar"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_suffix(".part")
-        self._say(f"build: docker save {image} (this takes a while for a large image)")
-        proc = subprocess.run([docker, "save", "-o", str(partial), image], capture_output=True, text=True)
-        if proc.returncode != 0:
-            partial.unlink(missing_ok=True)
-            raise FetchError(f"docker save {image} failed: {proc.stderr.strip() or proc.returncode}; "
-                             f"`docker pull {image}` first, or pass --image-tar FILE")
-        os.replace(partial, dest)
-        return dest
 
     def _model(self, item, report: ItemReport, dirs: dict[str, ModelDir]) -> None:
         if item.path in self.model_dirs_done:  # a companion two models share
@@ -349,25 +331,6 @@ class Builder:
     def _say(self, text: str) -> None:
         if not self.opts.quiet:
             print(text, file=sys.stderr)
-
-
-def check_image_tar(tar: Path, image: str) -> None:
-    """The tar is a `docker save` archive that holds ``image`` (carrying the wrong one is costly)."""
-    try:
-        with tarfile.open(tar, "r:*") as archive:
-            member = next((m for m in archive if m.name.removeprefix("./") == "manifest.json" and m.isreg()), None)
-            if member is None:
-                raise SetupError(f"{tar}: has no manifest.json: not a `docker save` archive")
-            handle = archive.extractfile(member)
-            entries = json.loads(handle.read() if handle else b"[]")
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        raise SetupError(f"{tar}: not a readable `docker save` archive ({exc})") from exc
-    tags = sorted({tag for entry in entries if isinstance(entry, dict) for tag in entry.get("RepoTags") or []})
-    candidates = {image, f"docker.io/{image}", image.removeprefix("docker.io/"),
-                  image.removeprefix("docker.io/library/")}
-    if not candidates & set(tags):
-        raise SetupError(f"{tar} holds {', '.join(tags) or 'no tagged image'}, not image.name {image!r}; "
-                         "fix image.name or give the right tar")
 
 
 def summary(manifest: Manifest, reports: list[ItemReport], out: Path) -> str:
