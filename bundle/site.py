@@ -146,7 +146,8 @@ def site_clashes(stacks: list[StackSource]) -> list[str]:
     """What two stacks of one site would both take on one remote docker host: one line each.
 
     The usual cause is a stack file copied for the next server with its docker.host left
-    as it was; the second `pulumi up` would replace the first server's container.
+    as it was: the second `pulumi up` then fails on the name or port the first stack's container
+    holds, or loads its models onto a GPU the first stack budgeted for itself.
     """
     takers: dict[tuple[str, str, str], list[str]] = {}
     for stack in stacks:
