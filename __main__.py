@@ -4,9 +4,12 @@ Thin on purpose: read and validate the stack config once, build one XinferenceDe
 export what an operator looks at after `pulumi up`.
 """
 
+from pathlib import Path
+
 import pulumi
 
 from bundle.manifest import BundleError, load_manifest
+from bundle.site import sibling_clashes
 from components.config_source import from_pulumi
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
 from components.errors import ConfigError
@@ -18,6 +21,11 @@ try:
 except (ConfigError, BundleError) as exc:
     # RunError prints the message without a Python traceback: this is the operator's mistake.
     raise pulumi.RunError(str(exc)) from None
+
+# Stacks that deploy over ssh from one operator machine live side by side in stacks/ (the
+# stackConfigDir): say when another of them takes this stack's container name, port or GPU.
+for clash in sibling_clashes(pulumi.get_stack(), config, Path(__file__).resolve().parent / "stacks"):
+    pulumi.log.warn(str(clash))
 
 deployment = XinferenceDeployment(
     "xinference",

@@ -8,6 +8,10 @@ With --bundle and no stack, it plans every stack the bundle carries (one per ser
 site), then prints one line per stack and what two stacks would both take on one remote
 docker host. A stack's file is stacks/Pulumi.NAME.yaml when the project has it, else the
 bundle's own copy (stack/Pulumi.NAME.yaml), so it runs on site before `install`.
+
+A single stack's plan (like its `pulumi preview`) warns when another stack file beside it
+takes the same container name, port or GPU on the same remote docker host; the site-wide
+plan and `build` refuse that.
 """
 
 from __future__ import annotations
@@ -79,6 +83,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     write_plan(cfg, stack, path, manifest, out)
+    from bundle.site import sibling_clashes  # as the program's preview warns
+
+    for clash in sibling_clashes(stack, cfg, path.parent):
+        print(f"warning: {clash}", file=sys.stderr)
     missing = bundle_gaps(cfg, stack, manifest) if manifest else []
     return 1 if missing else 0
 

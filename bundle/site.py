@@ -142,8 +142,23 @@ def _claims(cfg: StackConfig) -> Iterator[tuple[str, str, str]]:
                 yield from ((host, "GPU", str(gpu)) for gpu in server.gpu_ids)
 
 
-def site_clashes(stacks: list[StackSource]) -> list[str]:
-    """What two stacks of one site would both take on one remote docker host: one line each.
+@dataclass(frozen=True)
+class Clash:
+    """One container name, host port or GPU that several stacks take on one remote docker host."""
+
+    host: str
+    what: str  # "container", "port" or "GPU"
+    value: str
+    stacks: tuple[str, ...]
+
+    def __str__(self) -> str:
+        key = {"container": "container.name", "port": "container.port", "GPU": "gpus"}[self.what]
+        return (f"{self.host}: {self.what} {self.value} is taken by stacks {', '.join(self.stacks)}; fix: give "
+                f"each stack its own docker.host (servers[].docker.host in a cluster), or a distinct {key}")
+
+
+def site_clashes(stacks: list[StackSource]) -> list[Clash]:
+    """What two stacks of one site would both take on one remote docker host.
 
     The usual cause is a stack file copied for the next server with its docker.host left
     as it was: the second `pulumi up` then fails on the name or port the first stack's container
@@ -153,7 +168,27 @@ def site_clashes(stacks: list[StackSource]) -> list[str]:
     for stack in stacks:
         for claim in dict.fromkeys(_claims(stack.cfg)):
             takers.setdefault(claim, []).append(stack.name)
-    keys = {"container": "container.name", "port": "container.port", "GPU": "gpus"}
-    return [f"{host}: {what} {value} is taken by stacks {', '.join(names)}; fix: give each stack its own "
-            f"docker.host (servers[].docker.host in a cluster), or a distinct {keys[what]}"
-            for (host, what, value), names in takers.items() if len(names) > 1]
+    return [Clash(host, what, value, tuple(names)) for (host, what, value), names in takers.items() if len(names) > 1]
+
+
+def sibling_clashes(stack: str, cfg: StackConfig, stacks_dir: Path) -> list[Clash]:
+    """site_clashes of this stack against the other stack files of the project (stacks_dir).
+
+    For the program's preview: an operator machine that deploys several servers over ssh
+    keeps their stack files side by side. A sibling file that does not validate is skipped
+    (its own preview reports it).
+    """
+    from components.config_source import from_stack_file
+    from components.errors import ConfigError
+
+    others = []
+    for path in sorted(Path(stacks_dir).glob("Pulumi.*.yaml")):
+        name = path.name[len("Pulumi."):-len(".yaml")]
+        if name == stack:
+            continue
+        try:
+            others.append(StackSource(name, from_stack_file(path), path))
+        except ConfigError:
+            continue
+    mine = StackSource(stack, cfg, Path(stacks_dir) / f"Pulumi.{stack}.yaml")
+    return [clash for clash in site_clashes([mine, *others]) if stack in clash.stacks]

@@ -123,7 +123,7 @@ def test_two_stacks_that_take_one_remote_container_port_or_gpu_clash():
     node1 = remote_stack("gpu-node-1", "ssh://ops@10.0.0.11")
     node2 = remote_stack("gpu-node-2", "ssh://root@10.0.0.11", gpus=[{"id": 1, "vram_gb": 24}],
                          models=[{"uid": "e", "type": "embedding", "gpus": [1], "path": "e"}])
-    clashes = site_clashes([node1, node2])
+    clashes = [str(c) for c in site_clashes([node1, node2])]
     assert len(clashes) == 3 and all(c.startswith("10.0.0.11: ") for c in clashes)
     assert any("container xinference is taken by stacks gpu-node-1, gpu-node-2" in c and
                "distinct container.name" in c for c in clashes)

@@ -72,3 +72,17 @@ def test_plan_as_the_operator_runs_it():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Models: 4 enabled" in proc.stdout
+
+
+def test_plan_warns_when_a_stack_file_beside_it_takes_the_same_remote_gpu(tmp_path, capsys):
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    for name in ("node-a", "node-b"):  # node-b copied from node-a, docker.host left as it was
+        cfg = docker_stack(docker={"host": "ssh://ops@10.0.0.7"}, container={"name": f"xinference-{name}",
+                                                                          "port": 9997 if name == "node-a" else 9998})
+        (stacks / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": namespaced(cfg)}))
+    code, text = run_plan("--stack", "node-b", "--stacks-dir", str(stacks))
+    err = capsys.readouterr().err
+    assert code == 0 and "Stack node-b" in text
+    assert err.count("warning: 10.0.0.7: GPU") == 2 and "taken by stacks node-b, node-a" in err
+    assert "container" not in err and "port" not in err

@@ -14,6 +14,8 @@ from pathlib import Path
 import pulumi
 import pytest
 
+from bundle.site import StackSource, site_clashes
+from components.config_source import from_stack_file
 from tests.stack_configs import NS, docker_stack, reference_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +179,27 @@ def test_remote_host_gets_its_own_provider_and_remapped_gpus():
     assert mocks.models()["emb"].inputs["gpu_idx"] == [1]
     assert mocks.resources["xinference-image-load"].inputs["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-node-2"}
     assert exports["endpoint"] == "http://gpu-node-2:9997"
+
+
+def test_preview_warns_when_another_stack_file_takes_this_hosts_container_port_or_gpu(monkeypatch):
+    # this stack (gpu-node-1) aimed at gpu-node-2's docker host, whose stack file sits in stacks/
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **k: warnings.append(msg))
+    models = [{"uid": "emb", "type": "embedding", "gpus": [3], "path": "emb"}]
+    run_program(docker_stack(gpus=[3], models=models, docker={"host": "ssh://ops@gpu-node-2"}))
+    assert sorted(w.split(" is taken")[0] for w in warnings) == [
+        "gpu-node-2: GPU 3", "gpu-node-2: container xinference", "gpu-node-2: port 9997"]
+    assert all("stacks gpu-node-1, gpu-node-2" in w and "fix: give each stack its own docker.host" in w
+               for w in warnings)
+    warnings.clear()
+    run_program(docker_stack(gpus=[3], models=models, docker={"host": "ssh://ops@gpu-node-3"}))
+    assert warnings == []
+
+
+def test_the_shipped_stacks_take_nothing_twice():
+    sources = [StackSource(p.name[len("Pulumi."):-len(".yaml")], from_stack_file(p), p)
+               for p in sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))]
+    assert len(sources) >= 4 and site_clashes(sources) == []
 
 
 def test_existing_mode_manages_no_container():
