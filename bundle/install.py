@@ -21,6 +21,8 @@ Runs with the system python3 (standard library only), from the project checkout 
               default: the stack's models_dir), each file copied only when it differs, into a
               temp file that is checked against the manifest's sha256 and then renamed into
               place, so a model directory never holds a half-copied file under its real name.
+              Checked first: the files must fit on their disk (bundle/space.py), else nothing
+              is installed.
   stack file  copied to PROJECT/stacks/ when the project has none for this stack (a differing one is
               reported, never overwritten).
 
@@ -51,6 +53,8 @@ from typing import Optional, TextIO
 from bundle.manifest import FileEntry, StackManifest, check_bundle_id, files_digest, load_manifest, sha256_file
 from bundle.program import PROGRAM_DIR, PROJECT_MARKER, is_site_owned
 from bundle.progress import Progress, bars_wanted, human, plural
+from bundle.model_files import kept_model_dirs, model_file_pairs
+from bundle.space import space_problems
 from bundle.sync import CopyError, HashCache, copy_with_sha256, remove_partials
 from bundle.verify import Problem, VerifyFailed, check_directory
 
@@ -142,8 +146,13 @@ def _prune_empty_dirs(directory: Path, root: Path) -> None:
         directory = directory.parent
 
 
-def _dir_size(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.is_symlink())
+def check_model_space(manifest: StackManifest, models_dir: Path) -> None:
+    """Refuse, before anything is written, an install whose model files do not fit on their disks."""
+    targets = [(entry, dest) for _dir, _key, pairs in model_file_pairs(manifest, models_dir)
+               for entry, dest, _key in pairs]
+    problems = [Problem(str(where), message) for where, message in space_problems(targets)]
+    if problems:
+        raise InstallError("not enough disk space for the models; nothing was installed", problems)
 
 
 def install_models(bundle: Path, manifest: StackManifest, models_dir: Path, progress: Progress) -> StepResult:
@@ -152,18 +161,13 @@ def install_models(bundle: Path, manifest: StackManifest, models_dir: Path, prog
     state = HashCache(models_dir / STATE_NAME)
     per_model = manifest.model_digests()
     current_dirs: list[str] = []
-    for bundle_dir, host in sorted(manifest.model_dirs.items()):
-        host_dir = Path(host) if host.startswith("/") else models_dir / host
-        key_prefix = host if host.startswith("/") else host.strip("/")
-        prefix = bundle_dir.rstrip("/") + "/"
-        pairs = [(e, host_dir / e.path[len(prefix):], f"{key_prefix}/{e.path[len(prefix):]}")
-                 for e in manifest.files if e.path.startswith(prefix)]
+    for host_dir, key_prefix, pairs in model_file_pairs(manifest, models_dir):
         current_dirs.append(key_prefix)
         host_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(host_dir)
         sync_files(bundle, host_dir, pairs, state, (key_prefix + "/",), result, progress)
         state.save()  # per model directory: a failure later keeps this one's record
-    kept = _kept_model_dirs(state, models_dir, current_dirs)
+    kept = kept_model_dirs(state, models_dir, current_dirs)
     if kept:
         noun = "model directory" if len(kept) == 1 else "model directories"
         result.note = (f"kept {len(kept)} {noun} this bundle no longer lists: {', '.join(kept.values())}; "
@@ -173,22 +177,6 @@ def install_models(bundle: Path, manifest: StackManifest, models_dir: Path, prog
                    dirs=sorted([*current_dirs, *kept]))
     state.save()
     return result
-
-
-def _kept_model_dirs(state: HashCache, models_dir: Path, current: list[str]) -> dict[str, str]:
-    """Model directories an earlier install filled that this bundle no longer lists: kept, and said.
-
-    Weights of a model dropped from the stack are never deleted by an install: on a site
-    without internet, a model disabled for a while would otherwise have to cross the air gap
-    again. Their records stay too, so re-enabling it copies nothing. Returns {key prefix:
-    "directory (size)"} for those still on disk.
-    """
-    kept = {}
-    for prefix in sorted(set(state.meta.get("dirs") or []) - set(current)):
-        directory = Path(prefix) if prefix.startswith("/") else models_dir / prefix
-        if directory.is_dir():
-            kept[prefix] = f"{directory} ({human(_dir_size(directory))})"
-    return kept
 
 
 def install_program(bundle: Path, manifest: StackManifest, project: Path, progress: Progress) -> StepResult:
@@ -377,6 +365,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if problems:
         raise InstallError(f"{bundle} is incomplete; nothing was installed (run `python -m bundle verify {bundle}`)",
                            problems)
+    if "models" not in args.skip and models_dir is not None:
+        check_model_space(manifest, models_dir.absolute())
     home = args.pulumi_home.expanduser().absolute()
     results: list[StepResult] = []
     with Progress(None, "install", bars_wanted(args.quiet)) as progress:

@@ -202,3 +202,34 @@ def test_an_incomplete_bundle_installs_nothing(flow, tmp_path):
 def test_install_help_exits_0(capsys):
     code, _ = run_cli("install", "--help")
     assert code == 0 and "--models-dir" in capsys.readouterr().out
+
+
+def test_bytes_needed_counts_what_grows_and_the_largest_temp_copy(tmp_path):
+    from bundle.manifest import FileEntry
+    from bundle.space import bytes_needed
+
+    (tmp_path / "same.bin").write_bytes(b"x" * 100)
+    (tmp_path / "grows.bin").write_bytes(b"x" * 10)
+    entries = [(FileEntry("m/same.bin", 100, "0" * 64, "model"), tmp_path / "same.bin"),  # in place: nothing
+               (FileEntry("m/grows.bin", 60, "0" * 64, "model"), tmp_path / "grows.bin"),  # +50
+               (FileEntry("m/new.bin", 30, "0" * 64, "model"), tmp_path / "sub" / "new.bin")]  # +30
+    assert bytes_needed(entries) == 50 + 30 + 60  # and the 60-byte temp copy beside the old file
+    assert bytes_needed(entries[:1]) == 0
+
+
+def test_an_install_that_does_not_fit_on_the_disk_writes_nothing(flow, tmp_path, monkeypatch):
+    import bundle.space
+
+    site, models, args = models_only_install(tmp_path / "first")
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(bundle.space.shutil, "disk_usage",  # a disk with 4 KiB left
+                        lambda path: real_usage(path)._replace(free=4096))
+    code, out, err = cli(*args)  # everything already in place: needs nothing, runs on a full disk
+    assert code == 0 and "already in place" in out, err
+    fresh = tmp_path / "fresh-models"
+    args[args.index("--models-dir") + 1] = str(fresh)
+    code, out, err = cli(*args)
+    assert code == 1
+    assert "not enough disk space for the models; nothing was installed" in err
+    assert "4.0 KiB free on this disk, the model files need" in err and "--models-dir DIR" in err
+    assert str(tmp_path) in err and not fresh.exists()
