@@ -24,7 +24,7 @@ from typing import Optional, Sequence, TextIO
 from bundle.contents import bundle_items
 from bundle.manifest import BundleError, StackManifest, load_manifest
 from components.config import StackConfig
-from components.config_source import from_stack_file
+from components.config_source import from_stack_file, stack_name_of
 from components.errors import ConfigError
 from components.launch import container_env, endpoint_url, launch_specs
 from components.placement import docker_gpu_request
@@ -47,9 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def stack_file(args: argparse.Namespace) -> tuple[str, Path]:
     if args.config:
-        name = args.config.name
-        stack = name[len("Pulumi."):-len(".yaml")] if name.startswith("Pulumi.") and name.endswith(".yaml") else name
-        return stack, args.config
+        return stack_name_of(args.config), args.config
     return args.stack, named_stack_file(args.stack, args.stacks_dir, args.bundle)
 
 

@@ -12,12 +12,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
-from urllib.parse import urlparse
 
 from bundle.contents import BundleItem, bundle_items, model_bundle_dir
 from bundle.fetch import SetupError, Source
 from bundle.manifest import StackEntry
 from components.config import StackConfig
+from components.launch import cluster_container_name, remote_docker_hostname
 
 
 @dataclass(frozen=True)
@@ -112,33 +112,25 @@ def model_sources(stacks: list[StackSource]) -> dict[str, ModelDir]:
     return dirs
 
 
-def _remote_host(address: str) -> Optional[str]:
-    """The machine an ssh:// or tcp:// docker host names; None for this machine's socket.
+def _claims(cfg: StackConfig) -> Iterator[tuple[str, str, str]]:
+    """(remote host, what, value) for each container name, host port and GPU the stack takes there.
 
     A local socket is a different machine for every stack (each server runs its own stack),
-    so only remote hosts can be shared by two stacks of a site.
+    so only remote docker hosts can be shared by two stacks of a site.
     """
-    parsed = urlparse(address)
-    if parsed.scheme not in ("ssh", "tcp") or not parsed.hostname:
-        return None
-    return parsed.hostname.lower()
-
-
-def _claims(cfg: StackConfig) -> Iterator[tuple[str, str, str]]:
-    """(remote host, what, value) for each container name, host port and GPU the stack takes there."""
     if cfg.mode == "docker":
-        host = _remote_host(cfg.docker.host)
+        host = remote_docker_hostname(cfg.docker.host)
         if host:
             yield host, "container", cfg.container.name
             yield host, "port", str(cfg.container.port)
             yield from ((host, "GPU", str(gpu)) for gpu in cfg.gpu_ids)
     elif cfg.mode == "cluster":
         for server in cfg.servers:
-            host = _remote_host(server.docker.host)
+            host = remote_docker_hostname(server.docker.host)
             if host:
                 if server.supervisor:
-                    yield host, "container", f"{cfg.container.name}-supervisor"
-                yield host, "container", f"{cfg.container.name}-worker"
+                    yield host, "container", cluster_container_name(cfg, "supervisor")
+                yield host, "container", cluster_container_name(cfg, "worker")
                 yield from ((host, "GPU", str(gpu)) for gpu in server.gpu_ids)
 
 
@@ -178,12 +170,14 @@ def sibling_clashes(stack: str, cfg: StackConfig, stacks_dir: Path) -> list[Clas
     keeps their stack files side by side. A sibling file that does not validate is skipped
     (its own preview reports it).
     """
-    from components.config_source import from_stack_file
+    from components.config_source import from_stack_file, stack_name_of
     from components.errors import ConfigError
 
+    if next(_claims(cfg), None) is None:  # nothing on a remote host: no sibling file to read
+        return []
     others = []
     for path in sorted(Path(stacks_dir).glob("Pulumi.*.yaml")):
-        name = path.name[len("Pulumi."):-len(".yaml")]
+        name = stack_name_of(path)
         if name == stack:
             continue
         try:

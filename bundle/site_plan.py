@@ -65,8 +65,7 @@ def plan_bundle_site(bundle: Path, stacks_dir: Path, out: TextIO) -> int:
     clashes = site_clashes(sources)
     if clashes:
         print(f"error: {len(clashes)} clash{'es' if len(clashes) != 1 else ''} between the stacks on a shared "
-              "docker host "
-              "(the later `pulumi up` would fail on the name or port, or share the GPU):", file=sys.stderr)
+              "docker host (the later `pulumi up` would fail on the name or port, or share the GPU):", file=sys.stderr)
         for clash in clashes:
             print(f"  {clash}", file=sys.stderr)
         code = EXIT_USAGE

@@ -49,9 +49,12 @@ def existing_ancestor(path: Path) -> Path:
 def space_problems(targets: Iterable[tuple[FileEntry, Path]]) -> list[tuple[Path, str]]:
     """(where, message) for each disk the targets do not fit on; files are grouped by disk."""
     by_disk: dict[int, tuple[Path, list[tuple[FileEntry, Path]]]] = {}
+    disk_of: dict[Path, tuple[Path, int]] = {}  # per directory, not per file: a model holds many files
     for entry, dest in targets:
-        anchor = existing_ancestor(dest.parent)
-        device = os.stat(anchor).st_dev
+        if dest.parent not in disk_of:
+            anchor = existing_ancestor(dest.parent)
+            disk_of[dest.parent] = (anchor, os.stat(anchor).st_dev)
+        anchor, device = disk_of[dest.parent]
         by_disk.setdefault(device, (anchor, []))[1].append((entry, dest))
     problems = []
     for anchor, files in by_disk.values():

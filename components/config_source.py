@@ -38,6 +38,12 @@ def from_pulumi() -> StackConfig:
     return load_stack_config({k: _decode(v) for k, v in raw.items()}, secret_keys=secret_keys)
 
 
+def stack_name_of(path: Path) -> str:
+    """The stack a stack file is for: Pulumi.NAME.yaml -> NAME (any other file name as it is)."""
+    name = Path(path).name
+    return name[len("Pulumi."):-len(".yaml")] if name.startswith("Pulumi.") and name.endswith(".yaml") else name
+
+
 def read_stack_file(path: Path) -> Mapping[str, Any]:
     """The `config:` mapping of a stack file; ConfigError when the file is not usable."""
     try:

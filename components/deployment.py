@@ -22,8 +22,8 @@ from bundle.manifest import StackManifest
 from components.config import DockerHostConfig, StackConfig
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
-from components.launch import (LaunchSpec, container_command, container_env, endpoint_url, healthcheck_command,
-                               launch_specs, model_dir_on_host)
+from components.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
+                               healthcheck_command, launch_specs, model_dir_on_host)
 from components.model import XinferenceModel, XinferenceModelArgs
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
@@ -177,7 +177,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
                               name_prefix=f"{name}-{supervisor.name}",
                               command=container_command("supervisor", supervisor.address, port=cfg.container.port),
                               healthcheck=healthcheck_command("supervisor", supervisor.address, cfg.container.port),
-                              host_network=True, container_name=f"{cfg.container.name}-supervisor")
+                              host_network=True, container_name=cluster_container_name(cfg, "supervisor"))
         for server in cfg.servers:
             models_dir = server.models_dir or cfg.models_dir
             placed = [m for m in cfg.enabled_models if m.server == server.name]
@@ -189,7 +189,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
                 name_prefix=f"{name}-{server.name}",
                 command=container_command("worker", server.address, supervisor_url),
                 healthcheck=healthcheck_command("worker", server.address),
-                host_network=True, container_name=f"{cfg.container.name}-worker")
+                host_network=True, container_name=cluster_container_name(cfg, "worker"))
 
 
 def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optional[str]]) -> XinferenceModelArgs:

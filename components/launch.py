@@ -70,9 +70,18 @@ def endpoint_url(cfg: StackConfig) -> str:
     if cfg.mode == "cluster":
         supervisor = cfg.supervisor
         return f"http://{supervisor.address if supervisor else 'supervisor'}:{cfg.container.port}"
-    parsed = urlparse(cfg.docker.host)
-    host = parsed.hostname if parsed.scheme in ("ssh", "tcp") and parsed.hostname else "127.0.0.1"
-    return f"http://{host}:{cfg.container.port}"
+    return f"http://{remote_docker_hostname(cfg.docker.host) or '127.0.0.1'}:{cfg.container.port}"
+
+
+def remote_docker_hostname(address: str) -> Optional[str]:
+    """The machine an ``ssh://`` or ``tcp://`` docker host names (lower case); None for a local socket."""
+    parsed = urlparse(address)
+    return parsed.hostname if parsed.scheme in ("ssh", "tcp") and parsed.hostname else None
+
+
+def cluster_container_name(cfg: StackConfig, role: str) -> str:
+    """The container name of a cluster's "supervisor" or "worker" (one of each at most per server)."""
+    return f"{cfg.container.name}-{role}"
 
 
 def models_dir_of(cfg: StackConfig, model: ModelConfig) -> str:

@@ -15,7 +15,7 @@ import pulumi
 import pytest
 
 from bundle.site import StackSource, site_clashes
-from components.config_source import from_stack_file
+from components.config_source import from_stack_file, stack_name_of
 from tests.stack_configs import NS, docker_stack, reference_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +197,7 @@ def test_preview_warns_when_another_stack_file_takes_this_hosts_container_port_o
 
 
 def test_the_shipped_stacks_take_nothing_twice():
-    sources = [StackSource(p.name[len("Pulumi."):-len(".yaml")], from_stack_file(p), p)
+    sources = [StackSource(stack_name_of(p), from_stack_file(p), p)
                for p in sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))]
     assert len(sources) >= 4 and site_clashes(sources) == []
 
