@@ -10,6 +10,7 @@ import pulumi
 
 from bundle.manifest import BundleError, load_manifest
 from bundle.site import sibling_clashes
+from components import preflight
 from components.config_source import from_pulumi
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
 from components.errors import ConfigError
@@ -26,6 +27,11 @@ except (ConfigError, BundleError) as exc:
 # stackConfigDir): say when another of them takes this stack's container name, port or GPU.
 for clash in sibling_clashes(pulumi.get_stack(), config, Path(__file__).resolve().parent / "stacks"):
     pulumi.log.warn(str(clash))
+
+# Before anything is touched (at preview too): every docker host that must give a container GPUs can.
+gpu_problems = preflight.gpu_runtime_problems(config)
+if gpu_problems:
+    raise pulumi.RunError("\n".join(gpu_problems))
 
 deployment = XinferenceDeployment(
     "xinference",

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from ipaddress import IPv4Address
 from typing import Any, Iterable, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, field_validator
 
 from components.errors import ConfigError, Problem
 
@@ -90,6 +91,10 @@ class ContainerConfig(_Strict):
 
     name: str = Field(default="xinference", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Container name.")
     port: int = Field(default=9997, ge=1, le=65535, description="Host port published for Xinference's port 9997.")
+    bind_address: IPvAnyAddress = Field(
+        default=IPv4Address("0.0.0.0"),
+        description="Host address the port is published on (`127.0.0.1`: reachable from this machine only).",
+    )
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = Field(
         default="unless-stopped", description="Docker restart policy."
     )

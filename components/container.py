@@ -10,7 +10,7 @@ import pulumi_docker as docker
 
 from components.config import CONTAINER_MODELS_DIR, CONTAINER_PORT, ContainerConfig
 from components.launch import container_command, healthcheck_command
-from components.placement import docker_gpu_request
+from components.placement import docker_device_requests
 
 
 @dataclass
@@ -39,6 +39,11 @@ class XinferenceContainerArgs:
     """Docker container name (default: settings.name)."""
 
 
+def published_ip(address: str) -> Optional[str]:
+    """The port's host address; None for all addresses (the plugin's default, so no diff)."""
+    return None if address == "0.0.0.0" else address
+
+
 def _seconds(value: int) -> str:
     return f"{value}s"
 
@@ -64,9 +69,12 @@ class XinferenceContainer(pulumi.ComponentResource):
             image=args.image_id,
             command=list(args.command),
             envs=[f"{k}={v}" for k, v in sorted(args.env.items())],
-            gpus=docker_gpu_request(args.host_gpus),
+            # Exact host GPU ids as a device request (the `gpus` string cannot name two: see placement).
+            device_requests=[docker.ContainerDeviceRequestArgs(**request)
+                             for request in docker_device_requests(args.host_gpus)] or None,
             network_mode="host" if args.host_network else None,
-            ports=None if args.host_network else [docker.ContainerPortArgs(internal=CONTAINER_PORT, external=s.port)],
+            ports=None if args.host_network else [docker.ContainerPortArgs(
+                internal=CONTAINER_PORT, external=s.port, ip=published_ip(str(s.bind_address)))],
             mounts=mounts,
             restart=s.restart,
             shm_size=s.shm_size_mb,
@@ -82,7 +90,9 @@ class XinferenceContainer(pulumi.ComponentResource):
             log_driver="json-file",
             log_opts={"max-size": s.log_max_size, "max-file": str(s.log_max_file)},
             labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())],
-            opts=pulumi.ResourceOptions(parent=self),
+            # A new image, GPU set or port replaces the container; the old one must go first, or
+            # the new one clashes with it on the container name and the host port.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.container_id = self.container.id
         self.name = self.container.name

@@ -24,11 +24,28 @@ def container_gpu_indices(server_gpus: Sequence[int], model_gpus: Iterable[int])
     return [order.index(g) for g in model_gpus]
 
 
+def gpu_device_ids(server_gpus: Sequence[int]) -> list[str]:
+    """The host GPU ids a container is granted, as Docker's device ids (sorted, unique)."""
+    return [str(g) for g in sorted(set(server_gpus))]
+
+
 def docker_gpu_request(server_gpus: Sequence[int]) -> Optional[str]:
-    """The ``gpus`` value of docker run for exactly these host GPUs (None: no GPU)."""
-    if not server_gpus:
-        return None
-    return "device=" + ",".join(str(g) for g in sorted(set(server_gpus)))
+    """How `docker run --gpus` would name exactly these host GPUs (None: no GPU); for display."""
+    ids = gpu_device_ids(server_gpus)
+    return "device=" + ",".join(ids) if ids else None
+
+
+def docker_device_requests(server_gpus: Sequence[int]) -> list[dict]:
+    """The container's device request for exactly these host GPUs ([] : no GPU).
+
+    Not pulumi-docker's ``gpus`` string: the plugin parses it as CSV, so ``device=0,1`` turns
+    into device id 0 plus a count of 1, which the daemon refuses ("cannot set both Count and
+    DeviceIDs on device request"). A device request with explicit ids is what `--gpus` means.
+    """
+    ids = gpu_device_ids(server_gpus)
+    if not ids:
+        return []
+    return [{"driver": "nvidia", "device_ids": ids, "capabilities": ["gpu"]}]
 
 
 @dataclass(frozen=True)

@@ -102,11 +102,12 @@ def test_one_supervisor_and_a_worker_per_server(graph):
     assert sorted(containers) == ["xinference-gpu-a-worker-container", "xinference-gpu-b-worker-container",
                                   "xinference-supervisor-container"]
     sup = containers["xinference-supervisor-container"]
-    assert sup["command"][:3] == ["xinference-supervisor", "-H", "10.0.0.1"] and "gpus" not in sup
+    assert sup["command"][:3] == ["xinference-supervisor", "-H", "10.0.0.1"] and "deviceRequests" not in sup
     assert sup["networkMode"] == "host"
     worker_b = containers["xinference-gpu-b-worker-container"]
     assert worker_b["command"][:3] == ["xinference-worker", "-e", "http://10.0.0.1:9997"]
-    assert worker_b["gpus"] == "device=2,3" and worker_b["networkMode"] == "host"
+    assert worker_b["deviceRequests"] == [{"driver": "nvidia", "deviceIds": ["2", "3"], "capabilities": ["gpu"]}]
+    assert worker_b["networkMode"] == "host"
     assert exports["endpoint"] == "http://10.0.0.1:9997"
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from components.config import load_stack_config
 from components.launch import container_env, endpoint_url, launch_specs, model_dir_on_server
-from components.placement import container_gpu_indices, docker_gpu_request, vram_budgets
+from components.placement import container_gpu_indices, docker_device_requests, docker_gpu_request, vram_budgets
 from tests.stack_configs import docker_stack, namespaced, reference_models
 
 
@@ -29,6 +29,12 @@ def test_unknown_host_gpu_is_an_error():
 def test_docker_gpu_request_names_exactly_the_server_gpus():
     assert docker_gpu_request([3, 2]) == "device=2,3"
     assert docker_gpu_request([]) is None
+
+
+def test_device_request_lists_every_gpu_id_and_no_count():
+    # one request, both ids, no count: the daemon refuses a request with both (what `gpus="device=0,1"` became)
+    assert docker_device_requests([1, 0, 1]) == [{"driver": "nvidia", "device_ids": ["0", "1"], "capabilities": ["gpu"]}]
+    assert docker_device_requests([]) == []
 
 
 def test_vram_budget_sums_models_per_gpu():

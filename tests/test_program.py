@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import unittest.mock
 from pathlib import Path
 
 import pulumi
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self):
         self.resources: dict[str, pulumi.runtime.MockResourceArgs] = {}
+        self.gpu_preflights: list[tuple[str, list[int]]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.resources[args.name] = args
@@ -58,12 +60,19 @@ def run_program(cfg: dict, secret_keys=()) -> tuple[RecordingMocks, dict]:
     exports: dict = {}
     resolved: dict = {}
 
+    def no_engine_asked(docker_host, gpu_ids):
+        # Under mocks no engine is contacted: the GPU preflight records what it would ask
+        # (tests/test_docker_gpu.py runs it against real daemons).
+        mocks.gpu_preflights.append((docker_host, list(gpu_ids)))
+        return None
+
     @pulumi.runtime.test
     def program():
         original_export = pulumi.export
         pulumi.export = lambda name, value: exports.__setitem__(name, value)
         try:
-            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+            with unittest.mock.patch("components.preflight.gpu_runtime_problem", no_engine_asked):
+                runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
         finally:
             pulumi.export = original_export
         return pulumi.Output.all(**exports).apply(resolved.update)
@@ -101,9 +110,15 @@ def test_image_is_loaded_from_the_tar_and_never_pulled(reference):
     assert image.inputs["triggers"] == {"tar_sha256": "a" * 64}
 
 
+def test_the_gpu_preflight_asks_the_docker_host_for_exactly_the_reserved_gpus(reference):
+    assert reference[0].gpu_preflights == [("unix:///var/run/docker.sock", [0, 1])]
+
+
 def test_container_reserves_exactly_the_server_gpus(reference):
     c = reference[0].one(CONTAINER).inputs
-    assert c["gpus"] == "device=0,1"
+    # a device request with both ids, never the `gpus` string (the plugin splits it into an id + a count)
+    assert c["deviceRequests"] == [{"driver": "nvidia", "deviceIds": ["0", "1"], "capabilities": ["gpu"]}]
+    assert "gpus" not in c
     assert c["image"] == "sha256:" + "1" * 64  # the loaded image's id: a new image replaces the container
     assert c["restart"] == "unless-stopped"
     assert c["ports"] == [{"internal": 9997, "external": 9997}]
@@ -175,7 +190,7 @@ def test_remote_host_gets_its_own_provider_and_remapped_gpus():
     provider = mocks.one("pulumi:providers:docker")
     assert provider.inputs["host"] == "ssh://ops@gpu-node-2"
     assert json.loads(provider.inputs["sshOpts"]) == ["-p", "2222"]
-    assert mocks.one(CONTAINER).inputs["gpus"] == "device=2,3"
+    assert mocks.one(CONTAINER).inputs["deviceRequests"] == [{"driver": "nvidia", "deviceIds": ["2", "3"], "capabilities": ["gpu"]}]
     assert mocks.models()["emb"].inputs["gpu_idx"] == [1]
     assert mocks.resources["xinference-image-load"].inputs["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-node-2"}
     assert exports["endpoint"] == "http://gpu-node-2:9997"

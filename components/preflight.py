@@ -1,0 +1,146 @@
+"""Preflight of a docker host before anything is touched: can it give a container GPUs?
+
+"could not select device driver with capabilities [[gpu]]" is the most asked question about
+GPUs in Docker: the engine has no NVIDIA runtime (nvidia-container-toolkit), so a container
+that reserves GPUs is created and then fails to start. The program asks the engine first,
+at preview and at up, and refuses the stack with the fix instead.
+
+Two ways an engine can serve GPU device requests, both accepted:
+- a runtime named ``nvidia`` in ``docker info`` (what `nvidia-ctk runtime configure` sets up);
+- the NVIDIA device driver dockerd registers by itself when `nvidia-container-runtime-hook`
+  is on its PATH, which ``docker info`` does not show: a probe container that requests the
+  GPUs is started from an empty image. The daemon picks the device driver before it runs
+  anything, so "could not select device driver" means no GPU runtime; any later failure
+  (the empty image has nothing to execute) means the driver was found. The probe container
+  and image are removed again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import uuid
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from components.config import StackConfig
+from components.placement import gpu_device_ids
+
+NO_DRIVER_MARK = "could not select device driver"
+PROBE_IMAGE = "xinference-offline/gpu-probe:empty"
+TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class DockerAnswer:
+    """What one docker CLI call gave."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class DockerHostUnreachable(Exception):
+    """The docker CLI is missing or the engine does not answer."""
+
+
+def run_docker(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = None) -> DockerAnswer:
+    """Run the docker CLI against ``docker_host`` (its own DOCKER_HOST, nothing else changed)."""
+    env = {**os.environ, "DOCKER_HOST": docker_host}
+    try:
+        done = subprocess.run(["docker", *args], input=stdin, env=env, capture_output=True, timeout=TIMEOUT_S)
+    except FileNotFoundError:
+        raise DockerHostUnreachable("the docker CLI is not installed on this machine") from None
+    except subprocess.TimeoutExpired:
+        raise DockerHostUnreachable(f"`docker {' '.join(args[:2])}` did not answer within {TIMEOUT_S} s") from None
+    return DockerAnswer(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
+
+
+def runtime_names(info_json: str) -> list[str]:
+    """The runtimes of a ``docker info --format '{{json .}}'`` answer."""
+    return sorted((json.loads(info_json).get("Runtimes") or {}).keys())
+
+
+def probe_says_no_driver(start_stderr: str) -> bool:
+    """Did the probe container fail because the engine has no GPU device driver?"""
+    return NO_DRIVER_MARK in start_stderr
+
+
+def missing_runtime_message(docker_host: str, gpu_ids: Sequence[int], detail: str) -> str:
+    ids = ",".join(gpu_device_ids(gpu_ids))
+    return (
+        f"docker host {docker_host} has no NVIDIA GPU runtime, so a container cannot reserve host GPUs {ids} "
+        f"(config key `gpus`): {(detail.strip().splitlines() or ['no detail'])[0]}. Fix: on that host install the NVIDIA Container Toolkit "
+        "(apt-get install nvidia-container-toolkit), then `nvidia-ctk runtime configure --runtime=docker` and "
+        "restart dockerd; check with `docker run --rm --gpus all <image> nvidia-smi`. For a CPU-only server set "
+        "`gpus: []`."
+    )
+
+
+def _empty_image_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w"):
+        pass
+    return buffer.getvalue()
+
+
+def gpu_runtime_problem(docker_host: str, gpu_ids: Sequence[int]) -> Optional[str]:
+    """None when ``docker_host`` can start a container with these GPUs reserved; else the message."""
+    if not gpu_ids:
+        return None
+    info = run_docker(docker_host, ["info", "--format", "{{json .}}"])
+    if info.returncode != 0:
+        raise DockerHostUnreachable(f"docker host {docker_host} does not answer: {info.stderr.strip()}")
+    if "nvidia" in runtime_names(info.stdout):
+        return None
+    imported = run_docker(docker_host, ["import", "--change", "LABEL managed-by=xinference-offline", "-",
+                                        PROBE_IMAGE], stdin=_empty_image_tar())
+    if imported.returncode != 0:
+        return f"docker host {docker_host}: the GPU preflight could not make its probe image: {imported.stderr.strip()}"
+    name = f"xinference-offline-gpu-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        created = run_docker(docker_host, ["create", "--name", name, "--network", "none",
+                                           "--gpus", '"device=' + ",".join(gpu_device_ids(gpu_ids)) + '"',
+                                           PROBE_IMAGE, "/no-such-program"])
+        if created.returncode != 0:
+            return f"docker host {docker_host}: the GPU preflight could not create its probe: {created.stderr.strip()}"
+        started = run_docker(docker_host, ["start", name])
+        if started.returncode != 0 and probe_says_no_driver(started.stderr):
+            return missing_runtime_message(docker_host, gpu_ids, started.stderr)
+        return None
+    finally:
+        run_docker(docker_host, ["rm", "-f", name])
+        run_docker(docker_host, ["rmi", PROBE_IMAGE])
+
+
+def gpu_reservations(cfg: StackConfig) -> list[tuple[str, list[int]]]:
+    """(docker host, host GPU ids) of every container the stack reserves GPUs for, on engines it
+    may contact (``docker.check_daemon``); one entry per host, GPU ids merged."""
+    if cfg.mode == "docker":
+        wanted = [(cfg.docker, cfg.gpu_ids)]
+    elif cfg.mode == "cluster":
+        wanted = [(server.docker, server.gpu_ids) for server in cfg.servers]
+    else:
+        return []
+    merged: dict[str, set[int]] = {}
+    for host, gpu_ids in wanted:
+        if gpu_ids and host.check_daemon:
+            merged.setdefault(host.host, set()).update(gpu_ids)
+    return [(host, sorted(ids)) for host, ids in merged.items()]
+
+
+def gpu_runtime_problems(cfg: StackConfig) -> list[str]:
+    """Every docker host of the stack that cannot give its container the GPUs it reserves."""
+    problems = []
+    for host, gpu_ids in gpu_reservations(cfg):
+        try:
+            problem = gpu_runtime_problem(host, gpu_ids)
+        except DockerHostUnreachable:
+            # Nothing to ask: the docker provider reports an unreachable engine itself, naming the host.
+            continue
+        if problem:
+            problems.append(problem)
+    return problems
