@@ -28,10 +28,10 @@ except (ConfigError, BundleError) as exc:
 for clash in sibling_clashes(pulumi.get_stack(), config, Path(__file__).resolve().parent / "stacks"):
     pulumi.log.warn(str(clash))
 
-# Before anything is touched (at preview too): every docker host that must give a container GPUs can.
-gpu_problems = preflight.gpu_runtime_problems(config)
-if gpu_problems:
-    raise pulumi.RunError("\n".join(gpu_problems))
+# Before anything is touched (at preview too): model directories, GPU runtime, name and port.
+host_problems = preflight.docker_host_problems(config, pulumi.get_stack())
+if host_problems:
+    raise pulumi.RunError("\n".join(host_problems))
 
 deployment = XinferenceDeployment(
     "xinference",

@@ -40,11 +40,14 @@ class GpuConfig(_Strict):
     )
 
 
+LOCAL_DOCKER = "unix:///var/run/docker.sock"  # this machine's engine
+
+
 class DockerHostConfig(_Strict):
     """Where the Docker engine that runs Xinference lives."""
 
     host: str = Field(
-        default="unix:///var/run/docker.sock",
+        default=LOCAL_DOCKER,
         description="Docker engine address: `unix:///var/run/docker.sock` (this machine) or `ssh://user@host`.",
     )
     ssh_opts: list[str] = Field(default_factory=list, description="Extra ssh options for an `ssh://` host.")

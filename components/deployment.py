@@ -19,7 +19,7 @@ import pulumi_docker as docker
 
 from bundle.contents import model_bundle_dir
 from bundle.manifest import StackManifest
-from components.config import DockerHostConfig, StackConfig
+from components.config import LOCAL_DOCKER, DockerHostConfig, StackConfig
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
 from components.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
@@ -27,9 +27,6 @@ from components.launch import (LaunchSpec, cluster_container_name, container_com
 from components.model import XinferenceModel, XinferenceModelArgs
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
-
-LOCAL_DOCKER = "unix:///var/run/docker.sock"
-
 
 @dataclass
 class XinferenceDeploymentArgs:

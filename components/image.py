@@ -8,6 +8,7 @@ locally (never pulls: the server is offline) and keeps it on destroy.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Optional
@@ -31,16 +32,32 @@ class LoadedImageArgs:
     """Docker engine address (unix:// socket or ssh://user@host)."""
 
 
-def load_script(image_name: str, tar_path: str) -> str:
-    """The shell the load runs: fail clearly when the tar is missing or lacks the image."""
+def load_script(image_name: str, tar_path: str, tar_sha256: str = "") -> str:
+    """The shell the load runs: refuse a missing tar, a tar whose sha256 is not the manifest's,
+    or one that lacks the image, before the engine is asked to change anything.
+
+    Every value from the config reaches the shell through ``shlex.quote`` only, messages
+    included: a path holding ``$(...)`` stays text.
+    """
     tar, name = shlex.quote(tar_path), shlex.quote(image_name)
-    return (
-        "set -eu\n"
-        f"[ -f {tar} ] || {{ echo \"image tar {tar_path} not found; unpack and verify the bundle first\" >&2; exit 1; }}\n"
-        f"docker load -i {tar}\n"
-        f"docker image inspect {name} >/dev/null 2>&1 || "
-        f"{{ echo \"{tar_path} does not contain image {image_name}; check image.name\" >&2; exit 1; }}\n"
-    )
+
+    def fail(message: str) -> str:
+        return f"{{ echo {shlex.quote(message)} >&2; exit 1; }}"
+
+    lines = [
+        "set -eu",
+        f"[ -f {tar} ] || " + fail(f"image tar {tar_path} not found; unpack and verify the bundle first"),
+    ]
+    if re.fullmatch(r"[0-9a-f]{64}", tar_sha256):
+        # A tar damaged since `bundle verify` is refused here, before `docker load` reads it.
+        lines.append(f"actual=$(sha256sum {tar} | cut -d' ' -f1)")
+        lines.append(f'[ "$actual" = {tar_sha256} ] || ' + fail(
+            f"image tar {tar_path} is damaged: its sha256 is not the manifest's {tar_sha256}; "
+            "unpack the bundle again and run `python3 -m bundle verify`"))
+    lines.append(f"docker load -i {tar}")
+    lines.append(f"docker image inspect {name} >/dev/null 2>&1 || "
+                 + fail(f"{tar_path} does not contain image {image_name}; check image.name"))
+    return "\n".join(lines) + "\n"
 
 
 class LoadedImage(pulumi.ComponentResource):
@@ -55,7 +72,7 @@ class LoadedImage(pulumi.ComponentResource):
         if args.tar_path:
             load = command.local.Command(
                 f"{name}-load",
-                create=load_script(args.image_name, args.tar_path),
+                create=load_script(args.image_name, args.tar_path, args.tar_digest),
                 environment={"DOCKER_HOST": args.docker_host},
                 triggers=[args.tar_digest],
                 opts=pulumi.ResourceOptions(parent=self),

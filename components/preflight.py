@@ -26,8 +26,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from components.config import StackConfig
+from components.config import LOCAL_DOCKER, StackConfig
+from components.launch import model_dir_on_host
 from components.placement import gpu_device_ids
+from components.volume import missing_directories
 
 NO_DRIVER_MARK = "could not select device driver"
 PROBE_IMAGE = "xinference-offline/gpu-probe:empty"
@@ -132,15 +134,44 @@ def gpu_reservations(cfg: StackConfig) -> list[tuple[str, list[int]]]:
     return [(host, sorted(ids)) for host, ids in merged.items()]
 
 
-def gpu_runtime_problems(cfg: StackConfig) -> list[str]:
-    """Every docker host of the stack that cannot give its container the GPUs it reserves."""
+STACK_LABEL = "xinference-offline/stack"
+
+
+def foreign_containers(docker_host: str, stack: str, name: str, port: int) -> list[str]:
+    """Containers not made by ``stack`` that hold its container name or host port."""
     problems = []
-    for host, gpu_ids in gpu_reservations(cfg):
-        try:
+    queries = ((f"name=^/{name}$", f"container name {name}", "set container.name to another name"),
+               (f"publish={port}", f"host port {port}", "set container.port to a free port"))
+    for query, what, fix in queries:
+        listed = run_docker(docker_host, ["ps", "-a", "--filter", query, "--format", "{{json .}}"])
+        if listed.returncode != 0:
+            raise DockerHostUnreachable(f"docker host {docker_host} does not answer: {listed.stderr.strip()}")
+        for line in listed.stdout.splitlines():
+            row = json.loads(line)
+            if f"{STACK_LABEL}={stack}" in (row.get("Labels") or "").split(","):
+                continue  # ours: pulumi replaces or keeps it
+            problems.append(
+                f"docker host {docker_host}: {what} is taken by container {row.get('Names')} ({row.get('ID')}, image "
+                f"{row.get('Image')}, {row.get('Status')}), which stack {stack} did not make; nothing was changed. "
+                f"Fix: remove that container (`docker rm -f {row.get('Names')}`) if it is a leftover, or {fix}.")
+    return problems
+
+
+def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
+    """What would make `up` fail halfway on the stack's docker hosts, found before anything changes:
+    a model directory missing on this machine, a host that cannot give the container its GPUs,
+    a container name or port held by a container this stack did not make."""
+    problems = []
+    if cfg.mode == "docker" and cfg.docker.host == LOCAL_DOCKER:
+        problems += missing_directories({m.uid: model_dir_on_host(cfg, m) for m in cfg.enabled_models})
+    try:
+        for host, gpu_ids in gpu_reservations(cfg):
             problem = gpu_runtime_problem(host, gpu_ids)
-        except DockerHostUnreachable:
-            # Nothing to ask: the docker provider reports an unreachable engine itself, naming the host.
-            continue
-        if problem:
-            problems.append(problem)
+            if problem:
+                problems.append(problem)
+        if cfg.mode == "docker" and cfg.docker.check_daemon:
+            problems += foreign_containers(cfg.docker.host, stack, cfg.container.name, cfg.container.port)
+    except DockerHostUnreachable:
+        # Nothing more to ask: the docker provider reports an unreachable engine itself, naming the host.
+        pass
     return problems

@@ -56,13 +56,22 @@ def weights_digests(cfg: StackConfig, manifest: Optional[StackManifest], local_h
 
 
 def presence_script(directories: Mapping[str, str]) -> str:
-    """Shell that fails, naming every missing model directory, before the container starts."""
+    """Shell that fails, naming every missing model directory, before the container starts.
+
+    Values from the config reach the shell through ``shlex.quote`` only, messages included.
+    """
     lines = ["missing=0"]
     for uid, path in sorted(directories.items()):
-        quoted = shlex.quote(path)
-        lines.append(f"[ -d {quoted} ] || {{ echo \"model {uid}: directory {path} is missing\" >&2; missing=1; }}")
+        message = shlex.quote(f"model {uid}: directory {path} is missing")
+        lines.append(f"[ -d {shlex.quote(path)} ] || {{ echo {message} >&2; missing=1; }}")
     lines.append('[ "$missing" = 0 ] || { echo "copy the models with: python -m bundle install <bundle dir>" >&2; exit 1; }')
     return "\n".join(lines) + "\n"
+
+
+def missing_directories(directories: Mapping[str, str]) -> list[str]:
+    """What the presence script would report, asked here (the docker host is this machine)."""
+    return [f"model {uid}: directory {path} is missing"
+            for uid, path in sorted(directories.items()) if not os.path.isdir(path)]
 
 
 @dataclass

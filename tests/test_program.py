@@ -16,6 +16,7 @@ import pulumi
 import pytest
 
 from bundle.site import StackSource, site_clashes
+from components import preflight
 from components.config_source import from_stack_file, stack_name_of
 from tests.stack_configs import NS, docker_stack, reference_models
 
@@ -60,18 +61,18 @@ def run_program(cfg: dict, secret_keys=()) -> tuple[RecordingMocks, dict]:
     exports: dict = {}
     resolved: dict = {}
 
-    def no_engine_asked(docker_host, gpu_ids):
-        # Under mocks no engine is contacted: the GPU preflight records what it would ask
+    def no_engine_asked(config, stack):
+        # Under mocks no engine is contacted: record which GPUs the preflight would ask for
         # (tests/test_docker_gpu.py runs it against real daemons).
-        mocks.gpu_preflights.append((docker_host, list(gpu_ids)))
-        return None
+        mocks.gpu_preflights.extend(preflight.gpu_reservations(config))
+        return []
 
     @pulumi.runtime.test
     def program():
         original_export = pulumi.export
         pulumi.export = lambda name, value: exports.__setitem__(name, value)
         try:
-            with unittest.mock.patch("components.preflight.gpu_runtime_problem", no_engine_asked):
+            with unittest.mock.patch("components.preflight.docker_host_problems", no_engine_asked):
                 runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
         finally:
             pulumi.export = original_export
