@@ -43,6 +43,11 @@ class GpuConfig(_Strict):
 LOCAL_DOCKER = "unix:///var/run/docker.sock"  # this machine's engine
 
 
+def is_local_docker(address: str) -> bool:
+    """A ``unix://`` socket is an engine on this machine: its host paths are this machine's."""
+    return address.startswith("unix://")
+
+
 class DockerHostConfig(_Strict):
     """Where the Docker engine that runs Xinference lives."""
 

@@ -19,7 +19,7 @@ import pulumi_docker as docker
 
 from bundle.contents import model_bundle_dir
 from bundle.manifest import StackManifest
-from components.config import LOCAL_DOCKER, DockerHostConfig, StackConfig
+from components.config import DockerHostConfig, StackConfig, is_local_docker
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
 from components.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
@@ -75,7 +75,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
         self._name, self._args = name, args
         self._images: dict[str, tuple[LoadedImage, pulumi.ResourceOptions]] = {}  # per docker host
         cfg = args.config
-        local_host = cfg.mode == "existing" or (cfg.mode == "docker" and cfg.docker.host == LOCAL_DOCKER)
+        local_host = cfg.mode == "existing" or (cfg.mode == "docker" and is_local_docker(cfg.docker.host))
         digests = weights_digests(cfg, args.manifest, local_host=local_host)
         self.specs: list[LaunchSpec] = launch_specs(cfg, digests)
         self.endpoint = pulumi.Output.from_input(endpoint_url(cfg))
@@ -179,7 +179,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
             models_dir = server.models_dir or cfg.models_dir
             placed = [m for m in cfg.enabled_models if m.server == server.name]
             volume = self._volume(f"{name}-{server.name}-models", placed, digests, models_dir,
-                                  check=server.docker.host == LOCAL_DOCKER)
+                                  check=is_local_docker(server.docker.host))
             synced = self._sync(f"{name}-{server.name}", server.docker, placed, models_dir)
             self.containers[server.name] = self._container(
                 f"{name}-{server.name}-worker", server.docker, server.gpu_ids, models_dir, [sup, volume, *synced],

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from components.config import LOCAL_DOCKER, StackConfig
+from components.config import StackConfig, is_local_docker
 from components.launch import model_dir_on_host
 from components.placement import gpu_device_ids
 from components.volume import missing_directories
@@ -162,7 +162,7 @@ def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
     a model directory missing on this machine, a host that cannot give the container its GPUs,
     a container name or port held by a container this stack did not make."""
     problems = []
-    if cfg.mode == "docker" and cfg.docker.host == LOCAL_DOCKER:
+    if cfg.mode == "docker" and is_local_docker(cfg.docker.host):
         problems += missing_directories({m.uid: model_dir_on_host(cfg, m) for m in cfg.enabled_models})
     try:
         for host, gpu_ids in gpu_reservations(cfg):

