@@ -45,9 +45,18 @@ def directory_copies(manifest: StackManifest, bundle_dirs: dict[str, str]) -> li
     return copies
 
 
+def checksum_line(rel: str, sha: str) -> str:
+    """One line of `sha256sum -c` input. A name holding a backslash or a newline is written in
+    sha256sum's own escaped form (a leading backslash), so no raw newline of a file name ever
+    reaches the script: it cannot end the here-document early and run what follows."""
+    if "\\" in rel or "\n" in rel:
+        return "\\" + sha + "  " + rel.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"{sha}  {rel}"
+
+
 def verify_script(copy: DirectoryCopy) -> str:
     """`sha256sum -c` of every file of the directory, as the server runs it."""
-    listing = "\n".join(f"{sha}  {rel}" for rel, sha in copy.files)
+    listing = "\n".join(checksum_line(rel, sha) for rel, sha in copy.files)
     return (f"set -eu\ncd {shlex.quote(copy.remote_dir)}\n"
             f"sha256sum -c --quiet --strict - <<'XINFERENCE_OFFLINE_SHA256'\n{listing}\nXINFERENCE_OFFLINE_SHA256\n")
 
