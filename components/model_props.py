@@ -81,7 +81,9 @@ _AUTOSTART_PENDING = {"launching", "waiting_worker", "waiting_model"}
 
 
 def _known(value: Any) -> bool:
-    return not (isinstance(value, str) and value == _UNKNOWN)
+    """False for a value not known at preview: the wire sentinel, or the SDK's Unknown object
+    (what `python -m pulumi.dynamic` hands check and diff for another resource's pending output)."""
+    return not ((isinstance(value, str) and value == _UNKNOWN) or isinstance(value, pulumi.output.Unknown))
 
 
 def _intify(value: Any) -> Any:
