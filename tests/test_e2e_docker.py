@@ -106,12 +106,56 @@ def test_a_changed_launch_parameter_replaces_exactly_that_model(site):
     assert embed(site.endpoint, UID) == 384
 
 
+def test_a_port_or_name_held_by_a_foreign_container_is_refused_and_ours_keeps_serving(site):
+    ours = inspect(MAIN_DOCKER_HOST, site.container)["Id"]
+    port, foreign = free_port(), f"foreign-{uuid.uuid4().hex[:6]}"
+    docker(MAIN_DOCKER_HOST, "run", "-d", "--name", foreign, "-p", f"127.0.0.1:{port}:9997", IMAGE,
+           "python3", "-c", "import time; time.sleep(900)")
+    container = dict(site.config[f"{NS}:container"])
+    try:
+        for change, what in (({"port": port}, f"host port {port} is taken by container {foreign}"),
+                             ({"name": foreign}, f"container name {foreign} is taken by container {foreign}")):
+            site.set_config(container={**container, **change})
+            for command in (["preview"], ["up", "--yes", "--skip-preview"]):
+                proc = site.pulumi(*command, check=False)
+                assert proc.returncode != 0 and what in proc.stdout + proc.stderr, proc.stdout[-3000:]
+            # refused before delete-before-replace could remove ours
+            assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == ours
+            assert embed(site.endpoint, UID) == 384
+    finally:
+        site.set_config(container=container)
+        docker(MAIN_DOCKER_HOST, "rm", "-f", foreign, check=False)
+    site.pulumi("preview", "--expect-no-changes")
+
+
 def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model(site):
     old = inspect(MAIN_DOCKER_HOST, site.container)
     rebuilt = image_tar("--label", "xinference-offline.test=rebuild")
     # The online side builds the next bundle; the transfer steps were proven by the first ship.
     site.build_bundle(rebuilt, site.toolchain)
     site.ship()
+    tar = next((site.bundle / "images").glob("*.tar"))
+    # Missing, then damaged after `verify`: refused by the load step, before the container is touched.
+    tar.rename(tar.with_suffix(".away"))
+    try:
+        proc = site.pulumi("up", "--yes", "--skip-preview", check=False)
+    finally:
+        tar.with_suffix(".away").rename(tar)
+    assert proc.returncode != 0 and f"image tar {tar} not found" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    with open(tar, "r+b") as f:
+        f.seek(tar.stat().st_size // 2)
+        original = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([original[0] ^ 0xFF]))
+    try:
+        proc = site.pulumi("up", "--yes", "--skip-preview", check=False)
+    finally:
+        with open(tar, "r+b") as f:
+            f.seek(tar.stat().st_size // 2)
+            f.write(original)
+    assert proc.returncode != 0 and f"image tar {tar} is damaged" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == old["Id"]
+    assert embed(site.endpoint, UID) == 384  # the running container kept serving
     ops = site.preview()
     assert ops == {"xinference-image-load": "replace", "xinference-image-image": "replace",
                    "xinference-server-container": "replace", f"xinference-{UID}": "replace"}, ops
@@ -147,3 +191,13 @@ def test_destroy_removes_the_container_and_keeps_the_image(site):
     site.pulumi("destroy", "--yes", "--skip-preview")
     assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
     docker(MAIN_DOCKER_HOST, "image", "inspect", IMAGE)  # keep_locally: the image stays for the next up
+
+
+def test_a_missing_models_directory_is_refused_by_name_before_anything_is_created(site):
+    missing = site.root / "no-such-models"
+    site.set_config(models=[site.model], models_dir=str(missing))
+    for command in (["preview"], ["up", "--yes", "--skip-preview"]):
+        proc = site.pulumi(*command, check=False)
+        text = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and f"model {UID}: directory {missing}/all-MiniLM-L6-v2 is missing" in text, text[-3000:]
+    assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
