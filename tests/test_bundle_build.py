@@ -210,17 +210,17 @@ def test_a_toolchain_without_a_plugin_is_refused_naming_it(site):
 def test_the_toolchain_dir_may_be_its_parent_with_a_plugins_dir(site):
     toolchain = site.root / "toolchain"
     (toolchain / "bin" / "pulumi-resource-docker").unlink()
-    plugin = toolchain / "plugins" / "resource-docker-v5.2.0" / "pulumi-resource-docker"
+    plugin = toolchain / "plugins" / "resource-docker-v5.1.0" / "pulumi-resource-docker"
     plugin.parent.mkdir(parents=True)
     plugin.write_text("#!/bin/sh\n")
     plugin.chmod(0o755)
-    (toolchain / "plugins" / "resource-docker-v5.2.0.lock").write_text("")
+    (toolchain / "plugins" / "resource-docker-v5.1.0.lock").write_text("")
     args = build_args(site)
     args[args.index("--pulumi-dir") + 1] = str(toolchain)
     build_out = cli(*args)
     assert build_out[0] == 0, build_out[2]
     paths = load_manifest(site.out).by_path()
-    assert "pulumi/plugins/resource-docker-v5.2.0/pulumi-resource-docker" in paths
+    assert "pulumi/plugins/resource-docker-v5.1.0/pulumi-resource-docker" in paths
     assert not any(p.endswith(".lock") for p in paths)
 
 

@@ -1,21 +1,27 @@
 """tools/pulumi-toolchain.sh: the Pulumi CLI, the Python language host and the resource plugins
-built from Go modules into a cache.
+built from Go modules (the plugins from the source archives of ../shared/plugin-src) into a cache.
 
-The cold build (10+ minutes on 2 cores) is done by tools/test.sh before pytest; here the script
-runs against that cache and must answer in seconds. Each test drives the real binaries: the CLI
-reports the pinned version, runs a Python program end to end through the language host, and
-lists the resource plugins the script says it built (a plugin the script reports as not built is
-a skip that carries the script's own reason, never a pass).
+The cold build (10+ minutes on 2 cores, and as much again for the plugins) is done by
+tools/test.sh before pytest; here the script runs against that cache and must answer in seconds.
+Each test drives the real binaries: the CLI reports the pinned version, runs a Python program end
+to end through the language host, and lists the resource plugins at the versions the Python SDKs
+ask for, each of which serves that version over gRPC. Where the plugin source archives are absent
+(a machine without ../shared/plugin-src), a plugin the script reports as not built is a skip that
+carries the script's own reason, never a pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +34,13 @@ PLUGINS = {  # name -> version, as pinned in the script
     name: re.search(rf"^{name.upper()}_VERSION=(\S+)", SCRIPT.read_text(), re.M).group(1)
     for name in ("command", "docker")
 }
+MODULES = {  # name -> the provider's Go module, as in the script
+    name: re.search(rf"^{name.upper()}_MODULE=(\S+)", SCRIPT.read_text(), re.M).group(1)
+    for name in ("command", "docker")
+}
+# the plugins' source archives, where the script looks for them by default
+PLUGIN_SRC = Path(os.environ.get("PULUMI_TOOLCHAIN_PLUGIN_SRC") or ROOT.parent / "shared" / "plugin-src")
+CACHE_ROOT = Path(os.environ.get("XINFERENCE_OFFLINE_CACHE") or Path.home() / ".cache" / "xinference-offline")
 BUILD_TIMEOUT = 3600  # only when the cache is cold (tools/test.sh builds it before pytest)
 
 pytestmark = pytest.mark.e2e
@@ -155,19 +168,79 @@ def test_pulumi_up_runs_a_python_program(toolchain, tmp_path):
     assert result.stdout.strip() == "1"
 
 
+def archive_of(name: str) -> Path:
+    """The source archive the script builds plugin NAME from, when it is there."""
+    return PLUGIN_SRC / f"pulumi-{name}-v{PLUGINS[name]}.tar.gz"
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sdk_version(name: str) -> str:
+    """The plugin version the installed Python SDK (pulumi-NAME) asks the engine for."""
+    return importlib.metadata.version(f"pulumi_{name}")
+
+
+def plugin_info_version(binary: Path, timeout: float = 60) -> str:
+    """Start a resource plugin as the engine does (it prints its gRPC port) and ask it
+    GetPluginInfo: the version the binary itself reports."""
+    import grpc
+    from google.protobuf import empty_pb2
+    from pulumi.runtime.proto import provider_pb2_grpc
+
+    proc = subprocess.Popen([str(binary)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first_line: list[str] = []
+        reader = threading.Thread(target=lambda: first_line.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        port = first_line[0].strip() if first_line else ""
+        assert port.isdigit(), f"{binary} printed {port!r} instead of its gRPC port"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            info = provider_pb2_grpc.ResourceProviderStub(channel).GetPluginInfo(empty_pb2.Empty(), timeout=timeout)
+        return info.version
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_plugin_pins_match_the_python_sdks():
+    """The script builds each plugin at the version its Python SDK asks for, and requirements.txt
+    pins that SDK (there is no pulumi-docker 5.2.0 source, so both say 5.1.0)."""
+    requirements = (ROOT / "requirements.txt").read_text()
+    for name, version in PLUGINS.items():
+        assert re.search(rf"^pulumi-{name}=={re.escape(version)}$", requirements, re.M), \
+            f"requirements.txt does not pin pulumi-{name}=={version} (the script's {name.upper()}_VERSION)"
+        assert sdk_version(name) == version, \
+            f"the installed pulumi-{name} is {sdk_version(name)}, the script builds plugin {name} v{version}: run tools/setup.sh"
+
+
 @needs_go
 @pytest.mark.parametrize("name", sorted(PLUGINS))
 def test_resource_plugin_is_installed(toolchain, name):
-    version = PLUGINS[name]
+    version = sdk_version(name)
     row = toolchain.versions()[f"plugin-{name}"]
-    if "NOT BUILT" in row[2]:
-        pytest.skip(f"tools/pulumi-toolchain.sh did not build the {name} plugin: {row[2]}")
+    archive = archive_of(name)
+    from_archive = archive.is_file() and not os.environ.get(f"PULUMI_TOOLCHAIN_SRC_{name.upper()}")
+    if from_archive:
+        # the archive is there: the plugin must be built from it, there is no reason to skip
+        assert "NOT BUILT" not in row[2], f"plugin {name} was not built from {archive}: {row[2]}"
+        assert row[0] == f"v{version}" and row[1].isdigit(), row
+        digest = sha256_of(archive)
+        assert f"{archive} (sha256 {digest})" in row[2], row[2]
+        # unpacked into the cache (never into the project), keyed by its digest
+        assert (CACHE_ROOT / "plugin-src" / digest / ".unpacked").is_file()
+    elif "NOT BUILT" in row[2]:
+        pytest.skip(f"no source archive {archive}, and tools/pulumi-toolchain.sh did not build the {name} plugin: {row[2]}")
     result = toolchain.pulumi("plugin", "ls")
     assert result.returncode == 0, result.stderr
     listed = [line.split()[:3] for line in result.stdout.splitlines() if line.strip()]
     assert [name, "resource", version] in listed, result.stdout
     binary = toolchain.home / "plugins" / f"resource-{name}-v{version}" / f"pulumi-resource-{name}"
-    assert binary.is_file() and os.access(binary, os.X_OK)
+    assert binary.is_file() and os.access(binary, os.X_OK), f"{binary} is missing or not executable"
+    assert plugin_info_version(binary) == version, f"{binary} does not report version {version}"
 
 
 @needs_go
@@ -220,3 +293,57 @@ def test_an_unavailable_plugin_source_is_reported_and_the_rest_goes_on(toolchain
     assert reason in result.stderr, result.stderr
     row = (copy / "versions.txt").read_text()
     assert f"--src command={missing}: {missing} does not exist" in row
+
+
+def _fake_archive(path: Path, files: dict[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@needs_go
+def test_a_changed_archive_is_unpacked_into_the_cache_and_rebuilds(toolchain, tmp_path):
+    """The archive's digest is part of the plugin's stamp: another archive under the same name is
+    a new source (here one without the provider module, so it is reported, not built), unpacked
+    into <cache>/plugin-src/<sha256>/; the docker archive, unchanged, is a no-op."""
+    if not archive_of("docker").is_file():
+        pytest.skip(f"no source archive {archive_of('docker')}")
+    copy = _linked_copy(toolchain, tmp_path / "toolchain")
+    src = tmp_path / "plugin-src"
+    changed = _fake_archive(src / archive_of("command").name,
+                            {"pulumi-command-v1.2.1/provider/go.mod": "module example.com/not-the-provider\n"})
+    (src / archive_of("docker").name).symlink_to(archive_of("docker"))
+    cache = tmp_path / "cache"
+    result = run_script("--cache", str(cache), "--dir", str(copy), "--plugin-src", str(src), timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(copy / "bin")
+    digest = sha256_of(changed)
+    assert f"unpacking {changed.name} (sha256 {digest}) into {cache}/plugin-src/{digest}" in result.stderr, result.stderr
+    assert (cache / "plugin-src" / digest / "pulumi-command-v1.2.1" / "provider" / "go.mod").is_file()
+    reason = f"holds no module {MODULES['command']}"
+    assert f"plugin command v{PLUGINS['command']}: NOT BUILT: " in result.stderr and reason in result.stderr, result.stderr
+    assert reason in (copy / "versions.txt").read_text()
+    assert "plugin docker" not in result.stderr, result.stderr  # same archive, same stamp: nothing to do
+    assert not (ROOT / "pulumi-command-v1.2.1").exists() and not (ROOT / "plugin-src").exists()
+
+
+@needs_go
+def test_without_an_archive_the_module_proxy_is_the_fallback(toolchain, tmp_path):
+    copy = _linked_copy(toolchain, tmp_path / "toolchain")
+    src = tmp_path / "plugin-src"  # only the docker archive (when there is one): none for command
+    src.mkdir()
+    if archive_of("docker").is_file():
+        (src / archive_of("docker").name).symlink_to(archive_of("docker"))
+    (copy / "stamps" / "plugin-command.unavailable").unlink(missing_ok=True)
+    result = run_script("--dir", str(copy), "--plugin-src", str(src), timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(copy / "bin")
+    # asked the proxy (which does not serve it here: reported, not built), no archive named
+    assert f"{MODULES['command']}@v{PLUGINS['command']}" in result.stderr, result.stderr
+    assert ".tar.gz" not in "".join(line for line in result.stderr.splitlines(True) if "plugin command" in line), result.stderr
+    assert "plugin docker" not in result.stderr, result.stderr

@@ -2,8 +2,8 @@
 # Build the Pulumi toolchain from Go modules into a cache reused across runs. The CLI is not
 # a binary on the package registries an air-gapped workflow can rely on; its Go modules are.
 #
-#   usage: tools/pulumi-toolchain.sh [--cache DIR | --dir DIR] [--src NAME=PATH]... [--check]
-#                                    [--venv DIR] [--force] [-h|--help]
+#   usage: tools/pulumi-toolchain.sh [--cache DIR | --dir DIR] [--src NAME=PATH]...
+#                                    [--plugin-src DIR] [--check] [--venv DIR] [--force] [-h|--help]
 #
 # Builds, each with its own stamp (a second run with everything built only prints the path):
 #   pulumi                        github.com/pulumi/pulumi/pkg/v3 cmd/pulumi, from the wrapper
@@ -12,9 +12,13 @@
 #                                 is a nested module the Go module proxy does not serve)
 #   pulumi-language-python-exec   } plain files of github.com/pulumi/pulumi/sdk/v3, copied next to
 #   pulumi-resource-pulumi-python } the CLI (the program runner, the dynamic provider launcher)
-#   resource plugins command 1.2.1 and docker 5.2.0 (what pulumi-command / pulumi-docker on PyPI
-#                                 need), installed into <dir>/home/plugins; a provider module that
-#                                 is not served or does not build is reported, and the rest goes on
+#   resource plugins command 1.2.1 and docker 5.1.0 (what pulumi-command / pulumi-docker in
+#                                 requirements.txt need), installed into <dir>/home/plugins at those
+#                                 versions; each is built from, in this order: --src NAME=PATH, the
+#                                 archive pulumi-NAME-v<version>.tar.gz of the --plugin-src folder
+#                                 (unpacked, for docker patched, in <cache>/plugin-src/<sha256>/),
+#                                 the Go module proxy (which does not serve them here); a plugin
+#                                 that has no source or does not build is reported, the rest goes on
 #
 # Output: the last line of stdout is the bin directory, so
 #     PATH="$(tools/pulumi-toolchain.sh | tail -1):$PATH"
@@ -28,9 +32,11 @@
 #                    the toolchain goes to DIR/pulumi-v<version>
 #   --dir DIR        the toolchain directory itself (env PULUMI_TOOLCHAIN_DIR)
 #   --src NAME=PATH  build resource plugin NAME (command, docker) from a local source instead of
-#                    the module proxy: a git repository of the provider (its tag v<version> is
-#                    used) or a source tree (its provider/ directory or the provider module
-#                    itself); env PULUMI_TOOLCHAIN_SRC_COMMAND, PULUMI_TOOLCHAIN_SRC_DOCKER
+#                    its archive and the module proxy: a git repository of the provider (its tag
+#                    v<version> is used) or a source tree (its provider/ directory or the provider
+#                    module itself); env PULUMI_TOOLCHAIN_SRC_COMMAND, PULUMI_TOOLCHAIN_SRC_DOCKER
+#   --plugin-src DIR the plugins' source archives (default: ../shared/plugin-src of the repo
+#                    root; env PULUMI_TOOLCHAIN_PLUGIN_SRC); a changed archive (sha256) rebuilds
 #   --check          then smoke-test: `pulumi version`, and `pulumi up` of a one-output Python
 #                    project on a file backend in a temp dir, with the virtualenv of --venv
 #   --venv DIR       virtualenv with the pulumi package for --check (default: this repo's venv/)
@@ -49,7 +55,7 @@ PULUMI_SDK_TARGET=3.272.0   # requirements.txt: pulumi==3.272.0
 # served at v3.274.1 too, so CLI, SDK module and runner files all come from one release).
 PULUMI_VERSION=3.274.1
 COMMAND_VERSION=1.2.1       # pulumi-command==1.2.1
-DOCKER_VERSION=5.2.0        # pulumi-docker==5.2.0
+DOCKER_VERSION=5.1.0        # pulumi-docker==5.1.0 (../shared/plugin-src has no 5.2.0 source)
 # The provider modules live in the provider/ directory of their repositories, which tag only
 # v<ver> and sdk/v<ver>, never provider/v<ver>: so besides the version itself we ask for the
 # pseudo-version of the commit tagged v<ver> where we know it (pulumi-command v1.2.1 is commit
@@ -58,6 +64,11 @@ COMMAND_MODULE=github.com/pulumi/pulumi-command/provider
 COMMAND_REFS="v$COMMAND_VERSION v0.0.0-20260303235922-7f3eb6f3b77c"
 DOCKER_MODULE=github.com/pulumi/pulumi-docker/provider/v5
 DOCKER_REFS="v$DOCKER_VERSION"
+
+# Builds from the archives with an empty Go build cache (modules already downloaded), measured on
+# 2 cores: command 171 s; docker 134 s for generate.go + 187 s (the progress lines quote these).
+COMMAND_BUILD_MINUTES=3
+DOCKER_BUILD_MINUTES=5
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -74,6 +85,7 @@ check=0
 venv="$repo/venv"
 src_command=${PULUMI_TOOLCHAIN_SRC_COMMAND:-}
 src_docker=${PULUMI_TOOLCHAIN_SRC_DOCKER:-}
+plugin_src=${PULUMI_TOOLCHAIN_PLUGIN_SRC:-$repo/../shared/plugin-src}
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || { log "$1 needs a value (see --help)"; exit 2; }; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -87,6 +99,7 @@ while [ $# -gt 0 ]; do
         *) log "--src wants command=PATH or docker=PATH, not '$2'"; exit 2 ;;
       esac
       shift 2 ;;
+    --plugin-src) need_arg "$@"; plugin_src=$2; shift 2 ;;
     --check) check=1; shift ;;
     --venv) need_arg "$@"; venv=$2; shift 2 ;;
     --force) force=1; shift ;;
@@ -299,15 +312,70 @@ src_tree() {
   echo "$path holds no module $module (looked at provider/go.mod and go.mod)"
   return 1
 }
-# plugin NAME VERSION MODULE PACKAGE VERSION_VAR REFS SRC
+# archive_tree ARCHIVE DIGEST DEST: the archive's source tree in DEST (or print why not). The archive
+# is unpacked once into <cache>/plugin-src/<sha256>/ (by rename, so never half there), where the
+# patches/ of a bridged provider are applied to its upstream/ (a plain tree: `patch -p1`).
+archive_tree() {
+  local archive=$1 digest=$2 dest=$3 cached="$cache_root/plugin-src/$2" tmp top p out tops
+  if [ ! -f "$cached/.unpacked" ]; then
+    mkdir -p "$cache_root/plugin-src" || { echo "cannot create $cache_root/plugin-src"; return 1; }
+    find "$cache_root/plugin-src" -maxdepth 1 -name '.unpack.*' -mmin +120 -exec rm -rf {} + 2>/dev/null || true
+    tmp=$(mktemp -d "$cache_root/plugin-src/.unpack.XXXXXX")
+    log "unpacking $(basename "$archive") (sha256 $digest) into $cached"
+    if ! out=$(tar -xzf "$archive" -C "$tmp" 2>&1); then
+      rm -rf "$tmp"; echo "tar could not unpack it: $out"; return 1
+    fi
+    for top in "$tmp"/*/; do
+      top=${top%/}
+      [ -d "$top/patches" ] && [ -d "$top/upstream" ] || continue
+      for p in "$top"/patches/*.patch; do
+        [ -f "$p" ] || continue
+        log "  applying patches/$(basename "$p") to upstream/ (patch -p1)"
+        if ! out=$(cd "$top/upstream" && patch -p1 --forward --batch < "$p" 2>&1); then
+          rm -rf "$tmp"
+          echo "patches/$(basename "$p") does not apply to upstream/: $(echo "$out" | tail -n 5 | tr '\n' ' ')"
+          return 1
+        fi
+      done
+    done
+    : > "$tmp/.unpacked"
+    # another run that unpacked the same archive first wins; this copy goes
+    mv -T "$tmp" "$cached" 2>/dev/null || rm -rf "$tmp"
+    [ -f "$cached/.unpacked" ] || { echo "could not put the unpacked tree at $cached"; return 1; }
+  fi
+  tops=("$cached"/*/)
+  top=$cached
+  if [ "${#tops[@]}" = 1 ] && [ -d "${tops[0]}" ]; then top=${tops[0]%/}; fi
+  cp -r "$top" "$dest" && chmod -R u+w "$dest" || { echo "could not copy $top to $dest"; return 1; }
+}
+# module_dir TREE MODULE: prints the directory of TREE (provider/ or TREE itself) that is MODULE
+module_dir() {
+  local sub
+  for sub in provider .; do
+    if [ -f "$1/$sub/go.mod" ] && [ "$(go mod edit -json "$1/$sub/go.mod" | json_field Path)" = "$2" ]; then
+      (cd "$1/$sub" && pwd)
+      return 0
+    fi
+  done
+  return 1
+}
+# go_errors LOG: the first lines of a go command's error output, on one line
+go_errors() { grep -v -e '^#' -e '^go: downloading ' "$1" | head -n 15 | tr '\n' ' '; }
+# plugin NAME VERSION MODULE PACKAGE VERSION_VAR REFS SRC MINUTES
 plugin() {
-  local name=$1 version=$2 module=$3 package=$4 version_var=$5 refs=$6 src=$7
+  local name=$1 version=$2 module=$3 package=$4 version_var=$5 refs=$6 src=$7 minutes=$8
   local plugin_dir="$home/plugins/resource-$name-v$version" stamp_name="plugin-$name"
-  local recipe ref out dir started work reason="" source=""
-  # Installed at this version (from the proxy or from a --src) is done: --force rebuilds it.
-  recipe=$(recipe_of "plugin $name $version $module $package $version_var")
+  local recipe ref out dir started work moddir="" reason="" source="" archive="" digest="" note=""
+  # Without a --src, the archive of --plugin-src is the source: its digest is part of the recipe,
+  # so a changed archive rebuilds. Installed at this version from the same place is done (--force
+  # rebuilds it).
+  if [ -z "$src" ] && [ -f "$plugin_src/pulumi-$name-v$version.tar.gz" ]; then
+    archive="$(cd "$plugin_src" && pwd)/pulumi-$name-v$version.tar.gz"
+    digest=$(hash_of < "$archive")
+  fi
+  recipe=$(recipe_of "plugin $name $version $module $package $version_var${digest:+ archive sha256 $digest}")
   if is_current "$stamp_name" "$recipe" "$plugin_dir/pulumi-resource-$name"; then return 0; fi
-  # Found unavailable from the same place: not retried for a day (a new --src is tried at once).
+  # Found unavailable from the same place: not retried for a day (a new --src or archive is tried at once).
   local unavailable="$stamps/$stamp_name.unavailable" attempt
   attempt=$(recipe_of "$recipe $refs src=${src:+$(cd "$src" 2>/dev/null && pwd) $(src_identity "$src" "v$version")}")
   if [ "$force" = 0 ] && [ -f "$unavailable" ] && [ "$(head -n 1 "$unavailable")" = "$attempt" ] \
@@ -320,8 +388,18 @@ plugin() {
   if [ -n "$src" ]; then
     if reason=$(src_tree "$src" "v$version" "$module" "$work/src"); then
       source="$module from $src (tag v$version)"
+      moddir="$work/src"
     else
       reason="--src $name=$src: $reason"
+    fi
+  elif [ -n "$archive" ]; then
+    if ! reason=$(archive_tree "$archive" "$digest" "$work/tree"); then
+      reason="$archive: $reason"
+    elif ! moddir=$(module_dir "$work/tree" "$module"); then
+      reason="$archive (sha256 $digest) holds no module $module (looked at provider/go.mod and go.mod)"
+    else
+      source="$module from $archive (sha256 $digest)"
+      note=" (about $minutes minutes on 2 cores with a cold Go build cache, more if Go must download modules)"
     fi
   else
     for ref in $refs; do
@@ -329,6 +407,7 @@ plugin() {
         dir=$(echo "$out" | json_field Dir)
         if [ -n "$dir" ] && cp -r "$dir" "$work/src" && chmod -R u+w "$work/src"; then
           source="$module@$ref"
+          moddir="$work/src"
           break
         fi
         reason="${reason:+$reason; }$module@$ref was downloaded but its source could not be copied from '$dir'"
@@ -341,16 +420,51 @@ plugin() {
     plugin_unavailable "$name" "$version" "$attempt" "$module" "$reason"
     return 0
   fi
-  log "building plugin $name v$version from $source"
-  # Built inside the provider module itself, so its own go.mod (with its replace directives) applies.
-  if ! (cd "$work/src" && go build -trimpath -ldflags "-s -w -X $version_var=$version" \
-          -o "$work/pulumi-resource-$name" "./$package") > "$work/build.log" 2>&1; then
+  # -X on a variable that does not exist is silently ignored: make sure the tree declares it.
+  local version_pkg=${version_var%.*}
+  if [ "${version_pkg#"$module"/}" = "$version_pkg" ] \
+     || ! grep -Eqs "^[[:space:]]*(var[[:space:]]+)?${version_var##*.}[[:space:]]+(=|string)" "$moddir/${version_pkg#"$module"/}"/*.go; then
     plugin_unavailable "$name" "$version" "$attempt" "$module" \
-      "$source does not build: $(grep -v '^#' "$work/build.log" | head -n 15 | tr '\n' ' ')"
+      "$source declares no variable ${version_var##*.} in package $version_pkg (for -ldflags -X)"
     return 0
   fi
-  if ! out=$(pulumi plugin install resource "$name" "$version" --file "$work/pulumi-resource-$name" </dev/null 2>&1); then
+  # A bridged provider embeds its schema (with the version in it), which its generate.go writes.
+  local cmd_dir="$moddir/$package"
+  if [ -f "$cmd_dir/generate.go" ] && [ ! -f "$cmd_dir/schema-embed.json" ] \
+     && grep -qs 'schema-embed.json' "$cmd_dir"/main.go; then
+    log "plugin $name v$version: writing $package/schema-embed.json (VERSION=$version go run generate.go; about 2 minutes with a cold Go build cache)"
+    if ! (cd "$cmd_dir" && VERSION=$version go run -trimpath generate.go) > "$work/generate.log" 2>&1 \
+       || [ ! -s "$cmd_dir/schema-embed.json" ]; then
+      plugin_unavailable "$name" "$version" "$attempt" "$module" \
+        "$source: VERSION=$version go run generate.go failed: $(go_errors "$work/generate.log")"
+      return 0
+    fi
+  fi
+  log "building plugin $name v$version from $source$note"
+  # Built inside the provider module itself, so its own go.mod (with its replace directives) applies.
+  if ! (cd "$moddir" && go build -trimpath -ldflags "-s -w -X $version_var=$version" \
+          -o "$work/pulumi-resource-$name" "./$package") > "$work/build.log" 2>&1; then
+    plugin_unavailable "$name" "$version" "$attempt" "$module" \
+      "$source does not build: $(go_errors "$work/build.log")"
+    return 0
+  fi
+  # The binary runs and says what it is: the schema it serves names this plugin at this version.
+  if ! out=$(pulumi package get-schema "$work/pulumi-resource-$name" </dev/null 2>"$work/schema.err") \
+     || [ "$(echo "$out" | json_field name)" != "$name" ] || [ "$(echo "$out" | json_field version)" != "$version" ]; then
+    plugin_unavailable "$name" "$version" "$attempt" "$module" \
+      "the built binary does not serve a schema of $name $version (pulumi package get-schema: name '$(echo "$out" | json_field name)', version '$(echo "$out" | json_field version)'; $(head -c 600 "$work/schema.err" | tr '\n' ' '))"
+    return 0
+  fi
+  log "plugin $name v$version: installing into $plugin_dir (pulumi plugin install resource $name $version --file ...)"
+  if ! out=$(pulumi plugin install resource "$name" "$version" --file "$work/pulumi-resource-$name" --reinstall </dev/null 2>&1); then
     plugin_unavailable "$name" "$version" "$attempt" "$module" "pulumi plugin install failed: $out"
+    return 0
+  fi
+  if ! out=$(pulumi plugin ls </dev/null 2>&1) \
+     || ! echo "$out" | awk -v n="$name" -v v="$version" '$1 == n && $2 == "resource" && $3 == v {f = 1} END {exit !f}' \
+     || [ ! -x "$plugin_dir/pulumi-resource-$name" ]; then
+    plugin_unavailable "$name" "$version" "$attempt" "$module" \
+      "installed, but 'pulumi plugin ls' does not list $name resource $version (or $plugin_dir/pulumi-resource-$name is missing): $(echo "$out" | tr '\n' ' ')"
     return 0
   fi
   rm -f "$unavailable"
@@ -365,9 +479,9 @@ plugin_unavailable() {  # NAME VERSION ATTEMPT MODULE REASON
 }
 if [ -x "$bin/pulumi" ]; then
   plugin command "$COMMAND_VERSION" "$COMMAND_MODULE" cmd/pulumi-resource-command \
-    "$COMMAND_MODULE/pkg/version.Version" "$COMMAND_REFS" "$src_command"
+    "$COMMAND_MODULE/pkg/version.Version" "$COMMAND_REFS" "$src_command" "$COMMAND_BUILD_MINUTES"
   plugin docker "$DOCKER_VERSION" "$DOCKER_MODULE" cmd/pulumi-resource-docker \
-    "$DOCKER_MODULE/pkg/version.Version" "$DOCKER_REFS" "$src_docker"
+    "$DOCKER_MODULE/pkg/version.Version" "$DOCKER_REFS" "$src_docker" "$DOCKER_BUILD_MINUTES"
 else
   log "resource plugins skipped: they are installed with the pulumi CLI, which is missing"
 fi
