@@ -10,13 +10,18 @@ the bad value and the fix.
 
 from __future__ import annotations
 
-import difflib
 import re
 from ipaddress import IPv4Address
-from typing import Any, Iterable, Literal, Mapping, Optional, Union
+from typing import Any, Iterable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from components.config_problems import _model_of  # noqa: F401 - components/reference.py imports it from here
+from components.config_problems import problems_from, unknown_key
+from components.config_values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir,
+                                      OptionalNumber, SizeInBillions, WholeNumber, WholeNumbers)
+from components.config_values import relative_model_dirs
 from components.errors import ConfigError, Problem
 
 PROJECT = "xinference-offline"
@@ -34,8 +39,8 @@ class _Strict(BaseModel):
 class GpuConfig(_Strict):
     """One GPU of the server, as `nvidia-smi` numbers it on the host."""
 
-    id: int = Field(ge=0, description="Host GPU index (`nvidia-smi --query-gpu=index`).")
-    vram_gb: Optional[float] = Field(
+    id: WholeNumber = Field(ge=0, description="Host GPU index (`nvidia-smi --query-gpu=index`).")
+    vram_gb: OptionalNumber = Field(
         default=None, gt=0, description="Memory of this GPU in GB; models' declared `vram_gb` must fit in it."
     )
 
@@ -88,17 +93,18 @@ class ImageConfig(_Strict):
 class HealthcheckConfig(_Strict):
     """Docker healthcheck timing (the check itself is a Python one-liner, no curl needed)."""
 
-    interval_s: int = Field(default=30, ge=1, description="Seconds between checks.")
-    timeout_s: int = Field(default=10, ge=1, description="Seconds one check may take.")
-    retries: int = Field(default=5, ge=1, description="Failures in a row before the container is unhealthy.")
-    start_period_s: int = Field(default=120, ge=0, description="Grace period after start.")
+    interval_s: WholeNumber = Field(default=30, ge=1, description="Seconds between checks.")
+    timeout_s: WholeNumber = Field(default=10, ge=1, description="Seconds one check may take.")
+    retries: WholeNumber = Field(default=5, ge=1, description="Failures in a row before the container is unhealthy.")
+    start_period_s: WholeNumber = Field(default=120, ge=0, description="Grace period after start.")
 
 
 class ContainerConfig(_Strict):
     """The Xinference container (the docker-compose service of the reference job)."""
 
     name: str = Field(default="xinference", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Container name.")
-    port: int = Field(default=9997, ge=1, le=65535, description="Host port published for Xinference's port 9997.")
+    port: WholeNumber = Field(default=9997, ge=1, le=65535,
+                              description="Host port published for Xinference's port 9997.")
     bind_address: IPvAnyAddress = Field(
         default=IPv4Address("0.0.0.0"),
         description="Host address the port is published on (`127.0.0.1`: reachable from this machine only).",
@@ -106,12 +112,13 @@ class ContainerConfig(_Strict):
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = Field(
         default="unless-stopped", description="Docker restart policy."
     )
-    shm_size_mb: int = Field(default=8192, ge=64, description="Shared memory (/dev/shm) in MB.")
+    shm_size_mb: WholeNumber = Field(default=8192, ge=64, description="Shared memory (/dev/shm) in MB.")
     healthcheck: HealthcheckConfig = Field(default_factory=HealthcheckConfig, description="Healthcheck timing.")
-    wait_timeout_s: int = Field(default=600, ge=30, description="Seconds `up` waits for the container to be healthy.")
+    wait_timeout_s: WholeNumber = Field(default=600, ge=30,
+                                        description="Seconds `up` waits for the container to be healthy.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment overrides (win over the offline defaults).")
     log_max_size: str = Field(default="100m", pattern=r"^\d+[kmg]$", description="json-file log rotation size.")
-    log_max_file: int = Field(default=5, ge=1, description="json-file log files kept.")
+    log_max_file: WholeNumber = Field(default=5, ge=1, description="json-file log files kept.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra container labels.")
     models_read_only: bool = Field(default=False, description="Mount the model directory read-only.")
     data_dir: Optional[str] = Field(
@@ -141,7 +148,7 @@ class ModelSource(_Strict):
 class CompanionDir(_Strict):
     """Files a model needs beside its own (e.g. SenseVoiceSmall's fsmn-vad VAD model)."""
 
-    path: str = Field(description="Directory relative to `models_dir` (point the model at it through `extra`).")
+    path: ModelDir = Field(description="Directory relative to `models_dir` (point the model at it through `extra`).")
     source: Optional[ModelSource] = Field(default=None, description="Where `bundle build` gets the files.")
 
 
@@ -154,21 +161,23 @@ class ModelConfig(_Strict):
         description="Xinference model_type."
     )
     enabled: bool = Field(default=True, description="false keeps the entry but launches nothing (and terminates it).")
-    gpus: list[int] = Field(default_factory=list, description="Host GPU ids the model runs on; empty = CPU.")
-    path: Optional[str] = Field(
-        default=None, description="Model directory, relative to `models_dir` (or absolute on the server)."
+    gpus: WholeNumbers = Field(default_factory=list, description="Host GPU ids the model runs on; empty = CPU.")
+    path: OptionalModelDir = Field(
+        default=None, description="Model directory, relative to `models_dir` (or absolute on the server); written "
+                                  "once canonically: `emb/`, `./emb` are `emb`, one under models_dir is made relative.",
     )
     engine: Optional[str] = Field(default=None, description="model_engine (required for LLM: vllm, transformers, ...).")
     format: Optional[str] = Field(default=None, description="model_format (pytorch, gptq, awq, ggufv2, ...).")
-    size_in_billions: Optional[Union[int, float, str]] = Field(default=None, description="model_size_in_billions.")
+    size_in_billions: SizeInBillions = Field(default=None, description="model_size_in_billions.")
     quantization: Optional[str] = Field(default=None, description="quantization (none, 4-bit, Q4_K_M, ...).")
-    replica: int = Field(default=1, ge=1, description="Number of replicas.")
-    n_gpu: Optional[Union[int, Literal["auto"]]] = Field(default=None, description="n_gpu: a count or `auto`.")
+    replica: WholeNumber = Field(default=1, ge=1, description="Number of replicas.")
+    n_gpu: GpuCount = Field(default=None, description="n_gpu: a count or `auto`.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other launch kwargs, passed through as-is.")
-    vram_gb: Optional[float] = Field(default=None, gt=0, description="VRAM the model needs on each of its GPUs, in GB.")
+    vram_gb: OptionalNumber = Field(default=None, gt=0,
+                                      description="VRAM the model needs on each of its GPUs, in GB.")
     source: Optional[ModelSource] = Field(default=None, description="Where `bundle build` gets the files.")
     companions: list[CompanionDir] = Field(default_factory=list, description="Extra directories the model needs.")
-    launch_timeout_s: float = Field(default=900, gt=0, description="Seconds a launch may take before it fails.")
+    launch_timeout_s: Number = Field(default=900, gt=0, description="Seconds a launch may take before it fails.")
     autostart: bool = Field(default=True, description="Register in Xinference's autostart registry (heals restarts).")
     smoke_test: bool = Field(default=True, description="Send one request after launch so `up` ends with a serving model.")
     server: Optional[str] = Field(default=None, description="cluster mode: name of the server (in `servers`) it runs on.")
@@ -176,7 +185,7 @@ class ModelConfig(_Strict):
     @field_validator("gpus", mode="before")
     @classmethod
     def _single_gpu_as_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+        return [value] if isinstance(value, int) else value  # a boolean too, to be refused as a GPU id
 
     @property
     def model_name(self) -> str:
@@ -186,7 +195,7 @@ class ModelConfig(_Strict):
 def _plain_gpu_ids(value: Any) -> Any:
     # `gpus: [0, 1]` is the common case; `{id, vram_gb}` adds the budget.
     if isinstance(value, list):
-        return [{"id": v} if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return [{"id": v} if isinstance(v, int) else v for v in value]  # a boolean too, refused as the id
     return value
 
 
@@ -198,7 +207,8 @@ class ServerConfig(_Strict):
     supervisor: bool = Field(default=False, description="Runs the supervisor too (exactly one server).")
     docker: DockerHostConfig = Field(default_factory=DockerHostConfig, description="Docker engine of this server.")
     gpus: list[GpuConfig] = Field(default_factory=list, description="This server's GPUs given to its worker.")
-    models_dir: Optional[str] = Field(default=None, description="Host model directory here (default: `models_dir`).")
+    models_dir: OptionalHostDir = Field(default=None,
+                                          description="Host model directory here (default: `models_dir`).")
 
     _gpu_ids_as_mappings = field_validator("gpus", mode="before")(classmethod(lambda cls, v: _plain_gpu_ids(v)))
 
@@ -219,11 +229,16 @@ class StackConfig(_Strict):
         default=None,
         description="Xinference URL. Required in `existing` mode; in `docker` mode overrides the derived address.",
     )
+    endpoint_ca_bundle: Optional[str] = Field(
+        default=None,
+        description="PEM file of the CA that signed an `https://` endpoint's certificate (absolute path on the machine "
+                    "running Pulumi); without it the public CAs are trusted. Certificates are always verified.",
+    )
     docker: DockerHostConfig = Field(default_factory=DockerHostConfig, description="Docker engine to use.")
     image: Optional[ImageConfig] = Field(default=None, description="Xinference image (required in `docker` mode).")
     container: ContainerConfig = Field(default_factory=ContainerConfig, description="Container settings.")
     gpus: list[GpuConfig] = Field(default_factory=list, description="The server's GPUs given to Xinference.")
-    models_dir: str = Field(
+    models_dir: HostDir = Field(
         default="/data/docker_models", description=f"Host model directory, mounted at `{CONTAINER_MODELS_DIR}`."
     )
     models: list[ModelConfig] = Field(default_factory=list, description="Models to keep launched.")
@@ -239,6 +254,15 @@ class StackConfig(_Strict):
     )
 
     _gpu_ids_as_mappings = field_validator("gpus", mode="before")(classmethod(lambda cls, v: _plain_gpu_ids(v)))
+
+    @field_validator("endpoint_ca_bundle")
+    @classmethod
+    def _ca_file_path(cls, value: Optional[str]) -> Optional[str]:
+        # Where the file is and what it holds is checked where it is used (config_source.from_pulumi).
+        if value is not None and (not value.startswith("/") or any(ord(c) < 0x20 for c in value)):
+            raise PydanticCustomError("ca_bundle_path", "must be the absolute path of a PEM file",
+                                      {"fix": "write e.g. /etc/xinference/ca.pem"})
+        return value
 
     @property
     def enabled_models(self) -> list[ModelConfig]:
@@ -291,7 +315,7 @@ def load_stack_config(raw: Mapping[str, Any], *, namespaced: bool = True,
     positions: list[int] = []
     for key, value in values.items():
         if key not in fields:
-            problems.append(_unknown_key(key, value, list(fields)))
+            problems.append(unknown_key(key, value, list(fields)))
             continue
         if key == "models":
             parsed[key], positions = _parse_models(value, problems)
@@ -300,9 +324,12 @@ def load_stack_config(raw: Mapping[str, Any], *, namespaced: bool = True,
             # Validate through StackConfig so the field's own validators run, one key at a time.
             parsed[key] = getattr(StackConfig.model_validate({key: value}), key)
         except ValidationError as exc:
-            problems.extend(_from_validation_error(exc, ""))
+            problems.extend(problems_from(exc, "", StackConfig))
 
     partial = StackConfig.model_construct(**_defaults_for_missing(parsed))
+    if parsed.get("models"):
+        parsed["models"] = relative_model_dirs(partial, positions, problems)
+        partial = StackConfig.model_construct(**_defaults_for_missing(parsed))
     from components.rules import CheckContext, cross_check  # the cross-field rules live beside, not inside, the schema
 
     problems.extend(cross_check(partial, CheckContext(set(parsed), set(values), positions, secrets)))
@@ -337,83 +364,5 @@ def _parse_models(value: Any, problems: list[Problem]) -> tuple[list[ModelConfig
             models.append(ModelConfig.model_validate(entry))
             positions.append(index)
         except ValidationError as exc:
-            problems.extend(_from_validation_error(exc, f"models[{index}]"))
+            problems.extend(problems_from(exc, f"models[{index}]", ModelConfig))
     return models, positions
-
-
-def _unknown_key(path: str, value: Any, known: list[str], parent: str = "") -> Problem:
-    leaf = path.rsplit(".", 1)[-1].split("]")[-1]
-    close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
-    hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
-    return Problem(path, value, "unknown key", f"{hint} (remove or rename it)")
-
-
-def _from_validation_error(exc: ValidationError, prefix: str) -> list[Problem]:
-    problems = []
-    for err in exc.errors():
-        loc = [p for p in err["loc"] if not _is_union_branch(p)]
-        path = _join_path(prefix, loc)
-        if err["type"] == "extra_forbidden":
-            problems.append(_unknown_key(path, err.get("input"), _known_fields_at(prefix, loc)))
-            continue
-        fix = _FIXES.get(err["type"], "see the config reference in the README")
-        problems.append(Problem(path, err.get("input"), err["msg"], fix))
-    return problems
-
-
-def _is_union_branch(part: Any) -> bool:
-    # pydantic names union branches in loc ("int", "literal['auto']", "function-before[...]"): not keys.
-    return isinstance(part, str) and ("[" in part or part in {"int", "float", "str"})
-
-
-def _join_path(prefix: str, loc: list[Any]) -> str:
-    path = prefix
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def _known_fields_at(prefix: str, loc: list[Any]) -> list[str]:
-    # Walk the schema along the error location to suggest the right sibling key.
-    model: Any = ModelConfig if prefix.startswith("models[") else StackConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        model = _model_of(model)
-        if model is None or part not in model.model_fields:
-            return []
-        model = model.model_fields[part].annotation
-    model = _model_of(model)
-    return list(model.model_fields) if model else []
-
-
-def _model_of(annotation: Any) -> Optional[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_of(arg)
-        if found:
-            return found
-    return None
-
-
-_FIXES = {
-    "missing": "add this key",
-    "int_parsing": "write a whole number",
-    "int_type": "write a whole number",
-    "float_parsing": "write a number",
-    "bool_parsing": "write true or false",
-    "bool_type": "write true or false",
-    "literal_error": "use one of the values listed",
-    "greater_than_equal": "use a larger value",
-    "greater_than": "use a larger value",
-    "less_than_equal": "use a smaller value",
-    "string_pattern_mismatch": "use the format shown in the config reference",
-    "string_type": "write a text value",
-    "list_type": "write a YAML list",
-    "dict_type": "write a YAML mapping",
-    "model_type": "write a YAML mapping",
-    "model_attributes_type": "write a YAML mapping",
-    "string_too_short": "write a non-empty value",
-    "value_error": "see the message",
-}

@@ -1,19 +1,20 @@
 """Where stack config comes from: the running Pulumi program, or a stack file on disk (for `plan`).
 
 Both end in ``load_stack_config``, so `bundle plan` and `pulumi preview` accept and reject
-exactly the same configs.
+exactly the same configs. A stack file is read by components/stack_yaml.py, the one YAML
+reader of stack files (UTF-8 only, Pulumi's YAML types, no duplicate keys, bounded aliases).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from components.config import StackConfig, load_stack_config
 from components.errors import ConfigError, Problem
+from components.stack_yaml import load_stack_yaml
 
 
 def _decode(value: Any) -> Any:
@@ -35,7 +36,38 @@ def from_pulumi() -> StackConfig:
     raw.update(runtime_config.CONFIG.get())
     secret_keys = set(runtime_config.get_config_secret_keys_env() or ())
     secret_keys |= {k for k in raw if runtime_config.is_config_secret(k)}
-    return load_stack_config({k: _decode(v) for k, v in raw.items()}, secret_keys=secret_keys)
+    cfg = load_stack_config({k: _decode(v) for k, v in raw.items()}, secret_keys=secret_keys)
+    problems = endpoint_ca_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def endpoint_ca_problems(cfg: StackConfig) -> list[Problem]:
+    """`endpoint_ca_bundle` on the machine that runs Pulumi: an https endpoint, and a PEM file that loads.
+
+    Checked by the program (preview, up), where the provider will use the file, not by
+    `bundle plan`/`build`, which may run on another machine than the one holding the CA.
+    """
+    from components.launch import endpoint_url  # launch imports the config
+
+    path = cfg.endpoint_ca_bundle
+    if path is None:
+        return []
+    problems = []
+    url = endpoint_url(cfg)
+    if not url.startswith("https://"):
+        problems.append(Problem("endpoint_ca_bundle", path, f"is set, but the endpoint {url} is not https",
+                                "set endpoint to the https:// URL of the server, or remove endpoint_ca_bundle"))
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:  # before OSError, its base class
+        problems.append(Problem("endpoint_ca_bundle", path, f"is not a PEM CA certificate ({exc.reason})",
+                                "give the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)"))
+    except OSError as exc:
+        problems.append(Problem("endpoint_ca_bundle", path, f"cannot read the CA file ({exc.strerror})",
+                                "copy the CA's PEM file to this path on this machine, or correct the path"))
+    return problems
 
 
 def stack_name_of(path: Path) -> str:
@@ -46,14 +78,7 @@ def stack_name_of(path: Path) -> str:
 
 def read_stack_file(path: Path) -> Mapping[str, Any]:
     """The `config:` mapping of a stack file; ConfigError when the file is not usable."""
-    try:
-        document = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError([Problem(str(path), None, f"cannot read the stack file ({exc.strerror})",
-                                   "check the path, or pass --config FILE")], str(path)) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(str(path), None, f"not valid YAML ({exc})", "fix the YAML syntax")],
-                          str(path)) from exc
+    document = load_stack_yaml(Path(path))
     if document is None:
         return {}
     if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):

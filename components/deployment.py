@@ -97,7 +97,8 @@ class XinferenceDeployment(pulumi.ComponentResource):
             container = self.containers.get(spec.server)
             self.models_by_uid[spec.model_uid] = XinferenceModel(
                 f"{name}-{spec.model_uid}",
-                model_args(spec, endpoint_url(cfg), container.container_id if container else None),
+                model_args(spec, endpoint_url(cfg), container.container_id if container else None,
+                           cfg.endpoint_ca_bundle),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[container] if container else []),
             )
         single = self.containers.get(None)
@@ -189,7 +190,8 @@ class XinferenceDeployment(pulumi.ComponentResource):
                 host_network=True, container_name=cluster_container_name(cfg, "worker"))
 
 
-def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optional[str]]) -> XinferenceModelArgs:
+def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optional[str]],
+               endpoint_ca_bundle: Optional[str] = None) -> XinferenceModelArgs:
     """The resource's inputs: the spec's launch parameters (same names) plus where and what it depends on."""
     shared = {f.name for f in fields(XinferenceModelArgs)} & {f.name for f in fields(LaunchSpec)}
     # Empty values are left out rather than sent as [] / {} / "" (absent and empty must diff the same).
@@ -197,7 +199,8 @@ def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optio
     values["extra"] = dict(spec.extra) or None
     for kept in ("replica", "launch_timeout", "autostart", "smoke_test"):  # falsy but meaningful
         values[kept] = getattr(spec, kept)
-    return XinferenceModelArgs(endpoint=endpoint, container_id=container_id, **values)
+    return XinferenceModelArgs(endpoint=endpoint, container_id=container_id, endpoint_ca_bundle=endpoint_ca_bundle,
+                               **values)
 
 
 def model_row(spec: LaunchSpec) -> dict:

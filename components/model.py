@@ -140,11 +140,12 @@ class XinferenceModelProvider(ResourceProvider):
             self._set_credential(None)
         return self._credential
 
-    def _client(self, endpoint: str) -> XinferenceClient:
+    def _client(self, endpoint: str, ca_bundle: Optional[str] = None) -> XinferenceClient:
         if not endpoint or not _known(endpoint):
             raise XinferenceError("XinferenceModel has no endpoint in its state; run `pulumi up` to set one")
         return XinferenceClient(endpoint, self._get_credential(), connect_timeout=self.connect_timeout,
-                                read_timeout=self.read_timeout, retry_window=self.retry_window)
+                                read_timeout=self.read_timeout, retry_window=self.retry_window,
+                                ca_bundle=ca_bundle if isinstance(ca_bundle, str) and _known(ca_bundle) else None)
 
     def _timing(self) -> LaunchTiming:
         return LaunchTiming(retry_window=self.retry_window, poll_interval=self.poll_interval,
@@ -178,7 +179,7 @@ class XinferenceModelProvider(ResourceProvider):
         endpoint = props["endpoint"]
         timeout = float(props["launch_timeout"])
         deadline = time.monotonic() + timeout
-        with self._client(endpoint) as client:
+        with self._client(endpoint, props.get("endpoint_ca_bundle")) as client:
             launch = ModelLaunch(client, uid, self._timing())
             described = client.describe(uid, deadline=deadline)
             started = False
@@ -224,7 +225,7 @@ class XinferenceModelProvider(ResourceProvider):
         if not uid:
             raise XinferenceError("XinferenceModel read: no model uid (resource id) to look for")
         props["model_uid"] = uid
-        with self._client(props.get("endpoint")) as client:
+        with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             try:
                 described = client.describe(uid)
             except XinferenceUnreachable as exc:
@@ -272,7 +273,7 @@ class XinferenceModelProvider(ResourceProvider):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         props = normalize(props)
         uid = id_ or props.get("model_uid")
-        with self._client(props.get("endpoint")) as client:
+        with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             # The entry first, so that the registry does not bring the model back.
             client.autostart_remove(uid)
             if client.terminate(uid):

@@ -54,6 +54,8 @@ class XinferenceModelArgs:
     """Register the model in Xinference's autostart registry (it comes back after a restart)."""
     smoke_test: pulumi.Input[bool] = True
     """Run one request suited to the type after launch."""
+    endpoint_ca_bundle: Optional[pulumi.Input[str]] = None
+    """PEM file (absolute path, on the machine running Pulumi) of the CA of an https endpoint; default: public CAs."""
 
 
 ARG_KEYS = tuple(f.name for f in fields(XinferenceModelArgs))
@@ -63,11 +65,11 @@ LAUNCH_KEYS = ("model_uid", "model_name", "model_type", "model_engine", "model_f
 # A change to any of these relaunches the model (delete before replace).
 REPLACE_KEYS = LAUNCH_KEYS + ("extra", "container_id", "weights_digest")
 # A change to these is applied in place.
-IN_PLACE_KEYS = ("endpoint", "launch_timeout", "autostart", "smoke_test")
+IN_PLACE_KEYS = ("endpoint", "launch_timeout", "autostart", "smoke_test", "endpoint_ca_bundle")
 OUTPUT_KEYS = ("status", "autostart_registered", "adopted", "address", "accelerators")
 DEFAULTS: dict[str, Any] = {"replica": 1, "launch_timeout": 600.0, "autostart": True, "smoke_test": True}
 _STR_KEYS = ("endpoint", "model_uid", "model_name", "model_type", "model_engine", "model_format", "quantization",
-             "model_path", "worker_ip", "container_id", "weights_digest")
+             "model_path", "worker_ip", "container_id", "weights_digest", "endpoint_ca_bundle")
 # Keys of the launch body the provider owns; `extra` may add any other kwarg.
 _RESERVED_EXTRA = frozenset(LAUNCH_KEYS) | {"wait_ready"}
 
@@ -143,6 +145,12 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     if given("endpoint") and isinstance(props["endpoint"], str):
         if not re.match(r"^https?://[^/\s:]+(:\d+)?/?$", props["endpoint"].strip()):
             bad("endpoint", f"endpoint must look like http://host:port, got {props['endpoint']!r}")
+    if given("endpoint_ca_bundle") and isinstance(props["endpoint_ca_bundle"], str):
+        ca_bundle, endpoint = props["endpoint_ca_bundle"], props.get("endpoint")
+        if not ca_bundle.startswith("/"):
+            bad("endpoint_ca_bundle", f"endpoint_ca_bundle must be an absolute path, got {ca_bundle!r}")
+        elif isinstance(endpoint, str) and _known(endpoint) and not endpoint.strip().startswith("https://"):
+            bad("endpoint_ca_bundle", f"endpoint_ca_bundle is only used for an https:// endpoint, got {endpoint!r}")
     if given("model_uid") and isinstance(props["model_uid"], str):
         uid = props["model_uid"]
         if len(uid.strip()) > 100:

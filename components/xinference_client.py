@@ -21,12 +21,18 @@ Facts about Xinference 4.1.0 that shape this module (checked against a real serv
   launching needs a user's access token (POST /token);
 - a request on a kept-alive connection costs ~40 ms more than on a new one (delayed ACK),
   so every request asks for `Connection: close`.
+
+An ``https://`` endpoint's certificate is always verified: against ``ca_bundle`` (the stack's
+``endpoint_ca_bundle``, a PEM file) when given, else against the public CAs of certifi. The
+session ignores the environment (``trust_env=False``: no proxy on an offline site), and with
+it REQUESTS_CA_BUNDLE, so the CA is named in the stack, not in the shell that runs Pulumi.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -71,6 +77,10 @@ class XinferenceUnreachable(XinferenceError):
     """No answer from the server within the retry window (refused, timed out, dropped)."""
 
 
+class XinferenceTLSError(XinferenceError):
+    """An https endpoint whose certificate does not verify: nothing was sent, and retrying cannot help."""
+
+
 class XinferenceHTTPError(XinferenceError):
     """The server answered with an error status; ``detail`` is its own message."""
 
@@ -85,6 +95,9 @@ AUTH_HINT = (
     "logs in at POST /token) or an access token from POST /token; API keys from /v1/admin/keys "
     "cannot launch models in Xinference 4.x"
 )
+
+
+CA_SETTING = "xinference-offline:endpoint_ca_bundle"
 
 
 class Credential:
@@ -196,14 +209,17 @@ class XinferenceClient:
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         retry_window: float = DEFAULT_RETRY_WINDOW,
         session: Optional[requests.Session] = None,
+        ca_bundle: Optional[str] = None,
     ):
         self.endpoint = endpoint.rstrip("/")
+        self.ca_bundle = ca_bundle
         self.credential = credential
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.retry_window = retry_window
         self._session = session or requests.Session()
         self._session.trust_env = False  # an offline server: no proxies from the environment
+        self._session.verify = ca_bundle or True  # never off; trust_env=False also drops REQUESTS_CA_BUNDLE
         # A request on a kept-alive connection to Xinference 4.1 (uvicorn) waits ~40 ms for a delayed
         # ACK (measured: 48 ms vs 3.5 ms for GET /status on localhost); a fresh connection does not.
         self._session.headers["Connection"] = "close"
@@ -268,6 +284,8 @@ class XinferenceClient:
             try:
                 response = self._session.request(method, url, json=json, params=params, headers=headers,
                                                  timeout=timeout)
+            except requests.exceptions.SSLError as exc:
+                raise XinferenceTLSError(self._tls_failure(label, exc)) from None
             except requests.RequestException as exc:
                 sent = not _never_sent(exc)
                 failure = f"{type(exc).__name__}: {_short(str(exc))}"
@@ -312,6 +330,13 @@ class XinferenceClient:
                     f"is right (GET {self.endpoint}/status)."))
             log.debug("%s failed (%s); retrying in %.2fs", label, failure, pause)
             time.sleep(pause)
+
+    def _tls_failure(self, label: str, exc: requests.exceptions.SSLError) -> str:
+        trusted = f"the CA in {self.ca_bundle} ({CA_SETTING})" if self.ca_bundle else "the public CAs"
+        fix = (f"check that {self.ca_bundle} holds the CA that signed the server's certificate"
+               if self.ca_bundle else f"set {CA_SETTING} to the PEM file of the CA that signed it")
+        return self._redact(f"{label} at {self.endpoint}: TLS verification failed against {trusted}: "
+                            f"{_short(_ssl_reason(exc))}; nothing was sent. Fix: {fix}")
 
     def get_json(self, path: str, **kwargs) -> Any:
         return _json(self.request("GET", path, **kwargs))
@@ -430,6 +455,13 @@ def _close_after_reading(response: requests.Response, *_args, **_kwargs) -> requ
     if connection is not None:
         connection.close()
     return response
+
+
+def _ssl_reason(exc: requests.exceptions.SSLError) -> str:
+    """The innermost reason ("certificate verify failed: self-signed certificate"), not urllib3's wrapping."""
+    text = str(exc)
+    found = re.search(r"\[SSL: [A-Z_]+\] ([^(]+?)\s*\(_ssl", text)
+    return found.group(1) if found else text
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
