@@ -44,8 +44,16 @@ def published_ip(address: str) -> Optional[str]:
     return None if address == "0.0.0.0" else address
 
 
-def _seconds(value: int) -> str:
-    return f"{value}s"
+def go_duration(seconds: int) -> str:
+    """Seconds as Go's time.Duration prints them ("5s", "2m0s", "1h0m0s"): the form the docker
+    plugin reads back from the engine, so a second `up` sees no difference ("300s" != "5m0s")."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
 
 
 class XinferenceContainer(pulumi.ComponentResource):
@@ -80,10 +88,10 @@ class XinferenceContainer(pulumi.ComponentResource):
             shm_size=s.shm_size_mb,
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=list(args.healthcheck),
-                interval=_seconds(s.healthcheck.interval_s),
-                timeout=_seconds(s.healthcheck.timeout_s),
+                interval=go_duration(s.healthcheck.interval_s),
+                timeout=go_duration(s.healthcheck.timeout_s),
                 retries=s.healthcheck.retries,
-                start_period=_seconds(s.healthcheck.start_period_s),
+                start_period=go_duration(s.healthcheck.start_period_s),
             ),
             wait=True,
             wait_timeout=s.wait_timeout_s,

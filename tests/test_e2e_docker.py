@@ -78,7 +78,7 @@ def test_preview_shows_the_image_load_the_container_and_the_model_and_nothing_el
             f"xinference-{UID}"} <= names, names
     # the rest are the component resources and the models' presence check
     assert names - {"xinference-image-load", "xinference-image-image", "xinference-server-container",
-                    f"xinference-{UID}"} == {STACK, "xinference", "xinference-image", "xinference-server",
+                    f"xinference-{UID}"} == {f"xinference-offline-{STACK}", "xinference", "xinference-image", "xinference-server",
                                              "xinference-models", "xinference-models-check"}, names
     assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
 
@@ -94,7 +94,7 @@ def test_up_makes_a_healthy_container_whose_model_answers(site):
 def test_a_second_up_changes_nothing(site):
     site.pulumi("up", "--yes", "--skip-preview")
     changes = site.last_update()["resourceChanges"]
-    assert set(changes) == {"same"}, changes
+    assert set(changes) == {"same"}, (changes, site.pulumi("preview", "--diff").stdout[-5000:])
 
 
 def test_a_changed_launch_parameter_replaces_exactly_that_model(site):

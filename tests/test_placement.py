@@ -93,3 +93,10 @@ def test_endpoint_follows_the_docker_host(host, expected):
 def test_reference_models_all_fit():
     cfg = load_stack_config(namespaced(docker_stack(models=reference_models())))
     assert [len(launch_specs(cfg, {}))] == [4]
+
+
+def test_healthcheck_durations_are_written_as_the_engine_reads_them_back():
+    from components.container import go_duration
+
+    assert [go_duration(s) for s in (0, 5, 59, 60, 120, 300, 3599, 3600, 3725)] == \
+        ["0s", "5s", "59s", "1m0s", "2m0s", "5m0s", "59m59s", "1h0m0s", "1h2m5s"]

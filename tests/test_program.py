@@ -131,7 +131,7 @@ def test_container_healthcheck_needs_no_curl_and_up_waits_for_it(reference):
     c = reference[0].one(CONTAINER).inputs
     hc = c["healthcheck"]
     assert hc["tests"][:2] == ["CMD", "python3"] and "/status" in hc["tests"][3]
-    assert (hc["interval"], hc["timeout"], hc["retries"], hc["startPeriod"]) == ("30s", "10s", 5, "120s")
+    assert (hc["interval"], hc["timeout"], hc["retries"], hc["startPeriod"]) == ("30s", "10s", 5, "2m0s")
     assert c["wait"] is True and c["waitTimeout"] == 600
 
 
