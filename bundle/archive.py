@@ -5,7 +5,9 @@ hashing each one as it goes into the archive: a bundle directory that no longer 
 manifest is refused (every problem listed) instead of being carried to site. Members are
 normalised (owner root, mode 0644 or 0755, no links). `.tar.gz` uses gzip level 1 by
 default (weights hardly compress; level 9 would be many times slower); `.tar` is fastest.
-A `FILE.sha256` beside the archive lets `sha256sum -c` check the transfer anywhere.
+A `FILE.sha256` beside the archive lets `sha256sum -c` check the transfer anywhere. Both are
+written by rename (mode 0644, directory fsynced). An archive inside the directory it packs
+(`pack DIR -o DIR/x.tar`, in any spelling) is refused before anything is written.
 
 unpack first reads every member header (and the manifest, which must be the first member)
 and refuses the archive, before writing anything, for: absolute paths, `..`, symlinks and
@@ -16,6 +18,11 @@ it extracts into a hidden temp directory beside the target, hashing every file, 
 MANIFEST.json there last, and only then renames the directory into place. An interrupted
 unpack leaves only the hidden temp directory (no MANIFEST.json, so nothing that looks like a
 valid bundle), which the next unpack removes.
+
+A target that holds the archive (`unpack site/update.tar --into site`, or `--into` a parent of
+it, spelled with `..` or through a symlink) is refused before anything is touched: replacing
+the target would delete the archive. Member metadata unpack does not need cannot stop it: an
+mtime out of range (a pax 1e30, -1e30) is clamped, one that is no time at all (NaN) ignored.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from pathlib import Path
 from typing import IO, Optional, TextIO
 
 from bundle import tarscan
-from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest
+from bundle.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, UsageError, bundle_id_arg,
+                             fsync_directory, load_manifest, parse_manifest, write_atomic)
 from bundle.progress import Progress, bars_wanted, human
 from bundle.sync import file_mode
 from bundle.verify import Problem, VerifyFailed
@@ -41,8 +49,28 @@ from bundle.verify import Problem, VerifyFailed
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
 
 
-class UsageError(BundleError):
-    exit_code = 2
+# ---------------------------------------------------------------------------------------------
+# overlaps: an output must never be (in) what a command reads, nor the other way round
+
+
+def inside(path: Path, directory: Path) -> bool:
+    """Whether ``path`` is ``directory`` or lies below it, however either is spelled: symlinks and
+    `..` are resolved, and each existing ancestor of ``path`` is compared by device and inode with
+    ``directory`` (a bind mount, a second mount of one file system)."""
+    real_path, real_dir = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    if real_path == real_dir or real_dir in real_path.parents:
+        return True
+    try:
+        wanted = os.stat(real_dir)
+    except OSError:
+        return False  # a directory that does not exist holds nothing
+    for ancestor in (real_path, *real_path.parents):
+        try:
+            if os.path.samestat(os.stat(ancestor), wanted):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,8 +132,16 @@ def _tarinfo(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
 def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple[Manifest, str]:
     """Write the archive; returns (manifest, sha256 of the archive). Nothing is left behind on failure."""
     kind = archive_kind(output)
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a directory; name the archive file to write, e.g. {output / 'bundle.tar'}")
+    if inside(output.parent, root):
+        outside = Path(os.path.realpath(root)).parent / output.name
+        raise UsageError(f"-o {output}: lies inside the bundle directory {root} being packed (it would pack "
+                         f"into itself); write the archive outside it, e.g. -o {outside}")
     manifest = load_manifest(root)
-    manifest_bytes = (root / MANIFEST_NAME).read_bytes()
+    manifest_bytes = (root / MANIFEST_NAME).read_bytes()  # the bytes that go into the archive, checked again:
+    if parse_manifest(manifest_bytes, str(root / MANIFEST_NAME)) != manifest:  # it may not change in between
+        raise BundleError(f"{root / MANIFEST_NAME}: changed while pack read it; nothing was packed (run pack again)")
     problems: list[Problem] = []
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.part-{secrets.token_hex(4)}"
@@ -128,12 +164,14 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
         if problems:
             raise VerifyFailed(f"{root} does not match its manifest; nothing was packed "
                                f"(run `python -m bundle verify {root}`, or rebuild)", problems)
+        os.chmod(partial, 0o644)
         os.replace(partial, output)
+        fsync_directory(output.parent)
     finally:
         if partial.exists():
             partial.unlink()
     digest = writer.sha256.hexdigest()
-    (output.parent / f"{output.name}.sha256").write_text(f"{digest}  {output.name}\n")
+    write_atomic(output.parent / f"{output.name}.sha256", f"{digest}  {output.name}\n".encode())
     return manifest, digest
 
 
@@ -174,20 +212,37 @@ def _check_target(target: Path) -> None:
                          "(choose a new or empty directory)")
 
 
-def _remove_leftovers(target: Path) -> None:
-    """Hidden temp and old trees of interrupted unpacks into this target."""
+def _leftovers(target: Path) -> list[Path]:
+    """Hidden temp and old trees of interrupted unpacks into this target (removed before unpacking)."""
     parent = target.parent
     if not parent.is_dir():
-        return
-    for prefix in (f".{target.name}.unpack-", f".{target.name}.old-"):
-        for leftover in parent.glob(prefix + "*"):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
+        return []
+    return [leftover for prefix in (f".{target.name}.unpack-", f".{target.name}.old-")
+            for leftover in parent.glob(prefix + "*") if leftover.is_dir() and not leftover.is_symlink()]
+
+
+def _check_overlap(archive: Path, target: Path) -> None:
+    """Refuse, before anything is touched, a target whose replacement would delete the archive being read."""
+    if inside(archive, target):
+        raise UsageError(f"--into {target}: holds the archive {archive} being unpacked (unpacking replaces that "
+                         "directory, which would delete the archive); move the archive out of it first, or "
+                         "unpack into another directory")
+    for leftover in _leftovers(target):
+        if inside(archive, leftover):
+            raise UsageError(f"{archive}: lies in {leftover}, a leftover of an interrupted unpack into {target} "
+                             "that unpack removes first; move the archive out of it")
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Hidden temp and old trees of interrupted unpacks into this target."""
+    for leftover in _leftovers(target):
+        shutil.rmtree(leftover)
 
 
 def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: bool = False) -> Manifest:
     """Validate every member, extract into a temp dir beside ``target``, verify, then rename into place."""
     archive, target = archive.resolve(), target.absolute()
+    _check_overlap(archive, target)
     _check_target(target)
     checked = tarscan.scan_archive(archive, None, bundle_id)
     if checked.problems:
@@ -212,7 +267,9 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.chmod(dest, file_mode(member.mode))
-                os.utime(dest, (member.mtime, member.mtime))
+                mtime = tarscan.safe_mtime(member.mtime)  # a pax mtime may be 1e30 or NaN: clamped or ignored
+                if mtime is not None:
+                    os.utime(dest, (mtime, mtime))
                 return problem
 
             scan = tarscan.scan_archive(archive, write, bundle_id, expect=checked)
@@ -224,6 +281,7 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
         os.chmod(temp, 0o755)
         manifest_path = temp / MANIFEST_NAME
         with open(manifest_path, "wb") as handle:  # last: only a complete tree has a manifest
+            os.fchmod(handle.fileno(), 0o644)
             handle.write(scan.manifest_bytes)
             handle.flush()
             os.fsync(handle.fileno())
@@ -235,18 +293,14 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
 
 
 def _swap_into_place(temp: Path, target: Path) -> None:
+    old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
         os.rename(target, old)
-        os.rename(temp, target)
+    os.rename(temp, target)
+    fsync_directory(target.parent)  # the new tree is in place for good before the old one goes
+    if old is not None:
         shutil.rmtree(old)
-    else:
-        os.rename(temp, target)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +323,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unpack_parser.add_argument("archive", type=Path, metavar="FILE", help="archive made by `pack`")
     unpack_parser.add_argument("--into", type=Path, required=True, metavar="DIR",
                                help="directory to create (or an earlier bundle to replace)")
-    unpack_parser.add_argument("--bundle-id", metavar="SHA256",
-                               help="the id `build` printed (given out of band): refuse any other bundle")
+    unpack_parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
+                               help="the id `build` printed (given out of band): refuse any other bundle; "
+                                    "an empty or malformed id is an error, not \"no id\"")
     unpack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     unpack_parser.set_defaults(func=run_unpack)
 

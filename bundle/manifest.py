@@ -24,6 +24,29 @@ MANIFEST.json carries its own ``digest`` (sha256 of its canonical JSON without t
 an edit or a damaged byte in the manifest is found before any file is trusted. That digest
 is also the *bundle id* `build` prints; `verify`/`unpack --bundle-id` pin it, which is what
 stops a manifest rewritten consistently by someone else (give the id out of band).
+
+Reading is strict (``parse_manifest``/``load_manifest``, rules in bundle/manifest_check.py and
+bundle/manifest_rules.py): every field is checked before use, and a ManifestError names the
+first bad one. What a loaded Manifest guarantees, for everything that turns it into writes:
+
+- every ``FileEntry.path`` is a canonical relative POSIX path (``path_problem`` is None: no
+  ``/`` at the start or end, no ``//``, ``.``, ``..``, backslash, NUL or other control
+  character, lone surrogate; bounded length) and lies where its role's files lie
+  (``role_path_problem``): ``images/NAME``, ``models/DIR/...``, ``wheels/NAME``,
+  ``pulumi/bin/NAME`` or ``pulumi/plugins/DIR/...``, ``program/...``,
+  ``stack/Pulumi.STACK.yaml`` of a listed stack; so stripping the role's prefix leaves a
+  canonical relative path again;
+- no two paths are equal after case folding and NFC (``fold``), none is also a parent
+  directory of another, and none is MANIFEST.json;
+- sizes are ints (never bools) in 0..2**63-1, sha256s 64 lowercase hex digits, a model
+  file names a valid model uid and any other file none;
+- per stack: a valid stack name; ``models_dir`` None or a canonical absolute path;
+  each ``model_dirs`` item is ``"models/" + HOST: HOST`` with HOST a canonical *relative*
+  path (inside models_dir; an absolute host directory is refused); each ``models`` uid
+  lists only that stack's model_dirs; ``image_tar`` is a listed image file.
+
+Symlinks on the disk being written are the writer's to check: a canonical path is
+lexically inside its root, nothing more.
 """
 
 from __future__ import annotations
@@ -36,20 +59,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-FORMAT_VERSION = 2
-MANIFEST_NAME = "MANIFEST.json"
+from bundle.errors import BundleError, ManifestError, UsageError
+from bundle.manifest_check import check_manifest, content_digest
+from bundle.manifest_rules import (FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, ROLES, absolute_path_problem,
+                                   bundle_id_arg, check_relative_path, parse_bundle_id, path_problem,
+                                   role_path_problem)
+
+__all__ = [  # what the rest of the bundle tool (and install's confinement) uses from here
+    "BundleError", "ManifestError", "UsageError", "StackChoiceError", "FORMAT_VERSION", "MANIFEST_NAME", "ROLES",
+    "CHUNK_SIZE", "MAX_MANIFEST_BYTES",
+    "FileEntry", "StackEntry", "Manifest", "StackManifest", "parse_manifest", "load_manifest", "check_bundle_id",
+    "bundle_id_arg", "parse_bundle_id", "path_problem", "absolute_path_problem", "role_path_problem",
+    "check_relative_path", "content_digest", "files_digest", "sha256_file", "write_atomic", "fsync_directory",
+]
+
 CHUNK_SIZE = 1024 * 1024
-ROLES = ("image", "model", "wheel", "pulumi", "program", "stack", "other")
-
-
-class BundleError(Exception):
-    """Base class of every bundle failure that is the user's to fix (exit code 1 or 2)."""
-
-    exit_code = 1
-
-
-class ManifestError(BundleError):
-    """MANIFEST.json is missing, unreadable or malformed."""
 
 
 @dataclass(frozen=True)
@@ -154,45 +178,21 @@ class Manifest(_Files):
     @classmethod
     def from_json(cls, text: str, source: str = MANIFEST_NAME) -> "Manifest":
         try:
-            data = json.loads(text)
-            if data.get("format") != FORMAT_VERSION:
-                raise ManifestError(f"{source}: format {data.get('format')!r} is not {FORMAT_VERSION}; "
-                                    "rebuild the bundle with this version of `bundle`")
-            stated = data.pop("digest", None)
-            if stated is None:
-                raise ManifestError(f"{source}: has no digest; it was not written by `bundle build` "
-                                    "(rebuild the bundle)")
-            if stated != content_digest(data):
-                raise ManifestError(f"{source}: its content does not match its digest: the manifest was "
-                                    "edited or damaged after it was built; get the bundle again (or rebuild it)")
-            files = [FileEntry(**f) for f in data["files"]]
-            stacks = {str(name): StackEntry(**entry) for name, entry in data["stacks"].items()}
-            manifest = cls(stacks=stacks, files=files, format=data["format"], created=data.get("created", ""),
-                           python=data.get("python"))
-        except ManifestError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ManifestError(f"{source}: not a valid bundle manifest ({exc})") from exc
-        seen: set[str] = set()
-        for entry in manifest.files:
-            _check_entry(entry, source)
-            if entry.path in seen or entry.path == MANIFEST_NAME:
-                raise ManifestError(f"{source}: {entry.path} is listed twice")
-            seen.add(entry.path)
-        if not manifest.stacks:
-            raise ManifestError(f"{source}: names no stack")
-        for name, stack in manifest.stacks.items():
-            for bundle_dir, host_dir in stack.model_dirs.items():
-                if not bundle_dir.startswith("models/") or ".." in bundle_dir.split("/") \
-                        or ".." in str(host_dir).split("/") or not host_dir:
-                    raise ManifestError(f"{source}: stack {name}: unsafe model directory {bundle_dir!r} -> "
-                                        f"{host_dir!r}")
-        return manifest
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ManifestError(f"{source}: character {exc.start} is a lone surrogate, not UTF-8 text") from None
+        return parse_manifest(data, source)
 
     def save(self, directory: Path) -> Path:
-        """Write MANIFEST.json atomically (temp file + os.replace)."""
+        """Write MANIFEST.json atomically (temp file + os.replace, mode 0644, directory fsynced), after
+        checking it the way verify and install will read it: build never writes a manifest they refuse."""
         target = Path(directory) / MANIFEST_NAME
-        write_atomic(target, self.to_json().encode())
+        data = self.to_json().encode()
+        try:
+            check_manifest(data, str(target))
+        except ManifestError as exc:
+            raise ManifestError(f"refusing to write a manifest that verify and install would refuse: {exc}") from None
+        write_atomic(target, data)
         return target
 
 
@@ -237,36 +237,39 @@ class StackManifest(_Files):
         return digests
 
 
-def _check_entry(entry: FileEntry, source: str) -> None:
-    parts = Path(entry.path).parts
-    if entry.path.startswith("/") or ".." in parts or not parts:
-        raise ManifestError(f"{source}: unsafe path {entry.path!r} in the manifest")
-    if entry.role not in ROLES:
-        raise ManifestError(f"{source}: {entry.path}: unknown role {entry.role!r} (one of {', '.join(ROLES)})")
-    if len(entry.sha256) != 64 or entry.size < 0:
-        raise ManifestError(f"{source}: {entry.path}: bad sha256 or size")
+def parse_manifest(data: bytes, source: str = MANIFEST_NAME) -> Manifest:
+    """The one typed object of a MANIFEST.json's bytes, every field checked first (bundle/manifest_check.py).
 
-
-def content_digest(data: dict) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    ManifestError (a BundleError, exit 1) names the first bad field, its value and the fix. verify,
+    unpack and install all read manifests through here, so they refuse exactly the same ones.
+    """
+    doc = check_manifest(data, source)
+    files = [FileEntry(**item) for item in doc["files"]]
+    stacks = {name: StackEntry(**entry) for name, entry in doc["stacks"].items()}
+    return Manifest(stacks=stacks, files=files, format=doc["format"], created=doc["created"], python=doc["python"])
 
 
 def check_bundle_id(manifest: Manifest, expected: Optional[str], source: str) -> None:
-    """Fail unless the manifest is the one whose id was given out of band."""
-    if expected and manifest.digest() != expected.strip().lower():
-        raise ManifestError(f"{source}: bundle id is {manifest.digest()}, expected {expected}: this is not the "
+    """Fail unless the manifest is the one whose id was given out of band (None: no id given).
+
+    An empty or malformed ``expected`` is a UsageError (exit 2) naming --bundle-id: "" is what an
+    unset $BUNDLE_ID gives, and must never mean "no check".
+    """
+    wanted = parse_bundle_id(expected)
+    if wanted is not None and manifest.digest() != wanted:
+        raise ManifestError(f"{source}: bundle id is {manifest.digest()}, expected {wanted}: this is not the "
                             "bundle that was built (or its manifest was rewritten)")
 
 
 def load_manifest(directory: Path) -> Manifest:
     path = Path(directory) / MANIFEST_NAME
     try:
-        text = path.read_text()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the bundle manifest ({exc.strerror}); "
                             "is this an unpacked bundle directory?") from exc
-    return Manifest.from_json(text, str(path))
+    return parse_manifest(data, str(path))
 
 
 def files_digest(entries: Iterable[FileEntry], strip_prefix: bool = True) -> str:
@@ -300,12 +303,24 @@ def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE, progress: Optional[Cal
     return digest.hexdigest()
 
 
-def write_atomic(target: Path, data: bytes) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a rename (or a new name) in ``directory`` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(target: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``target`` with ``data`` in one step: temp file beside it (``mode``: 0644, as a user
+    expects, not mkstemp's 0600), fsync, os.replace, then fsync of the directory."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -314,3 +329,4 @@ def write_atomic(target: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_directory(target.parent)

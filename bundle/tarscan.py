@@ -10,6 +10,7 @@ end-of-archive marker.
 from __future__ import annotations
 
 import hashlib
+import math
 import posixpath
 import tarfile
 import zlib
@@ -17,13 +18,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Optional
 
-from bundle.manifest import CHUNK_SIZE, MANIFEST_NAME, FileEntry, Manifest, ManifestError, check_bundle_id
+from bundle.manifest import (CHUNK_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, ManifestError,
+                             check_bundle_id, parse_manifest)
+from bundle.manifest_rules import render, text_problem
 from bundle.progress import Progress, bars_wanted, human
 from bundle.verify import Problem, VerifyFailed
 
-MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
+MAX_MTIME = 2 ** 32 - 1  # 2106-02-07, the unsigned 32-bit time: later mtimes are clamped to it
 
+
+def safe_mtime(value: object) -> Optional[float]:
+    """A member's mtime as os.utime takes it: clamped to [0, MAX_MTIME]; None (keep the extraction
+    time) for what is no time at all (NaN, infinities, not a number). A pax header can say anything."""
+    if type(value) not in (int, float):
+        return None
+    if not math.isfinite(value):
+        return None
+    return float(min(max(value, 0), MAX_MTIME))
+
+
+def shown_name(name: str) -> str:
+    """A member name as a message line shows it: as it is, or quoted and escaped when it holds a control
+    character or a lone surrogate (a newline in a name must not forge a line of the report)."""
+    return render(name) if text_problem(name) else name
 
 
 def member_name(member: tarfile.TarInfo) -> str:
@@ -40,6 +58,8 @@ def member_problem(member: tarfile.TarInfo, name: str, listed: set[str]) -> Opti
     parts = name.split("/")
     if ".." in parts:
         return "`..` in the path would write outside the target: refused"
+    if "\\" in name:
+        return "backslash in the member name (a Windows path?): bundle members separate with /: refused"
     if member.issym() or member.islnk():
         kind = "symlink" if member.issym() else "hard link"
         target = member.linkname
@@ -120,7 +140,7 @@ def _read_manifest(tar: tarfile.TarFile, path: Path, bundle_id: Optional[str]) -
     data = handle.read() if handle else b""
     if len(data) != first.size:
         raise ManifestError(f"{path}: {MANIFEST_NAME} is cut short")
-    manifest = Manifest.from_json(data.decode("utf-8", "replace"), f"{path}:{MANIFEST_NAME}")
+    manifest = parse_manifest(data, f"{path}:{MANIFEST_NAME}")
     check_bundle_id(manifest, bundle_id, f"{path}:{MANIFEST_NAME}")
     return ArchiveScan(manifest, data)
 
@@ -151,7 +171,7 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
         index += 1
         problem = member_problem(member, name, listed)
         if problem:
-            scan.problems.append(Problem(name or member.name, problem))
+            scan.problems.append(Problem(shown_name(name or member.name), problem))
             continue
         if member.isdir():
             continue

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, TextIO, Union
 
-from bundle.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackManifest, check_bundle_id,
-                             load_manifest, sha256_file)
+from bundle.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackManifest, bundle_id_arg,
+                             check_bundle_id, load_manifest, sha256_file)
 from bundle.progress import Progress, bars_wanted, human
 
 EXIT_FAILED = 1
@@ -171,8 +171,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("verify", help="check every file of a bundle (directory or archive)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", type=Path, metavar="DIR|FILE", help="unpacked bundle directory, or .tar/.tar.gz")
-    parser.add_argument("--bundle-id", metavar="SHA256",
-                        help="the id `build` printed (given out of band): refuse any other manifest")
+    parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
+                        help="the id `build` printed (given out of band): refuse any other manifest; an empty or "
+                             "malformed id is an error, not \"no id\"")
     parser.add_argument("--jobs", type=int, default=None, metavar="N", help="hashing threads (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
