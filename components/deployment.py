@@ -98,13 +98,22 @@ class XinferenceDeployment(pulumi.ComponentResource):
             self.models_by_uid[spec.model_uid] = XinferenceModel(
                 f"{name}-{spec.model_uid}",
                 model_args(spec, endpoint_url(cfg), container.container_id if container else None,
-                           cfg.endpoint_ca_bundle),
+                           cfg.endpoint_ca_bundle, docker_host=self._docker_host_of(spec.server)),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[container] if container else []),
             )
         single = self.containers.get(None)
         self.container_id = single.container_id if single else pulumi.Output.from_input(None)
         self.models = pulumi.Output.from_input([model_row(spec) for spec in self.specs])
         self.register_outputs({"endpoint": self.endpoint, "container_id": self.container_id, "models": self.models})
+
+    def _docker_host_of(self, server: Optional[str]) -> Optional[str]:
+        """The engine that runs the container of a model placed on ``server`` (None: no container)."""
+        cfg = self._args.config
+        if cfg.mode == "docker":
+            return cfg.docker.host
+        if cfg.mode == "cluster":
+            return next((s.docker.host for s in cfg.servers if s.name == server), None)
+        return None
 
     def _volume(self, name: str, models: list, digests: dict, models_dir: str, check: bool) -> ModelVolume:
         cfg = self._args.config
@@ -191,7 +200,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
 
 
 def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optional[str]],
-               endpoint_ca_bundle: Optional[str] = None) -> XinferenceModelArgs:
+               endpoint_ca_bundle: Optional[str] = None, docker_host: Optional[str] = None) -> XinferenceModelArgs:
     """The resource's inputs: the spec's launch parameters (same names) plus where and what it depends on."""
     shared = {f.name for f in fields(XinferenceModelArgs)} & {f.name for f in fields(LaunchSpec)}
     # Empty values are left out rather than sent as [] / {} / "" (absent and empty must diff the same).
@@ -200,7 +209,7 @@ def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optio
     for kept in ("replica", "launch_timeout", "autostart", "smoke_test"):  # falsy but meaningful
         values[kept] = getattr(spec, kept)
     return XinferenceModelArgs(endpoint=endpoint, container_id=container_id, endpoint_ca_bundle=endpoint_ca_bundle,
-                               **values)
+                               docker_host=docker_host, **values)
 
 
 def model_row(spec: LaunchSpec) -> dict:

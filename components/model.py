@@ -41,6 +41,7 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, CreateResult, DiffResult, ReadResult
 from pulumi.dynamic import ResourceProvider, UpdateResult
 
+from components.docker_cli import container_exists
 from components.xinference_client import (
     ABSENT,
     LOADING,
@@ -229,6 +230,9 @@ class XinferenceModelProvider(ResourceProvider):
             try:
                 described = client.describe(uid)
             except XinferenceUnreachable as exc:
+                if self._container_gone(props):
+                    # The container that ran it was removed (docker rm -f, a host rebuilt): so is the model.
+                    return ReadResult(None, {})
                 raise XinferenceUnreachable(f"cannot tell whether model '{uid}' still runs: {exc}") from None
             except XinferenceHTTPError as exc:
                 if exc.status is None or exc.status < 500 or not _WORKER_UNREACHABLE.search(exc.detail or ""):
@@ -263,6 +267,14 @@ class XinferenceModelProvider(ResourceProvider):
                 if entry and entry.get("enabled", True) and _autostart_pending(entry):
                     return ReadResult(uid, self._keep(props, "AUTOSTARTING"))
         return ReadResult(None, {})
+
+    @staticmethod
+    def _container_gone(props: Mapping[str, Any]) -> bool:
+        """Does the engine say the model's container no longer exists? (False when it cannot tell.)"""
+        host, container = props.get("docker_host"), props.get("container_id")
+        if not (isinstance(host, str) and isinstance(container, str) and _known(host) and _known(container)):
+            return False
+        return container_exists(host, container) is False
 
     @staticmethod
     def _keep(props: Mapping[str, Any], status: str) -> dict[str, Any]:

@@ -56,6 +56,9 @@ class XinferenceModelArgs:
     """Run one request suited to the type after launch."""
     endpoint_ca_bundle: Optional[pulumi.Input[str]] = None
     """PEM file (absolute path, on the machine running Pulumi) of the CA of an https endpoint; default: public CAs."""
+    docker_host: Optional[pulumi.Input[str]] = None
+    """The engine running ``container_id`` (docker mode): when the endpoint does not answer, read asks
+    it whether that container still exists; a model whose container is gone is gone too."""
 
 
 ARG_KEYS = tuple(f.name for f in fields(XinferenceModelArgs))
@@ -65,11 +68,11 @@ LAUNCH_KEYS = ("model_uid", "model_name", "model_type", "model_engine", "model_f
 # A change to any of these relaunches the model (delete before replace).
 REPLACE_KEYS = LAUNCH_KEYS + ("extra", "container_id", "weights_digest")
 # A change to these is applied in place.
-IN_PLACE_KEYS = ("endpoint", "launch_timeout", "autostart", "smoke_test", "endpoint_ca_bundle")
+IN_PLACE_KEYS = ("endpoint", "launch_timeout", "autostart", "smoke_test", "endpoint_ca_bundle", "docker_host")
 OUTPUT_KEYS = ("status", "autostart_registered", "adopted", "address", "accelerators")
 DEFAULTS: dict[str, Any] = {"replica": 1, "launch_timeout": 600.0, "autostart": True, "smoke_test": True}
 _STR_KEYS = ("endpoint", "model_uid", "model_name", "model_type", "model_engine", "model_format", "quantization",
-             "model_path", "worker_ip", "container_id", "weights_digest", "endpoint_ca_bundle")
+             "model_path", "worker_ip", "container_id", "weights_digest", "endpoint_ca_bundle", "docker_host")
 # Keys of the launch body the provider owns; `extra` may add any other kwarg.
 _RESERVED_EXTRA = frozenset(LAUNCH_KEYS) | {"wait_ready"}
 

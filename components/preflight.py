@@ -19,46 +19,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import tarfile
 import uuid
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from components.config import StackConfig, is_local_docker
+from components.docker_cli import DockerHostUnreachable, run_docker
 from components.launch import model_dir_on_host
 from components.placement import gpu_device_ids
 from components.volume import missing_directories
 
 NO_DRIVER_MARK = "could not select device driver"
 PROBE_IMAGE = "xinference-offline/gpu-probe:empty"
-TIMEOUT_S = 60
-
-
-@dataclass(frozen=True)
-class DockerAnswer:
-    """What one docker CLI call gave."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class DockerHostUnreachable(Exception):
-    """The docker CLI is missing or the engine does not answer."""
-
-
-def run_docker(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = None) -> DockerAnswer:
-    """Run the docker CLI against ``docker_host`` (its own DOCKER_HOST, nothing else changed)."""
-    env = {**os.environ, "DOCKER_HOST": docker_host}
-    try:
-        done = subprocess.run(["docker", *args], input=stdin, env=env, capture_output=True, timeout=TIMEOUT_S)
-    except FileNotFoundError:
-        raise DockerHostUnreachable("the docker CLI is not installed on this machine") from None
-    except subprocess.TimeoutExpired:
-        raise DockerHostUnreachable(f"`docker {' '.join(args[:2])}` did not answer within {TIMEOUT_S} s") from None
-    return DockerAnswer(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
 def runtime_names(info_json: str) -> list[str]:

@@ -1,0 +1,32 @@
+"""components/docker_cli.py against the real engine: does a container exist, asked with no shell."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import uuid
+
+from components.docker_cli import container_exists
+from tests.docker_engines import docker, require_main_engine
+
+
+def empty_image(host: str) -> str:
+    buffer = io.BytesIO()
+    tarfile.open(fileobj=buffer, mode="w").close()
+    name = f"xinference-offline-test/empty:{uuid.uuid4().hex[:6]}"
+    docker(host, "import", "-", name, stdin=buffer.getvalue())
+    return name
+
+
+def test_container_exists_is_true_then_false_after_removal_and_none_when_the_engine_is_away(tmp_path):
+    host = require_main_engine()
+    image = empty_image(host)
+    try:
+        container = docker(host, "create", image, "/none").stdout.decode().strip()
+        assert container_exists(host, container) is True
+        docker(host, "rm", "-f", container)
+        assert container_exists(host, container) is False
+        assert container_exists(f"unix://{tmp_path}/no-engine.sock", container) is None
+        assert container_exists(host, "$(touch x); x") is False  # one argv element, never a shell
+    finally:
+        docker(host, "rmi", image, check=False)
