@@ -3,9 +3,10 @@
 #
 #   usage: tools/docker-engine.sh start | stop | status | -h
 #
-#   start   install Debian's docker.io when `dockerd` is missing and apt-get is there (as root),
-#           then start dockerd when no daemon answers on the default socket. Running it again
-#           changes nothing: a daemon that answers (ours or anyone's) is left alone.
+#   start   install Debian's docker.io when `dockerd` is missing and apt-get is there (as root;
+#           with mmdebstrap, which tools/xinference-image.sh makes the image's root file system
+#           with), then start dockerd when no daemon answers on the default socket. Running it
+#           again changes nothing: a daemon that answers (ours or anyone's) is left alone.
 #   stop    stop the daemon this script started (its pid file), and only that one.
 #   status  say whether a daemon answers, and whether it is ours.
 #
@@ -30,17 +31,21 @@ our_pid() {  # the pid of the daemon we started, when it still runs
 }
 
 install_engine() {
-  command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 && return 0
+  local packages=()
+  command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 || packages+=(docker.io)
+  command -v mmdebstrap >/dev/null 2>&1 || packages+=(mmdebstrap)
+  [ ${#packages[@]} -gt 0 ] || return 0
   if ! command -v apt-get >/dev/null 2>&1; then
-    log "no dockerd here and no apt-get to install it: install a Docker engine by hand"; return 1
+    log "no ${packages[*]} here and no apt-get to install them: install a Docker engine (and mmdebstrap) by hand"; return 1
   fi
   if [ "$(id -u)" != 0 ]; then
-    log "no dockerd here; installing docker.io needs root (run this as root, or: sudo apt-get install docker.io)"; return 1
+    log "no ${packages[*]} here; installing needs root (run this as root, or: sudo apt-get install ${packages[*]})"; return 1
   fi
-  log "installing docker.io with apt-get (about a minute)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >"$state/apt.log" 2>&1 \
-    || { apt-get update -q >>"$state/apt.log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >>"$state/apt.log" 2>&1; } \
-    || { log "apt-get install docker.io failed (log: $state/apt.log):"; tail -n 5 "$state/apt.log" >&2; return 1; }
+  log "installing ${packages[*]} with apt-get (about a minute)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >"$state/apt.log" 2>&1 \
+    || { apt-get update -q >>"$state/apt.log" 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >>"$state/apt.log" 2>&1; } \
+    || { log "apt-get install ${packages[*]} failed (log: $state/apt.log):"; tail -n 5 "$state/apt.log" >&2; return 1; }
 }
 
 start() {
