@@ -55,6 +55,7 @@ def site(tmp_path_factory):
     yield site
     site.pulumi("destroy", "--yes", "--skip-preview", check=False)
     docker(MAIN_DOCKER_HOST, "rm", "-f", name, check=False)
+    site.remove_bulk()
 
 
 def test_the_offline_workflow_installs_program_toolchain_and_models(site):
