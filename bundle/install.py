@@ -35,6 +35,12 @@ named with their size on every run (weights are costly to carry again; another s
 share them). A
 second run changes nothing and says so. After a failure (disk full, a damaged bundle file)
 fix the cause and run it again: it carries on.
+
+Every write is confined: the whole plan is checked before the first byte (bundle/confine.py,
+bundle/install_plan.py): bad targets are refused naming both paths (exit 2), destinations
+outside their target, also through a symlink, naming the manifest path, where it would land
+and the target (exit 1). A second install into the same directories waits for the first,
+naming it (an flock per directory, bundle/install_lock.py).
 """
 
 from __future__ import annotations
@@ -42,57 +48,32 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
-import shutil
 import stat
-import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, TextIO
 
-from bundle.manifest import FileEntry, StackManifest, check_bundle_id, files_digest, load_manifest, sha256_file
-from bundle.program import PROGRAM_DIR, PROJECT_MARKER, is_site_owned
-from bundle.progress import Progress, bars_wanted, human, plural
-from bundle.model_files import kept_model_dirs, model_file_pairs
+from bundle.confine import Confinement, Target
+from bundle.install_lock import LOCK_NAME, InstallLocks
+from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
+from bundle.install_venv import check_venv_python, install_venv, offline_pip_env
+from bundle.manifest import StackManifest, bundle_id_arg, check_bundle_id, load_manifest, sha256_file
+from bundle.model_files import FilePair, kept_model_dirs
+from bundle.program import INSTALL_RECORD
+from bundle.progress import Progress, bars_wanted
 from bundle.space import space_problems
 from bundle.sync import CopyError, HashCache, copy_with_sha256, remove_partials
-from bundle.verify import Problem, VerifyFailed, check_directory
+from bundle.verify import Problem, check_directory
 
-STATE_NAME = ".xinference-offline-installed.json"
-VENV_STAMP = ".xinference-offline-wheels"
-
-
-class InstallError(VerifyFailed):
-    """Files that could not be installed (exit 1); what did install stays installed."""
+STATE_NAME = INSTALL_RECORD
+__all__ = ["STATE_NAME", "InstallError", "StepResult", "offline_pip_env", "register", "run"]
 
 
-@dataclass
-class StepResult:
-    """What one step did: nothing, or copies/removals, or problems."""
-
-    name: str
-    copied: int = 0
-    copied_bytes: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    note: str = ""
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.copied or self.removed)
-
-    def line(self) -> str:
-        parts = [f"{plural(self.copied, 'file')} copied ({human(self.copied_bytes)})" if self.copied else "",
-                 f"{plural(self.removed, 'stale file')} removed" if self.removed else "",
-                 f"{self.unchanged} already in place" if self.unchanged else "", self.note]
-        return f"  {self.name:<8} " + "; ".join(p for p in parts if p)
-
-
-def sync_files(bundle: Path, root: Path, pairs: list[tuple[FileEntry, Path, str]], state: HashCache,
-               scope: tuple[str, ...], result: StepResult, progress: Progress) -> None:
+def sync_files(bundle: Path, root: Path, pairs: list[FilePair], state: HashCache, scope: tuple[str, ...],
+               result: StepResult, progress: Progress, confinement: Confinement, target: Target) -> None:
     """Make every dest hold its entry's content; remove files an earlier install left in ``scope``
-    (and the directories under ``root`` that this leaves empty)."""
+    (and the directories under ``root`` that this leaves empty). Each write is checked inside
+    ``target`` again right before it happens; each removal too."""
     wanted = {key for _entry, _dest, key in pairs}
     for entry, dest, key in pairs:
         try:
@@ -110,6 +91,7 @@ def sync_files(bundle: Path, root: Path, pairs: list[tuple[FileEntry, Path, str]
             if known == entry.sha256:
                 result.unchanged += 1
                 continue
+        confinement.recheck(target, dest, entry.path)
         try:
             copy_with_sha256(bundle / entry.path, dest, expect_sha256=entry.sha256, expect_size=entry.size,
                              progress=progress.update)
@@ -123,9 +105,9 @@ def sync_files(bundle: Path, root: Path, pairs: list[tuple[FileEntry, Path, str]
         result.copied += 1
         result.copied_bytes += entry.size
     for key in sorted(k for k in state.entries if k.startswith(scope) and k not in wanted):
-        path = state.path.parent / key if not key.startswith("/") else Path(key)
+        path = confinement.removable(target, key)  # None: a record key that names no place of ours
         try:
-            if state.lookup(key, path.lstat()) is not None:  # still what we put there: ours to remove
+            if path is not None and state.lookup(key, path.lstat()) is not None:  # still ours to remove
                 path.unlink()
                 result.removed += 1
                 _prune_empty_dirs(path.parent, root)
@@ -146,26 +128,30 @@ def _prune_empty_dirs(directory: Path, root: Path) -> None:
         directory = directory.parent
 
 
-def check_model_space(manifest: StackManifest, models_dir: Path) -> None:
+def check_model_space(plan: Plan) -> None:
     """Refuse, before anything is written, an install whose model files do not fit on their disks."""
-    targets = [(entry, dest) for _dir, _key, pairs in model_file_pairs(manifest, models_dir)
-               for entry, dest, _key in pairs]
+    targets = [(entry, dest) for _dir, _key, pairs in plan.models for entry, dest, _key in pairs]
     problems = [Problem(str(where), message) for where, message in space_problems(targets)]
     if problems:
         raise InstallError("not enough disk space for the models; nothing was installed", problems)
 
 
-def install_models(bundle: Path, manifest: StackManifest, models_dir: Path, progress: Progress) -> StepResult:
+def install_models(bundle: Path, manifest: StackManifest, plan: Plan, target: Optional[Target],
+                   confinement: Confinement, progress: Progress) -> StepResult:
     result = StepResult("models")
+    if target is None:
+        result.note = "the bundle carries no models and names no models_dir"
+        return result
+    models_dir = target.path
     models_dir.mkdir(parents=True, exist_ok=True)
     state = HashCache(models_dir / STATE_NAME)
     per_model = manifest.model_digests()
     current_dirs: list[str] = []
-    for host_dir, key_prefix, pairs in model_file_pairs(manifest, models_dir):
+    for host_dir, key_prefix, pairs in plan.models:
         current_dirs.append(key_prefix)
         host_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(host_dir)
-        sync_files(bundle, host_dir, pairs, state, (key_prefix + "/",), result, progress)
+        sync_files(bundle, host_dir, pairs, state, (key_prefix + "/",), result, progress, confinement, target)
         state.save()  # per model directory: a failure later keeps this one's record
     kept = kept_model_dirs(state, models_dir, current_dirs)
     if kept:
@@ -179,26 +165,19 @@ def install_models(bundle: Path, manifest: StackManifest, models_dir: Path, prog
     return result
 
 
-def install_program(bundle: Path, manifest: StackManifest, project: Path, progress: Progress) -> StepResult:
+def install_program(bundle: Path, manifest: StackManifest, plan: Plan, target: Target, confinement: Confinement,
+                    progress: Progress) -> StepResult:
     result = StepResult("program")
-    entries = manifest.role("program")
-    if not entries:
+    if not manifest.role("program"):
         result.note = "the bundle carries no program"
         return result
-    prefix = PROGRAM_DIR + "/"
-    pairs = []
-    for entry in entries:
-        rel = entry.path[len(prefix):]
-        if not entry.path.startswith(prefix) or is_site_owned(rel) or rel == STATE_NAME:
-            result.problems.append(Problem(entry.path, "refused: the program never writes the site's own files "
-                                                       "(venv/, .state/, stacks/)"))
-            continue
-        pairs.append((entry, project / rel, rel))
+    project = target.path
+    result.problems += plan.program_refused
     project.mkdir(parents=True, exist_ok=True)
-    for directory in {dest.parent for _entry, dest, _key in pairs}:
+    for directory in {dest.parent for _entry, dest, _key in plan.program}:
         remove_partials(directory, recursive=False)  # never walk into venv/ or .state/
     state = HashCache(project / STATE_NAME)
-    sync_files(bundle, project, pairs, state, ("",), result, progress)
+    sync_files(bundle, project, plan.program, state, ("",), result, progress, confinement, target)
     state.set_meta(bundle=manifest.digest(), stack=manifest.stack)
     state.save()
     # Pulumi.yaml's file backend (file://./.state) must exist before `pulumi login`; the bundle
@@ -207,118 +186,45 @@ def install_program(bundle: Path, manifest: StackManifest, project: Path, progre
     return result
 
 
-def project_problem(project: Path) -> Optional[str]:
-    """Why the program must not be installed into ``project`` (None: new, empty, or a checkout)."""
-    if not project.exists():
-        return None
-    if not project.is_dir():
-        return "exists and is not a directory"
-    if (project / PROJECT_MARKER).is_file() or (project / STATE_NAME).is_file() or not any(project.iterdir()):
-        return None
-    return (f"is not empty and holds no {PROJECT_MARKER}: not the project checkout; pass --project DIR (the "
-            "checkout, or a new directory), or --skip program")
-
-
-def install_pulumi(bundle: Path, manifest: StackManifest, home: Path, progress: Progress) -> StepResult:
+def install_pulumi(bundle: Path, manifest: StackManifest, plan: Plan, target: Target, confinement: Confinement,
+                   progress: Progress) -> StepResult:
     result = StepResult("pulumi")
-    entries = [e for e in manifest.role("pulumi")]
-    if not entries:
+    if not manifest.role("pulumi"):
         result.note = "the bundle carries no Pulumi CLI"
         return result
+    home = target.path
     home.mkdir(parents=True, exist_ok=True)
     state = HashCache(home / STATE_NAME)
-    pairs = [(e, home / e.path[len("pulumi/"):], e.path[len("pulumi/"):]) for e in entries]
-    for sub in {"bin", "plugins"}:
-        if (home / sub).is_dir():
+    for sub in ("bin", "plugins"):
+        if (home / sub).is_dir() and not (home / sub).is_symlink():
             remove_partials(home / sub)
-    sync_files(bundle, home, pairs, state, ("bin/", "plugins/"), result, progress)
+    sync_files(bundle, home, plan.pulumi, state, ("bin/", "plugins/"), result, progress, confinement, target)
     state.set_meta(bundle=manifest.digest(), stack=manifest.stack)
     state.save()
     return result
 
 
-def offline_pip_env() -> dict[str, str]:
-    """The environment for a pip that must see the bundle's wheels and nothing else: no pip config
-    file and no PIP_* settings (a PIP_FIND_LINKS or index on this machine would hide a wheel the
-    bundle lacks)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return env
-
-
-def python_version(python: str) -> str:
-    proc = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InstallError("venv", [Problem(python, f"cannot run this Python ({proc.stderr.strip()})")])
-    return proc.stdout.strip()
-
-
-def install_venv(bundle: Path, manifest: StackManifest, venv: Path, python: str, quiet: bool) -> StepResult:
-    result = StepResult("venv")
-    wheels = manifest.role("wheel")
-    requirements = bundle / "wheels" / "requirements.txt"
-    if not wheels or not any(e.path == "wheels/requirements.txt" for e in wheels):
-        result.note = "the bundle carries no wheels/requirements.txt: venv skipped"
-        return result
-    stamp = venv / VENV_STAMP
-    want = files_digest(wheels, strip_prefix=False)
-    venv_python = venv / "bin" / "python"
-    if venv_python.exists() and stamp.is_file() and stamp.read_text().strip() == want:
-        result.unchanged = len(wheels)
-        result.note = f"{venv} already installed from these {plural(len(wheels) - 1, 'wheel')}"
-        return result
-    problems = check_directory(bundle, manifest, only=wheels, extras=False)
-    if problems:
-        raise InstallError(f"{bundle}/wheels is damaged; run `python -m bundle verify {bundle}`", problems)
-    if not venv_python.exists():
-        version = python_version(python)
-        if manifest.python and version != manifest.python:
-            raise InstallError("venv", [Problem(python, f"is Python {version}, the bundled wheels are for Python "
-                                                        f"{manifest.python}: run install with --python "
-                                                        f"python{manifest.python}, or rebuild the bundle with "
-                                                        f"--python-version {version}")])
-        proc = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise InstallError("venv", [Problem(str(venv), f"`{python} -m venv` failed: {proc.stderr.strip()} "
-                                                           "(Debian/Ubuntu: apt install python3-venv)")])
-    cmd = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "--no-index",
-           "--find-links", str(bundle / "wheels"), "-r", str(requirements)]
-    if quiet:
-        cmd.append("-q")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE, text=True,
-                          env=offline_pip_env())
-    if proc.returncode != 0:
-        raise InstallError("venv", [Problem(str(venv), "pip install from the bundled wheels failed: "
-                                                       f"{proc.stderr.strip()[-2000:]}")])
-    stamp.write_text(want + "\n")
-    result.copied = len(wheels) - 1
-    result.copied_bytes = sum(e.size for e in wheels)
-    result.note = f"{venv}: installed {plural(len(wheels) - 1, 'wheel')} with no index"
-    return result
-
-
-def install_stack_file(bundle: Path, manifest: StackManifest, project: Path) -> StepResult:
+def install_stack_file(bundle: Path, plan: Plan, project: Path) -> StepResult:
     result = StepResult("stack")
-    stack_files = manifest.role("stack")
-    if not stack_files:
+    if plan.stack is None:
         result.note = "the bundle carries no stack file"
         return result
     if not (project / "Pulumi.yaml").is_file():
         result.note = f"{project} is not the project checkout (no Pulumi.yaml): stack file not copied"
         return result
-    source = bundle / stack_files[0].path
-    target = project / "stacks" / Path(stack_files[0].path).name
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-        result.copied, result.copied_bytes = 1, stack_files[0].size
+    entry, target = plan.stack
+    source = bundle / entry.path
+    if target.is_symlink():  # never written through, whatever it points at
+        result.note = f"{target} is a symlink; left as it is (the bundle's is {entry.path})"
+    elif not target.exists():
+        copy_with_sha256(source, target, expect_sha256=entry.sha256, expect_size=entry.size)  # atomic, 0644
+        result.copied, result.copied_bytes = 1, entry.size
         result.note = f"copied to {target}"
     elif filecmp.cmp(source, target, shallow=False):
         result.unchanged = 1
         result.note = f"{target} is the bundle's"
     else:
-        result.note = f"{target} differs from the bundle's {stack_files[0].path}; left as it is (compare them)"
+        result.note = f"{target} differs from the bundle's {entry.path}; left as it is (compare them)"
     return result
 
 
@@ -338,9 +244,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Python that creates the venv (default: this one)")
     parser.add_argument("--project", type=Path, default=Path("."), metavar="DIR",
                         help="project checkout that receives the program and stacks/Pulumi.STACK.yaml (default: .)")
-    parser.add_argument("--bundle-id", metavar="SHA256", help="refuse any bundle but this one")
-    parser.add_argument("--skip", action="append", default=[], choices=["program", "venv", "pulumi", "models",
-                                                                          "stack"],
+    parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
+                        help="refuse any bundle but this one (an empty or malformed id is an error, not \"no id\")")
+    parser.add_argument("--skip", action="append", default=[], choices=list(STEPS),
                         help="leave a step out (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -351,35 +257,35 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     whole = load_manifest(bundle)
     check_bundle_id(whole, args.bundle_id, str(bundle))
     manifest = whole.for_stack(args.stack)  # this server's files: the shared ones and its stack's
-    models_dir = args.models_dir or (Path(manifest.models_dir) if manifest.models_dir else None)
-    if models_dir is None and manifest.model_dirs and "models" not in args.skip:
-        print("error: --models-dir: the bundle names no models_dir; give the host model directory", file=sys.stderr)
-        return 2
-    project = args.project.absolute()
-    trouble = project_problem(project) if manifest.role("program") and "program" not in args.skip else None
+    steps = [name for name in STEPS if name not in args.skip]
+    targets = resolve_targets(args, manifest, steps)
+    project = targets.project.path if targets.project else args.project.absolute()
+    plan, confinement = plan_install(bundle, manifest, targets)  # every destination checked: exit 2 or 1
+    trouble = project_problem(project, (LOCK_NAME,)) if manifest.role("program") and "program" in steps else None
     if trouble:
         print(f"error: --project {args.project}: {trouble}", file=sys.stderr)
         return 2
-    venv = (args.venv or project / "venv").absolute()
     problems = check_directory(bundle, manifest, extras=False, content=False)  # cheap: presence and sizes
     if problems:
         raise InstallError(f"{bundle} is incomplete; nothing was installed (run `python -m bundle verify {bundle}`)",
                            problems)
-    if "models" not in args.skip and models_dir is not None:
-        check_model_space(manifest, models_dir.absolute())
+    check_model_space(plan)
+    if targets.venv is not None:
+        check_venv_python(manifest, targets.venv.path, args.python)
     home = args.pulumi_home.expanduser().absolute()
+    venv = targets.venv.path if targets.venv else (args.venv or project / "venv").absolute()
     results: list[StepResult] = []
-    with Progress(None, "install", bars_wanted(args.quiet)) as progress:
-        steps = {
-            "program": lambda: install_program(bundle, manifest, project, progress),
+    with InstallLocks(targets.lock_dirs(steps), sys.stderr), \
+            Progress(None, "install", bars_wanted(args.quiet)) as progress:
+        run_step = {
+            "program": lambda: install_program(bundle, manifest, plan, targets.project, confinement, progress),
             "venv": lambda: install_venv(bundle, manifest, venv, args.python, args.quiet),
-            "pulumi": lambda: install_pulumi(bundle, manifest, home, progress),
-            "models": lambda: install_models(bundle, manifest, models_dir.absolute(), progress),
-            "stack": lambda: install_stack_file(bundle, manifest, project),
+            "pulumi": lambda: install_pulumi(bundle, manifest, plan, targets.pulumi, confinement, progress),
+            "models": lambda: install_models(bundle, manifest, plan, targets.models, confinement, progress),
+            "stack": lambda: install_stack_file(bundle, plan, project),
         }
-        for name, step in steps.items():
-            if name not in args.skip:
-                results.append(step())
+        for name in steps:
+            results.append(run_step[name]())
     problems = [p for r in results for p in r.problems]
     print(f"install: bundle {bundle} (stack {manifest.stack})", file=out)
     for result in results:

@@ -12,7 +12,12 @@ project, less what this project's .gitignore leaves out (venv/, build/, __pycach
              stack files must never be overwritten by someone else's
   venv/      the site's virtualenv (install builds it from the bundled wheels)
   .git/      repository internals
+  .xinference-offline-installed.json, .xinference-offline.lock
+             install's record of what it put there and its lock file (bundle/install_lock.py)
   the bundle output directory and its build cache, when they lie inside the project
+
+install applies the same list the other way round: it never writes a program file into the
+site's own directories or over those two files, whatever a manifest lists (``is_site_owned``).
 
 Symlinks and other non-regular files are skipped with a note (a bundle holds regular files only).
 """
@@ -32,6 +37,10 @@ PROGRAM_DIR = "program"
 PROJECT_MARKER = "Pulumi.yaml"
 # Top-level directories that belong to the site, never to the bundle; install never writes there.
 SITE_OWNED_DIRS = (".state", "stacks", "venv", ".git")
+# Top-level files of the project that install owns (its record, its lock): never carried, never a program file.
+INSTALL_RECORD = ".xinference-offline-installed.json"
+INSTALL_LOCK = ".xinference-offline.lock"
+SITE_OWNED_FILES = (INSTALL_RECORD, INSTALL_LOCK)
 # Without git: what the project's .gitignore leaves out, by directory name (any depth) ...
 WALK_SKIPPED_DIRS = frozenset({"venv", ".venv", "__pycache__", ".pytest_cache", ".git"})
 # ... by top-level directory name, and by file name suffix.
@@ -40,8 +49,12 @@ WALK_SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
 
 def is_site_owned(rel: str) -> bool:
-    """A project-relative path in one of the directories the bundle never carries nor touches."""
-    return rel.split("/", 1)[0] in SITE_OWNED_DIRS
+    """A project-relative path in one of the directories the bundle never carries nor touches, or one
+    of install's own files at the top. Compared as a case-insensitive file system would (``.GIT/config``
+    is ``.git/config`` on one)."""
+    parts = rel.split("/")
+    top = parts[0].casefold()
+    return top in SITE_OWNED_DIRS or (len(parts) == 1 and top in SITE_OWNED_FILES)
 
 
 def program_files(project: Path, excluded_dirs: Iterable[Path] = (), excluded_names: Iterable[str] = ()

@@ -99,6 +99,7 @@ class DockerSite:
             shutil.copytree(ROOT / package, site.program / package, ignore=shutil.ignore_patterns("__pycache__"))
         (site.program / "venv").symlink_to(ROOT / "venv")
         (site.program / "stacks").mkdir()
+        (site.program / ".state").mkdir()  # the file backend Pulumi.yaml names must exist (install makes it on a site)
         site.pulumi_home = toolchain.parent / "home"
         site.pulumi_bin = toolchain
         return site
@@ -161,6 +162,13 @@ class DockerSite:
                 self.config[f"{NS}:{key}"] = value
         self.write_stack(self.program / "stacks")
         self.write_stack(self.online_stacks)
+
+    def remove_bulk(self) -> None:
+        """Free the disk: the archive and its unpacked and built copies hold the multi-GB image."""
+        for path in (self.archive, self.archive.with_name(self.archive.name + ".sha256")):
+            path.unlink(missing_ok=True)
+        for tree in (self.bundle, self.build):
+            shutil.rmtree(tree, ignore_errors=True)
 
     def preview(self) -> dict[str, str]:
         return steps_of(self.pulumi("preview", "--json").stdout)
