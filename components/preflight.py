@@ -143,7 +143,8 @@ def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
                 problems.append(problem)
         if cfg.mode == "docker" and cfg.docker.check_daemon:
             problems += foreign_containers(cfg.docker.host, stack, cfg.container.name, cfg.container.port)
-    except DockerHostUnreachable:
-        # Nothing more to ask: the docker provider reports an unreachable engine itself, naming the host.
-        pass
+    except DockerHostUnreachable as exc:
+        # The docker provider would only say "failed to connect to any docker daemon": name the host.
+        problems.append(f"{exc}. Nothing was changed. Fix: start dockerd on that host (or correct `docker.host`), "
+                        "then run the command again; `docker.check_daemon: false` skips these checks.")
     return problems

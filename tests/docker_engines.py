@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,19 +85,28 @@ class TestDaemon:
         hook_dir = self.root / "hook-bin"
         hook_dir.mkdir()
         hook = hook_dir / "nvidia-container-runtime-hook"
-        # runc calls it as `... prestart` with the container's OCI state on stdin.
-        hook.write_text(f"#!/bin/sh\n{{ cat; echo; }} >> {self.hook_record}\nexit 0\n")
+        # runc calls it as `... prestart` with the container's OCI state on stdin; the spec in the
+        # state's bundle holds the environment the NVIDIA driver set (NVIDIA_VISIBLE_DEVICES).
+        hook.write_text(f"""#!{sys.executable}
+import json, os, sys
+state = json.load(sys.stdin)
+with open(os.path.join(state["bundle"], "config.json")) as f:
+    env = json.load(f)["process"]["env"]
+with open({str(self.hook_record)!r}, "a") as out:
+    out.write(json.dumps({{"id": state["id"], "args": sys.argv[1:], "env": env}}) + "\\n")
+""")
         hook.chmod(0o755)
         return hook_dir
 
     def start(self, timeout: float = 60) -> "TestDaemon":
         if DOCKERD is None or os.geteuid() != 0:
             pytest.skip("a test Docker daemon needs dockerd and root (apt-get install docker.io)")
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-        for cmd in (["ip", "link", "add", self.bridge, "type", "bridge"],
-                    ["ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge],
-                    ["ip", "link", "set", self.bridge, "up"]):
-            subprocess.run(cmd, check=True, capture_output=True)
+        if subprocess.run(["ip", "link", "show", self.bridge], capture_output=True).returncode != 0:
+            # kept across a halt(): the daemon's network store refers to it
+            for cmd in (["ip", "link", "add", self.bridge, "type", "bridge"],
+                        ["ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge],
+                        ["ip", "link", "set", self.bridge, "up"]):
+                subprocess.run(cmd, check=True, capture_output=True)
         env = dict(os.environ)
         if self.gpu_hook:
             hook_dir = self.root / "hook-bin"
