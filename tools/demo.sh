@@ -11,7 +11,7 @@
 #   bash tools/demo.sh existing    # the models go to a CPU Xinference process on 127.0.0.1 (no Docker)
 #   bash tools/demo.sh down        # pulumi destroy both demo stacks; stop the demo's Xinference process
 #
-# First run on a fresh 2-core machine: about 45 minutes (Go builds of the CLI and the two
+# First run on a fresh 2-core machine: about 25 minutes (Go builds of the CLI and the two
 # plugins, pip's torch, the 6 GB image); a second run takes about a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ case "$mode" in docker|existing|down) ;; *) echo "usage: bash tools/demo.sh [doc
 
 step "python venv (pip; the first time it downloads torch with Xinference: a few minutes)"
 bash tools/setup.sh --test >&2
-step "Pulumi CLI and plugins (Go builds, cached; the first time about 30 minutes on 2 cores)"
+step "Pulumi CLI and plugins (Go builds, cached; the first time about 16 minutes on 2 cores)"
 bin_dir=$(bash tools/pulumi-toolchain.sh | tail -n 1)
 if [ -f "$bin_dir/../env.sh" ]; then . "$bin_dir/../env.sh"; else export PATH="$bin_dir:$PATH"; fi
 
