@@ -5,8 +5,10 @@ No shell: every value is one argv element. The CLI reaches `ssh://` hosts itself
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -49,3 +51,10 @@ def container_exists(docker_host: str, container_id: str) -> Optional[bool]:
     if "no such" in answer.stderr.lower():  # "Error: No such container: <id>" (or "object")
         return False
     return None
+
+
+def empty_image_tar() -> bytes:
+    """A tar with no files: `docker import` of it is an image that holds nothing to run."""
+    buffer = io.BytesIO()
+    tarfile.open(fileobj=buffer, mode="w").close()
+    return buffer.getvalue()

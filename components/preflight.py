@@ -17,14 +17,12 @@ Two ways an engine can serve GPU device requests, both accepted:
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import uuid
 from typing import Optional, Sequence
 
 from components.config import StackConfig, is_local_docker
-from components.docker_cli import DockerHostUnreachable, run_docker
+from components.docker_cli import DockerHostUnreachable, empty_image_tar, run_docker
 from components.launch import model_dir_on_host
 from components.placement import gpu_device_ids
 from components.volume import missing_directories
@@ -54,13 +52,6 @@ def missing_runtime_message(docker_host: str, gpu_ids: Sequence[int], detail: st
     )
 
 
-def _empty_image_tar() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w"):
-        pass
-    return buffer.getvalue()
-
-
 def gpu_runtime_problem(docker_host: str, gpu_ids: Sequence[int]) -> Optional[str]:
     """None when ``docker_host`` can start a container with these GPUs reserved; else the message."""
     if not gpu_ids:
@@ -71,7 +62,7 @@ def gpu_runtime_problem(docker_host: str, gpu_ids: Sequence[int]) -> Optional[st
     if "nvidia" in runtime_names(info.stdout):
         return None
     imported = run_docker(docker_host, ["import", "--change", "LABEL managed-by=xinference-offline", "-",
-                                        PROBE_IMAGE], stdin=_empty_image_tar())
+                                        PROBE_IMAGE], stdin=empty_image_tar())
     if imported.returncode != 0:
         return f"docker host {docker_host}: the GPU preflight could not make its probe image: {imported.stderr.strip()}"
     name = f"xinference-offline-gpu-probe-{uuid.uuid4().hex[:8]}"

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import uuid
 
-from components.docker_cli import container_exists
+from components.docker_cli import container_exists, empty_image_tar
 from tests.docker_engines import docker, require_main_engine
 
 
 def empty_image(host: str) -> str:
-    buffer = io.BytesIO()
-    tarfile.open(fileobj=buffer, mode="w").close()
     name = f"xinference-offline-test/empty:{uuid.uuid4().hex[:6]}"
-    docker(host, "import", "-", name, stdin=buffer.getvalue())
+    docker(host, "import", "-", name, stdin=empty_image_tar())
     return name
 
 
