@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
+
+from tests.docker_site import free_port, running_models
 
 ROOT = Path(__file__).resolve().parent.parent
 PULUMI = shutil.which("pulumi")
@@ -30,12 +31,6 @@ pytestmark = [
     pytest.mark.skipif(PULUMI is None, reason="no pulumi CLI on PATH: build it with tools/pulumi-toolchain.sh "
                                               "(needs Go; tools/test.sh does it)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +91,6 @@ def model_entry(**overrides) -> dict:
     return entry
 
 
-def running(endpoint: str) -> set[str]:
-    response = requests.get(f"{endpoint}/v1/models", timeout=30)
-    response.raise_for_status()
-    data = response.json()
-    return {m["id"] for m in data.get("data", data if isinstance(data, list) else [])}
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, xinference):
     root = tmp_path_factory.mktemp("project")
@@ -123,7 +111,7 @@ def test_lifecycle_through_the_cli(project, xinference):
     assert f"xinference-{UID}" in preview.stdout and "create" in preview.stdout
 
     project.pulumi("up", "--yes", "--skip-preview")
-    assert UID in running(endpoint)
+    assert UID in running_models(endpoint)
     answer = requests.post(f"{endpoint}/v1/embeddings", json={"model": UID, "input": "offline"}, timeout=60)
     assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 384
     outputs = json.loads(project.pulumi("stack", "output", "--json").stdout)
@@ -139,10 +127,10 @@ def test_lifecycle_through_the_cli(project, xinference):
 
     # Drift: terminated behind Pulumi's back; refresh records it, up brings it back.
     requests.delete(f"{endpoint}/v1/models/{UID}", timeout=60)
-    assert UID not in running(endpoint)
+    assert UID not in running_models(endpoint)
     project.pulumi("refresh", "--yes", "--skip-preview")
     project.pulumi("up", "--yes", "--skip-preview")
-    assert UID in running(endpoint)
+    assert UID in running_models(endpoint)
 
     # The secret API key is encrypted in the state, never plain text.
     state = project.state_text()
@@ -151,13 +139,13 @@ def test_lifecycle_through_the_cli(project, xinference):
     # Removing the model from the stack config terminates it.
     project.write_models([])
     project.pulumi("up", "--yes", "--skip-preview")
-    assert UID not in running(endpoint)
+    assert UID not in running_models(endpoint)
 
     project.write_models([model_entry()])
     project.pulumi("up", "--yes", "--skip-preview")
-    assert UID in running(endpoint)
+    assert UID in running_models(endpoint)
     project.pulumi("destroy", "--yes", "--skip-preview")
-    assert UID not in running(endpoint)
+    assert UID not in running_models(endpoint)
 
 
 def test_bad_config_fails_preview_with_the_problems(project):
@@ -181,4 +169,4 @@ def test_automation_api_preview(tmp_path, xinference):
     )
     result = stack.preview()
     assert result.change_summary.get("create", 0) >= 2  # the stack, the deployment, its model volume, the model
-    assert "auto-minilm" not in running(xinference.endpoint)  # a preview launches nothing
+    assert "auto-minilm" not in running_models(xinference.endpoint)  # a preview launches nothing
