@@ -11,8 +11,9 @@ once. Two stacks that give one model directory different sources are refused.
                         the pinned revision (their Python libraries; `pip install modelscope` /
                         `huggingface_hub` on this machine), or a local directory (source.hub:
                         local, or no source: the model's directory under models_dir here)
-  wheels/               `pip download` of requirements.txt (binary wheels only, so the offline
-                        install needs no compiler), or --wheels-from DIR checked for completeness
+  wheels/               `pip download --require-hashes` of requirements.lock (binary wheels only,
+                        so the offline install needs no compiler), or the files of --wheels-from
+                        DIR that resolve it; requirements.txt there pins each carried file's hash
   pulumi/bin, plugins/  --pulumi-dir (what tools/pulumi-toolchain.sh built), else the release
                         archives of the pinned versions from get.pulumi.com (or --pulumi-url)
   program/              this project's files (--project, default: this checkout): git's tracked and
@@ -36,12 +37,9 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, TextIO
@@ -49,8 +47,9 @@ from typing import TYPE_CHECKING, Iterable, Optional, TextIO
 from bundle.docker_image import check_image_tar, docker_save
 from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, download_model,
                           download_toolchain, list_source_files, locate_toolchain)
-from bundle.install import STATE_NAME, offline_pip_env
-from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest
+from bundle import wheel_lock
+from bundle.install import STATE_NAME
+from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest, write_atomic
 from bundle.program import PROJECT_MARKER, program_files
 from bundle.progress import Progress, bars_wanted, human, plural
 from bundle.sync import HashCache, copy_with_sha256, link_or_copy, remove_partials
@@ -72,7 +71,7 @@ class BuildOptions:
     pulumi_dir: Optional[Path] = None
     pulumi_url: str = PULUMI_RELEASES
     wheels_from: Optional[Path] = None
-    requirements: Optional[Path] = None  # default: the project's requirements.txt
+    requirements: Optional[Path] = None  # default: the project's requirements.lock
     python_version: Optional[str] = None
     platforms: list[str] = field(default_factory=list)
     cache_dir: Optional[Path] = None
@@ -193,53 +192,24 @@ class Builder:
         self._sync_tree(files, item.path, "model", item.model, report, link=model_dir.hub)
 
     def _wheel(self, item, report: ItemReport, _dirs) -> None:
-        requirements = self.opts.requirements or self.opts.project / "requirements.txt"
+        requirements = self.opts.requirements or wheel_lock.default_requirements(self.opts.project)
         if not requirements.is_file():
             raise SetupError(f"--requirements {requirements}: no such file")
+        args = wheel_lock.pip_args(self.opts.python_version, self.opts.platforms)
         if self.opts.wheels_from is not None:
             wheel_dir = self.opts.wheels_from
-            if not wheel_dir.is_dir():
-                raise SetupError(f"--wheels-from {wheel_dir}: no such directory")
-            self._check_wheels_complete(wheel_dir, requirements)
+            names = wheel_lock.resolve_offline(wheel_dir, requirements, args)
         else:
-            wheel_dir = self._pip_download(requirements)
-        files = [(name, wheel_dir / name) for name in sorted(os.listdir(wheel_dir))
-                 if name.endswith((".whl", ".tar.gz", ".zip")) and (wheel_dir / name).is_file()]
-        self._sync_tree(files, item.path, "wheel", None, report, link=wheel_dir.is_relative_to(self.cache_dir))
-        self._sync_file(requirements, item.path + "requirements.txt", "wheel", None, report)
-
-    def _pip_args(self) -> list[str]:
-        args = ["--disable-pip-version-check", "--only-binary=:all:"]
-        if self.opts.python_version:
-            args += ["--python-version", self.opts.python_version]
-        for tag in self.opts.platforms:
-            args += ["--platform", tag]
-        return args
-
-    def _pip_download(self, requirements: Path) -> Path:
-        key = hashlib.sha256(json.dumps([requirements.read_text(), self._pip_args()]).encode()).hexdigest()[:16]
-        dest = self.cache_dir / "wheels" / key
-        dest.mkdir(parents=True, exist_ok=True)
-        self._say(f"build: pip download -r {requirements} (into {dest})")
-        cmd = [sys.executable, "-m", "pip", "download", *self._pip_args(), "-r", str(requirements), "-d", str(dest)]
-        if self.opts.quiet:
-            cmd.append("-q")
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE if self.opts.quiet else None, stderr=subprocess.PIPE,
-                              text=True)
-        if proc.returncode != 0:
-            raise FetchError(f"pip download failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        return dest
-
-    def _check_wheels_complete(self, wheel_dir: Path, requirements: Path) -> None:
-        """Resolve requirements.txt against the given wheels alone, as the offline install will."""
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-index", "--find-links", str(wheel_dir),
-                   *self._pip_args(), "-r", str(requirements), "-d", tmp]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=offline_pip_env())
-        if proc.returncode != 0:
-            raise SetupError(f"--wheels-from {wheel_dir} cannot satisfy {requirements} without an index: "
-                             f"{proc.stderr.strip()[-1500:]}\nadd the missing wheels (pip download -r "
-                             f"{requirements} -d {wheel_dir}) or drop --wheels-from")
+            wheel_dir, names = wheel_lock.download(requirements, self.cache_dir, args, self.opts.quiet, self._say)
+        wheels = wheel_lock.locked_wheels(wheel_dir, names)
+        self._sync_tree([(name, wheel_dir / name) for name in names], item.path, "wheel", None, report,
+                        link=wheel_dir.is_relative_to(self.cache_dir))
+        text = wheel_lock.carried_requirements(wheels, requirements).encode()
+        carried = self.cache_dir / "wheels" / f"requirements-{hashlib.sha256(text).hexdigest()[:12]}.txt"
+        if not carried.is_file() or carried.read_bytes() != text:  # a rewrite would look like a change
+            carried.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(carried, text)
+        self._sync_file(carried, item.path + "requirements.txt", "wheel", None, report)
 
     def _pulumi(self, item, report: ItemReport, _dirs) -> None:
         from bundle.contents import PULUMI_PLUGINS
@@ -370,7 +340,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"release mirror used without --pulumi-dir (default {PULUMI_RELEASES})")
     parser.add_argument("--wheels-from", type=Path, metavar="DIR", help="pre-downloaded wheels instead of pip download")
     parser.add_argument("--requirements", type=Path, metavar="FILE",
-                        help="default: the project's requirements.txt")
+                        help="default: the project's requirements.lock (requirements.txt where there is no lock)")
     parser.add_argument("--python-version", metavar="X.Y", help="the offline server's Python, when not this one's")
     parser.add_argument("--platform", action="append", default=[], metavar="TAG",
                         help="wheel platform of the offline server (pip's --platform, repeatable), "

@@ -13,8 +13,9 @@ Runs with the system python3 (standard library only), from the project checkout 
               bundle does not list are never touched; a file an earlier install put there that
               the bundle no longer lists is removed. An empty, private .state/ (the file
               backend Pulumi.yaml names) is created when the project has none.
-  venv        `python3 -m venv VENV` (default: PROJECT/venv), then `pip install --no-index --find-links DIR/wheels -r
-              DIR/wheels/requirements.txt`: no package index is contacted. Skipped when the venv
+  venv        `python3 -m venv VENV` (default: PROJECT/venv), then `pip install --no-index
+              --require-hashes --find-links DIR/wheels -r DIR/wheels/requirements.txt`: no
+              package index is contacted, and pip checks each wheel's sha256. Skipped when the venv
               was already installed from these exact wheels (a stamp file in the venv).
   Pulumi      DIR/pulumi/bin/* -> PULUMI_HOME/bin, DIR/pulumi/plugins/* -> PULUMI_HOME/plugins.
   models      every model directory of the bundle -> the host model directory (--models-dir,

@@ -47,6 +47,13 @@ def check_venv_python(manifest: StackManifest, venv: Path, python: str) -> None:
                                                         f"--python-version {version}")])
 
 
+def _hash_hint(pip_stderr: str) -> str:
+    if "Hashes are required" in pip_stderr or "--hash" in pip_stderr:
+        return ("\nthe bundle's wheels/requirements.txt must pin every file with its sha256: a bundle built "
+                "before the wheels were locked; rebuild it with this version's `bundle build`")
+    return ""
+
+
 def install_venv(bundle: Path, manifest: StackManifest, venv: Path, python: str, quiet: bool) -> StepResult:
     result = StepResult("venv")
     wheels = manifest.role("wheel")
@@ -70,7 +77,7 @@ def install_venv(bundle: Path, manifest: StackManifest, venv: Path, python: str,
         if proc.returncode != 0:
             raise InstallError("venv", [Problem(str(venv), f"`{python} -m venv` failed: {proc.stderr.strip()} "
                                                            "(Debian/Ubuntu: apt install python3-venv)")])
-    cmd = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "--no-index",
+    cmd = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--require-hashes",
            "--find-links", str(bundle / "wheels"), "-r", str(requirements)]
     if quiet:
         cmd.append("-q")
@@ -78,7 +85,7 @@ def install_venv(bundle: Path, manifest: StackManifest, venv: Path, python: str,
                           env=offline_pip_env())
     if proc.returncode != 0:
         raise InstallError("venv", [Problem(str(venv), "pip install from the bundled wheels failed: "
-                                                       f"{proc.stderr.strip()[-2000:]}")])
+                                                       f"{proc.stderr.strip()[-2000:]}{_hash_hint(proc.stderr)}")])
     write_atomic(stamp, (want + "\n").encode())  # temp file + rename: never half a stamp
     result.copied = len(wheels) - 1
     result.copied_bytes = sum(e.size for e in wheels)

@@ -17,9 +17,9 @@ want_tests=0
 PYTHON=${PYTHON:-python3}
 cache=${XINFERENCE_OFFLINE_CACHE:-$HOME/.cache/xinference-offline}
 
-requirements=requirements.txt
+requirements=requirements-build.txt  # the site's requirements.txt plus the online tools (tqdm)
 [ "$want_tests" = 1 ] && requirements=requirements-test.txt
-digest=$({ "$PYTHON" --version 2>&1; cat requirements.txt "$requirements"; } | sha256sum | cut -d' ' -f1)
+digest=$({ "$PYTHON" --version 2>&1; cat requirements.txt requirements-build.txt "$requirements"; } | sha256sum | cut -d' ' -f1)
 stamp_name=".installed-$(basename "$requirements" .txt)"
 
 install_into() {  # install_into VENV: the pinned requirements, stamped with their digest
