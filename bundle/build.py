@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, TextIO
 
 from bundle.docker_image import check_image_tar, docker_save
-from bundle.fetch import (HUB_BOOKKEEPING, PULUMI_RELEASES, FetchError, SetupError, download_model,
-                          download_toolchain, list_source_files, locate_toolchain)
+from bundle.fetch import HUB_BOOKKEEPING, FetchError, SetupError, download_model, list_source_files
+from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain
 from bundle import wheel_lock
 from bundle.install import STATE_NAME
 from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest, write_atomic
@@ -70,6 +70,7 @@ class BuildOptions:
     image_tar: Optional[Path] = None
     pulumi_dir: Optional[Path] = None
     pulumi_url: str = PULUMI_RELEASES
+    pulumi_checksums: Optional[Path] = None  # sha256sum lines for the release archives
     wheels_from: Optional[Path] = None
     requirements: Optional[Path] = None  # default: the project's requirements.lock
     python_version: Optional[str] = None
@@ -218,7 +219,8 @@ class Builder:
             toolchain = locate_toolchain(self.opts.pulumi_dir)
         else:
             self._say(f"build: downloading the Pulumi CLI and plugins from {self.opts.pulumi_url}")
-            toolchain = download_toolchain(self.cache_dir, self.opts.pulumi_url, self.opts.hub_offline)
+            toolchain = download_toolchain(self.cache_dir, self.opts.pulumi_url, self.opts.hub_offline,
+                                           checksums_file=self.opts.pulumi_checksums)
         binaries = [(name, toolchain.bin_dir / name) for name in sorted(os.listdir(toolchain.bin_dir))
                     if name.startswith("pulumi") and (toolchain.bin_dir / name).is_file()]
         plugins = []
@@ -338,6 +340,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="built Pulumi CLI + plugins (the bin dir tools/pulumi-toolchain.sh prints)")
     parser.add_argument("--pulumi-url", default=PULUMI_RELEASES, metavar="URL",
                         help=f"release mirror used without --pulumi-dir (default {PULUMI_RELEASES})")
+    parser.add_argument("--pulumi-checksums", type=Path, metavar="FILE",
+                        help="sha256sum lines for the release archives (default: the release's published "
+                             "checksums files)")
     parser.add_argument("--wheels-from", type=Path, metavar="DIR", help="pre-downloaded wheels instead of pip download")
     parser.add_argument("--requirements", type=Path, metavar="FILE",
                         help="default: the project's requirements.lock (requirements.txt where there is no lock)")
@@ -377,7 +382,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if failed:
         return 2
     options = BuildOptions(out=args.out, project=args.project.absolute(), image_tar=args.image_tar,
-                           pulumi_dir=args.pulumi_dir, pulumi_url=args.pulumi_url, wheels_from=args.wheels_from,
+                           pulumi_dir=args.pulumi_dir, pulumi_url=args.pulumi_url,
+                           pulumi_checksums=args.pulumi_checksums, wheels_from=args.wheels_from,
                            requirements=args.requirements, python_version=args.python_version,
                            platforms=args.platform, cache_dir=args.cache_dir, hub_offline=args.hub_offline,
                            full=args.full, quiet=args.quiet)

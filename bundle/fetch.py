@@ -1,4 +1,4 @@
-"""Where `build` gets things on the online machine: hub models, local directories, the Pulumi CLI.
+"""Where `build` gets models on the online machine: the hubs or local directories.
 
 - ModelScope and Hugging Face: their own Python libraries (`modelscope.snapshot_download`,
   `huggingface_hub.snapshot_download`) at the pinned revision, into a download cache outside
@@ -7,23 +7,13 @@
   `pip install huggingface_hub`). Their bookkeeping files (`.cache/`, `.msc`, `.mv`, ...)
   stay out of the bundle. Mirrors: the libraries' own settings (HF_ENDPOINT, MODELSCOPE_DOMAIN).
 - local: a directory on this machine, copied as it is (symlinks followed).
-- The Pulumi CLI and plugins: the release archives of get.pulumi.com (or a mirror, any URL
-  urllib opens, file:// included) at the versions of the pinned Python packages, when no
-  `--pulumi-dir` with a built toolchain is given.
+- The Pulumi CLI and plugins: bundle/pulumi_release.py.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import os
-import platform
 import re
-import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -33,7 +23,6 @@ from bundle.manifest import BundleError
 # Top-level names the hub libraries write into a download directory for themselves.
 HUB_BOOKKEEPING = frozenset({".cache", "._____temp", ".msc", ".mdl", ".mv", ".lock"})
 HUB_PACKAGES = {"modelscope": "modelscope", "huggingface": "huggingface_hub"}
-PULUMI_RELEASES = "https://get.pulumi.com/releases"
 
 
 class FetchError(BundleError):
@@ -138,107 +127,3 @@ def list_source_files(root: Path, skip_top: frozenset[str] = frozenset()) -> Ite
         raise FetchError(f"{root}: cannot read {', '.join(broken[:5])}" + (" ..." if len(broken) > 5 else "")
                          + " (broken links or special files)")
     return iter(results)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pulumi CLI and plugins
-
-
-@dataclass(frozen=True)
-class PulumiToolchain:
-    """Where the CLI (and language host, maybe plugins) and the PULUMI_HOME-style plugins are."""
-
-    bin_dir: Path
-    plugins_dir: Optional[Path]
-
-
-def locate_toolchain(directory: Path) -> PulumiToolchain:
-    """``--pulumi-dir``: a bin dir holding `pulumi`, or a dir with bin/ (and maybe plugins/)."""
-    directory = directory.expanduser()
-    if (directory / "pulumi").is_file():
-        bin_dir = directory
-    elif (directory / "bin" / "pulumi").is_file():
-        bin_dir = directory / "bin"
-    else:
-        raise SetupError(f"--pulumi-dir {directory}: no `pulumi` executable there or in its bin/ "
-                         "(tools/pulumi-toolchain.sh prints the bin directory it built)")
-    # tools/pulumi-toolchain.sh keeps plugins in <cache>/home/plugins (its PULUMI_HOME)
-    for plugins in (bin_dir.parent / "plugins", bin_dir.parent / "home" / "plugins", directory / "plugins"):
-        if plugins.is_dir():
-            return PulumiToolchain(bin_dir, plugins)
-    return PulumiToolchain(bin_dir, None)
-
-
-def pulumi_versions() -> dict[str, str]:
-    """{"cli": SDK version, "<plugin>": provider version} from the installed Python packages."""
-    versions = {"cli": importlib.metadata.version("pulumi")}
-    for name in ("docker", "command"):
-        try:
-            versions[name] = importlib.metadata.version(f"pulumi-{name}")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def release_urls(versions: dict[str, str], base: str = PULUMI_RELEASES,
-                 machine: Optional[str] = None) -> dict[str, str]:
-    """{"cli" | plugin name: URL of its linux release archive}."""
-    machine = (machine or platform.machine()).lower()
-    arm = machine in ("aarch64", "arm64")
-    cli_arch, plugin_arch = ("arm64", "arm64") if arm else ("x64", "amd64")
-    urls = {"cli": f"{base}/sdk/pulumi-v{versions['cli']}-linux-{cli_arch}.tar.gz"}
-    for name, version in versions.items():
-        if name != "cli":
-            urls[name] = f"{base}/plugins/pulumi-resource-{name}-v{version}-linux-{plugin_arch}.tar.gz"
-    return urls
-
-
-def download_toolchain(cache_root: Path, base: str = PULUMI_RELEASES, offline: bool = False,
-                       machine: Optional[str] = None) -> PulumiToolchain:
-    """The CLI into <cache>/pulumi/<key>/bin, plugins into .../plugins/resource-<name>-v<ver>/ (cached)."""
-    versions = pulumi_versions()
-    urls = release_urls(versions, base, machine)
-    key = _safe("-".join(f"{k}{v}" for k, v in sorted(versions.items())) + "-" + (machine or platform.machine()))
-    root = cache_root / "pulumi" / key
-    done = root / "complete.json"
-    if not done.is_file():
-        if offline:
-            raise FetchError(f"the Pulumi CLI {versions['cli']} is not in the download cache and --hub-offline "
-                             "forbids downloading it; pass --pulumi-dir")
-        shutil.rmtree(root, ignore_errors=True)
-        for name, url in urls.items():
-            dest = root / "bin" if name == "cli" else root / "plugins" / f"resource-{name}-v{versions[name]}"
-            _download_and_extract(url, dest, cache_root)
-        done.write_text(json.dumps(urls, indent=2) + "\n")
-    return PulumiToolchain(root / "bin", root / "plugins")
-
-
-def _download_and_extract(url: str, dest: Path, cache_root: Path) -> None:
-    cache_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_root, prefix=".download-", suffix=".tar.gz") as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - https or a given mirror
-                shutil.copyfileobj(response, tmp, 1024 * 1024)
-        except (urllib.error.URLError, OSError) as exc:
-            raise FetchError(f"cannot download {url} ({exc}); pass --pulumi-dir with a built toolchain "
-                             "(tools/pulumi-toolchain.sh) or --pulumi-url with a reachable mirror") from exc
-        tmp.flush()
-        dest.mkdir(parents=True, exist_ok=True)
-        try:
-            with tarfile.open(tmp.name, "r:*") as tar:
-                for member in tar:
-                    # Release archives hold pulumi/<binary> (CLI) or <binary> (plugins): take the regular
-                    # files, flattened, by their base name only (nothing can land outside dest).
-                    if not member.isreg():
-                        continue
-                    name = os.path.basename(member.name)
-                    if not name or name.startswith("."):
-                        continue
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    target = dest / name
-                    with open(target, "wb") as handle:
-                        shutil.copyfileobj(source, handle, 1024 * 1024)
-                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-        except (tarfile.TarError, EOFError) as exc:
-            raise FetchError(f"{url}: not a readable release archive ({exc})") from exc

@@ -82,6 +82,31 @@ def make_pulumi_dir(root: Path, plugins: tuple[str, ...] = ("docker", "command")
     return bin_dir
 
 
+def make_mirror(root: Path, machine: Optional[str] = None) -> Path:
+    """A release mirror in get.pulumi.com's layout (small stand-in archives of the pinned
+    versions), with the checksums files the releases publish (sdk/ and plugins/, sha256sum format)."""
+    from bundle.pulumi_release import checksum_urls, pulumi_versions, release_urls
+
+    base = f"file://{root}"
+    versions = pulumi_versions()
+    sums: dict[Path, list[str]] = {}
+    for name, url in release_urls(versions, base, machine).items():
+        archive = Path(url[len("file://"):])
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        binaries = ["pulumi", "pulumi-language-python"] if name == "cli" else [f"pulumi-resource-{name}"]
+        with tarfile.open(archive, "w:gz") as tar:
+            for binary in binaries + ["LICENSE"]:
+                data = f"#!/bin/sh\necho {binary}\n".encode()
+                info = tarfile.TarInfo(f"pulumi/{binary}" if name == "cli" else binary)
+                info.size, info.mode = len(data), 0o755 if binary != "LICENSE" else 0o644
+                tar.addfile(info, io.BytesIO(data))
+        sums_path = Path(checksum_urls(versions, base)[name][len("file://"):])
+        sums.setdefault(sums_path, []).append(f"{hashlib.sha256(archive.read_bytes()).hexdigest()}  {archive.name}")
+    for path, lines in sums.items():
+        path.write_text("\n".join(lines) + "\n")
+    return root
+
+
 PROJECT_FILES = {
     "Pulumi.yaml": b"name: xinference-offline\nruntime:\n  name: python\n  options:\n    virtualenv: venv\n",
     "__main__.py": b"print('the Pulumi program')\n",

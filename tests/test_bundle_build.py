@@ -3,23 +3,22 @@ and the real ModelScope / Hugging Face / Pulumi download code run against local 
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bundle.contents import bundle_items
-from bundle.fetch import Source, hub_cache_dir, pulumi_versions, release_urls
+from bundle.fetch import Source, hub_cache_dir
 from bundle.manifest import MANIFEST_NAME, load_manifest
+from bundle.pulumi_release import pulumi_versions
 from components.config_source import from_stack_file
-from tests.bundle_kit import (IMAGE, build_args, cli, make_image_tar, make_pulumi_dir, make_site, make_wheel, run_cli,
+from tests.bundle_kit import (IMAGE, build_args, cli, make_image_tar, make_mirror, make_pulumi_dir, make_site, make_wheel, run_cli,
                               write_stack)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,18 +335,7 @@ def test_a_real_modelscope_download(site):  # pragma: no cover - needs the netwo
 
 
 def test_without_pulumi_dir_the_release_archives_are_downloaded_from_the_mirror(site):
-    mirror = site.root / "mirror"
-    urls = release_urls(pulumi_versions(), f"file://{mirror}")
-    for name, url in urls.items():
-        archive = Path(url[len("file://"):])
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        binaries = ["pulumi", "pulumi-language-python"] if name == "cli" else [f"pulumi-resource-{name}"]
-        with tarfile.open(archive, "w:gz") as tar:
-            for binary in binaries + ["LICENSE"]:
-                data = f"#!/bin/sh\necho {binary}\n".encode()
-                info = tarfile.TarInfo(f"pulumi/{binary}" if name == "cli" else binary)
-                info.size, info.mode = len(data), 0o755 if binary != "LICENSE" else 0o644
-                tar.addfile(info, io.BytesIO(data))
+    mirror = make_mirror(site.root / "mirror")
     args = build_args(site, "--pulumi-url", f"file://{mirror}")
     i = args.index("--pulumi-dir")
     del args[i:i + 2]
