@@ -362,7 +362,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     try:
         from bundle.site import StackSource
-        from components.config_source import from_stack_file
+        from bundle.contents import carried_stack
         from components.errors import ConfigError
     except ImportError as exc:
         print(f"error: build needs the project's dependencies ({exc}): bash tools/setup.sh, then "
@@ -375,7 +375,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     for name in dict.fromkeys(args.stack):  # each once, in the order given
         stack_path = args.stacks_dir / f"Pulumi.{name}.yaml"
         try:
-            stacks.append(StackSource(name, from_stack_file(stack_path), stack_path))
+            stacks.append(StackSource(name, carried_stack(stack_path), stack_path))
         except ConfigError as exc:
             print(exc.report(), file=sys.stderr)
             failed = True

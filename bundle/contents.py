@@ -11,6 +11,9 @@ from typing import Optional
 
 from bundle.program import PROGRAM_DIR
 from components.config import ModelSource, StackConfig
+from components.config_source import from_stack_file
+from components.errors import ConfigError, Problem
+from components.launch import models_dir_of
 
 IMAGE_DIR = "images"
 MODELS_DIR = "models"
@@ -41,6 +44,35 @@ def model_bundle_dir(path: str) -> str:
     return posixpath.join(MODELS_DIR, path.strip("/").split("/")[-1] if path.startswith("/") else path) + "/"
 
 
+def carry_problems(cfg: StackConfig) -> list[Problem]:
+    """What the stack allows but a bundle cannot carry. `install` writes models only under the
+    models directory (it is the one target it is given), so a model an existing server reads
+    from an absolute path elsewhere could be deployed, but never installed from a bundle."""
+    problems = []
+    for i, model in enumerate(cfg.models):
+        if not model.enabled:
+            continue
+        models_dir = models_dir_of(cfg, model).rstrip("/") + "/"
+        dirs = [(f"models[{i}].path", model.path)]
+        dirs += [(f"models[{i}].companions[{j}].path", c.path) for j, c in enumerate(model.companions)]
+        for at, path in dirs:
+            if path and path.startswith("/") and not (posixpath.normpath(path) + "/").startswith(models_dir):
+                problems.append(Problem(at, path, f"is outside models_dir {models_dir.rstrip('/')}, where "
+                                                  "`bundle install` puts every model it carries",
+                                        f"move the model under {models_dir.rstrip('/')} and write its path relative "
+                                        "to it, or set enabled: false to leave it out of the bundle"))
+    return problems
+
+
+def carried_stack(path) -> StackConfig:
+    """The stack file read for a bundle: the config's own checks, then carry_problems (ConfigError)."""
+    cfg = from_stack_file(path)
+    problems = carry_problems(cfg)
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    return cfg
+
+
 def bundle_items(cfg: StackConfig, stack: str) -> list[BundleItem]:
     items: list[BundleItem] = []
     if cfg.mode != "existing" and cfg.image is not None:
@@ -56,7 +88,7 @@ def bundle_items(cfg: StackConfig, stack: str) -> list[BundleItem]:
             items.append(BundleItem("model", model_bundle_dir(companion.path),
                                     f"companion of {model.uid}: {companion.path}", model=model.uid,
                                     source=companion.source))
-    items.append(BundleItem("wheel", WHEELS_DIR + "/", "Python wheels of requirements.txt (offline install)"))
+    items.append(BundleItem("wheel", WHEELS_DIR + "/", "Python wheels of requirements.lock, hash-pinned (offline install)"))
     items.append(BundleItem("pulumi", PULUMI_DIR + "/", "Pulumi CLI, python language host, plugins "
                             + ", ".join(PULUMI_PLUGINS)))
     items.append(BundleItem("program", PROGRAM_DIR + "/",

@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from bundle.contents import bundle_items
+from bundle.contents import bundle_items, carried_stack
 from bundle.manifest import BundleError, StackManifest, load_manifest
 from components.config import StackConfig
-from components.config_source import from_stack_file, stack_name_of
+from components.config_source import stack_name_of
 from components.errors import ConfigError
 from components.launch import container_env, endpoint_url, launch_specs
 from components.placement import docker_gpu_request
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_USAGE
     stack, path = stack_file(args)
     try:
-        cfg = from_stack_file(path)
+        cfg = carried_stack(path)
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_USAGE

@@ -86,3 +86,33 @@ def test_plan_warns_when_a_stack_file_beside_it_takes_the_same_remote_gpu(tmp_pa
     assert code == 0 and "Stack node-b" in text
     assert err.count("warning: 10.0.0.7: GPU") == 2 and "taken by stacks node-b, node-a" in err
     assert "container" not in err and "port" not in err
+
+
+def existing_stack_with_a_model_at(tmp_path: Path, path: str) -> Path:
+    source = tmp_path / "src"
+    source.mkdir(exist_ok=True)
+    (source / "config.json").write_text("{}")
+    stack = tmp_path / "Pulumi.ex.yaml"
+    stack.write_text(yaml.safe_dump({"config": namespaced({
+        "mode": "existing", "endpoint": "http://127.0.0.1:9997", "models_dir": "/data/models",
+        "models": [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "path": path,
+                    "source": {"hub": "local", "path": str(source)}}]})}))
+    return stack
+
+
+def test_a_model_outside_models_dir_of_an_existing_server_is_refused_for_a_bundle(tmp_path, capsys):
+    """An existing server may read /opt/other/emb, but `install` writes only under models_dir:
+    refused at plan (and at build, before anything is fetched), not at the manifest's last write."""
+    stack = existing_stack_with_a_model_at(tmp_path, "/opt/other/emb")
+    code, text = run_plan("--config", str(stack))
+    err = capsys.readouterr().err
+    assert code == 2 and text == ""
+    assert ("models[0].path = '/opt/other/emb': is outside models_dir /data/models, where `bundle install` puts "
+            "every model it carries; fix: move the model under /data/models") in err
+    out = tmp_path / "out"
+    code = main(["build", "--stack", "ex", "--stacks-dir", str(tmp_path), "--out", str(out), "--quiet"],
+                out=io.StringIO())
+    assert code == 2 and "models[0].path = '/opt/other/emb': is outside models_dir" in capsys.readouterr().err
+    assert not out.exists()
+    # under models_dir, written absolute, it is the same model and plans
+    assert run_plan("--config", str(existing_stack_with_a_model_at(tmp_path, "/data/models/emb")))[0] == 0
