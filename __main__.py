@@ -4,16 +4,46 @@ Thin on purpose: read and validate the stack config once, build one XinferenceDe
 export what an operator looks at after `pulumi up`.
 """
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pulumi
+from pulumi.runtime import config as runtime_config
 
 from bundle.manifest import BundleError, load_manifest
 from bundle.site import sibling_clashes
 from components import preflight
-from components.config_source import from_pulumi
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
-from components.errors import ConfigError
+from spec.config import StackConfig
+from spec.errors import ConfigError
+from spec.load import load_stack_config
+from spec.source import endpoint_ca_problems
+
+
+def _decode(value: Any) -> Any:
+    # Pulumi hands structured config to the program as JSON text; plain strings stay strings
+    # (an API key of digits must not turn into a number).
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def from_pulumi() -> StackConfig:
+    """Read this program's config (all keys, secrets included) from the Pulumi runtime."""
+    raw: dict[str, Any] = dict(runtime_config.get_config_env())
+    raw.update(runtime_config.CONFIG.get())
+    secret_keys = set(runtime_config.get_config_secret_keys_env() or ())
+    secret_keys |= {k for k in raw if runtime_config.is_config_secret(k)}
+    cfg = load_stack_config({k: _decode(v) for k, v in raw.items()}, secret_keys=secret_keys)
+    problems = endpoint_ca_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
 
 try:
     config = from_pulumi()

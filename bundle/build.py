@@ -363,7 +363,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     try:
         from bundle.site import StackSource
         from bundle.contents import carried_stack
-        from components.errors import ConfigError
+        from spec.errors import ConfigError
     except ImportError as exc:
         print(f"error: build needs the project's dependencies ({exc}): bash tools/setup.sh, then "
               "venv/bin/python -m bundle build ...", file=sys.stderr)

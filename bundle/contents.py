@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from bundle.program import PROGRAM_DIR
-from components.config import ModelSource, StackConfig
-from components.config_source import from_stack_file
-from components.errors import ConfigError, Problem
-from components.launch import models_dir_of
+from spec.config import ModelSource, StackConfig
+from spec.source import from_stack_file
+from spec.errors import ConfigError, Problem
+from spec.launch import models_dir_of
 
 IMAGE_DIR = "images"
 MODELS_DIR = "models"

@@ -23,12 +23,12 @@ from typing import Optional, Sequence, TextIO
 
 from bundle.contents import bundle_items, carried_stack
 from bundle.manifest import BundleError, StackManifest, load_manifest
-from components.config import StackConfig
-from components.config_source import stack_name_of
-from components.errors import ConfigError
-from components.launch import container_env, endpoint_url, launch_specs
-from components.placement import docker_gpu_request
-from components.rules import server_budgets
+from spec.config import StackConfig
+from spec.source import stack_name_of
+from spec.errors import ConfigError
+from spec.launch import container_env, endpoint_url, launch_specs
+from spec.placement import docker_gpu_request
+from spec.rules import server_budgets
 
 EXIT_USAGE = 2
 

@@ -16,8 +16,9 @@ from typing import Iterator, Optional
 from bundle.contents import BundleItem, bundle_items, model_bundle_dir
 from bundle.fetch import SetupError, Source
 from bundle.manifest import StackEntry
-from components.config import StackConfig
-from components.launch import cluster_container_name, remote_docker_hostname
+from spec.config import StackConfig
+from spec.docker_host import remote_docker_hostname
+from spec.launch import cluster_container_name
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def stack_entry(stack: StackSource, items: list[BundleItem]) -> StackEntry:
 
 def model_sources(stacks: list[StackSource]) -> dict[str, ModelDir]:
     """{bundle dir: ModelDir} of every stack's enabled models and their companions."""
-    from components.launch import models_dir_of
+    from spec.launch import models_dir_of
 
     dirs: dict[str, ModelDir] = {}
     first_stack: dict[str, str] = {}
@@ -170,8 +171,8 @@ def sibling_clashes(stack: str, cfg: StackConfig, stacks_dir: Path) -> list[Clas
     keeps their stack files side by side. A sibling file that does not validate is skipped
     (its own preview reports it).
     """
-    from components.config_source import from_stack_file, stack_name_of
-    from components.errors import ConfigError
+    from spec.source import from_stack_file, stack_name_of
+    from spec.errors import ConfigError
 
     if next(_claims(cfg), None) is None:  # nothing on a remote host: no sibling file to read
         return []

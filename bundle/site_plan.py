@@ -16,10 +16,10 @@ from bundle.manifest import BundleError, load_manifest
 from bundle.plan import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_plan
 from bundle.progress import plural
 from bundle.site import StackSource, site_clashes
-from components.config import StackConfig
-from components.config_source import from_stack_file
-from components.errors import ConfigError
-from components.launch import endpoint_url
+from spec.config import StackConfig
+from spec.source import from_stack_file
+from spec.errors import ConfigError
+from spec.launch import endpoint_url
 
 EXIT_FAILED = 1
 

@@ -8,9 +8,10 @@ from typing import Mapping, Optional, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components.config import CONTAINER_MODELS_DIR, CONTAINER_PORT, ContainerConfig
-from components.launch import container_command, healthcheck_command
-from components.placement import docker_device_requests
+from spec.config import ContainerConfig
+from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT
+from spec.launch import container_command, healthcheck_command
+from spec.placement import docker_device_requests
 
 
 @dataclass

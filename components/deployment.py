@@ -19,10 +19,11 @@ import pulumi_docker as docker
 
 from bundle.contents import model_bundle_dir
 from bundle.manifest import StackManifest
-from components.config import DockerHostConfig, StackConfig, is_local_docker
+from spec.config import DockerHostConfig, StackConfig
+from spec.docker_host import is_local_docker, is_ssh_docker
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
-from components.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
+from spec.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
                                healthcheck_command, launch_specs, model_dir_on_host)
 from components.model import XinferenceModel, XinferenceModelArgs
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
@@ -127,7 +128,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
     def _sync(self, prefix: str, host: DockerHostConfig, models: list, models_dir: str) -> list[pulumi.Resource]:
         """Copy + verify the bundle's model directories onto an ssh:// host (nothing for a local one)."""
         cfg, manifest = self._args.config, self._args.manifest
-        if not host.host.startswith("ssh://") or manifest is None or not cfg.bundle_dir:
+        if not is_ssh_docker(host.host) or manifest is None or not cfg.bundle_dir:
             return []
         targets = {}
         for model in models:

@@ -53,6 +53,8 @@ from components.xinference_client import (
     XinferenceHTTPError,
     XinferenceUnreachable,
 )
+from spec.xinference import CONFIG_NAMESPACE
+
 # The launch half (launch, wait, smoke test, cleanup); errors re-exported for callers of this module.
 from components.model_launch import (  # noqa: F401 - the errors are part of this module's API
     ConflictError,
@@ -64,11 +66,11 @@ from components.model_launch import (  # noqa: F401 - the errors are part of thi
 )
 # The pure half: inputs, validation, payloads, diff (components/model_props.py).
 from components.model_props import (
-    _AUTOSTART_PENDING,
+    AUTOSTART_PENDING,
     ARG_KEYS,
     OUTPUT_KEYS,
     XinferenceModelArgs,
-    _known,
+    is_known,
     autostart_entry,
     diff_props,
     normalize,
@@ -76,7 +78,6 @@ from components.model_props import (
     validate,
 )
 
-CONFIG_NAMESPACE = "xinference-offline"
 API_KEY_CONFIG = f"{CONFIG_NAMESPACE}:api_key"
 API_KEY_ENV = "XINFERENCE_API_KEY"
 # How Xinference 4.1 reports a worker it cannot reach, e.g. "[Errno 111] Connect call failed ('10.0.0.2', 30001)".
@@ -142,11 +143,11 @@ class XinferenceModelProvider(ResourceProvider):
         return self._credential
 
     def _client(self, endpoint: str, ca_bundle: Optional[str] = None) -> XinferenceClient:
-        if not endpoint or not _known(endpoint):
+        if not endpoint or not is_known(endpoint):
             raise XinferenceError("XinferenceModel has no endpoint in its state; run `pulumi up` to set one")
         return XinferenceClient(endpoint, self._get_credential(), connect_timeout=self.connect_timeout,
                                 read_timeout=self.read_timeout, retry_window=self.retry_window,
-                                ca_bundle=ca_bundle if isinstance(ca_bundle, str) and _known(ca_bundle) else None)
+                                ca_bundle=ca_bundle if isinstance(ca_bundle, str) and is_known(ca_bundle) else None)
 
     def _timing(self) -> LaunchTiming:
         return LaunchTiming(retry_window=self.retry_window, poll_interval=self.poll_interval,
@@ -272,7 +273,7 @@ class XinferenceModelProvider(ResourceProvider):
     def _container_gone(props: Mapping[str, Any]) -> bool:
         """Does the engine say the model's container no longer exists? (False when it cannot tell.)"""
         host, container = props.get("docker_host"), props.get("container_id")
-        if not (isinstance(host, str) and isinstance(container, str) and _known(host) and _known(container)):
+        if not (isinstance(host, str) and isinstance(container, str) and is_known(host) and is_known(container)):
             return False
         return container_exists(host, container) is False
 
@@ -309,7 +310,7 @@ def _autostart_pending(entry: Mapping[str, Any]) -> bool:
     status = state.get("status")
     if state.get("instance_status") in ("CREATING", "LOADING"):
         return True
-    return status in _AUTOSTART_PENDING or (status is None and not state.get("last_error"))
+    return status in AUTOSTART_PENDING or (status is None and not state.get("last_error"))
 
 
 class XinferenceModel(pulumi.dynamic.Resource, module="xinference", name="XinferenceModel"):

@@ -6,17 +6,16 @@ running model with the wanted one. components/model.py holds the provider that u
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import pulumi
 
-MODEL_TYPES = ("LLM", "embedding", "rerank", "audio", "image", "video", "flexible")
+from spec.xinference import MODEL_TYPES, MODEL_UID_FIX, endpoint_problem, model_uid_problem
+
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: a value not known at preview
 _SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc: a special value's signature key ...
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # ... and the signature of a secret
-_REPLICA_SUFFIX = re.compile(r"^.+-rep\d+$")
 
 
 @dataclass
@@ -79,13 +78,13 @@ _RESERVED_EXTRA = frozenset(LAUNCH_KEYS) | {"wait_ready"}
 AUTOSTART_PRIORITY = 100
 AUTOSTART_MAX_RETRIES = 3
 AUTOSTART_RETRY_INTERVAL_S = 30
-_AUTOSTART_PENDING = {"launching", "waiting_worker", "waiting_model"}
+AUTOSTART_PENDING = {"launching", "waiting_worker", "waiting_model"}
 
 
 # --- pure functions --------------------------------------------------------------------
 
 
-def _known(value: Any) -> bool:
+def is_known(value: Any) -> bool:
     """False for a value not known at preview: the wire sentinel, or the SDK's Unknown object
     (what `python -m pulumi.dynamic` hands check and diff for another resource's pending output)."""
     return not ((isinstance(value, str) and value == _UNKNOWN) or isinstance(value, pulumi.output.Unknown))
@@ -120,11 +119,11 @@ def normalize(props: Mapping[str, Any]) -> dict[str, Any]:
         if out.get(key) is None:
             out[key] = default
     for key in ("replica", "n_gpu", "model_size_in_billions", "gpu_idx", "extra"):
-        if out.get(key) is not None and _known(out[key]):
+        if out.get(key) is not None and is_known(out[key]):
             out[key] = _intify(out[key])
     if isinstance(out.get("launch_timeout"), int) and not isinstance(out["launch_timeout"], bool):
         out["launch_timeout"] = float(out["launch_timeout"])
-    if isinstance(out.get("endpoint"), str) and _known(out["endpoint"]):
+    if isinstance(out.get("endpoint"), str) and is_known(out["endpoint"]):
         out["endpoint"] = out["endpoint"].strip().rstrip("/")
     return out
 
@@ -137,7 +136,7 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
         problems.append((key, reason))
 
     def given(key: str) -> bool:
-        return props.get(key) is not None and _known(props.get(key))
+        return props.get(key) is not None and is_known(props.get(key))
 
     for key in ("endpoint", "model_uid", "model_name", "model_type"):
         if props.get(key) is None or (isinstance(props.get(key), str) and not props[key].strip()):
@@ -146,22 +145,19 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
         if given(key) and not isinstance(props[key], str):
             bad(key, f"{key} must be a string, got {type(props[key]).__name__}")
     if given("endpoint") and isinstance(props["endpoint"], str):
-        if not re.match(r"^https?://[^/\s:]+(:\d+)?/?$", props["endpoint"].strip()):
-            bad("endpoint", f"endpoint must look like http://host:port, got {props['endpoint']!r}")
+        problem = endpoint_problem(props["endpoint"].strip())
+        if problem:
+            bad("endpoint", f"endpoint {props['endpoint']!r}: {problem}; fix: write it like http://10.0.0.5:9997")
     if given("endpoint_ca_bundle") and isinstance(props["endpoint_ca_bundle"], str):
         ca_bundle, endpoint = props["endpoint_ca_bundle"], props.get("endpoint")
         if not ca_bundle.startswith("/"):
             bad("endpoint_ca_bundle", f"endpoint_ca_bundle must be an absolute path, got {ca_bundle!r}")
-        elif isinstance(endpoint, str) and _known(endpoint) and not endpoint.strip().startswith("https://"):
+        elif isinstance(endpoint, str) and is_known(endpoint) and not endpoint.strip().startswith("https://"):
             bad("endpoint_ca_bundle", f"endpoint_ca_bundle is only used for an https:// endpoint, got {endpoint!r}")
     if given("model_uid") and isinstance(props["model_uid"], str):
-        uid = props["model_uid"]
-        if len(uid.strip()) > 100:
-            bad("model_uid", "model_uid must be at most 100 characters")
-        elif _REPLICA_SUFFIX.match(uid.strip()):
-            bad("model_uid", "model_uid must not end with '-rep<number>' (Xinference reserves it for replicas)")
-        elif uid != uid.strip() or "/" in uid or any(c.isspace() for c in uid):
-            bad("model_uid", f"model_uid must not contain '/' or spaces, got {uid!r}")
+        problem = model_uid_problem(props["model_uid"])
+        if problem:
+            bad("model_uid", f"model_uid {props['model_uid']!r}: {problem}; fix: {MODEL_UID_FIX}")
     if given("model_type") and isinstance(props["model_type"], str) and props["model_type"] not in MODEL_TYPES:
         bad("model_type", f"model_type must be one of {', '.join(MODEL_TYPES)}; got {props['model_type']!r}")
     if given("model_type") and props["model_type"] == "LLM" and props.get("model_engine") is None:
@@ -177,7 +173,7 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
         if not isinstance(gpu_idx, (list, tuple)):
             bad("gpu_idx", f"gpu_idx must be a list of GPU indices, got {gpu_idx!r}")
         else:
-            items = [g for g in gpu_idx if _known(g)]
+            items = [g for g in gpu_idx if is_known(g)]
             wrong = [g for g in items if isinstance(g, bool) or not isinstance(g, (int, float)) or g != int(g) or g < 0]
             if wrong:
                 bad("gpu_idx", f"gpu_idx entries must be whole numbers >= 0, got {wrong!r}")
@@ -263,7 +259,7 @@ def diff_props(olds: Mapping[str, Any], news: Mapping[str, Any]) -> tuple[list[s
     A value unknown at preview counts as changed.
     """
     olds, news = normalize(olds), normalize(news)
-    changes = [k for k in ARG_KEYS if not _known(news.get(k)) or not _same(olds.get(k), news.get(k))]
+    changes = [k for k in ARG_KEYS if not is_known(news.get(k)) or not _same(olds.get(k), news.get(k))]
     replaces = [k for k in changes if k in REPLACE_KEYS]
     if olds.get("status") not in (None, "READY") and "status" not in changes:
         # Refresh saw it still coming back (autostart after a restart): an in-place update waits

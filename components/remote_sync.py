@@ -19,7 +19,7 @@ import pulumi
 import pulumi_command as command
 
 from bundle.manifest import FileEntry, StackManifest, files_digest
-from components.config import DockerHostConfig
+from spec.config import DockerHostConfig
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import pulumi
 import pulumi_command as command
 
 from bundle.manifest import StackManifest
-from components.config import ModelConfig, StackConfig
-from components.launch import model_dir_on_host
+from spec.config import ModelConfig, StackConfig
+from spec.launch import model_dir_on_host
 
 
 def directory_fingerprint(path: str) -> Optional[str]:

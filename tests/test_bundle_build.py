@@ -17,7 +17,7 @@ from bundle.contents import bundle_items
 from bundle.fetch import Source, hub_cache_dir
 from bundle.manifest import MANIFEST_NAME, load_manifest
 from bundle.pulumi_release import pulumi_versions
-from components.config_source import from_stack_file
+from spec.source import from_stack_file
 from tests.bundle_kit import (IMAGE, build_args, cli, make_image_tar, make_mirror, make_pulumi_dir, make_site, make_wheel, run_cli,
                               write_stack)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from components.config import load_stack_config
-from components.config_source import endpoint_ca_problems
-from components.errors import ConfigError
+from spec.load import load_stack_config
+from spec.source import endpoint_ca_problems
+from spec.errors import ConfigError
 from components.model_props import diff_props, validate
 from components.xinference_client import XinferenceClient, XinferenceTLSError, XinferenceUnreachable
 from tests.stack_configs import namespaced

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import load_stack_config
-from components.launch import container_env, endpoint_url, launch_specs, model_dir_on_server
-from components.placement import container_gpu_indices, docker_device_requests, docker_gpu_request, vram_budgets
+from spec.load import load_stack_config
+from spec.launch import container_env, endpoint_url, launch_specs, model_dir_on_server
+from spec.placement import container_gpu_indices, docker_device_requests, docker_gpu_request, vram_budgets
 from tests.stack_configs import docker_stack, namespaced, reference_models
 
 

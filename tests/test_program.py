@@ -17,7 +17,7 @@ import pytest
 
 from bundle.site import StackSource, site_clashes
 from components import preflight
-from components.config_source import from_stack_file, stack_name_of
+from spec.source import from_stack_file, stack_name_of
 from tests.stack_configs import NS, docker_stack, reference_models
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import difflib
 import posixpath
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from components.config import CONTAINER_MODELS_DIR, PROJECT, StackConfig, _ENV_NAME_RE, _UID_RE
-from components.errors import Problem
-from components.launch import models_dir_of
-from components.placement import GpuBudget, vram_budgets
+from spec.config import StackConfig
+from spec.xinference import (CONFIG_NAMESPACE, CONTAINER_MODELS_DIR, ENV_NAME_RE, MODEL_UID_FIX, endpoint_problem,
+                             model_uid_problem)
+from spec.errors import Problem
+from spec.launch import models_dir_of
+from spec.placement import GpuBudget, vram_budgets
 
 # Launch kwargs that have a first-class field; passing them through `extra` would fight it.
 _FIRST_CLASS_KWARGS = {
@@ -29,7 +30,6 @@ _FIRST_CLASS_KWARGS = {
 # offline they need a local VAD directory passed as extra.vad_model.
 _NEEDS_LOCAL_VAD = {"SenseVoiceSmall", "paraformer-zh", "paraformer-zh-long", "paraformer-zh-spk",
                     "paraformer-zh-hotword", "seaco-paraformer-zh", "Fun-ASR-Nano-2512", "Fun-ASR-MLT-Nano-2512"}
-_ENDPOINT_RE = re.compile(r"^https?://[^/\s:]+(:\d{1,5})?/?$")
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,9 @@ def _cluster(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 
 
 def _endpoint(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
-    if cfg.endpoint and not _ENDPOINT_RE.match(cfg.endpoint):
-        yield Problem("endpoint", cfg.endpoint, "not an http(s)://host:port URL", "write it like http://10.0.0.5:9997")
+    problem = endpoint_problem(cfg.endpoint) if cfg.endpoint else None
+    if problem:
+        yield Problem("endpoint", cfg.endpoint, problem, "write it like http://10.0.0.5:9997")
 
 
 def _gpus(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
@@ -136,7 +137,7 @@ def _paths(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
         yield Problem("container.data_dir", cfg.container.data_dir, "must be an absolute host path",
                       "write e.g. /data/xinference-home")
     for name in cfg.container.env:
-        if not _ENV_NAME_RE.match(name):
+        if not ENV_NAME_RE.match(name):
             yield Problem(f"container.env.{name}", name, "not a valid environment variable name",
                           "use letters, digits and _ (not starting with a digit)")
 
@@ -144,9 +145,9 @@ def _paths(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 def _uids(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
     counts = Counter(m.uid for m in cfg.models)
     for i, model in enumerate(cfg.models):
-        if not _UID_RE.match(model.uid):
-            yield Problem(f"{ctx.model_path(i)}.uid", model.uid, "not a valid model uid",
-                          "use letters, digits, `.`, `_`, `-` (max 128, starting with a letter or digit)")
+        problem = model_uid_problem(model.uid)
+        if problem:
+            yield Problem(f"{ctx.model_path(i)}.uid", model.uid, problem, MODEL_UID_FIX)
         if counts[model.uid] > 1:
             yield Problem(f"{ctx.model_path(i)}.uid", model.uid, f"uid used by {counts[model.uid]} models",
                           "give each model its own uid (a uid can be launched once per server)")
@@ -242,10 +243,10 @@ def server_budgets(cfg: StackConfig) -> list[tuple[str, GpuBudget]]:
 def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
     if cfg.auth and not cfg.api_key:
         yield Problem("api_key", None, "auth is on but no API key is set",
-                      f"pulumi config set --secret {PROJECT}:api_key <key> (or set auth: false)")
+                      f"pulumi config set --secret {CONFIG_NAMESPACE}:api_key <key> (or set auth: false)")
     if cfg.api_key and "api_key" not in ctx.secret_keys:
         yield Problem("api_key", "<plain text>", "the API key is stored in plain text",
-                      f"pulumi config set --secret {PROJECT}:api_key <key>")
+                      f"pulumi config set --secret {CONFIG_NAMESPACE}:api_key <key>")
 
 
 _RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [

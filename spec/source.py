@@ -1,46 +1,22 @@
-"""Where stack config comes from: the running Pulumi program, or a stack file on disk (for `plan`).
+"""Stack files on disk (for `plan`, `build` and the site checks), and the endpoint's CA file.
 
-Both end in ``load_stack_config``, so `bundle plan` and `pulumi preview` accept and reject
-exactly the same configs. A stack file is read by components/stack_yaml.py, the one YAML
+The running program's config (read from the Pulumi runtime by __main__.py) and a stack file
+both end in ``spec.load.load_stack_config``, so `bundle plan` and `pulumi preview` accept and
+reject exactly the same configs. A stack file is read by spec/stack_yaml.py, the one YAML
 reader of stack files (UTF-8 only, Pulumi's YAML types, no duplicate keys, bounded aliases).
 """
 
 from __future__ import annotations
 
-import json
 import ssl
 from pathlib import Path
 from typing import Any, Mapping
 
-from components.config import StackConfig, load_stack_config
-from components.errors import ConfigError, Problem
-from components.stack_yaml import load_stack_yaml
-
-
-def _decode(value: Any) -> Any:
-    # Pulumi hands structured config to the program as JSON text; plain strings stay strings
-    # (an API key of digits must not turn into a number).
-    if isinstance(value, str) and value[:1] in ("{", "["):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def from_pulumi() -> StackConfig:
-    """Read this program's config (all keys, secrets included) from the Pulumi runtime."""
-    from pulumi.runtime import config as runtime_config
-
-    raw: dict[str, Any] = dict(runtime_config.get_config_env())
-    raw.update(runtime_config.CONFIG.get())
-    secret_keys = set(runtime_config.get_config_secret_keys_env() or ())
-    secret_keys |= {k for k in raw if runtime_config.is_config_secret(k)}
-    cfg = load_stack_config({k: _decode(v) for k, v in raw.items()}, secret_keys=secret_keys)
-    problems = endpoint_ca_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+from spec.config import StackConfig
+from spec.launch import endpoint_url
+from spec.load import load_stack_config
+from spec.errors import ConfigError, Problem
+from spec.stack_yaml import load_stack_yaml
 
 
 def endpoint_ca_problems(cfg: StackConfig) -> list[Problem]:
@@ -49,8 +25,6 @@ def endpoint_ca_problems(cfg: StackConfig) -> list[Problem]:
     Checked by the program (preview, up), where the provider will use the file, not by
     `bundle plan`/`build`, which may run on another machine than the one holding the CA.
     """
-    from components.launch import endpoint_url  # launch imports the config
-
     path = cfg.endpoint_ca_bundle
     if path is None:
         return []

@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import math
 import posixpath
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from components.errors import Problem
-
-if TYPE_CHECKING:
-    from components.config import ModelConfig, StackConfig
 
 WIRE_INT_LIMIT = 2 ** 53  # the largest integer a float64 (Pulumi's wire number) holds exactly
 
@@ -84,7 +80,7 @@ def _items_on_the_wire(value: list[int]) -> list[int]:
 
 
 # Each type is Annotated at the top (not Optional[Annotated[...]]), so that the field's type
-# stays `int`, `list[int]`, `str` for components/reference.py's README table.
+# stays `int`, `list[int]`, `str` for spec/reference.py's README table.
 WholeNumber = Annotated[int, BeforeValidator(_no_boolean), AfterValidator(_on_the_wire)]
 WholeNumbers = Annotated[list[int], BeforeValidator(_no_boolean_items), AfterValidator(_items_on_the_wire)]
 Number = Annotated[float, BeforeValidator(_finite)]
@@ -141,32 +137,3 @@ ModelDir = Annotated[str, AfterValidator(canonical_model_dir)]
 OptionalModelDir = Annotated[Optional[str], AfterValidator(canonical_model_dir)]
 HostDir = Annotated[str, AfterValidator(clean_dir)]  # models_dir: `/data/m/` and `/data//m` are `/data/m`
 OptionalHostDir = Annotated[Optional[str], AfterValidator(clean_dir)]
-
-
-def relative_model_dirs(cfg: "StackConfig", positions: list[int], problems: list[Problem]) -> list["ModelConfig"]:
-    """Absolute model directories under the model's models_dir, made relative to it: one spelling per directory.
-
-    (`/data/docker_models/a/emb` and `a/emb` would otherwise be two bundle directories.) One
-    outside models_dir stays absolute, for the rules to judge by mode.
-    """
-    from components.launch import models_dir_of  # launch imports the config, which imports this module
-
-    def relative(path: Optional[str], base: str, at: str) -> Optional[str]:
-        if path is None or not path.startswith("/") or not base.startswith("/") or ".." in base.split("/"):
-            return path
-        base = base.rstrip("/") or "/"
-        if path == base:
-            problems.append(Problem(at, path, "names models_dir itself, not a model's directory",
-                                    "write the model's directory under models_dir, e.g. bce-embedding-base_v1"))
-            return path
-        inside = base == "/" or path.startswith(base + "/")
-        return path[len(base):].lstrip("/") if inside else path
-
-    models = []
-    for model, index in zip(cfg.models, positions):
-        base = models_dir_of(cfg, model)
-        companions = [c.model_copy(update={"path": relative(c.path, base, f"models[{index}].companions[{j}].path")})
-                      for j, c in enumerate(model.companions)]
-        models.append(model.model_copy(update={"path": relative(model.path, base, f"models[{index}].path"),
-                                               "companions": companions}))
-    return models

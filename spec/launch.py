@@ -9,10 +9,11 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
-from urllib.parse import urlparse
 
-from components.config import CONTAINER_MODELS_DIR, CONTAINER_PORT, ModelConfig, StackConfig
-from components.placement import container_gpu_indices
+from spec.config import ModelConfig, StackConfig
+from spec.docker_host import remote_docker_hostname
+from spec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
+from spec.placement import container_gpu_indices
 
 # Offline defaults: no hub access, no per-model virtualenvs (they pip-install from an index),
 # CUDA numbering that agrees with nvidia-smi. The stack's container.env wins over these.
@@ -23,7 +24,7 @@ OFFLINE_ENV = {
     "XINFERENCE_MODEL_SRC": "modelscope",
     "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
     "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-    "XINFERENCE_HOME": "/root/.xinference",
+    "XINFERENCE_HOME": CONTAINER_HOME,
 }
 
 
@@ -71,12 +72,6 @@ def endpoint_url(cfg: StackConfig) -> str:
         supervisor = cfg.supervisor
         return f"http://{supervisor.address if supervisor else 'supervisor'}:{cfg.container.port}"
     return f"http://{remote_docker_hostname(cfg.docker.host) or '127.0.0.1'}:{cfg.container.port}"
-
-
-def remote_docker_hostname(address: str) -> Optional[str]:
-    """The machine an ``ssh://`` or ``tcp://`` docker host names (lower case); None for a local socket."""
-    parsed = urlparse(address)
-    return parsed.hostname if parsed.scheme in ("ssh", "tcp") and parsed.hostname else None
 
 
 def cluster_container_name(cfg: StackConfig, role: str) -> str:

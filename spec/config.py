@@ -2,34 +2,25 @@
 
 Everything an operator can write under ``config:`` in ``stacks/Pulumi.<stack>.yaml`` is
 declared here, strictly (``extra="forbid"``), with a description per field that also feeds
-the README's config reference. ``load_stack_config`` is the only entry point: it validates
-every section and every model separately, then runs the cross-field rules on whatever
-parsed, so an operator sees every problem of a config in one run, each with the key path,
-the bad value and the fix.
+the README's config reference. ``spec.load.load_stack_config`` is the only way in: it
+validates every section and every model separately, then runs the cross-field rules
+(spec/rules.py) on whatever parsed, so an operator sees every problem of a config in one
+run, each with the key path, the bad value and the fix.
 """
 
 from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address
-from typing import Any, Iterable, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
 from pydantic_core import PydanticCustomError
 
-from components.config_problems import _model_of  # noqa: F401 - components/reference.py imports it from here
-from components.config_problems import problems_from, unknown_key
-from components.config_values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir,
-                                      OptionalNumber, SizeInBillions, WholeNumber, WholeNumbers)
-from components.config_values import relative_model_dirs
-from components.errors import ConfigError, Problem
-
-PROJECT = "xinference-offline"
-CONTAINER_MODELS_DIR = "/root/.xinference/models"
-CONTAINER_PORT = 9997
-MODEL_TYPES = ("LLM", "embedding", "rerank", "audio", "image", "video", "flexible")
-_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+from spec.docker_host import LOCAL_DOCKER, SCHEMES
+from spec.values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir, OptionalNumber,
+                         SizeInBillions, WholeNumber, WholeNumbers)
+from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, MODEL_TYPES
 
 
 class _Strict(BaseModel):
@@ -43,14 +34,6 @@ class GpuConfig(_Strict):
     vram_gb: OptionalNumber = Field(
         default=None, gt=0, description="Memory of this GPU in GB; models' declared `vram_gb` must fit in it."
     )
-
-
-LOCAL_DOCKER = "unix:///var/run/docker.sock"  # this machine's engine
-
-
-def is_local_docker(address: str) -> bool:
-    """A ``unix://`` socket is an engine on this machine: its host paths are this machine's."""
-    return address.startswith("unix://")
 
 
 class DockerHostConfig(_Strict):
@@ -71,7 +54,7 @@ class DockerHostConfig(_Strict):
     @field_validator("host")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if not re.match(r"^(unix|ssh|tcp|npipe)://.+", value):
+        if not re.match(rf"^({'|'.join(SCHEMES)})://.+", value):
             raise ValueError("must start with unix://, ssh:// or tcp:// (e.g. ssh://ops@gpu-node-2)")
         return value
 
@@ -103,8 +86,8 @@ class ContainerConfig(_Strict):
     """The Xinference container (the docker-compose service of the reference job)."""
 
     name: str = Field(default="xinference", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Container name.")
-    port: WholeNumber = Field(default=9997, ge=1, le=65535,
-                              description="Host port published for Xinference's port 9997.")
+    port: WholeNumber = Field(default=CONTAINER_PORT, ge=1, le=65535,
+                              description=f"Host port published for Xinference's port {CONTAINER_PORT}.")
     bind_address: IPvAnyAddress = Field(
         default=IPv4Address("0.0.0.0"),
         description="Host address the port is published on (`127.0.0.1`: reachable from this machine only).",
@@ -157,7 +140,7 @@ class ModelConfig(_Strict):
 
     uid: str = Field(description="Model uid in Xinference (unique per server).")
     name: Optional[str] = Field(default=None, description="Xinference model_name; defaults to the uid.")
-    type: Literal["LLM", "embedding", "rerank", "audio", "image", "video", "flexible"] = Field(
+    type: Literal[MODEL_TYPES] = Field(
         description="Xinference model_type."
     )
     enabled: bool = Field(default=True, description="false keeps the entry but launches nothing (and terminates it).")
@@ -258,7 +241,7 @@ class StackConfig(_Strict):
     @field_validator("endpoint_ca_bundle")
     @classmethod
     def _ca_file_path(cls, value: Optional[str]) -> Optional[str]:
-        # Where the file is and what it holds is checked where it is used (config_source.from_pulumi).
+        # Where the file is and what it holds is checked where it is used (__main__.py, spec.source.endpoint_ca_problems).
         if value is not None and (not value.startswith("/") or any(ord(c) < 0x20 for c in value)):
             raise PydanticCustomError("ca_bundle_path", "must be the absolute path of a PEM file",
                                       {"fix": "write e.g. /etc/xinference/ca.pem"})
@@ -278,91 +261,3 @@ class StackConfig(_Strict):
     @property
     def supervisor(self) -> Optional[ServerConfig]:
         return next((s for s in self.servers if s.supervisor), None)
-
-
-def strip_namespace(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
-    """`xinference-offline:models` -> `models`; keys of other namespaces are not ours and are skipped."""
-    ours: dict[str, Any] = {}
-    problems: list[Problem] = []
-    for key, value in raw.items():
-        namespace, sep, name = key.partition(":")
-        if not sep:
-            problems.append(Problem(key, value, "config key without a namespace",
-                                    f"write it as `{PROJECT}:{key}`"))
-        elif namespace == PROJECT:
-            ours[name] = value
-    return ours, problems
-
-
-def load_stack_config(raw: Mapping[str, Any], *, namespaced: bool = True,
-                      secret_keys: Iterable[str] = (), source: str = "stack config") -> StackConfig:
-    """Validate a stack's config (``{"xinference-offline:models": [...], ...}``).
-
-    ``secret_keys``: keys Pulumi holds as secrets (values read from a stack file as
-    ``{secure: ...}`` count too). Raises ConfigError listing every problem; returns the
-    parsed config otherwise.
-    """
-    problems: list[Problem] = []
-    values = dict(raw)
-    if namespaced:
-        values, problems = strip_namespace(raw)
-    secrets = {k.partition(":")[2] if ":" in k else k for k in secret_keys}
-    secrets |= {k for k, v in values.items() if _is_ciphertext(v)}
-    values = {k: ("<secret>" if _is_ciphertext(v) else v) for k, v in values.items()}
-
-    fields = StackConfig.model_fields
-    parsed: dict[str, Any] = {}
-    positions: list[int] = []
-    for key, value in values.items():
-        if key not in fields:
-            problems.append(unknown_key(key, value, list(fields)))
-            continue
-        if key == "models":
-            parsed[key], positions = _parse_models(value, problems)
-            continue
-        try:
-            # Validate through StackConfig so the field's own validators run, one key at a time.
-            parsed[key] = getattr(StackConfig.model_validate({key: value}), key)
-        except ValidationError as exc:
-            problems.extend(problems_from(exc, "", StackConfig))
-
-    partial = StackConfig.model_construct(**_defaults_for_missing(parsed))
-    if parsed.get("models"):
-        parsed["models"] = relative_model_dirs(partial, positions, problems)
-        partial = StackConfig.model_construct(**_defaults_for_missing(parsed))
-    from components.rules import CheckContext, cross_check  # the cross-field rules live beside, not inside, the schema
-
-    problems.extend(cross_check(partial, CheckContext(set(parsed), set(values), positions, secrets)))
-    if problems:
-        raise ConfigError(problems, source)
-    return StackConfig.model_validate(parsed)
-
-
-def _defaults_for_missing(parsed: dict[str, Any]) -> dict[str, Any]:
-    out = dict(parsed)
-    for name, field in StackConfig.model_fields.items():
-        if name not in out:
-            out[name] = field.get_default(call_default_factory=True)
-    return out
-
-
-def _is_ciphertext(value: Any) -> bool:
-    # Pulumi hands a secret as plain text to the program; a stack file read from disk holds
-    # `{secure: v1:...}` ciphertext that `plan` cannot decrypt without the passphrase.
-    return isinstance(value, Mapping) and set(value) == {"secure"}
-
-
-def _parse_models(value: Any, problems: list[Problem]) -> tuple[list[ModelConfig], list[int]]:
-    """Validate each model on its own; returns the valid ones and their positions in the list."""
-    if not isinstance(value, list):
-        problems.append(Problem("models", value, "must be a list of models", "write `models:` as a YAML list (`- uid: ...`)"))
-        return [], []
-    models: list[ModelConfig] = []
-    positions: list[int] = []
-    for index, entry in enumerate(value):
-        try:
-            models.append(ModelConfig.model_validate(entry))
-            positions.append(index)
-        except ValidationError as exc:
-            problems.extend(problems_from(exc, f"models[{index}]", ModelConfig))
-    return models, positions

@@ -3,7 +3,7 @@
 pydantic's locations name union branches and list indices; an operator reads the key path
 as written in the stack file (`models[0].gpus`), an unknown key with the closest known one,
 and a fix per error type (or the one a validator gave in its error's context, as
-components/config_values.py does).
+spec/values.py does).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from components.config_values import FIXES as VALUE_FIXES
-from components.errors import Problem
+from spec.values import FIXES as VALUE_FIXES
+from spec.errors import Problem
 
 
 def unknown_key(path: str, value: Any, known: list[str]) -> Problem:
@@ -57,19 +57,19 @@ def _known_fields_at(root: type[BaseModel], loc: list[Any]) -> list[str]:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        model = _model_of(model)
+        model = model_of(model)
         if model is None or part not in model.model_fields:
             return []
         model = model.model_fields[part].annotation
-    model = _model_of(model)
+    model = model_of(model)
     return list(model.model_fields) if model else []
 
 
-def _model_of(annotation: Any) -> Optional[type[BaseModel]]:
+def model_of(annotation: Any) -> Optional[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
-        found = _model_of(arg)
+        found = model_of(arg)
         if found:
             return found
     return None
