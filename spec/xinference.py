@@ -22,6 +22,8 @@ MODEL_TYPES = ("LLM", "embedding", "rerank", "audio", "image", "video", "flexibl
 MODEL_UID_MAX = 100
 _REPLICA_SUFFIX = re.compile(r"^.+-rep\d+$")
 _UID_CHARS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The whole rule as one pattern, for readers that only match (the manifest's strict parser).
+MODEL_UID_RE = re.compile(rf"(?!.*-rep[0-9]+$)[A-Za-z0-9][A-Za-z0-9._-]{{0,{MODEL_UID_MAX - 1}}}")
 MODEL_UID_FIX = (f"use letters, digits, `.`, `_`, `-` (starting with a letter or digit), at most {MODEL_UID_MAX} "
                  "characters, not ending in -rep<N>")
 

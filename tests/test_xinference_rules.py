@@ -66,3 +66,10 @@ def test_plan_and_the_provider_refuse_an_endpoint_with_the_same_message(endpoint
     [problem] = [p for p in plan_problems(endpoint=endpoint) if p.path == "endpoint"]
     assert problem.message == message
     assert message in provider_failures(endpoint=endpoint)["endpoint"]
+
+
+@pytest.mark.parametrize("uid", ["x" * 100, "x" * 101, "emb-rep1", "emb-rep", "emb", "a/b", "-x", ""])
+def test_the_manifest_pattern_is_the_same_rule(uid):
+    from spec.xinference import MODEL_UID_RE
+
+    assert (MODEL_UID_RE.fullmatch(uid) is not None) == (model_uid_problem(uid) is None), uid
