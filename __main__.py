@@ -11,7 +11,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from bundle.manifest import BundleError, load_manifest
+from bundle.format.manifest import BundleError, load_manifest
 from bundle.site import sibling_clashes
 from components import preflight
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs

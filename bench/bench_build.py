@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bundle.cli import main  # noqa: E402
-from bundle.manifest import load_manifest  # noqa: E402
+from bundle.format.manifest import load_manifest  # noqa: E402
 from tests.bundle_kit import build_args, make_site  # noqa: E402
 
 MiB = 1024 * 1024

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bundle.cli import main  # noqa: E402
-from bundle.manifest import FileEntry, Manifest, StackEntry, sha256_file  # noqa: E402
-from bundle.verify import default_workers  # noqa: E402
+from bundle.format.manifest import FileEntry, Manifest, StackEntry, sha256_file  # noqa: E402
+from bundle.format.verify import default_workers  # noqa: E402
 
 MiB = 1024 * 1024
 

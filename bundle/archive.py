@@ -39,12 +39,12 @@ import tarfile
 from pathlib import Path
 from typing import IO, Optional, TextIO
 
-from bundle import tarscan
-from bundle.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, UsageError, bundle_id_arg,
-                             fsync_directory, load_manifest, parse_manifest, write_atomic)
-from bundle.progress import Progress, bars_wanted, human
-from bundle.sync import file_mode
-from bundle.verify import Problem, VerifyFailed
+from bundle.format import tarscan
+from bundle.format.errors import FileProblem, VerifyFailed
+from bundle.format.filecopy import file_mode
+from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, UsageError, bundle_id_arg,
+                                    fsync_directory, load_manifest, parse_manifest, write_atomic)
+from bundle.format.progress import Progress, bars_wanted, human
 
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -142,7 +142,7 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
     manifest_bytes = (root / MANIFEST_NAME).read_bytes()  # the bytes that go into the archive, checked again:
     if parse_manifest(manifest_bytes, str(root / MANIFEST_NAME)) != manifest:  # it may not change in between
         raise BundleError(f"{root / MANIFEST_NAME}: changed while pack read it; nothing was packed (run pack again)")
-    problems: list[Problem] = []
+    problems: list[FileProblem] = []
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.part-{secrets.token_hex(4)}"
     try:
@@ -175,28 +175,28 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
     return manifest, digest
 
 
-def _add_file(tar: tarfile.TarFile, root: Path, entry: FileEntry, progress: Progress) -> Optional[Problem]:
+def _add_file(tar: tarfile.TarFile, root: Path, entry: FileEntry, progress: Progress) -> Optional[FileProblem]:
     path = root / entry.path
     try:
         handle = open(path, "rb", buffering=0)
     except FileNotFoundError:
-        return Problem(entry.path, f"missing (expected {entry.size} bytes, sha256 {entry.sha256})")
+        return FileProblem(entry.path, f"missing (expected {entry.size} bytes, sha256 {entry.sha256})")
     except OSError as exc:
-        return Problem(entry.path, f"cannot be read ({exc.strerror})")
+        return FileProblem(entry.path, f"cannot be read ({exc.strerror})")
     with handle:
         st = os.fstat(handle.fileno())
         if not stat.S_ISREG(st.st_mode) or os.path.islink(path):
-            return Problem(entry.path, "not a regular file")
+            return FileProblem(entry.path, "not a regular file")
         if st.st_size != entry.size:
-            return Problem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {st.st_size} bytes")
+            return FileProblem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {st.st_size} bytes")
         reader = _HashingReader(handle, progress)
         try:
             tar.addfile(_tarinfo(entry.path, entry.size, file_mode(st.st_mode), st.st_mtime), reader)
         except OSError as exc:  # the file shrank while being read
-            return Problem(entry.path, f"cut short while packing ({exc})")
+            return FileProblem(entry.path, f"cut short while packing ({exc})")
         actual = reader.sha256.hexdigest()
         if actual != entry.sha256:
-            return Problem(entry.path, f"sha256 mismatch: expected {entry.sha256}, actual {actual}")
+            return FileProblem(entry.path, f"sha256 mismatch: expected {entry.sha256}, actual {actual}")
     return None
 
 
@@ -258,7 +258,7 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
     temp.mkdir(mode=0o700)
     try:
         with Progress(needed, "unpack", bars_wanted(quiet)) as progress:
-            def write(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry) -> Optional[Problem]:
+            def write(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry) -> Optional[FileProblem]:
                 dest = temp / entry.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -340,7 +340,7 @@ def run_pack(args: argparse.Namespace, out: TextIO) -> int:
     print(f"pack: {args.output} ({human(size)}, {len(manifest.files) + 1} members; "
           f"{human(manifest.total_size())} of files)", file=out)
     print(f"  archive sha256 {digest} (also in {args.output.name}.sha256)", file=out)
-    print(f"  bundle id      {manifest.digest()} (check with: unpack/verify --bundle-id ...)", file=out)
+    print(f"  bundle id      {manifest.bundle_id} (check with: unpack/verify --bundle-id ...)", file=out)
     return 0
 
 
@@ -350,5 +350,5 @@ def run_unpack(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     manifest = unpack(args.archive, args.into, args.bundle_id, args.quiet)
     print(f"unpack: {args.into}: {len(manifest.files)} files, {human(manifest.total_size())}, every member "
-          f"checked and every sha256 matched (stack {manifest.stack}, bundle id {manifest.digest()})", file=out)
+          f"checked and every sha256 matched (stack {manifest.stack_names}, bundle id {manifest.bundle_id})", file=out)
     return 0

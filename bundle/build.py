@@ -42,20 +42,21 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, TextIO
+from typing import Iterable, Optional, TextIO
 
-from bundle.docker_image import check_image_tar, docker_save
-from bundle.fetch import HUB_BOOKKEEPING, FetchError, SetupError, download_model, list_source_files
-from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain
 from bundle import wheel_lock
-from bundle.install import STATE_NAME
-from bundle.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest, write_atomic
-from bundle.program import PROJECT_MARKER, program_files
-from bundle.progress import Progress, bars_wanted, human, plural
-from bundle.sync import HashCache, copy_with_sha256, link_or_copy, remove_partials
-
-if TYPE_CHECKING:  # bundle.site needs the stack config models (pydantic): the offline side has no pydantic
-    from bundle.site import ModelDir, StackSource
+from bundle.contents import PULUMI_PLUGINS, carried_stack
+from bundle.docker_image import check_image_tar, docker_save
+from bundle.fetch import HUB_BOOKKEEPING, FetchError, download_model, list_source_files
+from bundle.format.errors import SetupError
+from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, remove_partials
+from bundle.format.layout import INSTALL_RECORD, PROJECT_MARKER
+from bundle.format.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest, write_atomic
+from bundle.format.progress import Progress, bars_wanted, human, plural
+from bundle.program import program_files
+from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain
+from bundle.site import ModelDir, StackSource, model_sources, plan_site, stack_entry
+from spec.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PULUMI_REQUIRED = ("pulumi", "pulumi-language-python")
@@ -110,8 +111,6 @@ class Builder:
     # -- the whole build ----------------------------------------------------------------------
 
     def build(self) -> Manifest:
-        from bundle.site import model_sources, plan_site, stack_entry
-
         site = plan_site(self.stacks, self.opts.image_tar)
         self.wanted_by = site.wanted_by
         model_dirs = model_sources(self.stacks)
@@ -178,7 +177,7 @@ class Builder:
         else:
             tar = docker_save(image, images[0].tar, self.cache_dir / "images", self._say)
         check_image_tar(tar, image)
-        self._sync_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
+        self._carry_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
 
     def _model(self, item, report: ItemReport, dirs: dict[str, ModelDir]) -> None:
         if item.path in self.model_dirs_done:  # a companion two models share
@@ -190,7 +189,7 @@ class Builder:
         files = list(list_source_files(source_dir, HUB_BOOKKEEPING if model_dir.hub else frozenset()))
         if not files:
             raise FetchError(f"{item.what}: {source_dir} holds no files")
-        self._sync_tree(files, item.path, "model", item.model, report, link=model_dir.hub)
+        self._carry_tree(files, item.path, "model", item.model, report, link=model_dir.hub)
 
     def _wheel(self, item, report: ItemReport, _dirs) -> None:
         requirements = self.opts.requirements or wheel_lock.default_requirements(self.opts.project)
@@ -203,18 +202,16 @@ class Builder:
         else:
             wheel_dir, names = wheel_lock.download(requirements, self.cache_dir, args, self.opts.quiet, self._say)
         wheels = wheel_lock.locked_wheels(wheel_dir, names)
-        self._sync_tree([(name, wheel_dir / name) for name in names], item.path, "wheel", None, report,
+        self._carry_tree([(name, wheel_dir / name) for name in names], item.path, "wheel", None, report,
                         link=wheel_dir.is_relative_to(self.cache_dir))
         text = wheel_lock.carried_requirements(wheels, requirements).encode()
         carried = self.cache_dir / "wheels" / f"requirements-{hashlib.sha256(text).hexdigest()[:12]}.txt"
         if not carried.is_file() or carried.read_bytes() != text:  # a rewrite would look like a change
             carried.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(carried, text)
-        self._sync_file(carried, item.path + "requirements.txt", "wheel", None, report)
+        self._carry_file(carried, item.path + "requirements.txt", "wheel", None, report)
 
     def _pulumi(self, item, report: ItemReport, _dirs) -> None:
-        from bundle.contents import PULUMI_PLUGINS
-
         if self.opts.pulumi_dir is not None:
             toolchain = locate_toolchain(self.opts.pulumi_dir)
         else:
@@ -239,27 +236,27 @@ class Builder:
             raise SetupError(f"the Pulumi toolchain in {where} lacks {', '.join(missing)}; build them with "
                              "tools/pulumi-toolchain.sh (or point --pulumi-dir at a complete toolchain)")
         downloaded = toolchain.bin_dir.is_relative_to(self.cache_dir)
-        self._sync_tree(binaries, item.path + "bin/", "pulumi", None, report, link=downloaded)
-        self._sync_tree(plugins, item.path + "plugins/", "pulumi", None, report, link=downloaded)
+        self._carry_tree(binaries, item.path + "bin/", "pulumi", None, report, link=downloaded)
+        self._carry_tree(plugins, item.path + "plugins/", "pulumi", None, report, link=downloaded)
 
     def _program(self, item, report: ItemReport, _dirs) -> None:
         files, notes = program_files(self.opts.project, excluded_dirs=(self.out, self.cache_dir),
-                                     excluded_names=(STATE_NAME,))
+                                     excluded_names=(INSTALL_RECORD,))
         for note in notes:
             print(f"build: program: {note}", file=sys.stderr)
-        self._sync_tree(files, item.path, "program", None, report)
+        self._carry_tree(files, item.path, "program", None, report)
 
     def _stack(self, item, report: ItemReport, _dirs) -> None:
-        self._sync_file(self.wanted_by[item.path][0].path, item.path, "stack", None, report)
+        self._carry_file(self.wanted_by[item.path][0].path, item.path, "stack", None, report)
 
     # -- file plumbing ------------------------------------------------------------------------
 
-    def _sync_tree(self, files: Iterable[tuple[str, Path]], prefix: str, role: str, model: Optional[str],
+    def _carry_tree(self, files: Iterable[tuple[str, Path]], prefix: str, role: str, model: Optional[str],
                    report: ItemReport, link: bool = False) -> None:
         for rel, src in files:
-            self._sync_file(src, prefix + rel, role, model, report, link)
+            self._carry_file(src, prefix + rel, role, model, report, link)
 
-    def _sync_file(self, src: Path, rel: str, role: str, model: Optional[str], report: ItemReport,
+    def _carry_file(self, src: Path, rel: str, role: str, model: Optional[str], report: ItemReport,
                    link: bool = False) -> None:
         """Make out/rel hold src's content; reuse it when size and mtime already match."""
         dest = self.out / rel
@@ -316,10 +313,10 @@ def summary(manifest: Manifest, reports: list[ItemReport], out: Path) -> str:
                  f" ({len(manifest.files) - total_fetched} reused)"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     noun = "stack" if len(manifest.stacks) == 1 else "stacks"
-    lines = [f"Bundle {out} for {noun} {manifest.stack}"]
+    lines = [f"Bundle {out} for {noun} {manifest.stack_names}"]
     lines += ["  " + "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in
                                 enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.append(f"bundle id {manifest.digest()}  (give it to the offline site: verify/unpack --bundle-id)")
+    lines.append(f"bundle id {manifest.bundle_id}  (give it to the offline site: verify/unpack --bundle-id)")
     return "\n".join(lines)
 
 
@@ -360,14 +357,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    try:
-        from bundle.site import StackSource
-        from bundle.contents import carried_stack
-        from spec.errors import ConfigError
-    except ImportError as exc:
-        print(f"error: build needs the project's dependencies ({exc}): bash tools/setup.sh, then "
-              "venv/bin/python -m bundle build ...", file=sys.stderr)
-        return 2
     if args.python_version and not all(p.isdigit() for p in args.python_version.split(".")):
         print(f"error: --python-version {args.python_version!r}: write it as 3.11", file=sys.stderr)
         return 2

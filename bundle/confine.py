@@ -12,7 +12,7 @@ The targets are the directories the command line names, or, where it names none,
 A target given on the command line wins over the manifest: with `--models-dir OTHER` every
 model directory goes under OTHER, also one the manifest gives as an absolute path under the
 stack's models_dir; an absolute one elsewhere is refused. The manifest is parsed strictly
-before install sees it (bundle/manifest_check.py), so none of what follows should ever fire
+before install sees it (bundle/format/manifest_check.py), so none of what follows should ever fire
 on a bundle `build` wrote; it is checked again here all the same, at the place of the write,
 because a manifest is hostile input and a symlink on this disk is no concern of the parser.
 
@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from bundle.archive import inside
-from bundle.manifest import UsageError, path_problem
-from bundle.manifest_rules import render, text_problem
-from bundle.verify import Problem, VerifyFailed
+from bundle.format.errors import FileProblem, VerifyFailed
+from bundle.format.manifest import UsageError, path_problem
+from bundle.format.manifest_rules import render, text_problem
 
 FIX_MANIFEST = ("a manifest `bundle build` wrote never says this (it was rewritten): get the bundle again, or "
                 "rebuild it")
@@ -164,12 +164,12 @@ class Confinement:
         self.bundle = Path(os.path.abspath(bundle))
         self.bundle_real = Path(os.path.realpath(bundle))
         self.targets = [t for t in targets if t is not None]
-        self.problems: list[Problem] = []
+        self.problems: list[FileProblem] = []
 
     # -- planning: gather every problem, write nothing ---------------------------------------
 
     def refuse(self, where: str, message: str) -> None:
-        self.problems.append(Problem(where, message))
+        self.problems.append(FileProblem(where, message))
 
     def place(self, target: Target, rel: str, manifest_path: str) -> Optional[Path]:
         """``target``/``rel`` for the file ``manifest_path``, or None (and a problem) when it would land outside."""
@@ -228,7 +228,7 @@ class Confinement:
             places = "its target" if count == 1 else "their targets"
             shown_problems = self.problems[:MAX_LISTED]
             if count > MAX_LISTED:  # one symlinked model directory can hold thousands of files
-                shown_problems.append(Problem(f"~ and {count - MAX_LISTED} more", "of the same kinds (the first "
+                shown_problems.append(FileProblem(f"~ and {count - MAX_LISTED} more", "of the same kinds (the first "
                                               f"{MAX_LISTED} are listed)"))
             raise ConfinementError(f"{what}: {paths} would be written outside {places} (or onto the bundle, or "
                                    "into another target); nothing was installed", shown_problems)
@@ -241,7 +241,7 @@ class Confinement:
         problem = self.problem(target, rel.replace(os.sep, "/"))
         if problem:
             raise ConfinementError("stopped: a destination changed while install ran (a symlink appeared); "
-                                   "what was written before this stays", [Problem(shown(manifest_path), problem)])
+                                   "what was written before this stays", [FileProblem(shown(manifest_path), problem)])
 
     def removable(self, target: Target, key: str) -> Optional[Path]:
         """The file a record ``key`` names inside ``target``, when install may remove it there (else None)."""

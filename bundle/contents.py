@@ -9,11 +9,11 @@ import posixpath
 from dataclasses import dataclass
 from typing import Optional
 
-from bundle.program import PROGRAM_DIR
+from bundle.format.layout import PROGRAM_DIR
 from spec.config import ModelSource, StackConfig
-from spec.source import from_stack_file
 from spec.errors import ConfigError, Problem
 from spec.launch import models_dir_of
+from spec.source import from_stack_file
 
 IMAGE_DIR = "images"
 MODELS_DIR = "models"

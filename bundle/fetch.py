@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from bundle.manifest import BundleError
+from bundle.format.errors import BundleError, SetupError
 
 # Top-level names the hub libraries write into a download directory for themselves.
 HUB_BOOKKEEPING = frozenset({".cache", "._____temp", ".msc", ".mdl", ".mv", ".lock"})
@@ -27,12 +27,6 @@ HUB_PACKAGES = {"modelscope": "modelscope", "huggingface": "huggingface_hub"}
 
 class FetchError(BundleError):
     """A download or copy that failed on the online machine (exit 1)."""
-
-
-class SetupError(BundleError):
-    """Something the operator must install or configure first (exit 2)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -55,19 +55,19 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from bundle.confine import Confinement, Target
+from bundle.format.errors import FileProblem
+from bundle.format.filecopy import CopyError, HashCache, copy_with_sha256, remove_partials
+from bundle.format.layout import INSTALL_RECORD
+from bundle.format.manifest import StackManifest, bundle_id_arg, check_bundle_id, load_manifest, sha256_file
+from bundle.format.progress import Progress, bars_wanted
+from bundle.format.verify import check_directory
 from bundle.install_lock import LOCK_NAME, InstallLocks
 from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
-from bundle.install_venv import check_venv_python, install_venv, offline_pip_env
-from bundle.manifest import StackManifest, bundle_id_arg, check_bundle_id, load_manifest, sha256_file
+from bundle.install_venv import check_venv_python, install_venv
 from bundle.model_files import FilePair, kept_model_dirs
-from bundle.program import INSTALL_RECORD
-from bundle.progress import Progress, bars_wanted
 from bundle.space import space_problems
-from bundle.sync import CopyError, HashCache, copy_with_sha256, remove_partials
-from bundle.verify import Problem, check_directory
 
-STATE_NAME = INSTALL_RECORD
-__all__ = ["STATE_NAME", "InstallError", "StepResult", "offline_pip_env", "register", "run"]
+__all__ = ["InstallError", "StepResult", "register", "run"]
 
 
 def sync_files(bundle: Path, root: Path, pairs: list[FilePair], state: HashCache, scope: tuple[str, ...],
@@ -82,7 +82,7 @@ def sync_files(bundle: Path, root: Path, pairs: list[FilePair], state: HashCache
         except FileNotFoundError:
             st = None
         if st is not None and stat.S_ISDIR(st.st_mode):
-            result.problems.append(Problem(str(dest), "is a directory where the bundle has a file; move it away"))
+            result.problems.append(FileProblem(str(dest), "is a directory where the bundle has a file; move it away"))
             continue
         if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
             known = state.lookup(key, st)
@@ -97,10 +97,10 @@ def sync_files(bundle: Path, root: Path, pairs: list[FilePair], state: HashCache
             copy_with_sha256(bundle / entry.path, dest, expect_sha256=entry.sha256, expect_size=entry.size,
                              progress=progress.update)
         except CopyError as exc:
-            result.problems.append(Problem(entry.path, f"{exc}; the bundle is damaged: run `python -m bundle verify`"))
+            result.problems.append(FileProblem(entry.path, f"{exc}; the bundle is damaged: run `python -m bundle verify`"))
             continue
         except FileNotFoundError:
-            result.problems.append(Problem(entry.path, "missing from the bundle: run `python -m bundle verify`"))
+            result.problems.append(FileProblem(entry.path, "missing from the bundle: run `python -m bundle verify`"))
             continue
         state.record(key, dest.stat(), entry.sha256)
         result.copied += 1
@@ -132,7 +132,7 @@ def _prune_empty_dirs(directory: Path, root: Path) -> None:
 def check_model_space(plan: Plan) -> None:
     """Refuse, before anything is written, an install whose model files do not fit on their disks."""
     targets = [(entry, dest) for _dir, _key, pairs in plan.models for entry, dest, _key in pairs]
-    problems = [Problem(str(where), message) for where, message in space_problems(targets)]
+    problems = [FileProblem(str(where), message) for where, message in space_problems(targets)]
     if problems:
         raise InstallError("not enough disk space for the models; nothing was installed", problems)
 
@@ -145,7 +145,7 @@ def install_models(bundle: Path, manifest: StackManifest, plan: Plan, target: Op
         return result
     models_dir = target.path
     models_dir.mkdir(parents=True, exist_ok=True)
-    state = HashCache(models_dir / STATE_NAME)
+    state = HashCache(models_dir / INSTALL_RECORD)
     per_model = manifest.model_digests()
     current_dirs: list[str] = []
     for host_dir, key_prefix, pairs in plan.models:
@@ -160,7 +160,7 @@ def install_models(bundle: Path, manifest: StackManifest, plan: Plan, target: Op
         result.note = (f"kept {len(kept)} {noun} this bundle no longer lists: {', '.join(kept.values())}; "
                        "delete by hand once no stack needs it")
     # kept ones stay remembered, so every install names them until someone removes them
-    state.set_meta(bundle=manifest.digest(), stack=manifest.stack, models=per_model,
+    state.set_meta(bundle=manifest.bundle_id, stack=manifest.stack, models=per_model,
                    dirs=sorted([*current_dirs, *kept]))
     state.save()
     return result
@@ -177,9 +177,9 @@ def install_program(bundle: Path, manifest: StackManifest, plan: Plan, target: T
     project.mkdir(parents=True, exist_ok=True)
     for directory in {dest.parent for _entry, dest, _key in plan.program}:
         remove_partials(directory, recursive=False)  # never walk into venv/ or .state/
-    state = HashCache(project / STATE_NAME)
+    state = HashCache(project / INSTALL_RECORD)
     sync_files(bundle, project, plan.program, state, ("",), result, progress, confinement, target)
-    state.set_meta(bundle=manifest.digest(), stack=manifest.stack)
+    state.set_meta(bundle=manifest.bundle_id, stack=manifest.stack)
     state.save()
     # Pulumi.yaml's file backend (file://./.state) must exist before `pulumi login`; the bundle
     # never carries it (it is the site's own), so a new site gets an empty, private one.
@@ -195,12 +195,12 @@ def install_pulumi(bundle: Path, manifest: StackManifest, plan: Plan, target: Ta
         return result
     home = target.path
     home.mkdir(parents=True, exist_ok=True)
-    state = HashCache(home / STATE_NAME)
+    state = HashCache(home / INSTALL_RECORD)
     for sub in ("bin", "plugins"):
         if (home / sub).is_dir() and not (home / sub).is_symlink():
             remove_partials(home / sub)
     sync_files(bundle, home, plan.pulumi, state, ("bin/", "plugins/"), result, progress, confinement, target)
-    state.set_meta(bundle=manifest.digest(), stack=manifest.stack)
+    state.set_meta(bundle=manifest.bundle_id, stack=manifest.stack)
     state.save()
     return result
 

@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional, TextIO
 
-from bundle.manifest import BundleError
-from bundle.program import INSTALL_LOCK
+from bundle.format.layout import INSTALL_LOCK
+from bundle.format.manifest import BundleError
 
 LOCK_NAME = INSTALL_LOCK
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Optional
 
 from bundle.confine import Confinement, Target, check_targets, strip_prefix, within
-from bundle.manifest import FileEntry, StackManifest, UsageError
+from bundle.format.errors import FileProblem, VerifyFailed
+from bundle.format.layout import INSTALL_RECORD, PROGRAM_DIR, PROJECT_MARKER, is_site_owned
+from bundle.format.manifest import FileEntry, StackManifest, UsageError
+from bundle.format.progress import human, plural
 from bundle.model_files import FilePair, model_file_pairs
-from bundle.program import INSTALL_RECORD, PROGRAM_DIR, PROJECT_MARKER, is_site_owned
-from bundle.progress import human, plural
-from bundle.verify import Problem, VerifyFailed
 
 STEPS = ("program", "venv", "pulumi", "models", "stack")
 SITE_OWNED_REFUSAL = ("refused: the program never writes the site's own files (venv/, .state/, stacks/, .git/, "
@@ -50,7 +50,7 @@ class StepResult:
     copied_bytes: int = 0
     unchanged: int = 0
     removed: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[FileProblem] = field(default_factory=list)
     note: str = ""
 
     @property
@@ -116,7 +116,7 @@ class Plan:
     """Every file install will write, with its checked destination and install-record key."""
 
     program: list[FilePair] = field(default_factory=list)
-    program_refused: list[Problem] = field(default_factory=list)  # site-owned: refused one by one
+    program_refused: list[FileProblem] = field(default_factory=list)  # site-owned: refused one by one
     pulumi: list[FilePair] = field(default_factory=list)
     models: list[tuple[Path, str, list[FilePair]]] = field(default_factory=list)
     stack: Optional[tuple[FileEntry, Path]] = None
@@ -156,7 +156,7 @@ def _plan_program(manifest: StackManifest, project: Target, confinement: Confine
                                            "get the bundle again, or rebuild it")
             continue
         if is_site_owned(rel):  # refused one by one, whatever else is wrong with it: it is never written
-            plan.program_refused.append(Problem(entry.path, SITE_OWNED_REFUSAL))
+            plan.program_refused.append(FileProblem(entry.path, SITE_OWNED_REFUSAL))
             continue
         dest = confinement.place(project, rel, entry.path)
         if dest is not None:

@@ -7,32 +7,24 @@ temp file and rename) holds their digest.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
+from bundle.format.errors import FileProblem
+from bundle.format.manifest import StackManifest, files_digest, write_atomic
+from bundle.format.progress import plural
+from bundle.format.verify import check_directory
 from bundle.install_plan import InstallError, StepResult
-from bundle.manifest import StackManifest, files_digest, write_atomic
-from bundle.progress import plural
-from bundle.verify import Problem, check_directory
+from bundle.pip_env import offline_pip_env
 
 VENV_STAMP = ".xinference-offline-wheels"
-
-
-def offline_pip_env() -> dict[str, str]:
-    """The environment for a pip that must see the bundle's wheels and nothing else: no pip config
-    file and no PIP_* settings (a PIP_FIND_LINKS or index on this machine would hide a wheel the
-    bundle lacks)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return env
 
 
 def python_version(python: str) -> str:
     proc = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise InstallError("venv", [Problem(python, f"cannot run this Python ({proc.stderr.strip()})")])
+        raise InstallError("venv", [FileProblem(python, f"cannot run this Python ({proc.stderr.strip()})")])
     return proc.stdout.strip()
 
 
@@ -41,7 +33,7 @@ def check_venv_python(manifest: StackManifest, venv: Path, python: str) -> None:
     if manifest.role("wheel") and not (venv / "bin" / "python").exists():
         version = python_version(python)
         if manifest.python and version != manifest.python:
-            raise InstallError("venv", [Problem(python, f"is Python {version}, the bundled wheels are for Python "
+            raise InstallError("venv", [FileProblem(python, f"is Python {version}, the bundled wheels are for Python "
                                                         f"{manifest.python}: run install with --python "
                                                         f"python{manifest.python}, or rebuild the bundle with "
                                                         f"--python-version {version}")])
@@ -75,7 +67,7 @@ def install_venv(bundle: Path, manifest: StackManifest, venv: Path, python: str,
         check_venv_python(manifest, venv, python)
         proc = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise InstallError("venv", [Problem(str(venv), f"`{python} -m venv` failed: {proc.stderr.strip()} "
+            raise InstallError("venv", [FileProblem(str(venv), f"`{python} -m venv` failed: {proc.stderr.strip()} "
                                                            "(Debian/Ubuntu: apt install python3-venv)")])
     cmd = [str(venv_python), "-m", "pip", "install", "--disable-pip-version-check", "--no-index", "--require-hashes",
            "--find-links", str(bundle / "wheels"), "-r", str(requirements)]
@@ -84,7 +76,7 @@ def install_venv(bundle: Path, manifest: StackManifest, venv: Path, python: str,
     proc = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE, text=True,
                           env=offline_pip_env())
     if proc.returncode != 0:
-        raise InstallError("venv", [Problem(str(venv), "pip install from the bundled wheels failed: "
+        raise InstallError("venv", [FileProblem(str(venv), "pip install from the bundled wheels failed: "
                                                        f"{proc.stderr.strip()[-2000:]}{_hash_hint(proc.stderr)}")])
     write_atomic(stamp, (want + "\n").encode())  # temp file + rename: never half a stamp
     result.copied = len(wheels) - 1

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Optional
 
 from bundle.confine import Confinement, Target, shown
-from bundle.manifest import FileEntry, StackManifest, path_problem
-from bundle.manifest_rules import key as field_key
-from bundle.progress import human
-from bundle.sync import HashCache
+from bundle.format.filecopy import HashCache
+from bundle.format.manifest import FileEntry, StackManifest, path_problem
+from bundle.format.manifest_rules import key as field_key
+from bundle.format.progress import human
 
 FilePair = tuple[FileEntry, Path, str]  # (manifest entry, destination on the host, install-record key)
 

@@ -31,30 +31,18 @@ import subprocess
 from pathlib import Path
 from typing import Iterable, Optional
 
-from bundle.verify import kind_of
+from bundle.format.layout import SITE_OWNED_DIRS, is_site_owned
 
-PROGRAM_DIR = "program"
-PROJECT_MARKER = "Pulumi.yaml"
-# Top-level directories that belong to the site, never to the bundle; install never writes there.
-SITE_OWNED_DIRS = (".state", "stacks", "venv", ".git")
-# Top-level files of the project that install owns (its record, its lock): never carried, never a program file.
-INSTALL_RECORD = ".xinference-offline-installed.json"
-INSTALL_LOCK = ".xinference-offline.lock"
-SITE_OWNED_FILES = (INSTALL_RECORD, INSTALL_LOCK)
+from bundle.format.filecopy import kind_of
+
 # Without git: what the project's .gitignore leaves out, by directory name (any depth) ...
 WALK_SKIPPED_DIRS = frozenset({"venv", ".venv", "__pycache__", ".pytest_cache", ".git"})
 # ... by top-level directory name, and by file name suffix.
 WALK_SKIPPED_TOP_DIRS = frozenset({"build", "dist", ".cache"})
 WALK_SKIPPED_SUFFIXES = (".pyc", ".pyo")
-
-
-def is_site_owned(rel: str) -> bool:
-    """A project-relative path in one of the directories the bundle never carries nor touches, or one
-    of install's own files at the top. Compared as a case-insensitive file system would (``.GIT/config``
-    is ``.git/config`` on one)."""
-    parts = rel.split("/")
-    top = parts[0].casefold()
-    return top in SITE_OWNED_DIRS or (len(parts) == 1 and top in SITE_OWNED_FILES)
+# Build artefacts are never program files, tracked or not: wheels and archives travel in their own
+# roles (wheels/, image/, the bundle itself), and one left in the work tree must not ride along.
+ARTEFACT_SUFFIXES = (".whl", ".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.xz", ".zip")
 
 
 def program_files(project: Path, excluded_dirs: Iterable[Path] = (), excluded_names: Iterable[str] = ()
@@ -76,6 +64,9 @@ def program_files(project: Path, excluded_dirs: Iterable[Path] = (), excluded_na
     for rel in sorted(set(candidates)):
         path = project / rel
         if is_site_owned(rel) or rel in skipped_names or any(path.is_relative_to(d) for d in excluded):
+            continue
+        if rel.lower().endswith(ARTEFACT_SUFFIXES):
+            notes.append(f"{rel}: skipped: a build artefact (wheels and archives are never program files)")
             continue
         try:
             mode = path.lstat().st_mode

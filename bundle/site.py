@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from bundle.contents import BundleItem, bundle_items, model_bundle_dir
-from bundle.fetch import SetupError, Source
-from bundle.manifest import StackEntry
+from bundle.fetch import Source
+from bundle.format.errors import SetupError
+from bundle.format.manifest import StackEntry
 from spec.config import StackConfig
 from spec.docker_host import remote_docker_hostname
-from spec.launch import cluster_container_name
+from spec.errors import ConfigError
+from spec.launch import cluster_container_name, models_dir_of
+from spec.source import from_stack_file, stack_name_of
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,6 @@ def stack_entry(stack: StackSource, items: list[BundleItem]) -> StackEntry:
 
 def model_sources(stacks: list[StackSource]) -> dict[str, ModelDir]:
     """{bundle dir: ModelDir} of every stack's enabled models and their companions."""
-    from spec.launch import models_dir_of
-
     dirs: dict[str, ModelDir] = {}
     first_stack: dict[str, str] = {}
     for stack in stacks:
@@ -171,9 +172,6 @@ def sibling_clashes(stack: str, cfg: StackConfig, stacks_dir: Path) -> list[Clas
     keeps their stack files side by side. A sibling file that does not validate is skipped
     (its own preview reports it).
     """
-    from spec.source import from_stack_file, stack_name_of
-    from spec.errors import ConfigError
-
     if next(_claims(cfg), None) is None:  # nothing on a remote host: no sibling file to read
         return []
     others = []

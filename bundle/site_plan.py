@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from bundle.manifest import BundleError, load_manifest
-from bundle.plan import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_plan
-from bundle.progress import plural
+from bundle.format.manifest import BundleError, load_manifest
+from bundle.format.progress import plural
 from bundle.site import StackSource, site_clashes
+from bundle.stack_plan import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_plan
 from spec.config import StackConfig
-from spec.source import from_stack_file
 from spec.errors import ConfigError
 from spec.launch import endpoint_url
+from spec.source import from_stack_file
 
 EXIT_FAILED = 1
 
@@ -60,7 +60,7 @@ def plan_bundle_site(bundle: Path, stacks_dir: Path, out: TextIO) -> int:
         sources.append(StackSource(name, cfg, path))
         rows.append((name, cfg.mode, endpoint_url(cfg), gpu_summary(cfg), str(len(cfg.enabled_models)), str(path),
                      f"{len(gaps)} MISSING" if gaps else "ok"))
-    print(f"Site: {bundle} carries {plural(len(whole.stacks), 'stack')} (bundle id {whole.digest()})", file=out)
+    print(f"Site: {bundle} carries {plural(len(whole.stacks), 'stack')} (bundle id {whole.bundle_id})", file=out)
     print_table(rows, out)
     clashes = site_clashes(sources)
     if clashes:

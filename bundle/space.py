@@ -12,8 +12,8 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
-from bundle.manifest import FileEntry
-from bundle.progress import human
+from bundle.format.manifest import FileEntry
+from bundle.format.progress import human
 
 
 def bytes_needed(targets: Iterable[tuple[FileEntry, Path]]) -> int:

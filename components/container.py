@@ -9,9 +9,9 @@ import pulumi
 import pulumi_docker as docker
 
 from spec.config import ContainerConfig
-from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT
 from spec.launch import container_command, healthcheck_command
 from spec.placement import docker_device_requests
+from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT
 
 
 @dataclass

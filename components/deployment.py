@@ -18,16 +18,16 @@ import pulumi
 import pulumi_docker as docker
 
 from bundle.contents import model_bundle_dir
-from bundle.manifest import StackManifest
-from spec.config import DockerHostConfig, StackConfig
-from spec.docker_host import is_local_docker, is_ssh_docker
+from bundle.format.manifest import StackManifest
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
-from spec.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
-                               healthcheck_command, launch_specs, model_dir_on_host)
 from components.model import XinferenceModel, XinferenceModelArgs
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
+from spec.config import DockerHostConfig, StackConfig
+from spec.docker_host import is_local_docker, is_ssh_docker
+from spec.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
+                         healthcheck_command, launch_specs, model_dir_on_host)
 
 @dataclass
 class XinferenceDeploymentArgs:

@@ -42,17 +42,8 @@ from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, CreateRe
 from pulumi.dynamic import ResourceProvider, UpdateResult
 
 from components.docker_cli import container_exists
-from components.xinference_client import (
-    ABSENT,
-    LOADING,
-    PENDING_STATUSES,
-    READY,
-    Credential,
-    XinferenceClient,
-    XinferenceError,
-    XinferenceHTTPError,
-    XinferenceUnreachable,
-)
+from components.xinference_client import (ABSENT, LOADING, PENDING_STATUSES, READY, Credential, XinferenceClient,
+                                          XinferenceError, XinferenceHTTPError, XinferenceUnreachable)
 from spec.xinference import CONFIG_NAMESPACE
 
 # The launch half (launch, wait, smoke test, cleanup); errors re-exported for callers of this module.
@@ -65,18 +56,8 @@ from components.model_launch import (  # noqa: F401 - the errors are part of thi
     say,
 )
 # The pure half: inputs, validation, payloads, diff (components/model_props.py).
-from components.model_props import (
-    AUTOSTART_PENDING,
-    ARG_KEYS,
-    OUTPUT_KEYS,
-    XinferenceModelArgs,
-    is_known,
-    autostart_entry,
-    diff_props,
-    normalize,
-    observed,
-    validate,
-)
+from components.model_props import (ARG_KEYS, AUTOSTART_PENDING, OUTPUT_KEYS, XinferenceModelArgs, autostart_entry,
+                                    diff_props, is_known, normalize, observed, validate)
 
 API_KEY_CONFIG = f"{CONFIG_NAMESPACE}:api_key"
 API_KEY_ENV = "XINFERENCE_API_KEY"

@@ -18,19 +18,9 @@ from typing import Any, Mapping, Optional, Sequence
 import pulumi
 
 from components.model_props import conflict_message, launch_payload, running_mismatches
-from components.xinference_client import (
-    ABSENT,
-    LOADING,
-    PENDING_STATUSES,
-    READY,
-    Described,
-    XinferenceAuthError,
-    XinferenceClient,
-    XinferenceError,
-    XinferenceHTTPError,
-    XinferenceUnreachable,
-    is_already_launched,
-)
+from components.xinference_client import (ABSENT, LOADING, PENDING_STATUSES, READY, Described, XinferenceAuthError,
+                                          XinferenceClient, XinferenceError, XinferenceHTTPError,
+                                          XinferenceUnreachable, is_already_launched)
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ import json
 import uuid
 from typing import Optional, Sequence
 
+from components.docker_cli import DockerHostUnreachable, empty_image_tar, run_docker
+from components.volume import missing_directories
 from spec.config import StackConfig
 from spec.docker_host import is_local_docker
-from components.docker_cli import DockerHostUnreachable, empty_image_tar, run_docker
 from spec.launch import model_dir_on_host
 from spec.placement import gpu_device_ids
-from components.volume import missing_directories
 
 NO_DRIVER_MARK = "could not select device driver"
 PROBE_IMAGE = "xinference-offline/gpu-probe:empty"

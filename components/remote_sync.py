@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pulumi
 import pulumi_command as command
 
-from bundle.manifest import FileEntry, StackManifest, files_digest
+from bundle.format.manifest import FileEntry, StackManifest, files_digest
 from spec.config import DockerHostConfig
 
 

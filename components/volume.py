@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_command as command
 
-from bundle.manifest import StackManifest
+from bundle.format.manifest import StackManifest
 from spec.config import ModelConfig, StackConfig
 from spec.launch import model_dir_on_host
 

@@ -12,8 +12,8 @@ from typing import Any, Mapping, Optional
 
 from spec.config import ModelConfig, StackConfig
 from spec.docker_host import remote_docker_hostname
-from spec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
 from spec.placement import container_gpu_indices
+from spec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
 
 # Offline defaults: no hub access, no per-model virtualenvs (they pip-install from an index),
 # CUDA numbering that agrees with nvidia-smi. The stack's container.env wins over these.

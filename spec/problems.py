@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from spec.values import FIXES as VALUE_FIXES
 from spec.errors import Problem
+from spec.values import FIXES as VALUE_FIXES
 
 
 def unknown_key(path: str, value: Any, known: list[str]) -> Problem:

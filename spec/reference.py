@@ -55,7 +55,8 @@ def reference_markdown() -> str:
             lines.append(f"| `{name}` | {_type_name(field.annotation)} | {_default(field)} | "
                          f"{(field.description or '').replace('|', '/')} |")
             if nested is not None:
-                queue.append((f"{prefix}{name}[]" if "list" in str(field.annotation) else f"{prefix}{name}", nested))
+                path = f"{prefix}.{name}" if prefix else name  # dotted, as an operator reads the key: container.healthcheck
+                queue.append((f"{path}[]" if "list" in str(field.annotation) else path, nested))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

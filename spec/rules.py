@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from spec.config import StackConfig
-from spec.xinference import (CONFIG_NAMESPACE, CONTAINER_MODELS_DIR, ENV_NAME_RE, MODEL_UID_FIX, endpoint_problem,
-                             model_uid_problem)
 from spec.errors import Problem
 from spec.launch import models_dir_of
 from spec.placement import GpuBudget, vram_budgets
+from spec.xinference import (CONFIG_NAMESPACE, CONTAINER_MODELS_DIR, ENV_NAME_RE, MODEL_UID_FIX, endpoint_problem,
+                             model_uid_problem)
 
 # Launch kwargs that have a first-class field; passing them through `extra` would fight it.
 _FIRST_CLASS_KWARGS = {

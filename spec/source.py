@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from spec.config import StackConfig
+from spec.errors import ConfigError, Problem
 from spec.launch import endpoint_url
 from spec.load import load_stack_config
-from spec.errors import ConfigError, Problem
 from spec.stack_yaml import load_stack_yaml
 
 

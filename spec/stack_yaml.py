@@ -34,8 +34,8 @@ from typing import Any, Optional, Union
 import yaml
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
-from spec.xinference import CONFIG_NAMESPACE
 from spec.errors import ConfigError, Problem
+from spec.xinference import CONFIG_NAMESPACE
 
 MAX_FILE_BYTES = 256 * 1024  # a stack file holds settings; the largest shipped one is ~3 KB
 MAX_DEPTH = 32  # nesting levels, aliases followed (the schema needs 6)

@@ -116,13 +116,16 @@ PROJECT_FILES = {
 
 def make_project(root: Path, with_bundle_tool: bool = False) -> Path:
     """A project checkout: Pulumi.yaml, the program, an executable tool script; with
-    ``with_bundle_tool`` also a copy of this checkout's bundle package (what runs offline)."""
+    ``with_bundle_tool`` also a copy of this checkout's bundle and spec packages (what runs offline:
+    bundle/format/ reads the uid rule from spec/xinference.py)."""
     make_model(root, PROJECT_FILES)
     (root / "tools" / "deploy.sh").chmod(0o755)
     if with_bundle_tool:
-        (root / "bundle").mkdir()
-        for source in sorted((ROOT / "bundle").glob("*.py")):
-            shutil.copy2(source, root / "bundle" / source.name)
+        for package in ("bundle", "spec"):
+            for source in sorted((ROOT / package).rglob("*.py")):
+                dest = root / source.relative_to(ROOT)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, dest)
     return root
 
 

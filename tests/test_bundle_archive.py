@@ -19,7 +19,7 @@ from typing import Optional
 
 import pytest
 
-from bundle.manifest import MANIFEST_NAME, load_manifest
+from bundle.format.manifest import MANIFEST_NAME, load_manifest
 from tests.bundle_kit import build_args, cli, make_site, run_cli, tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,7 +312,7 @@ def test_garbage_is_not_an_archive(site):
 CRASH_AFTER_TWO_FILES = """
 import os, sys
 sys.path.insert(0, {root!r})
-import bundle.tarscan as tarscan
+import bundle.format.tarscan as tarscan
 real, calls = tarscan.copy_member, []
 def crash(*args, **kwargs):
     calls.append(1)

@@ -15,7 +15,7 @@ import yaml
 
 from bundle.contents import bundle_items
 from bundle.fetch import Source, hub_cache_dir
-from bundle.manifest import MANIFEST_NAME, load_manifest
+from bundle.format.manifest import MANIFEST_NAME, load_manifest
 from bundle.pulumi_release import pulumi_versions
 from spec.source import from_stack_file
 from tests.bundle_kit import (IMAGE, build_args, cli, make_image_tar, make_mirror, make_pulumi_dir, make_site, make_wheel, run_cli,
@@ -82,20 +82,20 @@ def test_build_produces_exactly_what_plan_lists(site):
     assert manifest.models_dir == str(site.host_models)
     assert manifest.python == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert set(manifest.model_digests()) == {"emb", "rr"}
-    assert "total" in summary and f"bundle id {whole.digest()}" in summary and manifest.digest() == whole.digest()
+    assert "total" in summary and f"bundle id {whole.bundle_id}" in summary and manifest.bundle_id == whole.bundle_id
     code, plan_out = run_cli("plan", "--stack", "t1", "--stacks-dir", str(site.stacks), "--bundle", str(site.out))
     assert code == 0 and "MISSING" not in plan_out
 
 
 def test_a_rebuild_with_no_change_touches_nothing_and_keeps_the_bundle_id(site):
     build(site)
-    before_id = load_manifest(site.out).digest()
+    before_id = load_manifest(site.out).bundle_id
     files = {p: identity(p) for p in site.out.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
     summary = build(site)
     assert set(fetched(summary).values()) == {"reused"}
     assert "0 files, 0 B (17 reused)" in summary
     assert {p: identity(p) for p in files} == files
-    assert load_manifest(site.out).digest() == before_id
+    assert load_manifest(site.out).bundle_id == before_id
 
 
 def test_an_incremental_rebuild_touches_only_the_changed_model(site):

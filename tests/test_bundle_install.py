@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bundle.install import STATE_NAME
-from bundle.manifest import load_manifest
+from bundle.format.layout import INSTALL_RECORD
+from bundle.format.manifest import load_manifest
 from tests.bundle_kit import WHEEL_NAME, build_args, cli, make_site, run_cli, tree, write_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def flow(tmp_path_factory):
     project.mkdir(parents=True)
     (project / "Pulumi.yaml").write_text("name: xinference-offline\nruntime: python\n")
     bundle = offline / "bundle"
-    bundle_id = load_manifest(site.out).digest()
+    bundle_id = load_manifest(site.out).bundle_id
     steps = {
         "unpack": bare_python("unpack", str(archive), "--into", str(bundle), "--bundle-id", bundle_id),
         "verify": bare_python("verify", str(bundle), "--bundle-id", bundle_id),
@@ -81,8 +81,8 @@ def test_the_offline_flow_works_end_to_end(flow):
     bundle, models = flow["bundle"], flow["models"]
     for name in ("emb", "rr", "vad"):
         assert tree(models / name) == tree(bundle / "models" / name)
-    record = json.loads((models / STATE_NAME).read_text())
-    assert record["meta"]["bundle"] == load_manifest(bundle).digest()
+    record = json.loads((models / INSTALL_RECORD).read_text())
+    assert record["meta"]["bundle"] == load_manifest(bundle).bundle_id
     assert set(record["meta"]["models"]) == {"emb", "rr"}
     stack_file = flow["project"] / "stacks" / "Pulumi.t1.yaml"
     assert stack_file.read_bytes() == (bundle / "stack/Pulumi.t1.yaml").read_bytes()
@@ -205,7 +205,7 @@ def test_install_help_exits_0(capsys):
 
 
 def test_bytes_needed_counts_what_grows_and_the_largest_temp_copy(tmp_path):
-    from bundle.manifest import FileEntry
+    from bundle.format.manifest import FileEntry
     from bundle.space import bytes_needed
 
     (tmp_path / "same.bin").write_bytes(b"x" * 100)

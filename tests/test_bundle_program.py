@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bundle.install import STATE_NAME
-from bundle.manifest import MANIFEST_NAME, content_digest, load_manifest
+from bundle.format.layout import INSTALL_RECORD
+from bundle.format.manifest import MANIFEST_NAME, content_digest, load_manifest
 from bundle.program import program_files
 from tests.bundle_kit import PROJECT_FILES, build_args, cli, make_project, make_site, tree
 
@@ -30,7 +30,7 @@ CARRIED = {"Pulumi.yaml", "__main__.py", "tools/deploy.sh", "components/a.py"}
 
 LEFTOVERS = ("venv/bin/python", ".venv/lib/x.py", ".state/.pulumi/stacks/t1.json", "stacks/Pulumi.other.yaml",
              "build/t1/MANIFEST.json", "__pycache__/__main__.cpython-311.pyc", "components/__pycache__/a.pyc",
-             "components/b.pyc", STATE_NAME)
+             "components/b.pyc", INSTALL_RECORD)
 
 
 def add_files(project: Path, paths: tuple[str, ...]) -> None:
@@ -54,7 +54,7 @@ def project(tmp_path) -> Path:
 
 def selected(project: Path) -> tuple[set[str], list[str]]:
     files, notes = program_files(project, excluded_dirs=[project / "mybundle", project / ".mybundle.build-cache"],
-                                 excluded_names=[STATE_NAME])
+                                 excluded_names=[INSTALL_RECORD])
     return {rel for rel, _path in files}, notes
 
 
@@ -95,6 +95,30 @@ def test_build_with_its_output_inside_the_project_does_not_carry_itself(tmp_path
     assert paths == {f"program/{rel}" for rel in PROJECT_FILES}
 
 
+@pytest.mark.parametrize("with_git", [True, False], ids=["git work tree", "no git"])
+def test_a_stray_wheel_or_archive_in_the_work_tree_never_rides_along(tmp_path, monkeypatch, with_git):
+    """issue 13, item 5: a build artefact left in the checkout (tracked or not) is not a program file."""
+    if with_git and shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    site = make_site(tmp_path)
+    strays = ["pyflakes-4.1.0-py2.py3-none-any.whl", "xinference-cpu.tar", "tools/old-bundle.tar.gz", "x.ZIP"]
+    for rel in strays:
+        (site.project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site.project / rel).write_bytes(b"artefact")
+    if with_git:
+        subprocess.run(["git", "-c", "init.defaultBranch=main", "init", "-q"], cwd=site.project, check=True)
+        subprocess.run(["git", "add", strays[0]], cwd=site.project, check=True)  # even one committed by mistake
+    else:
+        monkeypatch.setenv("PATH", str(site.project / "no-git-here"))
+    code, _, err = cli(*build_args(site))
+    assert code == 0, err
+    paths = {f.path for f in load_manifest(site.out).files if f.role == "program"}
+    assert paths == {f"program/{rel}" for rel in PROJECT_FILES}
+    files, notes = program_files(site.project)
+    assert sorted(n for n in notes if "artefact" in n) == sorted(
+        f"{rel}: skipped: a build artefact (wheels and archives are never program files)" for rel in strays)
+
+
 def test_a_project_without_pulumi_yaml_is_a_usage_error(tmp_path):
     site = make_site(tmp_path)
     (site.project / "Pulumi.yaml").unlink()
@@ -132,7 +156,7 @@ def site_flow(tmp_path_factory):
     make_project(site.project, with_bundle_tool=True)
     add_files(site.project, LEFTOVERS)
     assert cli(*build_args(site))[0] == 0
-    bundle_id = load_manifest(site.out).digest()
+    bundle_id = load_manifest(site.out).bundle_id
     offline = root / "offline"
     offline.mkdir()
     code, _, err = cli("pack", str(site.out), "-o", str(offline / "t1.tar"), "--quiet")
@@ -159,7 +183,8 @@ def test_the_documented_bootstrap_runs_from_the_extracted_program(site_flow):
     assert Path(proc.stdout.strip()).parent == program / "bundle"  # the extracted code ran, not this checkout's
     # the project's files arrived byte for byte, the tool script executable
     carried = {f.path[len("program/"):] for f in load_manifest(bundle).role("program")}
-    assert carried == set(PROJECT_FILES) | {f"bundle/{p.name}" for p in (ROOT / "bundle").glob("*.py")}
+    tool = {p.relative_to(ROOT).as_posix() for package in ("bundle", "spec") for p in (ROOT / package).rglob("*.py")}
+    assert carried == set(PROJECT_FILES) | tool
     for rel in carried:
         assert (program / rel).read_bytes() == (site.project / rel).read_bytes(), rel
     assert os.access(program / "tools" / "deploy.sh", os.X_OK)

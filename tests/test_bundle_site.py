@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle.fetch import SetupError
-from bundle.manifest import load_manifest
+from bundle.format.errors import SetupError
+from bundle.format.manifest import load_manifest
 from bundle.site import StackSource, plan_site, site_clashes
 from spec.load import load_stack_config
 from tests.stack_configs import docker_stack, namespaced
@@ -58,7 +58,7 @@ def test_one_bundle_serves_two_stacks_and_carries_what_they_share_once(tmp_path)
     archive = tmp_path / "carry" / "site.tar"
     assert cli("pack", str(site.out), "-o", str(archive), "--quiet")[0] == 0
     bundle = tmp_path / "offline" / "bundle"
-    assert cli("unpack", str(archive), "--into", str(bundle), "--bundle-id", whole.digest(), "--quiet")[0] == 0
+    assert cli("unpack", str(archive), "--into", str(bundle), "--bundle-id", whole.bundle_id, "--quiet")[0] == 0
     assert cli("verify", str(bundle), "--quiet")[0] == 0
 
     skip = ["--skip", "venv", "--skip", "pulumi", "--skip", "program", "--skip", "stack", "--quiet"]
@@ -83,7 +83,7 @@ def test_one_bundle_serves_two_stacks_and_carries_what_they_share_once(tmp_path)
     code, out, err = cli("plan", "--bundle", str(bundle), "--stacks-dir", str(no_stacks))
     assert code == 0, err
     assert out.count("Stack t1 (") == 1 and out.count("Stack t2 (") == 1 and "MISSING" not in out
-    assert f"Site: {bundle} carries 2 stacks (bundle id {whole.digest()})" in out
+    assert f"Site: {bundle} carries 2 stacks (bundle id {whole.bundle_id})" in out
     table = {line.split()[0]: line.split() for line in out.split("Site: ")[1].splitlines()[2:]}
     assert table["t1"][-2:] == [str(bundle / "stack" / "Pulumi.t1.yaml"), "ok"] and table["t1"][4] == "2"
     assert table["t2"][-2:] == [str(bundle / "stack" / "Pulumi.t2.yaml"), "ok"] and table["t2"][4] == "1"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bundle.manifest import MANIFEST_NAME, content_digest, load_manifest
-from bundle.verify import hash_files
+from bundle.format.manifest import MANIFEST_NAME, content_digest, load_manifest
+from bundle.format.verify import hash_files
 from tests.bundle_kit import build_args, cli, make_site, run_cli
 
 
@@ -42,7 +42,7 @@ def entry(bundle: Path, path: str):
 def test_an_intact_bundle_verifies(bundle):
     code, out, err = verify(bundle)
     assert code == 0, err
-    assert "verify: OK" in out and "17 files" in out and load_manifest(bundle).digest() in out
+    assert "verify: OK" in out and "17 files" in out and load_manifest(bundle).bundle_id in out
 
 
 def test_a_flipped_byte_is_a_sha256_mismatch_with_both_digests(bundle):
@@ -121,7 +121,7 @@ def test_a_tampered_manifest_is_refused_before_any_file_is_read(bundle):
 
 
 def test_a_consistently_rewritten_manifest_fails_on_the_files_and_on_the_bundle_id(bundle):
-    original_id = load_manifest(bundle).digest()
+    original_id = load_manifest(bundle).bundle_id
     manifest_path = bundle / MANIFEST_NAME
     data = json.loads(manifest_path.read_text())
     del data["digest"]

@@ -24,8 +24,8 @@ from typing import Optional
 
 import pytest
 
-from bundle.manifest import MANIFEST_NAME, Manifest, ManifestError, UsageError, check_bundle_id, parse_manifest
-from bundle.tarscan import MAX_MTIME, safe_mtime
+from bundle.format.manifest import MANIFEST_NAME, Manifest, ManifestError, UsageError, check_bundle_id, parse_manifest
+from bundle.format.tarscan import MAX_MTIME, safe_mtime
 from tests.bundle_kit import cli, tree
 from tests.test_hostile_manifest import LAYOUT, at, make_bundle, signed, valid_doc
 
@@ -251,7 +251,7 @@ def test_an_empty_or_malformed_bundle_id_is_a_usage_error_naming_the_flag(packed
 
 def test_the_real_id_in_capitals_or_with_a_newline_is_accepted_and_leaving_it_out_still_works(packed, tmp_path):
     bundle, archive = packed
-    real = parse_manifest((bundle / MANIFEST_NAME).read_bytes()).digest()
+    real = parse_manifest((bundle / MANIFEST_NAME).read_bytes()).bundle_id
     for given_id in (real.upper(), real + "\n"):
         code, out, err = cli("verify", str(archive), "--bundle-id", given_id, "--quiet")
         assert code == 0 and f"bundle id {real}" in out, err

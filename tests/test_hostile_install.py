@@ -29,12 +29,12 @@ from typing import Callable
 import pytest
 
 import bundle.install
-import bundle.manifest
-import bundle.sync
+import bundle.format.manifest
+import bundle.format.filecopy
 from bundle.confine import MAX_LISTED, Confinement, ConfinementError, Target
-from bundle.install import STATE_NAME
+from bundle.format.layout import INSTALL_RECORD
+from bundle.format.manifest import MANIFEST_NAME, Manifest, content_digest, load_manifest
 from bundle.install_venv import VENV_STAMP, install_venv
-from bundle.manifest import MANIFEST_NAME, Manifest, content_digest, load_manifest
 from tests.bundle_kit import build_args, cli, make_site, tree
 
 DOCKER_PLUGIN = "resource-docker-v5.1.0/pulumi-resource-docker"
@@ -277,7 +277,7 @@ def test_a_bundle_file_reached_through_a_symlink_is_not_read(bundle_dir, places)
 
 
 @pytest.mark.parametrize("rel", [".git/config", ".GIT/hooks/pre-commit", "venv/bin/python",
-                                 ".xinference-offline.lock", STATE_NAME])
+                                 ".xinference-offline.lock", INSTALL_RECORD])
 def test_a_resigned_program_file_in_the_sites_own_places_is_refused(bundle_dir, places, rel):
     owned = b"#!/bin/sh\necho owned\n"
     resign(bundle_dir, {f"program/{rel}": (owned, "program")})
@@ -320,7 +320,7 @@ def test_a_tampered_install_record_cannot_make_install_delete_outside(bundle_dir
     victim = places["victim"] / "precious.txt"
     (places["models"] / "emb" / "link").symlink_to(places["victim"])
     st = victim.stat()
-    record_path = places["models"] / STATE_NAME
+    record_path = places["models"] / INSTALL_RECORD
     record = json.loads(record_path.read_text())
     signature = [st.st_size, st.st_mtime_ns, st.st_ino, hashlib.sha256(victim.read_bytes()).hexdigest()]
     for key in ("emb/../../victim/precious.txt", str(victim), "emb/link/precious.txt"):
@@ -456,7 +456,7 @@ def test_installed_files_get_0644_or_0755_whatever_the_umask(bundle_dir, places)
         return stat.S_IMODE(path.stat().st_mode)
 
     assert mode(places["models"] / "emb" / "config.json") == 0o644
-    assert mode(places["models"] / STATE_NAME) == 0o644
+    assert mode(places["models"] / INSTALL_RECORD) == 0o644
     assert mode(places["project"] / "__main__.py") == 0o644
     assert mode(places["project"] / "tools" / "deploy.sh") == 0o755
     assert mode(places["project"] / "stacks" / "Pulumi.t1.yaml") == 0o644
@@ -467,7 +467,7 @@ def test_installed_files_get_0644_or_0755_whatever_the_umask(bundle_dir, places)
 
 def test_every_rename_is_followed_by_an_fsync_of_its_directory(bundle_dir, places, monkeypatch):
     events: list[tuple[str, str]] = []
-    real_replace, real_fsync = os.replace, bundle.sync.fsync_directory
+    real_replace, real_fsync = os.replace, bundle.format.filecopy.fsync_directory
 
     def replace(src, dst, *args, **kwargs):
         events.append(("rename", str(dst)))
@@ -478,14 +478,14 @@ def test_every_rename_is_followed_by_an_fsync_of_its_directory(bundle_dir, place
         return real_fsync(directory)
 
     monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(bundle.sync, "fsync_directory", fsync_directory)  # model files
-    monkeypatch.setattr(bundle.manifest, "fsync_directory", fsync_directory)  # the install record
+    monkeypatch.setattr(bundle.format.filecopy, "fsync_directory", fsync_directory)  # model files
+    monkeypatch.setattr(bundle.format.manifest, "fsync_directory", fsync_directory)  # the install record
     code, _, err = install(bundle_dir, places, "--skip", "program", "--skip", "pulumi", "--skip", "stack")
     assert code == 0, err
     renames = [(i, dst) for i, (kind, dst) in enumerate(events) if kind == "rename"]
     models = places["models"]
     assert {dst for _i, dst in renames} == {str(models / rel) for rel in tree(bundle_dir / "models")} | \
-        {str(models / STATE_NAME)}
+        {str(models / INSTALL_RECORD)}
     for index, dst in renames:
         assert events[index + 1] == ("fsync", str(Path(dst).parent)), events[index:index + 2]
 
@@ -503,7 +503,7 @@ def test_the_venv_stamp_is_written_by_rename_with_mode_0644(built, tmp_path, mon
         renamed.append(str(dst))
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(bundle.manifest.os, "replace", replace)
+    monkeypatch.setattr(bundle.format.manifest.os, "replace", replace)
     old = os.umask(0o077)
     try:
         result = install_venv(built.out, load_manifest(built.out).for_stack(None), venv, "python3", quiet=True)

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bundle.manifest import (MANIFEST_NAME, BundleError, Manifest, ManifestError, content_digest, parse_manifest,
-                             path_problem, role_path_problem)
+from bundle.format.manifest import (MANIFEST_NAME, BundleError, Manifest, ManifestError, content_digest,
+                                    parse_manifest, path_problem, role_path_problem)
 from tests.bundle_kit import cli
 
 IMAGE = "xprobe/xinference:v4.1.0"
@@ -94,7 +94,7 @@ def make_bundle(root: Path, data: bytes = b"") -> Path:
 
 def test_the_valid_manifest_parses_into_one_typed_object():
     manifest = parse_manifest(signed(valid_doc()))
-    assert isinstance(manifest, Manifest) and manifest.digest() == content_digest(valid_doc())
+    assert isinstance(manifest, Manifest) and manifest.bundle_id == content_digest(valid_doc())
     assert manifest.stacks["t1"].model_dirs == {"models/emb": "emb", "models/vad": "vad"}
     assert [f.size for f in manifest.files] == [len(p.encode()) for p, _, _ in sorted(LAYOUT)]
     assert parse_manifest(manifest.to_json().encode()) == manifest
@@ -393,7 +393,7 @@ def _check_invariants(manifest: Manifest) -> None:
         for bundle_dir, host in stack.model_dirs.items():
             assert bundle_dir == f"models/{host}" and path_problem(host) is None
     again = parse_manifest(manifest.to_json().encode())
-    assert again.digest() == manifest.digest() and again.stacks == manifest.stacks
+    assert again.bundle_id == manifest.bundle_id and again.stacks == manifest.stacks
     assert sorted(again.files, key=lambda f: f.path) == sorted(manifest.files, key=lambda f: f.path)
 
 

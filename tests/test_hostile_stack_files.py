@@ -16,9 +16,9 @@ import pytest
 from bundle.cli import main as bundle_main
 from bundle.contents import bundle_items
 from bundle.site import sibling_clashes
-from spec.source import from_stack_file
 from spec.errors import ConfigError
 from spec.launch import model_dir_on_host, model_dir_on_server
+from spec.source import from_stack_file
 
 BASE = """\
 config:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-import bundle.sync
-from bundle.install import STATE_NAME
+import bundle.format.filecopy
+from bundle.format.filecopy import partial_owner, remove_partials
+from bundle.format.layout import INSTALL_RECORD
 from bundle.install_lock import LOCK_NAME, lock_holders
-from bundle.sync import partial_owner, remove_partials
 from tests.bundle_kit import build_args, cli, make_site, tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def assert_installed(bundle: Path, models: Path) -> None:
     """Every model file byte for byte the bundle's, a complete record, no temp file left."""
     for name in ("big", "small"):
         assert tree(models / name) == tree(bundle / "models" / name), name
-    record = json.loads((models / STATE_NAME).read_text())
+    record = json.loads((models / INSTALL_RECORD).read_text())
     assert set(record["files"]) == {str(p.relative_to(bundle / "models")) for p in (bundle / "models").rglob("*")
                                     if p.is_file()}
     assert partials(models) == []
@@ -202,7 +202,7 @@ def test_temp_names_carry_the_pid_and_differ_per_copy(tmp_path, monkeypatch):
     source = tmp_path / "weights.bin"
     source.write_bytes(b"w" * 100)
     for _ in range(2):
-        bundle.sync.copy_with_sha256(source, tmp_path / "out" / "weights.bin")
+        bundle.format.filecopy.copy_with_sha256(source, tmp_path / "out" / "weights.bin")
     assert len(temps) == 2 and temps[0] != temps[1]
     for name in temps:
         assert re.fullmatch(rf"\.weights\.bin\.part-{os.getpid()}-[a-z0-9_]{{8}}", name), name
@@ -214,7 +214,7 @@ def test_a_long_file_name_still_gets_a_temp_name_the_file_system_takes(tmp_path,
     # NAME_MAX is 255 bytes: ".<name>.part-<pid>-<8 random>" would not fit
     source = tmp_path / name
     source.write_bytes(b"long")
-    bundle.sync.copy_with_sha256(source, tmp_path / "out" / name)
+    bundle.format.filecopy.copy_with_sha256(source, tmp_path / "out" / name)
     assert (tmp_path / "out" / name).read_bytes() == b"long"
     assert partials(tmp_path / "out") == []
 

@@ -13,13 +13,8 @@ import pytest
 from pulumi.dynamic import Config, ConfigureRequest
 
 from components.model import LaunchError, XinferenceModelProvider
-from components.xinference_client import (
-    XinferenceAuthError,
-    XinferenceClient,
-    XinferenceError,
-    XinferenceHTTPError,
-    XinferenceUnreachable,
-)
+from components.xinference_client import (XinferenceAuthError, XinferenceClient, XinferenceError,
+                                          XinferenceHTTPError, XinferenceUnreachable)
 from tests.fault_server import PREFIX, FakeXinference
 from tests.xinference_server import free_port
 

@@ -14,18 +14,8 @@ from pulumi.dynamic import Config, ConfigureRequest
 from pulumi.dynamic.dynamic import serialize_provider
 
 from components.model import XinferenceModelProvider
-from components.model_props import (
-    IN_PLACE_KEYS,
-    REPLACE_KEYS,
-    autostart_entry,
-    conflict_message,
-    diff_props,
-    launch_payload,
-    normalize,
-    observed,
-    running_mismatches,
-    validate,
-)
+from components.model_props import (IN_PLACE_KEYS, REPLACE_KEYS, autostart_entry, conflict_message, diff_props,
+                                    launch_payload, normalize, observed, running_mismatches, validate)
 from components.xinference_client import Credential
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spec.load import load_stack_config
 from spec.launch import container_env, endpoint_url, launch_specs, model_dir_on_server
+from spec.load import load_stack_config
 from spec.placement import container_gpu_indices, docker_device_requests, docker_gpu_request, vram_budgets
 from tests.stack_configs import docker_stack, namespaced, reference_models
 

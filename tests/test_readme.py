@@ -29,3 +29,9 @@ def test_every_stack_is_described():
     for stack in sorted((ROOT / "stacks").glob("Pulumi.*.yaml")):
         name = stack.name[len("Pulumi."):-len(".yaml")]
         assert f"`{name}`" in README, f"README does not describe stack {name}"
+
+
+def test_the_config_reference_headings_print_dotted_key_paths():
+    headings = re.findall(r"^#### `([^`]+)`", README, re.M)
+    assert "container.healthcheck" in headings and "models[].source" in headings and "models[].companions[]" in headings
+    assert all(re.fullmatch(r"[a-z_]+(\[\])?(\.[a-z_]+(\[\])?)*", h) for h in headings), headings

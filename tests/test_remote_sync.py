@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from bundle.manifest import FileEntry, Manifest, StackEntry, StackManifest
+from bundle.format.manifest import FileEntry, Manifest, StackEntry, StackManifest
 from components.remote_sync import directory_copies, verify_script
 from tests.stack_configs import docker_stack, reference_models
 from tests.test_program import CONTAINER, run_program

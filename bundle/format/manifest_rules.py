@@ -20,7 +20,7 @@ import re
 import unicodedata
 from typing import Any, Iterable, Optional
 
-from bundle.errors import ManifestError, UsageError
+from bundle.format.errors import ManifestError, UsageError
 from spec.xinference import MODEL_UID_RE
 
 FORMAT_VERSION = 2

@@ -20,35 +20,17 @@ import stat
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, TextIO, Union
 
-from bundle.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackManifest, bundle_id_arg,
-                             check_bundle_id, load_manifest, sha256_file)
-from bundle.progress import Progress, bars_wanted, human
+from bundle.format.errors import FileProblem, VerifyFailed
+from bundle.format.filecopy import kind_of
+from bundle.format.manifest import (MANIFEST_NAME, FileEntry, Manifest, StackManifest, bundle_id_arg,
+                                    check_bundle_id, load_manifest, sha256_file)
+from bundle.format.progress import Progress, bars_wanted, human
+from bundle.format.tarscan import verify_archive
 
 EXIT_FAILED = 1
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a bundle, said so an operator can act on it."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class VerifyFailed(BundleError):
-    """A bundle that does not match its manifest; carries every problem found."""
-
-    def __init__(self, what: str, problems: list[Problem]):
-        self.problems = sorted(problems, key=lambda p: (p.path, p.message))
-        lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"{what}: {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}\n{lines}")
 
 
 def default_workers() -> int:
@@ -77,11 +59,11 @@ def hash_files(paths: Iterable[tuple[str, Path, int]], workers: Optional[int] = 
         return dict(pool.map(one, jobs))
 
 
-def walk_files(root: Path) -> tuple[list[str], list[Problem]]:
+def walk_files(root: Path) -> tuple[list[str], list[FileProblem]]:
     """Relative POSIX paths of the regular files below ``root``, and problems for anything else
     (symlinks, fifos, devices: a bundle holds regular files only). Never follows links."""
     files: list[str] = []
-    problems: list[Problem] = []
+    problems: list[FileProblem] = []
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -94,33 +76,25 @@ def walk_files(root: Path) -> tuple[list[str], list[Problem]]:
                 elif stat.S_ISREG(mode):
                     files.append(rel)
                 else:
-                    problems.append(Problem(rel, f"is a {kind_of(mode)}, not a regular file"))
+                    problems.append(FileProblem(rel, f"is a {kind_of(mode)}, not a regular file"))
     return files, problems
-
-
-def kind_of(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):
-        if test(mode):
-            return name
-    return "special file"
 
 
 def check_directory(root: Path, manifest: Union[Manifest, StackManifest], workers: Optional[int] = None,
                     progress: Optional[Progress] = None, extras: bool = True, content: bool = True,
-                    only: Optional[Iterable[FileEntry]] = None) -> list[Problem]:
+                    only: Optional[Iterable[FileEntry]] = None) -> list[FileProblem]:
     """Every problem of the unpacked bundle at ``root`` against ``manifest`` (empty list: intact).
 
     ``extras``: also report files the manifest does not list; ``content``: hash (else only
     presence, type and size); ``only``: check these entries instead of all.
     """
-    problems: list[Problem] = []
+    problems: list[FileProblem] = []
     irregular: set[str] = set()  # already reported by the walk
     if extras:
         files, problems = walk_files(root)
         irregular = {p.path for p in problems}
         listed = {e.path for e in manifest.files} | {MANIFEST_NAME}
-        problems += [Problem(rel, "extra file, not in the manifest (remove it, or rebuild the bundle)")
+        problems += [FileProblem(rel, "extra file, not in the manifest (remove it, or rebuild the bundle)")
                      for rel in sorted(set(files) - listed)]
     jobs = []
     for entry in manifest.files if only is None else only:
@@ -128,17 +102,17 @@ def check_directory(root: Path, manifest: Union[Manifest, StackManifest], worker
         try:
             st = path.lstat()
         except FileNotFoundError:
-            problems.append(Problem(entry.path, f"missing (expected {entry.size} bytes, sha256 {entry.sha256})"))
+            problems.append(FileProblem(entry.path, f"missing (expected {entry.size} bytes, sha256 {entry.sha256})"))
             continue
         except OSError as exc:
-            problems.append(Problem(entry.path, f"cannot be read ({exc.strerror})"))
+            problems.append(FileProblem(entry.path, f"cannot be read ({exc.strerror})"))
             continue
         if not stat.S_ISREG(st.st_mode):
             if entry.path not in irregular:
-                problems.append(Problem(entry.path, f"is a {kind_of(st.st_mode)}, not a regular file"))
+                problems.append(FileProblem(entry.path, f"is a {kind_of(st.st_mode)}, not a regular file"))
             continue
         if st.st_size != entry.size:
-            problems.append(Problem(entry.path,
+            problems.append(FileProblem(entry.path,
                                     f"size mismatch: expected {entry.size} bytes, actual {st.st_size} bytes"))
             if progress:
                 progress.update(entry.size)
@@ -149,9 +123,9 @@ def check_directory(root: Path, manifest: Union[Manifest, StackManifest], worker
     expected = {e.path: e.sha256 for e in manifest.files}
     for key, actual in hash_files(jobs, workers, progress.update if progress else None).items():
         if actual.startswith("error: "):
-            problems.append(Problem(key, f"cannot be read ({actual[7:]})"))
+            problems.append(FileProblem(key, f"cannot be read ({actual[7:]})"))
         elif actual != expected[key]:
-            problems.append(Problem(key, f"sha256 mismatch: expected {expected[key]}, actual {actual}"))
+            problems.append(FileProblem(key, f"sha256 mismatch: expected {expected[key]}, actual {actual}"))
     return sorted(problems, key=lambda p: (p.path, p.message))
 
 
@@ -188,15 +162,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if target.is_dir():
         manifest = verify_directory(target, args.bundle_id, args.jobs, args.quiet)
     elif target.is_file():
-        from bundle.tarscan import verify_archive
-
         manifest = verify_archive(target, args.bundle_id, args.quiet)
     else:
         print(f"error: {target}: no such bundle directory or archive", file=sys.stderr)
         return 2
     elapsed = max(time.monotonic() - started, 1e-9)
     total = manifest.total_size()
-    print(f"verify: OK: {target} (stack {manifest.stack}, bundle id {manifest.digest()}): "
+    print(f"verify: OK: {target} (stack {manifest.stack_names}, bundle id {manifest.bundle_id}): "
           f"{len(manifest.files)} files, {human(total)}, sha256 of every file matches "
           f"({human(total / elapsed)}/s)", file=out)
     return 0

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from bundle.manifest import CHUNK_SIZE, BundleError, fsync_directory, sha256_file, write_atomic
+from bundle.format.manifest import CHUNK_SIZE, BundleError, fsync_directory, sha256_file, write_atomic
 
 PART_PREFIX = ".part-"
 PART_NAME_KEEP = 120  # bytes of the target's name kept in its temp name (NAME_MAX is 255 bytes)
@@ -42,6 +42,14 @@ class CopyError(BundleError):
 def file_mode(st_mode: int) -> int:
     """0755 for executables (the Pulumi CLI and plugins), 0644 for the rest; never setuid."""
     return 0o755 if st_mode & 0o111 else 0o644
+
+
+def kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def part_prefix(dest: Path) -> str:

@@ -27,11 +27,11 @@ import json
 import re
 from typing import Any, Optional
 
-from bundle.errors import ManifestError
-from bundle.manifest_rules import (CREATED_RE, FIX, FORMAT_VERSION, IMAGE_RE, MANIFEST_NAME, MAX_DEPTH, MAX_FILES,
-                                   MAX_MANIFEST_BYTES, MAX_SIZE, PYTHON_RE, ROLE_PLACES, ROLES, SHA256_RE, STACK_RE,
-                                   UID_RE, absolute_path_problem, fail, fold, key, path_problem, render,
-                                   role_path_problem, text_problem)
+from bundle.format.errors import ManifestError
+from bundle.format.manifest_rules import (CREATED_RE, FIX, FORMAT_VERSION, IMAGE_RE, MANIFEST_NAME, MAX_DEPTH,
+                                          MAX_FILES, MAX_MANIFEST_BYTES, MAX_SIZE, PYTHON_RE, ROLES, ROLE_PLACES,
+                                          SHA256_RE, STACK_RE, UID_RE, absolute_path_problem, fail, fold, key,
+                                          path_problem, render, role_path_problem, text_problem)
 
 
 class _Refused(ValueError):

@@ -25,8 +25,8 @@ an edit or a damaged byte in the manifest is found before any file is trusted. T
 is also the *bundle id* `build` prints; `verify`/`unpack --bundle-id` pin it, which is what
 stops a manifest rewritten consistently by someone else (give the id out of band).
 
-Reading is strict (``parse_manifest``/``load_manifest``, rules in bundle/manifest_check.py and
-bundle/manifest_rules.py): every field is checked before use, and a ManifestError names the
+Reading is strict (``parse_manifest``/``load_manifest``, rules in bundle/format/manifest_check.py and
+bundle/format/manifest_rules.py): every field is checked before use, and a ManifestError names the
 first bad one. What a loaded Manifest guarantees, for everything that turns it into writes:
 
 - every ``FileEntry.path`` is a canonical relative POSIX path (``path_problem`` is None: no
@@ -59,11 +59,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from bundle.errors import BundleError, ManifestError, UsageError
-from bundle.manifest_check import check_manifest, content_digest
-from bundle.manifest_rules import (FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, ROLES, absolute_path_problem,
-                                   bundle_id_arg, check_relative_path, parse_bundle_id, path_problem,
-                                   role_path_problem)
+from bundle.format.errors import BundleError, ManifestError, UsageError
+from bundle.format.manifest_check import check_manifest, content_digest
+from bundle.format.manifest_rules import (FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, ROLES,
+                                          absolute_path_problem, bundle_id_arg, check_relative_path, parse_bundle_id,
+                                          path_problem, role_path_problem)
 
 __all__ = [  # what the rest of the bundle tool (and install's confinement) uses from here
     "BundleError", "ManifestError", "UsageError", "StackChoiceError", "FORMAT_VERSION", "MANIFEST_NAME", "ROLES",
@@ -131,20 +131,20 @@ class Manifest(_Files):
     python: Optional[str] = None  # "3.11": the Python the bundled wheels were downloaded for
 
     @property
-    def stack(self) -> str:
-        """The stack names, for messages."""
+    def stack_names(self) -> str:
+        """The stack names, comma-joined, for messages."""
         return ", ".join(sorted(self.stacks))
 
     def for_stack(self, name: Optional[str]) -> "StackManifest":
         """One stack's view; ``None`` picks the only stack (a bundle of several needs a name)."""
         if name is None:
             if len(self.stacks) != 1:
-                raise StackChoiceError(f"the bundle carries {len(self.stacks)} stacks ({self.stack}): "
+                raise StackChoiceError(f"the bundle carries {len(self.stacks)} stacks ({self.stack_names}): "
                                        "name one with --stack NAME")
             name = next(iter(self.stacks))
         entry = self.stacks.get(name)
         if entry is None:
-            raise StackChoiceError(f"the bundle carries no stack {name!r} (it carries {self.stack}); "
+            raise StackChoiceError(f"the bundle carries no stack {name!r} (it carries {self.stack_names}); "
                                    f"name one of those, or build a bundle with --stack {name}")
         own_dirs = tuple(d.rstrip("/") + "/" for d in entry.model_dirs)
         other_images = {e.image_tar for e in self.stacks.values()} - {entry.image_tar}
@@ -159,15 +159,16 @@ class Manifest(_Files):
                 return f.path == stack_file
             return True
 
-        return StackManifest(name, self.digest(), entry, [f for f in self.files if wanted(f)], self.python)
+        return StackManifest(name, self.bundle_id, entry, [f for f in self.files if wanted(f)], self.python)
 
     def _data(self) -> dict:
         data = asdict(self)
         data["files"] = [asdict(f) for f in sorted(self.files, key=lambda f: f.path)]
         return data
 
-    def digest(self) -> str:
-        """The bundle id: sha256 of the canonical JSON of the manifest (without its digest)."""
+    @property
+    def bundle_id(self) -> str:
+        """The bundle id: sha256 of the canonical JSON of the manifest (what `build` prints)."""
         return content_digest(self._data())
 
     def to_json(self) -> str:
@@ -218,9 +219,10 @@ class StackManifest(_Files):
     def model_dirs(self) -> dict[str, str]:
         return self.entry.model_dirs
 
-    def digest(self) -> str:
-        """The id of the whole bundle (what `build` printed)."""
-        return self.bundle_id
+    @property
+    def stack_names(self) -> str:
+        """The stack's name, for messages (as Manifest.stack_names)."""
+        return self.stack
 
     def image_sha256(self) -> Optional[str]:
         images = [f for f in self.files if f.role == "image" and f.path == self.entry.image_tar]
@@ -238,7 +240,7 @@ class StackManifest(_Files):
 
 
 def parse_manifest(data: bytes, source: str = MANIFEST_NAME) -> Manifest:
-    """The one typed object of a MANIFEST.json's bytes, every field checked first (bundle/manifest_check.py).
+    """The one typed object of a MANIFEST.json's bytes, every field checked first (bundle/format/manifest_check.py).
 
     ManifestError (a BundleError, exit 1) names the first bad field, its value and the fix. verify,
     unpack and install all read manifests through here, so they refuse exactly the same ones.
@@ -256,8 +258,8 @@ def check_bundle_id(manifest: Manifest, expected: Optional[str], source: str) ->
     unset $BUNDLE_ID gives, and must never mean "no check".
     """
     wanted = parse_bundle_id(expected)
-    if wanted is not None and manifest.digest() != wanted:
-        raise ManifestError(f"{source}: bundle id is {manifest.digest()}, expected {wanted}: this is not the "
+    if wanted is not None and manifest.bundle_id != wanted:
+        raise ManifestError(f"{source}: bundle id is {manifest.bundle_id}, expected {wanted}: this is not the "
                             "bundle that was built (or its manifest was rewritten)")
 
 

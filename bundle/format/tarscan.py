@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Optional
 
-from bundle.manifest import (CHUNK_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest, ManifestError,
-                             check_bundle_id, parse_manifest)
-from bundle.manifest_rules import render, text_problem
-from bundle.progress import Progress, bars_wanted, human
-from bundle.verify import Problem, VerifyFailed
+from bundle.format.errors import FileProblem, VerifyFailed
+from bundle.format.manifest import (CHUNK_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest,
+                                    ManifestError, check_bundle_id, parse_manifest)
+from bundle.format.manifest_rules import render, text_problem
+from bundle.format.progress import Progress, bars_wanted, human
 
 DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
 MAX_MTIME = 2 ** 32 - 1  # 2106-02-07, the unsigned 32-bit time: later mtimes are clamped to it
@@ -87,11 +87,11 @@ class ArchiveScan:
 
     manifest: Manifest
     manifest_bytes: bytes
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[FileProblem] = field(default_factory=list)
     members: list[tuple[str, str, int]] = field(default_factory=list)  # (name, type, size) in order
 
 
-FileSink = Callable[[tarfile.TarFile, tarfile.TarInfo, FileEntry], Optional[Problem]]
+FileSink = Callable[[tarfile.TarFile, tarfile.TarInfo, FileEntry], Optional[FileProblem]]
 
 
 def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optional[str] = None,
@@ -113,7 +113,7 @@ def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optiona
     except DAMAGED as exc:
         if _local_error(exc):
             raise
-        raise VerifyFailed(f"{path} is damaged", [Problem(path.name, f"not a readable archive, or cut short ({exc})")])
+        raise VerifyFailed(f"{path} is damaged", [FileProblem(path.name, f"not a readable archive, or cut short ({exc})")])
     return scan
 
 
@@ -157,7 +157,7 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
         except DAMAGED as exc:
             if _local_error(exc):
                 raise
-            scan.problems.append(Problem(path.name, f"archive is damaged or cut short after {len(seen)} files ({exc})"))
+            scan.problems.append(FileProblem(path.name, f"archive is damaged or cut short after {len(seen)} files ({exc})"))
             return
         if member is None:
             if plain_size is not None:
@@ -171,21 +171,21 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
         index += 1
         problem = member_problem(member, name, listed)
         if problem:
-            scan.problems.append(Problem(shown_name(name or member.name), problem))
+            scan.problems.append(FileProblem(shown_name(name or member.name), problem))
             continue
         if member.isdir():
             continue
         entry = by_path[name]
         if name in seen:
-            scan.problems.append(Problem(name, "appears twice in the archive: refused"))
+            scan.problems.append(FileProblem(name, "appears twice in the archive: refused"))
             continue
         seen.add(name)
         if member.size != entry.size:
-            scan.problems.append(Problem(name, f"size mismatch: manifest says {entry.size} bytes, "
+            scan.problems.append(FileProblem(name, f"size mismatch: manifest says {entry.size} bytes, "
                                                f"the archive holds {member.size} bytes"))
             continue
         if plain_size is not None and member.offset_data + member.size > plain_size:
-            scan.problems.append(Problem(name, f"archive is cut short: {member.offset_data + member.size - plain_size} "
+            scan.problems.append(FileProblem(name, f"archive is cut short: {member.offset_data + member.size - plain_size} "
                                                "bytes of this file are missing"))
             continue
         if sink is not None:
@@ -194,31 +194,31 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
             except DAMAGED as exc:
                 if _local_error(exc):
                     raise
-                scan.problems.append(Problem(name, f"archive is damaged or cut short in this file ({exc})"))
+                scan.problems.append(FileProblem(name, f"archive is damaged or cut short in this file ({exc})"))
                 return
             if problem:
                 scan.problems.append(problem)
     for missing in sorted(listed - seen):
         entry = by_path[missing]
-        scan.problems.append(Problem(missing, f"missing from the archive (expected {entry.size} bytes)"))
+        scan.problems.append(FileProblem(missing, f"missing from the archive (expected {entry.size} bytes)"))
 
 
 def _check_end_marker(path: Path, offset: int, size: int, scan: ArchiveScan) -> None:
     """tarfile stops quietly at a short or unreadable header; a whole plain tar ends with zero blocks."""
     if offset + tarfile.BLOCKSIZE > size:
-        scan.problems.append(Problem(path.name, f"archive is cut short: it ends at byte {size} without the "
+        scan.problems.append(FileProblem(path.name, f"archive is cut short: it ends at byte {size} without the "
                                                 "end-of-archive marker"))
         return
     with open(path, "rb") as handle:
         handle.seek(offset)
         block = handle.read(tarfile.BLOCKSIZE)
     if block.count(0) != len(block):
-        scan.problems.append(Problem(path.name, f"archive is damaged: unreadable header at byte {offset}"))
+        scan.problems.append(FileProblem(path.name, f"archive is damaged: unreadable header at byte {offset}"))
 
 
 def copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry,
-                 writer: Optional[IO[bytes]], progress: Progress) -> Optional[Problem]:
-    """Stream one member (into ``writer`` or nowhere), hashing it; a Problem when it differs."""
+                 writer: Optional[IO[bytes]], progress: Progress) -> Optional[FileProblem]:
+    """Stream one member (into ``writer`` or nowhere), hashing it; a FileProblem when it differs."""
     source = tar.extractfile(member)
     assert source is not None
     digest = hashlib.sha256()
@@ -231,9 +231,9 @@ def copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry,
         progress.update(len(chunk))
     actual = digest.hexdigest()
     if count != entry.size:
-        return Problem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {count} bytes")
+        return FileProblem(entry.path, f"size mismatch: expected {entry.size} bytes, actual {count} bytes")
     if actual != entry.sha256:
-        return Problem(entry.path, f"sha256 mismatch: expected {entry.sha256}, actual {actual}")
+        return FileProblem(entry.path, f"sha256 mismatch: expected {entry.sha256}, actual {actual}")
     return None
 
 

@@ -1,0 +1,100 @@
+"""One stack's plan, as `bundle plan` prints it: models, placement, VRAM budgets, the bundle's
+contents and what an unpacked bundle lacks. Shared by the single-stack plan (bundle/plan.py)
+and the site-wide one (bundle/site_plan.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+from bundle.contents import bundle_items
+from bundle.format.manifest import StackManifest
+from spec.config import StackConfig
+from spec.launch import container_env, endpoint_url, launch_specs
+from spec.placement import docker_gpu_request
+from spec.rules import server_budgets
+
+EXIT_USAGE = 2
+
+
+def named_stack_file(stack: str, stacks_dir: Path, bundle: Optional[Path]) -> Path:
+    """The project's stack file; the bundle's copy when the project has none (on site, before install)."""
+    own = stacks_dir / f"Pulumi.{stack}.yaml"
+    carried = bundle / "stack" / own.name if bundle else None
+    return carried if carried is not None and not own.exists() and carried.is_file() else own
+
+
+def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[StackManifest], out: TextIO) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
+    p(f"Stack {stack} ({path}): {cfg.mode} mode, endpoint {endpoint_url(cfg)}")
+    if cfg.mode != "existing" and cfg.image:
+        p(f"Image     {cfg.image.name}  from {cfg.image.tar or '(already loaded on the host)'}")
+        c = cfg.container
+        if cfg.mode == "docker":
+            p(f"Container {c.name} on {cfg.docker.host}: port {c.port}->9997, "
+              f"GPUs {docker_gpu_request(cfg.gpu_ids) or 'none'}, restart {c.restart}, shm {c.shm_size_mb} MB, "
+              f"models {cfg.models_dir} -> /root/.xinference/models")
+        else:
+            for server in cfg.servers:
+                role = "supervisor + worker" if server.supervisor else "worker"
+                p(f"Server    {server.name} ({server.address}, {role}) on {server.docker.host}: "
+                  f"GPUs {docker_gpu_request(server.gpu_ids) or 'none'}, models {server.models_dir or cfg.models_dir}")
+        env = container_env(cfg)
+        p("Env       " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))
+    specs = launch_specs(cfg, manifest.model_digests() if manifest else {})
+    disabled = [m.uid for m in cfg.models if not m.enabled]
+    p("")
+    p(f"Models: {len(specs)} enabled" + (f", disabled (terminated if running): {', '.join(disabled)}" if disabled else ""))
+    cluster = cfg.mode == "cluster"
+    server_col = ("SERVER (WORKER_IP)",) if cluster else ()
+    rows = [("UID", "TYPE", *server_col, "HOST GPU", "GPU_IDX", "VRAM GB", "MODEL PATH (as Xinference sees it)")]
+    for s in specs:
+        server = (f"{s.server} ({s.worker_ip})",) if cluster else ()
+        rows.append((s.model_uid, s.model_type, *server, ids_text(s.host_gpus), ids_text(s.gpu_idx),
+                     f"{s.vram_gb:g}" if s.vram_gb is not None else "-", s.model_path))
+    print_table(rows, out)
+    budgets = server_budgets(cfg)
+    if budgets:
+        p("")
+        p("GPU budget (declared vram_gb per GPU)")
+        rows = [(*(("SERVER",) if cluster else ()), "GPU", "CAPACITY GB", "DECLARED GB", "FREE GB", "MODELS")]
+        for where, b in budgets:
+            free = f"{b.capacity_gb - b.used_gb:g}" if b.capacity_gb is not None else "?"
+            models = ", ".join(b.models) + (f" (undeclared: {', '.join(b.undeclared)})" if b.undeclared else "")
+            rows.append((*((where,) if cluster else ()), str(b.gpu),
+                         f"{b.capacity_gb:g}" if b.capacity_gb is not None else "?", f"{b.used_gb:g}", free,
+                         models or "-"))
+        print_table(rows, out)
+    p("")
+    p("Offline bundle must carry" + (" (checked against the bundle)" if manifest else ""))
+    gaps = set(bundle_gaps(cfg, stack, manifest)) if manifest else set()
+    for item in bundle_items(cfg, stack):
+        status = "" if manifest is None else ("  MISSING" if item.path in gaps else "  ok")
+        p(f"  {item.path:<44} {item.what}{status}")
+
+
+def bundle_gaps(cfg: StackConfig, stack: str, manifest: Optional[StackManifest]) -> list[str]:
+    """Bundle items the manifest does not hold (a directory counts when it holds a file)."""
+    if manifest is None:
+        return []
+    paths = [f.path for f in manifest.files]
+    gaps = []
+    for item in bundle_items(cfg, stack):
+        if item.path.endswith("/"):
+            present = any(p.startswith(item.path) for p in paths)
+        else:
+            present = item.path in paths
+        if not present:
+            gaps.append(item.path)
+    return gaps
+
+
+def ids_text(ids: Sequence[int]) -> str:
+    return ",".join(map(str, ids)) if ids else "cpu"
+
+
+def print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)

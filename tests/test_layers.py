@@ -1,0 +1,63 @@
+"""The import layers are checked, not hoped for (issue 13, item 7): tools/check_layers.py walks every
+import of spec/, bundle/, components/ and __main__.py and fails on a circle, an upward import, a
+project import inside a function, a private name imported across modules, or a third-party
+package reachable from the offline commands. Run on the project (no problems), and on small
+trees that break each rule (each named)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import check_layers  # noqa: E402
+
+
+def test_the_project_keeps_its_layers():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "check_layers.py")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no problems" in proc.stderr
+
+
+def tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for rel, text in {"spec/__init__.py": "", "bundle/__init__.py": "", "bundle/format/__init__.py": "",
+                      "components/__init__.py": "", **files}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"spec/a.py": "from components.c import X\n", "components/c.py": "X = 1\n"},
+     "spec/a.py:1: spec.a (spec/) imports components.c (components/), a layer above it"),
+    ({"bundle/format/m.py": "from bundle.plan import P\n", "bundle/plan.py": "P = 1\n"},
+     "bundle/format/m.py:1: bundle.format.m (bundle/format/) imports bundle.plan (bundle/ (commands)), a layer above it"),
+    ({"spec/a.py": "import spec.b\n", "spec/b.py": "import spec.a\n"},
+     "import circle: spec.a -> spec.b -> spec.a"),
+    ({"spec/a.py": "def f():\n    from spec.b import y\n", "spec/b.py": "y = 1\n"},
+     "spec/a.py:2: imports spec.b inside a function"),
+    ({"spec/a.py": "from spec.b import _hidden\n", "spec/b.py": "_hidden = 1\n"},
+     "spec/a.py:1: imports the private name(s) _hidden from spec.b"),
+    ({"spec/a.py": "import pulumi\n"},
+     "spec/a.py:1: spec.a (spec/) imports the third-party package pulumi, which its layer may not use"),
+    ({"bundle/format/m.py": "import yaml\n"},
+     "bundle/format/m.py:1: bundle.format.m (bundle/format/) imports the third-party package yaml"),
+    ({"bundle/install.py": "from bundle.helper import h\n", "bundle/helper.py": "import pydantic\nh = 1\n"},
+     "bundle.install (an offline command, run with a bare python3 -S) reaches bundle.helper, which imports the "
+     "third-party package pydantic"),
+    ({"bundle/plan.py": "import bundle.nothere\n"},
+     "bundle/plan.py:1: imports bundle.nothere, which is not a module of the project"),
+])
+def test_each_rule_is_enforced_and_named(tmp_path, files, expected):
+    found = check_layers.problems(tree(tmp_path, files))
+    assert any(line.startswith(expected) for line in found), found
+
+
+def test_an_optional_import_inside_a_function_is_allowed_where_declared(tmp_path):
+    root = tree(tmp_path, {"bundle/format/progress.py": "def bar():\n    import tqdm\n"})
+    assert check_layers.problems(root) == []

@@ -1,0 +1,193 @@
+"""Check the project's import layers; exit 1 naming each violation (tests/test_layers.py runs it).
+
+Layers, bottom to top; a module imports only its own layer or those below:
+
+  0 spec/            the stack spec: pydantic and PyYAML, never pulumi
+  1 bundle/format/   the bundle format: standard library only
+  2 bundle/          the bundle commands (plan, build, fetch, pack, install, ...)
+  3 components/      the Pulumi components
+  4 __main__.py      the program
+
+Also refused: an import circle among the project's modules (imports inside functions
+count too), a project module imported inside a function, a private name (``_x``) imported
+from another module, and any third-party import reachable from the offline commands (unpack,
+verify, install run with a bare ``python3 -S``).
+
+Usage: python3 tools/check_layers.py [ROOT]
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+FIRST_PARTY = ("spec", "bundle", "components", "__main__")
+LAYERS = [("spec", 0), ("bundle.format", 1), ("bundle", 2), ("components", 3), ("__main__", 4)]
+LAYER_NAMES = {0: "spec/", 1: "bundle/format/", 2: "bundle/ (commands)", 3: "components/", 4: "__main__.py"}
+# Third-party packages each layer may import (the standard library is always allowed).
+ALLOWED_THIRD_PARTY = {0: {"pydantic", "pydantic_core", "yaml"}, 1: set(), 2: {"pydantic", "yaml", "tqdm"},
+                       3: {"pulumi", "pulumi_docker", "pulumi_command", "requests", "urllib3", "dill"}, 4: {"pulumi"}}
+# Optional third-party imports a module makes inside a function and does without (no hard need).
+OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.fetch", "modelscope"),
+                   ("bundle.fetch", "huggingface_hub")}
+OFFLINE_COMMANDS = ("bundle.archive", "bundle.format.verify", "bundle.install", "bundle.cli", "bundle.__main__")
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str
+    target: str  # a module: "bundle.format.manifest", or a top-level package: "pydantic"
+    names: tuple[str, ...]
+    line: int
+    inside_function: bool
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> int:
+    for prefix, layer in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            return layer
+    raise ValueError(module)
+
+
+def project_modules(root: Path) -> dict[str, Path]:
+    found = {"__main__": root / "__main__.py"} if (root / "__main__.py").is_file() else {}
+    for package in ("spec", "bundle", "components"):
+        for path in sorted((root / package).rglob("*.py")):
+            found[module_name(root, path)] = path
+    return found
+
+
+def imports_of(module: str, path: Path, modules: dict[str, Path]) -> Iterator[Import]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    functions: list[ast.AST] = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    inner = {id(n) for f in functions for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(module, resolve(alias.name, modules), (), node.lineno, id(node) in inner)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = tuple(a.name for a in node.names)
+            # `from bundle import archive` imports the module bundle.archive
+            targets = [f"{base}.{n}" for n in names if f"{base}.{n}" in modules] or [resolve(base, modules)]
+            for target in targets:
+                yield Import(module, target, names, node.lineno, id(node) in inner)
+
+
+def resolve(name: str, modules: dict[str, Path]) -> str:
+    """A project module's full name; a third-party or standard library import's top-level package."""
+    return name if name in modules or name.split(".")[0] in FIRST_PARTY else name.split(".")[0]
+
+
+def problems(root: Path) -> list[str]:
+    modules = project_modules(root)
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    found: list[str] = []
+    stdlib = set(sys.stdlib_module_names)
+    third_party: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for imp in imports_of(module, path, modules):
+            where = f"{path.relative_to(root)}:{imp.line}"
+            if imp.target in modules:
+                graph[module].add(imp.target)
+                if imp.inside_function:
+                    found.append(f"{where}: imports {imp.target} inside a function (import it at the top; "
+                                 "a circle it would break is a layering mistake)")
+                if layer_of(imp.target) > layer_of(module):
+                    found.append(f"{where}: {module} ({LAYER_NAMES[layer_of(module)]}) imports {imp.target} "
+                                 f"({LAYER_NAMES[layer_of(imp.target)]}), a layer above it")
+                private = [n for n in imp.names if n.startswith("_") and not n.startswith("__")]
+                if private:
+                    found.append(f"{where}: imports the private name(s) {', '.join(private)} from {imp.target}")
+            elif imp.target.split(".")[0] in FIRST_PARTY:
+                if imp.target.split(".")[0] != "__main__":
+                    found.append(f"{where}: imports {imp.target}, which is not a module of the project")
+            elif imp.target not in stdlib and imp.target != "__future__":
+                if imp.inside_function and (module, imp.target) in OPTIONAL_INSIDE:
+                    continue
+                third_party[module].add(imp.target)
+                if imp.target not in ALLOWED_THIRD_PARTY[layer_of(module)]:
+                    found.append(f"{where}: {module} ({LAYER_NAMES[layer_of(module)]}) imports the third-party "
+                                 f"package {imp.target}, which its layer may not use")
+    found += [f"import circle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
+    for command in OFFLINE_COMMANDS:
+        if command not in modules:
+            continue
+        reach = reachable(graph, command)
+        for dependency in sorted(reach):
+            for package in sorted(third_party[dependency]):
+                found.append(f"{command} (an offline command, run with a bare python3 -S) reaches {dependency}, "
+                             f"which imports the third-party package {package}")
+    return found
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One representative circle per strongly connected component of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph[node]:
+                components.append(sorted(component) + [sorted(component)[0]])
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return components
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[0] if argv else Path(__file__).resolve().parent.parent)
+    found = problems(root)
+    for line in found:
+        print(line)
+    print(f"check_layers: {len(project_modules(root))} modules, "
+          f"{'no problems' if not found else f'{len(found)} problem(s)'}", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
