@@ -24,6 +24,15 @@ import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+PROGRAM_PACKAGES = ("spec", "bundle", "components")  # what a copy of the program needs beside __main__.py
+
+
+def copy_program_packages(dest: Path, packages: tuple[str, ...] = PROGRAM_PACKAGES) -> None:
+    """This checkout's program packages into ``dest`` (a temp project), without bytecode caches."""
+    for package in packages:
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+
+
 CACHE = Path(os.environ.get("XINFERENCE_OFFLINE_CACHE", Path.home() / ".cache" / "xinference-offline"))
 PASSPHRASE = "e2e-docker-passphrase"
 NS = "xinference-offline"
@@ -95,8 +104,7 @@ class DockerSite:
         site.program.mkdir()
         for name in ("Pulumi.yaml", "__main__.py", "requirements.txt"):
             shutil.copy(ROOT / name, site.program / name)
-        for package in ("components", "bundle"):
-            shutil.copytree(ROOT / package, site.program / package, ignore=shutil.ignore_patterns("__pycache__"))
+        copy_program_packages(site.program)
         (site.program / "venv").symlink_to(ROOT / "venv")
         (site.program / "stacks").mkdir()
         (site.program / ".state").mkdir()  # the file backend Pulumi.yaml names must exist (install makes it on a site)

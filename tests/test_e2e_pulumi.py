@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from tests.docker_site import free_port, running_models
+from tests.docker_site import copy_program_packages, free_port, running_models
 
 ROOT = Path(__file__).resolve().parent.parent
 PULUMI = shutil.which("pulumi")
@@ -51,8 +51,7 @@ class Project:
         self.root = root
         for name in ("Pulumi.yaml", "__main__.py", "requirements.txt"):
             shutil.copy(ROOT / name, root / name)
-        for package in ("components", "bundle"):
-            shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+        copy_program_packages(root)
         (root / "venv").symlink_to(ROOT / "venv")
         project = yaml.safe_load((root / "Pulumi.yaml").read_text())
         project["backend"] = {"url": f"file://{root / 'state'}"}

@@ -30,6 +30,7 @@ from pulumi.runtime.proto import provider_pb2
 
 from components.model import API_KEY_CONFIG, XinferenceModelProvider
 from components.xinference_client import XinferenceAuthError
+from tests.docker_site import copy_program_packages
 from tests.xinference_server import MODEL_NAME, MODEL_TYPE, DynamicProviderServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,7 +170,7 @@ def test_the_engine_hands_the_secret_to_the_provider(auth_server, uid, tmp_path)
     the model launches on the auth-on server, and the password is in neither the state nor the output."""
     root = tmp_path / "project"
     root.mkdir()
-    shutil.copytree(ROOT / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_program_packages(root, ("spec", "components"))  # the dynamic provider imports spec/xinference.py
     (root / "venv").symlink_to(ROOT / "venv")
     (root / "__main__.py").write_text(PROGRAM)
     (root / "state").mkdir()
