@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAM_PACKAGES = ("spec", "bundle", "components")  # what a copy of the program needs beside __main__.py
 
 
-def copy_program_packages(dest: Path, packages: tuple[str, ...] = PROGRAM_PACKAGES) -> None:
-    """This checkout's program packages into ``dest`` (a temp project), without bytecode caches."""
+def copy_program_packages(dest: Path, packages: tuple[str, ...] = PROGRAM_PACKAGES, source: Path = ROOT) -> None:
+    """The program packages of ``source`` (default this checkout) into ``dest`` (a temp project),
+    without bytecode caches."""
     for package in packages:
-        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(source / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 CACHE = Path(os.environ.get("XINFERENCE_OFFLINE_CACHE", Path.home() / ".cache" / "xinference-offline"))

@@ -14,12 +14,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import requests
 import yaml
 
-from tests.docker_site import copy_program_packages, free_port, running_models
+from tests.docker_site import PROGRAM_PACKAGES, copy_program_packages, free_port, running_models
 
 ROOT = Path(__file__).resolve().parent.parent
 PULUMI = shutil.which("pulumi")
@@ -47,11 +48,9 @@ def xinference(tmp_path_factory):
 class Project:
     """A copy of this project in a temp dir with its own file backend and an `e2e` stack."""
 
-    def __init__(self, root: Path, endpoint: str, models_dir: Path):
+    def __init__(self, root: Path, endpoint: str, models_dir: Path, program: Optional[Path] = None):
         self.root = root
-        for name in ("Pulumi.yaml", "__main__.py", "requirements.txt"):
-            shutil.copy(ROOT / name, root / name)
-        copy_program_packages(root)
+        self.use_program(program)
         (root / "venv").symlink_to(ROOT / "venv")
         project = yaml.safe_load((root / "Pulumi.yaml").read_text())
         project["backend"] = {"url": f"file://{root / 'state'}"}
@@ -61,6 +60,22 @@ class Project:
         self.endpoint, self.models_dir = endpoint, models_dir
         self.env = {**os.environ, "PULUMI_CONFIG_PASSPHRASE": "e2e-passphrase", "PULUMI_SKIP_UPDATE_CHECK": "1",
                     "PULUMI_DIY_BACKEND_NO_CHECKPOINT_LOCK": "", "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "1"}
+
+    def use_program(self, program: Optional[Path] = None) -> None:
+        """The program's code from ``program`` (a checkout of another commit), default this checkout;
+        the stack files, the state and the backend setting stay."""
+        source = program or ROOT
+        pulumi_yaml = self.root / "Pulumi.yaml"
+        backend = yaml.safe_load(pulumi_yaml.read_text())["backend"] if pulumi_yaml.exists() else None
+        for name in ("Pulumi.yaml", "__main__.py", "requirements.txt"):
+            shutil.copy(source / name, self.root / name)
+        for package in PROGRAM_PACKAGES:
+            shutil.rmtree(self.root / package, ignore_errors=True)
+        copy_program_packages(self.root, tuple(p for p in PROGRAM_PACKAGES if (source / p).is_dir()), source)
+        if backend is not None:
+            project = yaml.safe_load(pulumi_yaml.read_text())
+            project["backend"] = backend
+            pulumi_yaml.write_text(yaml.safe_dump(project))
 
     def write_models(self, models: list[dict]) -> None:
         stack_file = self.root / "stacks" / "Pulumi.e2e.yaml"
