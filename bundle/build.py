@@ -51,7 +51,8 @@ from bundle.fetch import HUB_BOOKKEEPING, FetchError, download_model, list_sourc
 from bundle.format.errors import SetupError
 from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, remove_partials
 from bundle.format.layout import INSTALL_RECORD, PROJECT_MARKER
-from bundle.format.manifest import MANIFEST_NAME, BundleError, FileEntry, Manifest, load_manifest, write_atomic
+from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackEntry, load_manifest,
+                                    write_atomic)
 from bundle.format.progress import Progress, bars_wanted, human, plural
 from bundle.program import program_files
 from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain
@@ -106,6 +107,7 @@ class Builder:
         self.entries: dict[str, FileEntry] = {}
         self.model_dirs_done: set[str] = set()
         self.reports: list[ItemReport] = []
+        self.image_ids: dict[str, Optional[str]] = {}  # image bundle path -> the id its tar loads as
         self.progress = Progress(None, "build", bars_wanted(options.quiet))
 
     # -- the whole build ----------------------------------------------------------------------
@@ -132,7 +134,8 @@ class Builder:
         self.hashes.forget_except(set(self.entries))
         self.hashes.save()
         manifest = Manifest(
-            stacks={stack.name: stack_entry(stack, site.per_stack[stack.name]) for stack in self.stacks},
+            stacks={stack.name: self._with_image_id(stack_entry(stack, site.per_stack[stack.name]))
+                    for stack in self.stacks},
             files=sorted(self.entries.values(), key=lambda e: e.path),
             created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             python=self.opts.python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -162,6 +165,9 @@ class Builder:
         out.mkdir(parents=True, exist_ok=True)
         remove_partials(out)
 
+    def _with_image_id(self, entry: StackEntry) -> StackEntry:
+        return dataclasses.replace(entry, image_id=self.image_ids.get(entry.image_tar)) if entry.image_tar else entry
+
     # -- one handler per role of bundle_items -------------------------------------------------
 
     def _image(self, item, report: ItemReport, _dirs) -> None:
@@ -176,7 +182,7 @@ class Builder:
             tar = here
         else:
             tar = docker_save(image, images[0].tar, self.cache_dir / "images", self._say)
-        check_image_tar(tar, image)
+        self.image_ids[item.path] = check_image_tar(tar, image)
         self._carry_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
 
     def _model(self, item, report: ItemReport, dirs: dict[str, ModelDir]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -35,8 +36,9 @@ def docker_save(image: str, configured_tar: Optional[str], cache_dir: Path, say:
     return dest
 
 
-def check_image_tar(tar: Path, image: str) -> None:
-    """The tar is a `docker save` archive that holds ``image`` (carrying the wrong one is costly)."""
+def check_image_tar(tar: Path, image: str) -> Optional[str]:
+    """The tar is a `docker save` archive that holds ``image`` (carrying the wrong one is costly);
+    returns the image id that `docker load` of it gives (``sha256:<hex>`` of its config), when it says."""
     try:
         with tarfile.open(tar, "r:*") as archive:
             member = next((m for m in archive if m.name.removeprefix("./") == "manifest.json" and m.isreg()), None)
@@ -52,3 +54,14 @@ def check_image_tar(tar: Path, image: str) -> None:
     if not candidates & set(tags):
         raise SetupError(f"{tar} holds {', '.join(tags) or 'no tagged image'}, not image.name {image!r}; "
                          "fix image.name or give the right tar")
+    return image_id_of(entries, candidates)
+
+
+def image_id_of(entries: list, names: set[str]) -> Optional[str]:
+    """The image id of the manifest.json entry tagged with one of ``names``: its config file is named
+    by its sha256, `<hex>.json` (docker save) or `blobs/sha256/<hex>` (the OCI layout of docker 25+)."""
+    for entry in entries:
+        if isinstance(entry, dict) and names & set(entry.get("RepoTags") or []):
+            found = re.fullmatch(r"(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?", str(entry.get("Config", "")))
+            return f"sha256:{found.group(1)}" if found else None
+    return None

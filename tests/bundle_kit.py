@@ -29,16 +29,26 @@ WHEEL_NAME, WHEEL_VERSION = "xoffline_probe", "1.0"
 
 
 def make_image_tar(path: Path, image: str = IMAGE, layer: bytes = b"layer bytes " * 1000) -> Path:
-    """A tar laid out like `docker save`: manifest.json with RepoTags, a config and a layer."""
+    """A tar laid out like `docker save`: manifest.json with RepoTags, a config named by its sha256
+    (the image id `docker load` gives: image_id_of_tar) and a layer."""
     path.parent.mkdir(parents=True, exist_ok=True)
     layer_name = hashlib.sha256(layer).hexdigest() + "/layer.tar"
-    manifest = json.dumps([{"Config": "config.json", "RepoTags": [image], "Layers": [layer_name]}]).encode()
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}})
+    config_name = hashlib.sha256(config.encode()).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [image], "Layers": [layer_name]}]).encode()
     with tarfile.open(path, "w") as tar:
-        for name, data in (("config.json", b"{}"), (layer_name, layer), ("manifest.json", manifest)):
+        for name, data in ((config_name, config.encode()), (layer_name, layer), ("manifest.json", manifest)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def image_id_of_tar(path: Path) -> str:
+    """The id make_image_tar's tar loads as: sha256 of its config."""
+    with tarfile.open(path) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+    return "sha256:" + manifest[0]["Config"].removesuffix(".json")
 
 
 def make_model(root: Path, files: dict[str, bytes]) -> Path:

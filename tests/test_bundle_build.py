@@ -18,7 +18,7 @@ from bundle.fetch import Source, hub_cache_dir
 from bundle.format.manifest import MANIFEST_NAME, load_manifest
 from bundle.pulumi_release import pulumi_versions
 from spec.source import from_stack_file
-from tests.bundle_kit import (IMAGE, build_args, cli, make_image_tar, make_mirror, make_pulumi_dir, make_site, make_wheel, run_cli,
+from tests.bundle_kit import (IMAGE, build_args, cli, image_id_of_tar, make_image_tar, make_mirror, make_pulumi_dir, make_site, make_wheel, run_cli,
                               write_stack)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +85,15 @@ def test_build_produces_exactly_what_plan_lists(site):
     assert "total" in summary and f"bundle id {whole.bundle_id}" in summary and manifest.bundle_id == whole.bundle_id
     code, plan_out = run_cli("plan", "--stack", "t1", "--stacks-dir", str(site.stacks), "--bundle", str(site.out))
     assert code == 0 and "MISSING" not in plan_out
+
+
+def test_the_manifest_names_the_image_id_the_tar_loads_as(site):
+    """An engine that already has this id needs no transfer (components/image.py skips the load)."""
+    assert cli(*build_args(site))[0] == 0
+    manifest = load_manifest(site.out)
+    [entry] = manifest.stacks.values()
+    assert entry.image_id == image_id_of_tar(site.out / entry.image_tar)
+    assert entry.image_id.startswith("sha256:") and len(entry.image_id) == 71
 
 
 def test_a_rebuild_with_no_change_touches_nothing_and_keeps_the_bundle_id(site):

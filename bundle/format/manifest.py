@@ -103,6 +103,9 @@ class StackEntry:
     # {bundle dir "models/X": host dir, relative to models_dir or absolute}: where install puts each
     model_dirs: dict[str, str] = field(default_factory=dict)
     models: dict[str, list[str]] = field(default_factory=dict)  # model uid -> its bundle dirs (with companions)
+    # the id `docker load` of image_tar gives (sha256 of its config): an engine that has it needs no transfer.
+    # Optional and left out of MANIFEST.json when unknown, so bundles built before it keep their ids.
+    image_id: Optional[str] = None
 
 
 class _Files:
@@ -163,6 +166,9 @@ class Manifest(_Files):
 
     def _data(self) -> dict:
         data = asdict(self)
+        for entry in data["stacks"].values():
+            if entry.get("image_id") is None:
+                entry.pop("image_id", None)
         data["files"] = [asdict(f) for f in sorted(self.files, key=lambda f: f.path)]
         return data
 

@@ -112,10 +112,10 @@ def content_digest(data: dict) -> str:
 # fields
 
 
-def _object(value: Any, source: str, field: str, keys: tuple[str, ...]) -> dict:
+def _object(value: Any, source: str, field: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
     if not isinstance(value, dict):
         raise fail(source, field, "an object", value)
-    unknown = [k for k in value if k not in keys]
+    unknown = [k for k in value if k not in keys and k not in optional]
     if unknown:
         raise fail(source, f"{field}{key(unknown[0])}", f"only the keys {', '.join(keys)}", unknown[0],
                    "an unknown key")
@@ -171,11 +171,17 @@ def _file(item: Any, source: str, field: str, stacks: dict[str, dict]) -> dict:
     return item
 
 
+IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def _stack(name: Any, entry: Any, source: str) -> dict:
     field = f"stacks{key(name)}"
     if not STACK_RE.fullmatch(name):
         raise fail(source, field, "a stack name (letters, digits, `.`, `_`, `-`)", name, text_problem(name) or "")
-    _object(entry, source, field, ("image", "image_tar", "models_dir", "model_dirs", "models"))
+    _object(entry, source, field, ("image", "image_tar", "models_dir", "model_dirs", "models"), optional=("image_id",))
+    entry.setdefault("image_id", None)
+    _text(entry["image_id"], source, f"{field}.image_id", IMAGE_ID_RE, "sha256:<64 hex> (the loaded image's id)",
+          optional=True)
     _text(entry["image"], source, f"{field}.image", IMAGE_RE, "a docker image reference", optional=True)
     if entry["image_tar"] is not None:
         tar = _path(entry["image_tar"], source, f"{field}.image_tar")
