@@ -99,7 +99,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
             self.models_by_uid[spec.model_uid] = XinferenceModel(
                 f"{name}-{spec.model_uid}",
                 model_args(spec, endpoint_url(cfg), container.container_id if container else None,
-                           cfg.endpoint_ca_bundle, docker_host=self._docker_host_of(spec.server)),
+                           cfg.endpoint_ca_bundle, docker=self._docker_of(spec.server)),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[container] if container else []),
             )
         single = self.containers.get(None)
@@ -107,13 +107,13 @@ class XinferenceDeployment(pulumi.ComponentResource):
         self.models = pulumi.Output.from_input([model_row(spec) for spec in self.specs])
         self.register_outputs({"endpoint": self.endpoint, "container_id": self.container_id, "models": self.models})
 
-    def _docker_host_of(self, server: Optional[str]) -> Optional[str]:
+    def _docker_of(self, server: Optional[str]) -> Optional[DockerHostConfig]:
         """The engine that runs the container of a model placed on ``server`` (None: no container)."""
         cfg = self._args.config
         if cfg.mode == "docker":
-            return cfg.docker.host
+            return cfg.docker
         if cfg.mode == "cluster":
-            return next((s.docker.host for s in cfg.servers if s.name == server), None)
+            return next((s.docker for s in cfg.servers if s.name == server), None)
         return None
 
     def _volume(self, name: str, models: list, digests: dict, models_dir: str, check: bool) -> ModelVolume:
@@ -148,7 +148,10 @@ class XinferenceDeployment(pulumi.ComponentResource):
             return self._images[host.host]
         cfg = self._args.config
         assert cfg.image is not None  # validated: docker and cluster modes need an image
-        provider = docker.Provider(f"{prefix}-docker", host=host.host, ssh_opts=host.ssh_opts or None,
+        # The provider's ssh is the docker CLI's helper, exec'ing `ssh` with these options: the same
+        # key, known_hosts and host-key policy as the image load and the file copy (spec/ssh.py).
+        provider = docker.Provider(f"{prefix}-docker", host=host.host,
+                                   ssh_opts=host.ssh.options() if host.ssh is not None else None,
                                    disable_docker_daemon_check=None if host.check_daemon else True,
                                    opts=pulumi.ResourceOptions(parent=self))
         on_host = pulumi.ResourceOptions(parent=self, providers={"docker": provider})
@@ -157,6 +160,8 @@ class XinferenceDeployment(pulumi.ComponentResource):
             tar_path=image_tar_path(cfg, self._args.manifest),
             tar_digest=image_digest(cfg, self._args.manifest),
             docker_host=host.host,
+            ssh=host.ssh,
+            image_id=self._args.manifest.entry.image_id if self._args.manifest else None,
         ), opts=on_host)
         self._images[host.host] = (image, on_host)
         return image, on_host
@@ -201,7 +206,8 @@ class XinferenceDeployment(pulumi.ComponentResource):
 
 
 def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optional[str]],
-               endpoint_ca_bundle: Optional[str] = None, docker_host: Optional[str] = None) -> XinferenceModelArgs:
+               endpoint_ca_bundle: Optional[str] = None, docker: Optional[DockerHostConfig] = None
+               ) -> XinferenceModelArgs:
     """The resource's inputs: the spec's launch parameters (same names) plus where and what it depends on."""
     shared = {f.name for f in fields(XinferenceModelArgs)} & {f.name for f in fields(LaunchSpec)}
     # Empty values are left out rather than sent as [] / {} / "" (absent and empty must diff the same).
@@ -209,8 +215,10 @@ def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optio
     values["extra"] = dict(spec.extra) or None
     for kept in ("replica", "launch_timeout", "autostart", "smoke_test"):  # falsy but meaningful
         values[kept] = getattr(spec, kept)
+    ssh = docker.ssh if docker is not None else None
     return XinferenceModelArgs(endpoint=endpoint, container_id=container_id, endpoint_ca_bundle=endpoint_ca_bundle,
-                               docker_host=docker_host, **values)
+                               docker_host=docker.host if docker is not None else None,
+                               docker_ssh=ssh.argv() if ssh is not None else None, **values)
 
 
 def model_row(spec: LaunchSpec) -> dict:

@@ -1,12 +1,17 @@
 """The docker CLI, run against one engine: what the preflight and the model provider ask it.
 
-No shell: every value is one argv element. The CLI reaches `ssh://` hosts itself.
+No shell here: every value is one argv element. A local or tcp:// engine is asked with
+``DOCKER_HOST``; an ssh:// one with ``ssh <the stack's ssh options> host docker ...`` (each word
+quoted for the remote shell), because the docker CLI's own ssh helper passes ssh no options:
+so the key, known_hosts and host-key policy are the ones the docker provider and the file
+copy use (spec/ssh.py).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shlex
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -28,22 +33,34 @@ class DockerHostUnreachable(Exception):
     """The docker CLI is missing or the engine does not answer."""
 
 
-def run_docker(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = None) -> DockerAnswer:
-    """Run the docker CLI against ``docker_host`` (its own DOCKER_HOST, nothing else changed)."""
-    env = {**os.environ, "DOCKER_HOST": docker_host}
+def docker_argv(docker_host: str, args: Sequence[str], ssh_argv: Optional[Sequence[str]] = None
+                ) -> tuple[list[str], dict[str, str]]:
+    """(argv, env) of one docker CLI call: through ``ssh_argv`` (SshTarget.argv(), the host's ssh
+    command up to the host name) for an ssh:// engine, else with DOCKER_HOST."""
+    if ssh_argv:
+        return [*ssh_argv, "docker", *map(shlex.quote, args)], dict(os.environ)
+    return ["docker", *args], {**os.environ, "DOCKER_HOST": docker_host}
+
+
+def run_docker(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = None,
+               ssh_argv: Optional[Sequence[str]] = None) -> DockerAnswer:
+    """Run the docker CLI against ``docker_host`` (its own DOCKER_HOST, or over ``ssh_argv``)."""
+    argv, env = docker_argv(docker_host, args, ssh_argv)
     try:
-        done = subprocess.run(["docker", *args], input=stdin, env=env, capture_output=True, timeout=TIMEOUT_S)
+        done = subprocess.run(argv, input=stdin, env=env, capture_output=True, timeout=TIMEOUT_S)
     except FileNotFoundError:
-        raise DockerHostUnreachable("the docker CLI is not installed on this machine") from None
+        raise DockerHostUnreachable(f"`{argv[0]}` is not installed on this machine") from None
     except subprocess.TimeoutExpired:
         raise DockerHostUnreachable(f"`docker {' '.join(args[:2])}` did not answer within {TIMEOUT_S} s") from None
     return DockerAnswer(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
-def container_exists(docker_host: str, container_id: str) -> Optional[bool]:
+def container_exists(docker_host: str, container_id: str, ssh_argv: Optional[Sequence[str]] = None
+                     ) -> Optional[bool]:
     """True / False when the engine answers whether the container exists; None when it cannot be asked."""
     try:
-        answer = run_docker(docker_host, ["container", "inspect", "--format", "{{.Id}}", container_id])
+        answer = run_docker(docker_host, ["container", "inspect", "--format", "{{.Id}}", container_id],
+                            ssh_argv=ssh_argv)
     except DockerHostUnreachable:
         return None
     if answer.returncode == 0:

@@ -3,7 +3,13 @@
 pulumi-docker has no "load" resource, so the load is a `command.local.Command` whose
 trigger is the tar's sha256: a new tar reloads (and, through the image id, replaces the
 container); an unchanged one does nothing. `docker.RemoteImage` then finds the loaded image
-locally (never pulls: the server is offline) and keeps it on destroy.
+on the engine (never pulls: the server is offline) and keeps it on destroy.
+
+For an ssh:// engine the tar, which lives on the operator machine, is streamed into
+`ssh HOST docker load` (no temp copy on either side), with the stack's one ssh configuration
+(spec/ssh.py). When the engine already holds the image id the manifest names, nothing is
+sent and the tar is not even hashed. A dropped connection fails the load before the container
+is touched (the running one keeps serving), and the next `up` loads again.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from typing import Optional
 import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
+
+from spec.ssh import SshTarget
 
 
 @dataclass
@@ -30,6 +38,29 @@ class LoadedImageArgs:
     """sha256 of the tar (from the bundle manifest); a change reloads the image."""
     docker_host: str
     """Docker engine address (unix:// socket or ssh://user@host)."""
+    ssh: Optional[SshTarget] = None
+    """For an ssh:// engine: how to reach it (the tar is streamed over ssh)."""
+    image_id: Optional[str] = None
+    """The id the tar loads as (from the manifest): an engine that has it needs no transfer."""
+
+
+def _fail(message: str) -> str:
+    return f"{{ echo {shlex.quote(message)} >&2; exit 1; }}"
+
+
+def tar_checks(tar_path: str, tar_sha256: str = "") -> list[str]:
+    """Shell lines refusing a missing tar, or one whose sha256 is not the manifest's, before any engine
+    is asked to change anything."""
+    tar = shlex.quote(tar_path)
+    lines = [f"[ -f {tar} ] || " + _fail(f"image tar {tar_path} not found; unpack and verify the bundle first")]
+    if re.fullmatch(r"[0-9a-f]{64}", tar_sha256):
+        # A tar damaged since `bundle verify` is refused here, before `docker load` reads it.
+        # From stdin: with a newline or backslash in the name, GNU sha256sum prefixes its line with `\`.
+        lines.append(f"actual=$(sha256sum < {tar} | cut -d' ' -f1)")
+        lines.append(f'[ "$actual" = {tar_sha256} ] || ' + _fail(
+            f"image tar {tar_path} is damaged: its sha256 is not the manifest's {tar_sha256}; "
+            "unpack the bundle again and run `python3 -m bundle verify`"))
+    return lines
 
 
 def load_script(image_name: str, tar_path: str, tar_sha256: str = "") -> str:
@@ -40,23 +71,33 @@ def load_script(image_name: str, tar_path: str, tar_sha256: str = "") -> str:
     included: a path holding ``$(...)`` stays text.
     """
     tar, name = shlex.quote(tar_path), shlex.quote(image_name)
+    lines = ["set -eu", *tar_checks(tar_path, tar_sha256), f"docker load -i {tar}",
+             f"docker image inspect {name} >/dev/null 2>&1 || "
+             + _fail(f"{tar_path} does not contain image {image_name}; check image.name")]
+    return "\n".join(lines) + "\n"
 
-    def fail(message: str) -> str:
-        return f"{{ echo {shlex.quote(message)} >&2; exit 1; }}"
 
-    lines = [
-        "set -eu",
-        f"[ -f {tar} ] || " + fail(f"image tar {tar_path} not found; unpack and verify the bundle first"),
-    ]
-    if re.fullmatch(r"[0-9a-f]{64}", tar_sha256):
-        # A tar damaged since `bundle verify` is refused here, before `docker load` reads it.
-        lines.append(f"actual=$(sha256sum {tar} | cut -d' ' -f1)")
-        lines.append(f'[ "$actual" = {tar_sha256} ] || ' + fail(
-            f"image tar {tar_path} is damaged: its sha256 is not the manifest's {tar_sha256}; "
-            "unpack the bundle again and run `python3 -m bundle verify`"))
-    lines.append(f"docker load -i {tar}")
-    lines.append(f"docker image inspect {name} >/dev/null 2>&1 || "
-                 + fail(f"{tar_path} does not contain image {image_name}; check image.name"))
+def remote_load_script(image_name: str, tar_path: str, tar_sha256: str, image_id: Optional[str],
+                       ssh: SshTarget) -> str:
+    """The load onto an ssh:// engine, run here: skip when the engine has ``image_id``; else check
+    the tar as load_script does and stream it into `docker load` there. Every value is quoted
+    twice over: once for the remote shell (SshTarget.argv), once for this one (shlex.join)."""
+    def remote(*words: str) -> str:
+        return shlex.join(ssh.argv(*words))
+
+    tar, where = shlex.quote(tar_path), ssh.describe()
+    lines = ["set -eu"]
+    if image_id and re.fullmatch(r"sha256:[0-9a-f]{64}", image_id):
+        lines.append(f"have=$({remote('docker', 'image', 'inspect', '--format', '{{.Id}}', image_name)} 2>/dev/null "
+                     "|| true)")
+        lines.append(f'if [ "$have" = {shlex.quote(image_id)} ]; then echo '
+                     + shlex.quote(f"image {image_name} ({image_id}) is already on {where}: nothing to transfer")
+                     + "; exit 0; fi")
+    lines += tar_checks(tar_path, tar_sha256)
+    lines.append("echo " + shlex.quote(f"load on {where}: streaming {tar_path} over ssh"))
+    lines.append(f"{remote('docker', 'load')} < {tar}")
+    lines.append(f"{remote('docker', 'image', 'inspect', image_name)} >/dev/null 2>&1 || "
+                 + _fail(f"{tar_path} does not contain image {image_name}; check image.name"))
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +110,15 @@ class LoadedImage(pulumi.ComponentResource):
     def __init__(self, name: str, args: LoadedImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("xinference-offline:index:LoadedImage", name, None, opts)
         depends = []
-        if args.tar_path:
+        if args.tar_path and args.ssh is not None:
+            load = command.local.Command(
+                f"{name}-load-on-{args.ssh.host}",  # preview names the server the tar goes to
+                create=remote_load_script(args.image_name, args.tar_path, args.tar_digest, args.image_id, args.ssh),
+                triggers=[args.tar_digest],
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            depends.append(load)
+        elif args.tar_path:
             load = command.local.Command(
                 f"{name}-load",
                 create=load_script(args.image_name, args.tar_path, args.tar_digest),

@@ -256,7 +256,9 @@ class XinferenceModelProvider(ResourceProvider):
         host, container = props.get("docker_host"), props.get("container_id")
         if not (isinstance(host, str) and isinstance(container, str) and is_known(host) and is_known(container)):
             return False
-        return container_exists(host, container) is False
+        ssh = props.get("docker_ssh")
+        ssh_argv = [str(word) for word in ssh] if isinstance(ssh, (list, tuple)) and is_known(ssh) else None
+        return container_exists(host, container, ssh_argv) is False
 
     @staticmethod
     def _keep(props: Mapping[str, Any], status: str) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class XinferenceModelArgs:
     docker_host: Optional[pulumi.Input[str]] = None
     """The engine running ``container_id`` (docker mode): when the endpoint does not answer, read asks
     it whether that container still exists; a model whose container is gone is gone too."""
+    docker_ssh: Optional[pulumi.Input[Sequence[str]]] = None
+    """For an ssh:// engine: the ssh command that reaches it, up to the host name (the stack's one ssh
+    configuration, spec/ssh.py); read asks the engine through it."""
 
 
 ARG_KEYS = tuple(f.name for f in fields(XinferenceModelArgs))
@@ -67,7 +70,8 @@ LAUNCH_KEYS = ("model_uid", "model_name", "model_type", "model_engine", "model_f
 # A change to any of these relaunches the model (delete before replace).
 REPLACE_KEYS = LAUNCH_KEYS + ("extra", "container_id", "weights_digest")
 # A change to these is applied in place.
-IN_PLACE_KEYS = ("endpoint", "launch_timeout", "autostart", "smoke_test", "endpoint_ca_bundle", "docker_host")
+IN_PLACE_KEYS = ("endpoint", "launch_timeout", "autostart", "smoke_test", "endpoint_ca_bundle", "docker_host",
+                 "docker_ssh")
 OUTPUT_KEYS = ("status", "autostart_registered", "adopted", "address", "accelerators")
 DEFAULTS: dict[str, Any] = {"replica": 1, "launch_timeout": 600.0, "autostart": True, "smoke_test": True}
 _STR_KEYS = ("endpoint", "model_uid", "model_name", "model_type", "model_engine", "model_format", "quantization",
@@ -144,6 +148,9 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key in _STR_KEYS:
         if given(key) and not isinstance(props[key], str):
             bad(key, f"{key} must be a string, got {type(props[key]).__name__}")
+    if given("docker_ssh") and (not isinstance(props["docker_ssh"], (list, tuple))
+                                or not all(isinstance(w, str) for w in props["docker_ssh"])):
+        bad("docker_ssh", f"docker_ssh must be a list of strings (an ssh command), got {props['docker_ssh']!r}")
     if given("endpoint") and isinstance(props["endpoint"], str):
         problem = endpoint_problem(props["endpoint"].strip())
         if problem:

@@ -22,8 +22,9 @@ import uuid
 from typing import Optional, Sequence
 
 from components.docker_cli import DockerHostUnreachable, empty_image_tar, run_docker
+from components.ssh_keys import host_key_problem
 from components.volume import missing_directories
-from spec.config import StackConfig
+from spec.config import DockerHostConfig, StackConfig
 from spec.docker_host import is_local_docker
 from spec.launch import model_dir_on_host
 from spec.placement import gpu_device_ids
@@ -53,33 +54,34 @@ def missing_runtime_message(docker_host: str, gpu_ids: Sequence[int], detail: st
     )
 
 
-def gpu_runtime_problem(docker_host: str, gpu_ids: Sequence[int]) -> Optional[str]:
+def gpu_runtime_problem(docker_host: str, gpu_ids: Sequence[int], ssh_argv: Optional[Sequence[str]] = None
+                        ) -> Optional[str]:
     """None when ``docker_host`` can start a container with these GPUs reserved; else the message."""
     if not gpu_ids:
         return None
-    info = run_docker(docker_host, ["info", "--format", "{{json .}}"])
+    info = run_docker(docker_host, ["info", "--format", "{{json .}}"], ssh_argv=ssh_argv)
     if info.returncode != 0:
         raise DockerHostUnreachable(f"docker host {docker_host} does not answer: {info.stderr.strip()}")
     if "nvidia" in runtime_names(info.stdout):
         return None
     imported = run_docker(docker_host, ["import", "--change", "LABEL managed-by=xinference-offline", "-",
-                                        PROBE_IMAGE], stdin=empty_image_tar())
+                                        PROBE_IMAGE], stdin=empty_image_tar(), ssh_argv=ssh_argv)
     if imported.returncode != 0:
         return f"docker host {docker_host}: the GPU preflight could not make its probe image: {imported.stderr.strip()}"
     name = f"xinference-offline-gpu-probe-{uuid.uuid4().hex[:8]}"
     try:
         created = run_docker(docker_host, ["create", "--name", name, "--network", "none",
                                            "--gpus", '"device=' + ",".join(gpu_device_ids(gpu_ids)) + '"',
-                                           PROBE_IMAGE, "/no-such-program"])
+                                           PROBE_IMAGE, "/no-such-program"], ssh_argv=ssh_argv)
         if created.returncode != 0:
             return f"docker host {docker_host}: the GPU preflight could not create its probe: {created.stderr.strip()}"
-        started = run_docker(docker_host, ["start", name])
+        started = run_docker(docker_host, ["start", name], ssh_argv=ssh_argv)
         if started.returncode != 0 and probe_says_no_driver(started.stderr):
             return missing_runtime_message(docker_host, gpu_ids, started.stderr)
         return None
     finally:
-        run_docker(docker_host, ["rm", "-f", name])
-        run_docker(docker_host, ["rmi", PROBE_IMAGE])
+        run_docker(docker_host, ["rm", "-f", name], ssh_argv=ssh_argv)
+        run_docker(docker_host, ["rmi", PROBE_IMAGE], ssh_argv=ssh_argv)
 
 
 def gpu_reservations(cfg: StackConfig) -> list[tuple[str, list[int]]]:
@@ -101,13 +103,14 @@ def gpu_reservations(cfg: StackConfig) -> list[tuple[str, list[int]]]:
 STACK_LABEL = "xinference-offline/stack"
 
 
-def foreign_containers(docker_host: str, stack: str, name: str, port: int) -> list[str]:
+def foreign_containers(docker_host: str, stack: str, name: str, port: int,
+                       ssh_argv: Optional[Sequence[str]] = None) -> list[str]:
     """Containers not made by ``stack`` that hold its container name or host port."""
     problems = []
     queries = ((f"name=^/{name}$", f"container name {name}", "set container.name to another name"),
                (f"publish={port}", f"host port {port}", "set container.port to a free port"))
     for query, what, fix in queries:
-        listed = run_docker(docker_host, ["ps", "-a", "--filter", query, "--format", "{{json .}}"])
+        listed = run_docker(docker_host, ["ps", "-a", "--filter", query, "--format", "{{json .}}"], ssh_argv=ssh_argv)
         if listed.returncode != 0:
             raise DockerHostUnreachable(f"docker host {docker_host} does not answer: {listed.stderr.strip()}")
         for line in listed.stdout.splitlines():
@@ -121,20 +124,35 @@ def foreign_containers(docker_host: str, stack: str, name: str, port: int) -> li
     return problems
 
 
+def docker_hosts(cfg: StackConfig) -> list[DockerHostConfig]:
+    """The engines the stack deploys to (each once)."""
+    hosts = [cfg.docker] if cfg.mode == "docker" else [s.docker for s in cfg.servers] if cfg.mode == "cluster" else []
+    return list({h.host: h for h in hosts}.values())
+
+
 def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
     """What would make `up` fail halfway on the stack's docker hosts, found before anything changes:
-    a model directory missing on this machine, a host that cannot give the container its GPUs,
-    a container name or port held by a container this stack did not make."""
+    a model directory missing on this machine, an ssh host whose key is not known, a host that
+    cannot give the container its GPUs, a container name or port held by a container this stack
+    did not make."""
     problems = []
     if cfg.mode == "docker" and is_local_docker(cfg.docker.host):
         problems += missing_directories({m.uid: model_dir_on_host(cfg, m) for m in cfg.enabled_models})
+    ssh_of = {h.host: h.ssh.argv() for h in docker_hosts(cfg) if h.ssh is not None}
+    for host in docker_hosts(cfg):  # check_daemon: false is the preview of a machine that reaches no engine
+        problem = host_key_problem(host.ssh) if host.ssh is not None and host.check_daemon else None
+        if problem:
+            problems.append(problem)
+    if problems:
+        return problems  # an unknown host is not asked anything
     try:
         for host, gpu_ids in gpu_reservations(cfg):
-            problem = gpu_runtime_problem(host, gpu_ids)
+            problem = gpu_runtime_problem(host, gpu_ids, ssh_of.get(host))
             if problem:
                 problems.append(problem)
         if cfg.mode == "docker" and cfg.docker.check_daemon:
-            problems += foreign_containers(cfg.docker.host, stack, cfg.container.name, cfg.container.port)
+            problems += foreign_containers(cfg.docker.host, stack, cfg.container.name, cfg.container.port,
+                                           ssh_of.get(cfg.docker.host))
     except DockerHostUnreachable as exc:
         # The docker provider would only say "failed to connect to any docker daemon": name the host.
         problems.append(f"{exc}. Nothing was changed. Fix: start dockerd on that host (or correct `docker.host`), "

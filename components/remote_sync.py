@@ -8,18 +8,21 @@ against the manifest, so a container never starts on files that arrived damaged.
 
 from __future__ import annotations
 
+import getpass
+import os
 import posixpath
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
-from urllib.parse import urlparse
 
 import pulumi
 import pulumi_command as command
 
 from bundle.format.manifest import FileEntry, StackManifest, files_digest
+from components.ssh_keys import known_host_key
 from spec.config import DockerHostConfig
+from spec.ssh import SshTarget
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,19 @@ def verify_script(copy: DirectoryCopy) -> str:
             f"sha256sum -c --quiet --strict - <<'XINFERENCE_OFFLINE_SHA256'\n{listing}\nXINFERENCE_OFFLINE_SHA256\n")
 
 
-def ssh_connection(host: DockerHostConfig) -> command.remote.ConnectionArgs:
-    """Connection for an ssh:// docker host; the key is read from ssh_key (secret) or the ssh agent."""
-    parsed = urlparse(host.host)
-    key = Path(host.ssh_key).read_text() if host.ssh_key else None
+def ssh_connection(target: SshTarget) -> command.remote.ConnectionArgs:
+    """Go's ssh client, told what OpenSSH reads from the stack's options: the same user (OpenSSH's
+    default is the local user, pulumi-command's is root), port, key (secret; else the ssh agent)
+    and the host key that known_hosts holds for the host (pulumi-command accepts any host without one)."""
+    key_file = os.path.expanduser(target.identity_file) if target.identity_file else None
+    key = Path(key_file).read_text() if key_file else None
+    host_key = known_host_key(target) if target.strict_host_key_checking != "no" else None
     return command.remote.ConnectionArgs(
-        host=parsed.hostname or "",
-        user=parsed.username,
-        port=float(parsed.port) if parsed.port else None,
+        host=target.host,
+        user=target.user or getpass.getuser(),
+        port=float(target.port or 22),
         private_key=pulumi.Output.secret(key) if key else None,
+        host_key=host_key,
     )
 
 
@@ -90,7 +97,8 @@ class RemoteModelSync(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: RemoteModelSyncArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("xinference-offline:index:RemoteModelSync", name, None, opts)
-        connection = ssh_connection(args.host)
+        assert args.host.ssh is not None  # only ssh:// hosts get their files copied
+        connection = ssh_connection(args.host.ssh)
         self.verified: list[command.remote.Command] = []
         for copy in args.copies:
             label = copy.bundle_dir.split("/")[-1]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validato
 from pydantic_core import PydanticCustomError
 
 from spec.docker_host import LOCAL_DOCKER, SCHEMES
+from spec.ssh import SshTarget, ssh_target
 from spec.values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir, OptionalNumber,
                          SizeInBillions, WholeNumber, WholeNumbers)
 from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, MODEL_TYPES
@@ -43,12 +44,18 @@ class DockerHostConfig(_Strict):
         default=LOCAL_DOCKER,
         description="Docker engine address: `unix:///var/run/docker.sock` (this machine) or `ssh://user@host`.",
     )
-    ssh_opts: list[str] = Field(default_factory=list, description="Extra ssh options for an `ssh://` host.")
+    ssh_opts: list[str] = Field(default_factory=list, description="ssh options for an `ssh://` host, used by every "
+                                "client (docker provider, image load, file copy): `-i FILE` and `-o Key=Value` only.")
     check_daemon: bool = Field(
         default=True, description="false: do not contact the engine when configuring (lets `preview` run without it)."
     )
     ssh_key: Optional[str] = Field(
-        default=None, description="Private key file for copying model files to an `ssh://` host (default: ssh agent)."
+        default=None, description="Private key file for an `ssh://` host, used by every client (default: `-i` in "
+                                  "ssh_opts, else the ssh agent)."
+    )
+    known_hosts: Optional[str] = Field(
+        default=None, description="known_hosts file holding the `ssh://` host's key (default: ~/.ssh/known_hosts); "
+                                  "an unknown host key is refused (StrictHostKeyChecking=yes unless ssh_opts says)."
     )
 
     @field_validator("host")
@@ -57,6 +64,11 @@ class DockerHostConfig(_Strict):
         if not re.match(rf"^({'|'.join(SCHEMES)})://.+", value):
             raise ValueError("must start with unix://, ssh:// or tcp:// (e.g. ssh://ops@gpu-node-2)")
         return value
+
+    @property
+    def ssh(self) -> Optional[SshTarget]:
+        """How every client reaches this host over ssh (None unless it is an ssh:// host)."""
+        return ssh_target(self.host, self.ssh_opts, self.ssh_key, self.known_hosts)
 
 
 class ImageConfig(_Strict):

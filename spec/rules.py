@@ -17,6 +17,7 @@ from spec.config import StackConfig
 from spec.errors import Problem
 from spec.launch import models_dir_of
 from spec.placement import GpuBudget, vram_budgets
+from spec.ssh import parse_ssh_opts
 from spec.xinference import (CONFIG_NAMESPACE, CONTAINER_MODELS_DIR, ENV_NAME_RE, MODEL_UID_FIX, endpoint_problem,
                              model_uid_problem)
 
@@ -240,6 +241,28 @@ def server_budgets(cfg: StackConfig) -> list[tuple[str, GpuBudget]]:
     return out
 
 
+def _ssh(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    """Every ssh:// docker host's options parse, and name one key and one known_hosts file."""
+    hosts = [("docker", cfg.docker)] if cfg.mode == "docker" else []
+    if cfg.mode == "cluster":
+        hosts = [(f"servers[{i}].docker", s.docker) for i, s in enumerate(cfg.servers)]
+    for at, docker in hosts:
+        if not docker.host.startswith("ssh://"):
+            continue
+        identity, options, problems = parse_ssh_opts(docker.ssh_opts)
+        for problem in problems:
+            yield Problem(f"{at}.ssh_opts", docker.ssh_opts, problem,
+                          "pass the key as ssh_key, known_hosts as known_hosts, user/host/port in host; "
+                          "other settings as -o Key=Value")
+        if identity and docker.ssh_key and identity != docker.ssh_key:
+            yield Problem(f"{at}.ssh_key", docker.ssh_key, f"differs from `-i {identity}` in ssh_opts",
+                          "name the key once (ssh_key), so every ssh client uses the same one")
+        for key, path in (("ssh_key", docker.ssh_key or identity), ("known_hosts", docker.known_hosts)):
+            if path is not None and not path.startswith(("/", "~/")):
+                yield Problem(f"{at}.{key}", path, "must be an absolute path (or ~/...)",
+                              "write the full path on the machine that runs pulumi, e.g. /home/ops/.ssh/id_ed25519")
+
+
 def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
     if cfg.auth and not cfg.api_key:
         yield Problem("api_key", None, "auth is on but no API key is set",
@@ -250,7 +273,7 @@ def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 
 
 _RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [
-    _mode_sections, _cluster, _endpoint, _gpus, _paths, _uids, _model_fields, _vram, _auth,
+    _mode_sections, _cluster, _endpoint, _gpus, _paths, _uids, _model_fields, _vram, _ssh, _auth,
 ]
 
 __all__ = ["cross_check", "CONTAINER_MODELS_DIR"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from components.image import load_script
+from components.image import load_script, remote_load_script
 from components.remote_sync import DirectoryCopy, checksum_line, verify_script
 from components.volume import presence_script
 
@@ -117,3 +117,52 @@ def test_remote_verify_still_fails_a_damaged_hostile_file(tmp_path, marker):
 def test_checksum_lines_never_carry_a_raw_newline():
     line = checksum_line("a\nb\\c", "0" * 64)
     assert "\n" not in line and line == "\\" + "0" * 64 + "  a\\nb\\\\c"
+
+
+def fake_ssh(bin_dir: Path, log: Path) -> None:
+    """An `ssh` that records its argv and runs the remote command line with /bin/sh, as sshd runs it
+    through the login shell (ssh joins its words with spaces: only the quoting makes them arrive whole)."""
+    bin_dir.mkdir()
+    script = bin_dir / "ssh"
+    script.write_text("#!/bin/sh\n"
+                      f"printf '%s\\n' \"$*\" >> {log}\n"
+                      'while [ "$1" != "--" ]; do shift; done; shift; shift\n'  # options, --, host
+                      'exec /bin/sh -c "$*"\n')
+    script.chmod(0o755)
+    (bin_dir / "docker").write_text(f"#!/bin/sh\nprintf 'docker %s\\n' \"$*\" >> {log}\ncat >/dev/null\n")
+    (bin_dir / "docker").chmod(0o755)
+
+
+def test_remote_load_quotes_every_value_for_both_shells(tmp_path, marker):
+    """The ssh:// load runs `ssh ... host docker ...` here: each remote word is quoted for the remote
+    shell, then the whole command for this one. A hostile image name, tar path, host option and user
+    stay text on both sides (the remote `docker` sees the name as one argument)."""
+    from spec.ssh import ssh_target
+
+    log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
+    fake_ssh(bin_dir, log)
+    tar = tmp_path / (hostile(marker) + ".tar")
+    tar.write_bytes(b"tar bytes")
+    target = ssh_target("ssh://ops@gpu-node-2", ["-o", f"ConnectTimeout={hostile(marker)}"], None, None)
+    image = hostile(marker)
+    script = remote_load_script(image, str(tar), hashlib.sha256(b"tar bytes").hexdigest(), None, target)
+    done = subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert not marker.exists(), done.stderr
+    assert log.exists(), done.stdout + done.stderr
+    docker_calls = [line for line in log.read_text().splitlines() if line.startswith("docker ")]
+    assert docker_calls[0] == "docker load" and docker_calls[1] == f"docker image inspect {image}".split("\n")[0]
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_good_tar_with_a_newline_in_its_name_reaches_docker_load(tmp_path, marker):
+    """sha256sum prefixes its line with `\\` for such a name; the check reads the tar from stdin instead."""
+    log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
+    fake_ssh(bin_dir, log)
+    tar = tmp_path / (hostile(marker) + ".tar")
+    tar.write_bytes(b"tar bytes")
+    done = subprocess.run(["/bin/sh", "-c", load_script("x/y:1", str(tar), hashlib.sha256(b"tar bytes").hexdigest())],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert done.returncode == 0 and not marker.exists(), done.stderr
+    assert log.read_text().splitlines()[0].startswith("docker load -i ")

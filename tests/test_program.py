@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shlex
 import unittest.mock
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pytest
 
 from bundle.site import StackSource, site_clashes
 from components import preflight
+from spec.errors import ConfigError
+from spec.load import load_stack_config
 from spec.source import from_stack_file, stack_name_of
 from tests.stack_configs import NS, docker_stack, reference_models
 
@@ -184,17 +187,51 @@ def test_disabled_model_creates_no_resource():
                                                          "SenseVoiceSmall"]
 
 
+SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=/home/ops/kh",
+               "-i", "/home/ops/.ssh/id_ed25519", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=5"]
+
+
 def test_remote_host_gets_its_own_provider_and_remapped_gpus():
     models = [{"uid": "emb", "type": "embedding", "gpus": [3], "path": "emb"}]
-    mocks, exports = run_program(docker_stack(gpus=[2, 3], models=models,
-                                              docker={"host": "ssh://ops@gpu-node-2", "ssh_opts": ["-p", "2222"]}))
+    docker = {"host": "ssh://ops@gpu-node-2:2222", "ssh_opts": ["-i", "/home/ops/.ssh/id_ed25519",
+                                                               "-o", "ConnectTimeout=5"],
+              "known_hosts": "/home/ops/kh"}
+    mocks, exports = run_program(docker_stack(gpus=[2, 3], models=models, docker=docker))
     provider = mocks.one("pulumi:providers:docker")
-    assert provider.inputs["host"] == "ssh://ops@gpu-node-2"
-    assert json.loads(provider.inputs["sshOpts"]) == ["-p", "2222"]
+    assert provider.inputs["host"] == "ssh://ops@gpu-node-2:2222"
+    assert json.loads(provider.inputs["sshOpts"]) == SSH_OPTIONS  # one ssh configuration ...
     assert mocks.one(CONTAINER).inputs["deviceRequests"] == [{"driver": "nvidia", "deviceIds": ["2", "3"], "capabilities": ["gpu"]}]
     assert mocks.models()["emb"].inputs["gpu_idx"] == [1]
-    assert mocks.resources["xinference-image-load"].inputs["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-node-2"}
+    load = mocks.resources["xinference-image-load-on-gpu-node-2"].inputs  # preview: "load on gpu-node-2"
+    login = ["-l", "ops", "-p", "2222", "--", "gpu-node-2"]
+    assert f"{shlex.join(['ssh', *SSH_OPTIONS, *login, 'docker', 'load'])} < " in load["create"]  # ... for the load
+    assert "environment" not in load or not load["environment"]
+    assert mocks.models()["emb"].inputs["docker_ssh"] == ["ssh", *SSH_OPTIONS, *login]  # ... and the provider's read
     assert exports["endpoint"] == "http://gpu-node-2:9997"
+
+
+@pytest.mark.parametrize("ssh_opts, message", [
+    (["-p", "2222"], "`-p 2222` is not an option this tool passes on"),
+    (["-o", "ProxyCommand=nc %h %p"], "ProxyCommand is not taken here"),
+    (["-o", "StrictHostKeyChecking=maybe"], "StrictHostKeyChecking=maybe: write yes, accept-new or no"),
+    (["-o"], "`-o` needs a value after it"),
+    (["-i", "relative/key"], "must be an absolute path"),
+])
+def test_ssh_options_that_would_split_the_clients_are_refused_by_name(ssh_opts, message):
+    with pytest.raises(ConfigError) as caught:
+        load_stack_config({f"{NS}:mode": "docker", f"{NS}:image": {"name": "x/y:1"},
+                           f"{NS}:docker": {"host": "ssh://ops@gpu-node-2", "ssh_opts": ssh_opts}})
+    assert any(message in p.message and p.path.startswith("docker.") for p in caught.value.problems), \
+        caught.value.report()
+
+
+def test_a_key_named_twice_differently_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        load_stack_config({f"{NS}:mode": "docker", f"{NS}:image": {"name": "x/y:1"},
+                           f"{NS}:docker": {"host": "ssh://ops@gpu-node-2", "ssh_key": "/a/key",
+                                            "ssh_opts": ["-i", "/b/key"]}})
+    assert [p.path for p in caught.value.problems] == ["docker.ssh_key"]
+    assert "differs from `-i /b/key` in ssh_opts" in caught.value.report()
 
 
 def test_preview_warns_when_another_stack_file_takes_this_hosts_container_port_or_gpu(monkeypatch):
