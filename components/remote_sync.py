@@ -3,7 +3,9 @@
 When a stack drives a server over `ssh://`, the operator machine holds the unpacked bundle
 and the server does not. Each model directory is copied with `command.remote.CopyToRemote`
 (re-copied when its digest changes) and then checked on the server with `sha256sum -c`
-against the manifest, so a container never starts on files that arrived damaged.
+against the manifest, so a container never starts on files that arrived damaged. Before the
+copy, a RemoteFilesCheck (components/remote_check.py) runs that check again at every refresh:
+a file damaged there since is found, and the next `up` copies and verifies the directory again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pulumi
 import pulumi_command as command
 
 from bundle.format.manifest import FileEntry, StackManifest, files_digest
+from components.remote_check import RemoteFilesCheck
 from components.ssh_keys import known_host_key
 from spec.config import DockerHostConfig
 from spec.ssh import SshTarget
@@ -102,20 +105,25 @@ class RemoteModelSync(pulumi.ComponentResource):
         self.verified: list[command.remote.Command] = []
         for copy in args.copies:
             label = copy.bundle_dir.split("/")[-1]
+            script = verify_script(copy)
+            # refresh checks the files there; damage found bumps generation, so up copies and verifies again
+            check = RemoteFilesCheck(f"{name}-{label}-check", args.host.ssh.argv(), copy.remote_dir, copy.digest,
+                                     script, opts=pulumi.ResourceOptions(parent=self))
+            triggers = [copy.digest, check.generation]
             copied = command.remote.CopyToRemote(
                 f"{name}-{label}-copy",
                 connection=connection,
                 source=pulumi.FileArchive(str(Path(args.bundle_root) / copy.bundle_dir)),
                 # Copying a directory into an existing directory lands it as a sub-directory.
                 remote_path=posixpath.dirname(copy.remote_dir),
-                triggers=[copy.digest],
+                triggers=triggers,
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.verified.append(command.remote.Command(
                 f"{name}-{label}-verify",
                 connection=connection,
-                create=verify_script(copy),
-                triggers=[copy.digest],
+                create=script,
+                triggers=triggers,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[copied]),
             ))
         self.register_outputs({})

