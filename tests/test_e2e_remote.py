@@ -27,6 +27,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
 
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, require_main_engine
 from tests.docker_site import NS, DockerSite, embed, free_port, image_tar, toolchain_bin, wait_for
@@ -201,3 +203,121 @@ def test_a_connection_dropped_mid_transfer_leaves_the_container_serving_and_the_
     assert after != before
     wait_for(lambda: embed(site.endpoint, UID) == 384, timeout=300, what="the model on the new image")
     assert site.preview() == {}
+
+
+def other_stack(site: DockerSite, stack: str, config: dict):
+    """A second stack of the same program (its own stack file beside the first): one operator
+    machine, one project, one stack per server."""
+    from tests.docker_site import run
+
+    (site.program / "stacks" / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": config}, sort_keys=False))
+    run([str(site.pulumi_bin / "pulumi"), "stack", "select", "--create", stack, "--non-interactive"],
+        cwd=site.program, env=site.env)
+
+    def pulumi(*args: str, check: bool = True):
+        return run([str(site.pulumi_bin / "pulumi"), *args, "--stack", stack, "--non-interactive"],
+                   cwd=site.program, env=site.env, timeout=1800, check=check)
+    return pulumi
+
+
+def test_two_servers_from_one_operator_machine_and_the_clash_checks_on_the_real_engines(site, tmp_path):
+    from tools.local_xinference import install_model
+
+    local_models = tmp_path / "local-models"
+    install_model(local_models)
+    name, port = f"xo-local-{uuid.uuid4().hex[:6]}", free_port()
+    local = other_stack(site, "e2e-local", {
+        f"{NS}:mode": "docker", f"{NS}:image": {"name": IMAGE, "tar": str(site.image)},
+        f"{NS}:container": {"name": name, "port": port, "bind_address": "127.0.0.1", "shm_size_mb": 1024,
+                            "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300}},
+        f"{NS}:gpus": [], f"{NS}:models_dir": str(local_models),
+        f"{NS}:models": [{"uid": "minilm-local", "name": "bge-small-en-v1.5", "type": "embedding",
+                          "path": "all-MiniLM-L6-v2", "launch_timeout_s": 300}],
+    })
+    try:
+        local("up", "--yes", "--skip-preview")
+        # both servers answer, each from its own engine
+        assert embed(f"http://127.0.0.1:{port}", "minilm-local") == 384
+        assert embed(site.endpoint, UID) == 384
+        assert docker(MAIN_DOCKER_HOST, "ps", "-q", "--filter", f"name=^/{name}$").stdout.strip()
+        assert site.engine.docker("ps", "-q", "--filter", f"name=^/{site.container}$").stdout.strip()
+        started = time.monotonic()
+        site.pulumi("up", "--yes", "--skip-preview")
+        local("up", "--yes", "--skip-preview")
+        print(f"idle up of the two stacks: {time.monotonic() - started:.1f} s")
+
+        # A third stack file that takes the remote stack's container name and port on the same host:
+        # preview warns, naming the stack that holds them, and the real remote engine's preflight refuses.
+        remote_docker = site.config[f"{NS}:docker"]
+        clash = other_stack(site, "e2e-clash", {
+            f"{NS}:mode": "docker", f"{NS}:docker": remote_docker, f"{NS}:image": {"name": IMAGE},
+            f"{NS}:container": {"name": site.container, "port": int(site.endpoint.rsplit(":", 1)[1]),
+                                "bind_address": "127.0.0.1"},
+            f"{NS}:gpus": [], f"{NS}:models_dir": str(site.remote_models), f"{NS}:models": [],
+        })
+        refused = clash("preview", check=False)
+        text = refused.stdout + refused.stderr
+        assert refused.returncode != 0, text
+        assert "e2e-remote" in text and "container name" in text  # the site check: another stack file holds it
+        assert f"container name {site.container} is taken by container" in text  # the real engine, asked over ssh
+        assert "which stack e2e-clash did not make; nothing was changed" in text
+        clash("stack", "rm", "--yes", "--force")
+    finally:
+        local("destroy", "--yes", "--skip-preview", check=False)
+        docker(MAIN_DOCKER_HOST, "rm", "-f", name, check=False)
+    assert embed(site.endpoint, UID) == 384  # the remote server never noticed
+
+
+def test_a_cluster_across_the_two_engines_serves_the_remote_workers_model(site, tmp_path):
+    """mode: cluster with the supervisor (and a worker) on this machine's engine and a worker on the
+    remote one. Both engines share this machine's network namespace, so each "server" gets its own
+    loopback address (127.0.0.2 and 127.0.0.3), as two machines have theirs. The containers use
+    host networking, as on a real site: the worker's model processes listen on ports chosen at
+    launch, which the supervisor and clients must reach directly, so no fixed port map can serve;
+    the worker reaches the supervisor at its address and REST port (supervisor_url)."""
+    from tests.docker_site import run
+
+    stack, name, port = "e2e-cluster", f"xo-cl-{uuid.uuid4().hex[:6]}", free_port()
+    remote_models = Path(f"/tmp/xo-cluster-models-{uuid.uuid4().hex[:6]}")
+    local_models = tmp_path / "supervisor-models"
+    local_models.mkdir()
+    model = {**site.config[f"{NS}:models"][0], "uid": "minilm-worker", "server": "there"}
+    config = {
+        f"{NS}:mode": "cluster", f"{NS}:image": {"name": IMAGE},
+        f"{NS}:container": {"name": name, "port": port, "shm_size_mb": 1024,
+                            "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300}},
+        f"{NS}:servers": [
+            {"name": "here", "address": "127.0.0.2", "supervisor": True, "models_dir": str(local_models)},
+            {"name": "there", "address": "127.0.0.3", "docker": site.config[f"{NS}:docker"],
+             "models_dir": str(remote_models)},
+        ],
+        f"{NS}:models": [model],
+    }
+    online = site.online_stacks / f"Pulumi.{stack}.yaml"
+    online.write_text(yaml.safe_dump({"config": config}, sort_keys=False))
+    bundle = site.root / "build" / stack
+    run([str(site.program / "venv" / "bin" / "python"), "-m", "bundle", "build", "--stack", stack,
+         "--stacks-dir", str(site.online_stacks), "--out", str(bundle), "--image-tar", str(site.image),
+         "--pulumi-dir", str(site.toolchain), "--quiet"], cwd=site.program, timeout=2400)
+    cluster = other_stack(site, stack, {**config, f"{NS}:bundle_dir": str(bundle)})
+    endpoint = f"http://127.0.0.2:{port}"
+    try:
+        cluster("up", "--yes", "--skip-preview")
+        assert embed(endpoint, "minilm-worker") == 384  # through the supervisor, served by the remote worker
+        described = requests.get(f"{endpoint}/v1/models/instances", params={"model_uid": "minilm-worker"},
+                                 timeout=30).json()
+        assert any("127.0.0.3" in json.dumps(row) for row in described), described
+        assert site.engine.docker("ps", "-q", "--filter", f"name=^/{name}-worker$").stdout.strip()
+        assert docker(MAIN_DOCKER_HOST, "ps", "-q", "--filter", f"name=^/{name}-supervisor$").stdout.strip()
+        assert (remote_models / WEIGHTS).is_file()  # copied to the worker's host and checked there
+        assert cluster("preview", "--expect-no-changes", check=False).returncode == 0
+    finally:
+        destroyed = cluster("destroy", "--yes", "--skip-preview", check=False)
+        for host_docker in (site.engine.docker, lambda *a, **k: docker(MAIN_DOCKER_HOST, *a, **k)):
+            for role in ("supervisor", "worker"):
+                host_docker("rm", "-f", f"{name}-{role}", check=False)
+        shutil.rmtree(remote_models, ignore_errors=True)
+        shutil.rmtree(bundle, ignore_errors=True)
+    assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
+    # the model was terminated before its worker went: destroy did not fail on it, nothing is left
+    assert not site.engine.docker("ps", "-aq", "--filter", f"name=^/{name}-").stdout.strip()

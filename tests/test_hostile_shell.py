@@ -166,3 +166,22 @@ def test_a_good_tar_with_a_newline_in_its_name_reaches_docker_load(tmp_path, mar
                           env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert done.returncode == 0 and not marker.exists(), done.stderr
     assert log.read_text().splitlines()[0].startswith("docker load -i ")
+
+
+def test_a_remote_load_whose_engine_reports_another_id_fails_naming_both(tmp_path, marker):
+    """With the manifest's image id the tar is streamed unhashed; what proves it is the id the engine
+    reports after `docker load` (here the stand-in engine reports none)."""
+    from spec.ssh import ssh_target
+
+    log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
+    fake_ssh(bin_dir, log)
+    tar = tmp_path / "image.tar"
+    tar.write_bytes(b"tar bytes")
+    image_id = "sha256:" + "c" * 64
+    script = remote_load_script("x/y:1", str(tar), "", image_id, ssh_target("ssh://ops@gpu-node-2", [], None, None))
+    done = subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert done.returncode == 1 and "docker load" in log.read_text()
+    assert done.stderr == (f"after loading {tar}, image x/y:1 on ssh://ops@gpu-node-2 is not {image_id}, the id the "
+                           "manifest names: the tar is damaged or holds another image; unpack the bundle again and "
+                           "run `python3 -m bundle verify`\n")
