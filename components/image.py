@@ -14,7 +14,6 @@ is touched (the running one keeps serving), and the next `up` loads again.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 from typing import Optional
@@ -23,6 +22,8 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
+from bundle.format.manifest_check import IMAGE_ID_RE
+from bundle.format.manifest_rules import SHA256_RE
 from spec.ssh import SshTarget
 
 
@@ -53,7 +54,7 @@ def tar_checks(tar_path: str, tar_sha256: str = "") -> list[str]:
     is asked to change anything."""
     tar = shlex.quote(tar_path)
     lines = [f"[ -f {tar} ] || " + _fail(f"image tar {tar_path} not found; unpack and verify the bundle first")]
-    if re.fullmatch(r"[0-9a-f]{64}", tar_sha256):
+    if SHA256_RE.fullmatch(tar_sha256):
         # A tar damaged since `bundle verify` is refused here, before `docker load` reads it.
         # From stdin: with a newline or backslash in the name, GNU sha256sum prefixes its line with `\`.
         lines.append(f"actual=$(sha256sum < {tar} | cut -d' ' -f1)")
@@ -92,7 +93,7 @@ def remote_load_script(image_name: str, tar_path: str, tar_sha256: str, image_id
         return shlex.join(ssh.argv(*words))
 
     tar, where = shlex.quote(tar_path), ssh.describe()
-    known_id = bool(image_id and re.fullmatch(r"sha256:[0-9a-f]{64}", image_id))
+    known_id = bool(image_id and IMAGE_ID_RE.fullmatch(image_id))
     inspect_id = f"{remote('docker', 'image', 'inspect', '--format', '{{.Id}}', image_name)} 2>/dev/null"
     lines = ["set -eu"]
     if known_id:
@@ -125,23 +126,16 @@ class LoadedImage(pulumi.ComponentResource):
     def __init__(self, name: str, args: LoadedImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("xinference-offline:index:LoadedImage", name, None, opts)
         depends = []
-        if args.tar_path and args.ssh is not None:
-            load = command.local.Command(
-                f"{name}-load-on-{args.ssh.host}",  # preview names the server the tar goes to
-                create=remote_load_script(args.image_name, args.tar_path, args.tar_digest, args.image_id, args.ssh),
-                triggers=[args.tar_digest],
-                opts=pulumi.ResourceOptions(parent=self),
-            )
-            depends.append(load)
-        elif args.tar_path:
-            load = command.local.Command(
-                f"{name}-load",
-                create=load_script(args.image_name, args.tar_path, args.tar_digest),
-                environment={"DOCKER_HOST": args.docker_host},
-                triggers=[args.tar_digest],
-                opts=pulumi.ResourceOptions(parent=self),
-            )
-            depends.append(load)
+        if args.tar_path:
+            if args.ssh is not None:  # preview names the server the tar goes to
+                load_name, environment = f"{name}-load-on-{args.ssh.host}", None
+                script = remote_load_script(args.image_name, args.tar_path, args.tar_digest, args.image_id, args.ssh)
+            else:
+                load_name, environment = f"{name}-load", {"DOCKER_HOST": args.docker_host}
+                script = load_script(args.image_name, args.tar_path, args.tar_digest)
+            depends.append(command.local.Command(load_name, create=script, environment=environment,
+                                                 triggers=[args.tar_digest],
+                                                 opts=pulumi.ResourceOptions(parent=self)))
         image = docker.RemoteImage(
             f"{name}-image",
             name=args.image_name,
