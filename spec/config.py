@@ -176,6 +176,13 @@ class ModelConfig(_Strict):
     autostart: bool = Field(default=True, description="Register in Xinference's autostart registry (heals restarts).")
     smoke_test: bool = Field(default=True, description="Send one request after launch so `up` ends with a serving model.")
     server: Optional[str] = Field(default=None, description="cluster mode: name of the server (in `servers`) it runs on.")
+    custom: Optional[dict[str, Any]] = Field(
+        default=None,
+        description="A site's own model, registered under `name` before its launch (and not checked against the "
+                    "catalog): the fields of Xinference's model family besides the name and files, as "
+                    "`/v1/model_registrations/{type}` takes them, e.g. `{dimensions: 384, max_tokens: 512, "
+                    "language: [en]}` for an embedding; the files are `path`.",
+    )
 
     @field_validator("gpus", mode="before")
     @classmethod

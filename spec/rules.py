@@ -13,7 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
+from spec.catalog import builtin_clash, catalog_problems, pinned_catalog
 from spec.config import StackConfig
+from spec.custom_model import custom_problems
 from spec.errors import Problem
 from spec.launch import models_dir_of
 from spec.placement import GpuBudget, vram_budgets
@@ -219,6 +221,28 @@ def _model_source(at: str, model) -> Iterable[Problem]:
                       "set source.id, e.g. maidalun/bce-embedding-base_v1")
 
 
+def _catalog(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    """Each model is one the pinned Xinference has (name, type, engine, format), or is declared custom."""
+    catalog = pinned_catalog()
+    for i, model in enumerate(cfg.models):
+        at = ctx.model_path(i)
+        if not model.enabled:
+            continue
+        if model.custom is not None:
+            clash = builtin_clash(catalog, model.type, model.model_name)
+            if clash:
+                yield Problem(f"{at}.name", model.model_name, clash,
+                              "give your model its own name (e.g. add your site or version to it)")
+            for key, value, message, fix in custom_problems(model.type, model.custom):
+                yield Problem(f"{at}.custom.{key}", value, message, fix)
+            continue
+        for problem in catalog_problems(catalog, model.type, model.model_name, model.engine, model.format):
+            message = problem.message
+            if problem.field == "name" and not model.name:
+                message += "; name is not set, so the uid is the model_name"
+            yield Problem(f"{at}.{problem.field}", problem.value, message, problem.fix)
+
+
 def _vram(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
     for where, budget in server_budgets(cfg):
         if budget.over:
@@ -273,7 +297,7 @@ def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 
 
 _RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [
-    _mode_sections, _cluster, _endpoint, _gpus, _paths, _uids, _model_fields, _vram, _ssh, _auth,
+    _mode_sections, _cluster, _endpoint, _gpus, _paths, _uids, _model_fields, _catalog, _vram, _ssh, _auth,
 ]
 
 __all__ = ["cross_check", "CONTAINER_MODELS_DIR"]

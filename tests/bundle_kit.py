@@ -186,10 +186,15 @@ def make_site(root: Path, models: Optional[dict[str, dict[str, bytes]]] = None, 
     return site
 
 
+# Built-in names of the pinned catalog for the stand-in models (plan checks every name against it).
+CATALOG_NAMES = {"embedding": "bge-small-en-v1.5", "rerank": "bce-reranker-base_v1"}
+
+
 def write_stack(site: Site, uids: list[str], companion: Optional[str] = None) -> Path:
     entries = []
     for i, uid in enumerate(uids):
-        entry = {"uid": uid, "type": "embedding" if i % 2 == 0 else "rerank", "path": uid,
+        model_type = "embedding" if i % 2 == 0 else "rerank"
+        entry = {"uid": uid, "name": CATALOG_NAMES[model_type], "type": model_type, "path": uid,
                  "source": {"hub": "local", "path": str(site.src(uid))}}
         if companion and i == 0:
             entry["companions"] = [{"path": companion, "source": {"hub": "local", "path": str(site.src(companion))}}]

@@ -256,7 +256,7 @@ def test_an_unrelated_output_directory_is_never_cleaned(site):
 HUB_STACK_MODELS = [
     {"uid": "bce-embedding-base_v1", "type": "embedding", "path": "bce-embedding-base_v1",
      "source": {"hub": "modelscope", "id": "maidalun/bce-embedding-base_v1", "revision": "master"}},
-    {"uid": "bge-small", "type": "embedding", "path": "bge-small",
+    {"uid": "bge-small", "name": "bge-small-en-v1.5", "type": "embedding", "path": "bge-small",
      "source": {"hub": "huggingface", "id": "BAAI/bge-small-en-v1.5", "revision": "main"}},
 ]
 

@@ -122,7 +122,7 @@ def test_two_stacks_that_take_one_remote_container_port_or_gpu_clash():
     # gpu-node-2's file copied from gpu-node-1 with docker.host left as it was
     node1 = remote_stack("gpu-node-1", "ssh://ops@10.0.0.11")
     node2 = remote_stack("gpu-node-2", "ssh://root@10.0.0.11", gpus=[{"id": 1, "vram_gb": 24}],
-                         models=[{"uid": "e", "type": "embedding", "gpus": [1], "path": "e"}])
+                         models=[{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [1], "path": "e"}])
     clashes = [str(c) for c in site_clashes([node1, node2])]
     assert len(clashes) == 3 and all(c.startswith("10.0.0.11: ") for c in clashes)
     assert any("container xinference is taken by stacks gpu-node-1, gpu-node-2" in c and
@@ -139,6 +139,6 @@ def test_two_stacks_that_take_one_remote_container_port_or_gpu_clash():
                          remote_stack("b", "unix:///var/run/docker.sock")]) == []
     # one host, two containers side by side on distinct names, ports and GPUs
     side = remote_stack("b", "ssh://ops@10.0.0.11", container={"name": "xinference-b", "port": 9998},
-                        gpus=[{"id": 2, "vram_gb": 24}], models=[{"uid": "e", "type": "embedding", "gpus": [2], "path": "e"}])
+                        gpus=[{"id": 2, "vram_gb": 24}], models=[{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [2], "path": "e"}])
     assert site_clashes([node1, side]) == []
 

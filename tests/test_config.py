@@ -75,7 +75,7 @@ def test_model_on_a_gpu_the_server_does_not_have():
 
 def test_duplicate_uids_are_reported_for_each_model():
     models = reference_models()
-    models[1]["uid"] = "bce-embedding-base_v1"
+    models[1].update(uid="bce-embedding-base_v1", name="bce-reranker-base_v1")
     found = problems_of(docker_stack(models=models))
     assert [f.split(" = ")[0] for f in found] == ["models[0].uid", "models[1].uid"]
     assert "uid used by 2 models" in found[0]
@@ -109,7 +109,7 @@ def test_enabled_model_without_files():
 
 def test_disabled_model_is_not_held_to_the_enabled_rules():
     models = reference_models()
-    models[0] = {"uid": "old", "type": "embedding", "enabled": False, "gpus": [7]}
+    models[0] = {"uid": "old", "name": "bge-small-en-v1.5", "type": "embedding", "enabled": False, "gpus": [7]}
     cfg = load_stack_config(namespaced(docker_stack(models=models)))
     assert [m.uid for m in cfg.enabled_models] == [m["uid"] for m in reference_models()[1:]]
 

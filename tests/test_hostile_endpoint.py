@@ -196,7 +196,7 @@ def test_plain_http_to_the_tls_port_is_not_mistaken_for_a_tls_failure(tls):
 
 def existing(endpoint: str, **more) -> dict:
     return {"mode": "existing", "endpoint": endpoint,
-            "models": [{"uid": "emb", "type": "embedding", "path": "/srv/models/emb"}], **more}
+            "models": [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "path": "/srv/models/emb"}], **more}
 
 
 def ca_problems(cfg: dict) -> list[str]:

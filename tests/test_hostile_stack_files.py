@@ -28,6 +28,7 @@ config:
   xinference-offline:models_dir: /data/docker_models
   xinference-offline:models:
     - uid: emb
+      name: bge-small-en-v1.5
       type: embedding
       gpus: [0]
       path: emb
@@ -82,7 +83,7 @@ def test_a_utf8_byte_order_mark_is_read_like_any_utf8_file(tmp_path):
 def test_a_raw_control_byte_is_refused_with_its_line(tmp_path):
     path = stack_file(tmp_path, BASE.replace("path: emb", "path: e\x01mb"))
     assert refused(path) == [
-        f"{path} = '\\x01': not valid YAML at line 10, column 14: character #x0001 is not allowed in YAML; "
+        f"{path} = '\\x01': not valid YAML at line 11, column 14: character #x0001 is not allowed in YAML; "
         "fix: remove the control character (an editor can show it)"]
 
 
@@ -92,14 +93,14 @@ def test_a_raw_control_byte_is_refused_with_its_line(tmp_path):
 def test_models_given_twice_is_refused_with_both_lines(tmp_path):
     path = stack_file(tmp_path, BASE + "  xinference-offline:models: []\n")
     assert refused(path) == [
-        "models = 'xinference-offline:models': key given twice in one mapping (line 6 and line 11); "
+        "models = 'xinference-offline:models': key given twice in one mapping (line 6 and line 12); "
         "Pulumi refuses the file; fix: keep one `xinference-offline:models:` (merge the two entries)"]
 
 
 def test_gpus_twice_in_one_model_is_refused_with_both_lines(tmp_path):
     path = stack_file(tmp_path, with_model_lines("gpus: [1]"))
     assert refused(path) == [
-        "models[0].gpus = 'gpus': key given twice in one mapping (line 9 and line 11); Pulumi refuses the file; "
+        "models[0].gpus = 'gpus': key given twice in one mapping (line 10 and line 12); Pulumi refuses the file; "
         "fix: keep one `gpus:` (merge the two entries)"]
 
 
@@ -107,13 +108,14 @@ def test_a_duplicate_spelled_differently_is_still_a_duplicate(tmp_path):
     # `"path"` and `path` are the same key once read; so are two spellings in flow style.
     path = stack_file(tmp_path, with_model_lines('"path": other'))
     assert refused(path) == [
-        "models[0].path = 'path': key given twice in one mapping (line 10 and line 11); Pulumi refuses the file; "
+        "models[0].path = 'path': key given twice in one mapping (line 11 and line 12); Pulumi refuses the file; "
         "fix: keep one `path:` (merge the two entries)"]
 
 
 def test_a_merge_key_may_override_what_it_merges(tmp_path):
-    text = BASE.replace("    - uid: emb\n", "    - &base {uid: emb, type: rerank, path: r}\n    - <<: *base\n"
-                        "      uid: emb2\n      type: embedding\n      gpus: [1]\n      path: emb2\n    - uid: emb3\n")
+    text = BASE.replace("    - uid: emb\n", "    - &base {uid: emb, name: bce-reranker-base_v1, type: rerank, path: r}\n"
+                        "    - <<: *base\n      uid: emb2\n      name: bge-small-en-v1.5\n      type: embedding\n"
+                        "      gpus: [1]\n      path: emb2\n    - uid: emb3\n")
     cfg = from_stack_file(stack_file(tmp_path, text))
     assert [(m.uid, m.type) for m in cfg.models] == [("emb", "rerank"), ("emb2", "embedding"), ("emb3", "embedding")]
 
@@ -121,15 +123,15 @@ def test_a_merge_key_may_override_what_it_merges(tmp_path):
 def test_numeric_boolean_and_null_keys_are_refused(tmp_path):
     text = BASE.replace("      path: emb\n", "      path: emb\n      1: x\n      true: y\n      ~: z\n")
     assert refused(stack_file(tmp_path, text)) == [
-        "models[0].1 = '1': a key that is a number: keys are text (line 11); fix: quote the key ('1')",
-        "models[0].true = 'true': a key that is a boolean: keys are text (line 12); fix: quote the key ('true')",
-        "models[0].~ = '~': a key that is empty (null): keys are text (line 13); fix: quote the key ('~')",
+        "models[0].1 = '1': a key that is a number: keys are text (line 12); fix: quote the key ('1')",
+        "models[0].true = 'true': a key that is a boolean: keys are text (line 13); fix: quote the key ('true')",
+        "models[0].~ = '~': a key that is empty (null): keys are text (line 14); fix: quote the key ('~')",
     ]
 
 
 def test_a_key_with_a_nul_character_is_refused(tmp_path):
     path = stack_file(tmp_path, with_model_lines('"ex\\0tra": {}'))
-    assert refused(path) == ["models[0] = 'ex\\x00tra': contains a NUL character (\\0) (line 11); fix: remove it"]
+    assert refused(path) == ["models[0] = 'ex\\x00tra': contains a NUL character (\\0) (line 12); fix: remove it"]
 
 
 # --- aliases and size -------------------------------------------------------------------
@@ -149,7 +151,7 @@ def test_an_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
 def test_an_alias_that_contains_itself_is_refused(tmp_path):
     path = stack_file(tmp_path, with_model_lines("extra: &loop {again: [*loop]}"))
     assert refused(path) == [
-        "models[0].extra.again[0] = 'a mapping': an alias refers to a value that contains it (a loop) (line 11); "
+        "models[0].extra.again[0] = 'a mapping': an alias refers to a value that contains it (a loop) (line 12); "
         "fix: alias only values that are complete before the alias"]
 
 
@@ -157,7 +159,7 @@ def test_nesting_past_the_limit_is_refused_before_python_recursion_could_fail(tm
     path = stack_file(tmp_path, with_model_lines("extra: {deep: " + "[" * 5000 + "]" * 5000 + "}"))
     (problem,) = refused(path)
     assert problem.startswith(f"{path} = 'extra: {{deep: [[[[")
-    assert problem.endswith(": not valid YAML at line 11, column 48: nested deeper than 32 levels; "
+    assert problem.endswith(": not valid YAML at line 12, column 48: nested deeper than 32 levels; "
                             "fix: a stack config needs far fewer than 32 levels: flatten it")
 
 
@@ -196,7 +198,7 @@ def test_numbers_are_resolved_as_pulumi_resolves_them(tmp_path, written, read):
 def test_a_tab_indented_line_says_to_indent_with_spaces(tmp_path):
     path = stack_file(tmp_path, BASE.replace("      path: emb", "\t\tpath: emb"))
     assert refused(path) == [
-        f"{path} = 'path: emb': not valid YAML at line 10, column 1: while scanning for the next token found "
+        f"{path} = 'path: emb': not valid YAML at line 11, column 1: while scanning for the next token found "
         "character '\\t' that cannot start any token; fix: indent with spaces: YAML does not allow tabs for "
         "indentation"]
 
@@ -204,7 +206,7 @@ def test_a_tab_indented_line_says_to_indent_with_spaces(tmp_path):
 def test_a_second_document_is_refused(tmp_path):
     path = stack_file(tmp_path, BASE + "---\nconfig: {}\n")
     assert refused(path) == [
-        f"{path} = '---': not valid YAML at line 11, column 1: expected a single document in the stream but "
+        f"{path} = '---': not valid YAML at line 12, column 1: expected a single document in the stream but "
         "found another document; fix: keep one document: remove the second `---`"]
 
 
@@ -213,17 +215,17 @@ def test_tags_other_than_the_core_ones_are_refused(tmp_path):
                                                  "format: !!binary aGk=", "quantization: !vault secret"))
     assert refused(path) == [
         "models[0].engine = '!!python/object/apply:os.system': YAML tag !!python/object/apply:os.system is not "
-        "read by this program (line 11); fix: remove the tag (write plain text, numbers, lists and mappings)",
-        "models[0].format = '!!binary': YAML tag !!binary is not read by this program (line 12); "
+        "read by this program (line 12); fix: remove the tag (write plain text, numbers, lists and mappings)",
+        "models[0].format = '!!binary': YAML tag !!binary is not read by this program (line 13); "
         "fix: remove the tag (write plain text, numbers, lists and mappings)",
-        "models[0].quantization = '!vault': YAML tag !vault is not read by this program (line 13); "
+        "models[0].quantization = '!vault': YAML tag !vault is not read by this program (line 14); "
         "fix: remove the tag (write plain text, numbers, lists and mappings)",
     ]
 
 
 def test_an_explicit_int_tag_on_text_is_refused(tmp_path):
     path = stack_file(tmp_path, with_model_lines("replica: !!int two"))
-    assert refused(path) == ["models[0].replica = 'two': is not a valid !!int (line 11); "
+    assert refused(path) == ["models[0].replica = 'two': is not a valid !!int (line 12); "
                              "fix: remove the tag or fix the value"]
 
 
@@ -231,7 +233,7 @@ def test_a_lone_surrogate_escape_is_refused(tmp_path):
     path = stack_file(tmp_path, with_model_lines('engine: "\\ud800"'))
     assert refused(path) == [
         "models[0].engine = '\\ud800': contains a lone UTF-16 surrogate (\\uD800-\\uDFFF), not a character "
-        "(line 11); fix: write the character itself, or its \\U escape"]
+        "(line 12); fix: write the character itself, or its \\U escape"]
 
 
 # --- values mean what Pulumi reads -----------------------------------------------------------
@@ -255,7 +257,7 @@ def test_a_leading_zero_number_is_refused_as_ambiguous(tmp_path):
     path = stack_file(tmp_path, BASE.replace("gpus: [0]", "gpus: [01]"))
     assert refused(path) == [
         "models[0].gpus[0] = '01': a number with a leading zero: Pulumi reads it as octal, YAML 1.2 as decimal "
-        "(line 9); fix: write it without the leading zero, or quote it as text ('01')"]
+        "(line 10); fix: write it without the leading zero, or quote it as text ('01')"]
 
 
 # --- strict numbers at the config boundary ---------------------------------------------------
@@ -303,7 +305,7 @@ def test_a_huge_integer_is_refused_as_beyond_what_pulumi_carries(tmp_path):
 def test_a_number_too_long_to_convert_is_refused_without_a_traceback(tmp_path):
     path = stack_file(tmp_path, with_model_lines("replica: " + "9" * 5000))
     (problem,) = refused(path)
-    assert problem.endswith(": not valid YAML at line 11, column 16: a number of 5000 digits is too long; "
+    assert problem.endswith(": not valid YAML at line 12, column 16: a number of 5000 digits is too long; "
                             "fix: fix the YAML syntax there")
 
 

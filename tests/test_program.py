@@ -192,7 +192,7 @@ SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "
 
 
 def test_remote_host_gets_its_own_provider_and_remapped_gpus():
-    models = [{"uid": "emb", "type": "embedding", "gpus": [3], "path": "emb"}]
+    models = [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [3], "path": "emb"}]
     docker = {"host": "ssh://ops@gpu-node-2:2222", "ssh_opts": ["-i", "/home/ops/.ssh/id_ed25519",
                                                                "-o", "ConnectTimeout=5"],
               "known_hosts": "/home/ops/kh"}
@@ -238,7 +238,7 @@ def test_preview_warns_when_another_stack_file_takes_this_hosts_container_port_o
     # this stack (gpu-node-1) aimed at gpu-node-2's docker host, whose stack file sits in stacks/
     warnings: list[str] = []
     monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **k: warnings.append(msg))
-    models = [{"uid": "emb", "type": "embedding", "gpus": [3], "path": "emb"}]
+    models = [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [3], "path": "emb"}]
     run_program(docker_stack(gpus=[3], models=models, docker={"host": "ssh://ops@gpu-node-2"}))
     assert sorted(w.split(" is taken")[0] for w in warnings) == [
         "gpu-node-2: GPU 3", "gpu-node-2: container xinference", "gpu-node-2: port 9997"]
@@ -257,7 +257,7 @@ def test_the_shipped_stacks_take_nothing_twice():
 
 def test_existing_mode_manages_no_container():
     cfg = {"mode": "existing", "endpoint": "http://127.0.0.1:19997",
-           "models": [{"uid": "emb", "type": "embedding", "path": "/srv/models/emb"}]}
+           "models": [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "path": "/srv/models/emb"}]}
     mocks, exports = run_program(cfg)
     assert not mocks.of_type(CONTAINER) and not mocks.of_type("docker:index/remoteImage:RemoteImage")
     model = mocks.models()["emb"]

@@ -58,8 +58,8 @@ def test_verify_script_accepts_intact_files_and_names_a_damaged_one(tmp_path):
 def test_ssh_host_gets_copy_and_verify_before_the_container(tmp_path):
     bundle = tmp_path / "bundle"
     make_bundle(bundle, FILES)
-    models = [{"uid": "emb", "type": "embedding", "gpus": [0], "path": "emb"},
-              {"uid": "rerank", "type": "rerank", "gpus": [0], "path": "rerank", "enabled": False}]
+    models = [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [0], "path": "emb"},
+              {"uid": "rerank", "name": "bce-reranker-base_v1", "type": "rerank", "gpus": [0], "path": "rerank", "enabled": False}]
     mocks, _ = run_program(docker_stack(models=models, gpus=[0], bundle_dir=str(bundle), models_dir="/data/m",
                                         docker={"host": "ssh://ops@gpu-node-2:2222"}))
     copies = mocks.of_type("command:remote:CopyToRemote")
@@ -85,7 +85,7 @@ def test_local_host_copies_nothing(tmp_path):
 def test_image_tar_comes_from_the_bundle_when_the_stack_names_one(tmp_path):
     bundle = tmp_path / "bundle"
     make_bundle(bundle, FILES, image_tar=FileEntry("images/xprobe_xinference_v4.1.0.tar", 10, "c" * 64, "image"))
-    models = [{"uid": "emb", "type": "embedding", "gpus": [0], "path": "emb"}]
+    models = [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [0], "path": "emb"}]
     stack = docker_stack(models=models, bundle_dir=str(bundle))
     del stack["image"]["tar_sha256"]
     mocks, _ = run_program(stack)
