@@ -22,6 +22,7 @@ from bundle.format.manifest import StackManifest
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
 from components.model import XinferenceModel, XinferenceModelArgs
+from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
 from spec.config import DockerHostConfig, StackConfig
@@ -96,16 +97,28 @@ class XinferenceDeployment(pulumi.ComponentResource):
         self.models_by_uid: dict[str, XinferenceModel] = {}
         for spec in self.specs:
             container = self.containers.get(spec.server)
+            depends: list[pulumi.Resource] = [container] if container else []
+            args = model_args(spec, endpoint_url(cfg), container.container_id if container else None,
+                              cfg.endpoint_ca_bundle, docker=self._docker_of(spec.server))
+            if spec.custom_family is not None:
+                # Registered before the launch, unregistered after the terminate; a new family relaunches.
+                registration = self._registration(f"{name}-{spec.model_uid}-registration", spec, args, depends)
+                args.registration_digest = registration.family_digest
+                depends = [*depends, registration]
             self.models_by_uid[spec.model_uid] = XinferenceModel(
-                f"{name}-{spec.model_uid}",
-                model_args(spec, endpoint_url(cfg), container.container_id if container else None,
-                           cfg.endpoint_ca_bundle, docker=self._docker_of(spec.server)),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[container] if container else []),
-            )
+                f"{name}-{spec.model_uid}", args, opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
         single = self.containers.get(None)
         self.container_id = single.container_id if single else pulumi.Output.from_input(None)
         self.models = pulumi.Output.from_input([model_row(spec) for spec in self.specs])
         self.register_outputs({"endpoint": self.endpoint, "container_id": self.container_id, "models": self.models})
+
+    def _registration(self, name: str, spec: LaunchSpec, model: XinferenceModelArgs,
+                      depends: list) -> XinferenceRegistration:
+        return XinferenceRegistration(name, XinferenceRegistrationArgs(
+            endpoint=model.endpoint, model_type=spec.model_type, model_name=spec.model_name,
+            family=spec.custom_family, container_id=model.container_id, endpoint_ca_bundle=model.endpoint_ca_bundle,
+            docker_host=model.docker_host, docker_ssh=model.docker_ssh,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
 
     def _docker_of(self, server: Optional[str]) -> Optional[DockerHostConfig]:
         """The engine that runs the container of a model placed on ``server`` (None: no container)."""

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import pulumi
 
+from spec.catalog import catalog_problems, pinned_catalog
 from spec.xinference import MODEL_TYPES, MODEL_UID_FIX, endpoint_problem, model_uid_problem
 
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: a value not known at preview
@@ -61,6 +62,10 @@ class XinferenceModelArgs:
     docker_ssh: Optional[pulumi.Input[Sequence[str]]] = None
     """For an ssh:// engine: the ssh command that reaches it, up to the host name (the stack's one ssh
     configuration, spec/ssh.py); read asks the engine through it."""
+    registration_digest: Optional[pulumi.Input[str]] = None
+    """A custom model: the digest of the family this stack registers under model_name
+    (components/model_registration.py); a new family relaunches. Set, the name is not looked up in
+    the pinned catalog."""
 
 
 ARG_KEYS = tuple(f.name for f in fields(XinferenceModelArgs))
@@ -68,14 +73,15 @@ ARG_KEYS = tuple(f.name for f in fields(XinferenceModelArgs))
 LAUNCH_KEYS = ("model_uid", "model_name", "model_type", "model_engine", "model_format", "model_size_in_billions",
                "quantization", "model_path", "gpu_idx", "n_gpu", "replica", "worker_ip")
 # A change to any of these relaunches the model (delete before replace).
-REPLACE_KEYS = LAUNCH_KEYS + ("extra", "container_id", "weights_digest")
+REPLACE_KEYS = LAUNCH_KEYS + ("extra", "container_id", "weights_digest", "registration_digest")
 # A change to these is applied in place.
 IN_PLACE_KEYS = ("endpoint", "launch_timeout", "autostart", "smoke_test", "endpoint_ca_bundle", "docker_host",
                  "docker_ssh")
 OUTPUT_KEYS = ("status", "autostart_registered", "adopted", "address", "accelerators")
 DEFAULTS: dict[str, Any] = {"replica": 1, "launch_timeout": 600.0, "autostart": True, "smoke_test": True}
 _STR_KEYS = ("endpoint", "model_uid", "model_name", "model_type", "model_engine", "model_format", "quantization",
-             "model_path", "worker_ip", "container_id", "weights_digest", "endpoint_ca_bundle", "docker_host")
+             "model_path", "worker_ip", "container_id", "weights_digest", "endpoint_ca_bundle", "docker_host",
+             "registration_digest")
 # Keys of the launch body the provider owns; `extra` may add any other kwarg.
 _RESERVED_EXTRA = frozenset(LAUNCH_KEYS) | {"wait_ready"}
 
@@ -167,6 +173,14 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
             bad("model_uid", f"model_uid {props['model_uid']!r}: {problem}; fix: {MODEL_UID_FIX}")
     if given("model_type") and isinstance(props["model_type"], str) and props["model_type"] not in MODEL_TYPES:
         bad("model_type", f"model_type must be one of {', '.join(MODEL_TYPES)}; got {props['model_type']!r}")
+    if all(given(k) and isinstance(props[k], str) and props[k].strip() for k in ("model_type", "model_name")) \
+            and props["model_type"] in MODEL_TYPES and props.get("registration_digest") is None:
+        engine, model_format = (props.get(k) if given(k) and isinstance(props[k], str) else None
+                                for k in ("model_engine", "model_format"))
+        for problem in catalog_problems(pinned_catalog(), props["model_type"], props["model_name"], engine,
+                                        model_format):
+            key = "model_" + problem.field
+            bad(key, f"{key} {problem.value!r}: {problem.message}; fix: {problem.fix}")
     if given("model_type") and props["model_type"] == "LLM" and props.get("model_engine") is None:
         bad("model_engine", "model_engine is required for model_type LLM (Xinference refuses an LLM launch without it)")
 

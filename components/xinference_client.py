@@ -401,6 +401,37 @@ class XinferenceClient:
         raise XinferenceHTTPError(f"DELETE /v1/models/{model_uid} at {self.endpoint}: HTTP 400: {detail}",
                                   status=400, detail=detail)
 
+    # custom model registrations (a site's own models, spec/custom_model.py)
+
+    def registration(self, model_type: str, model_name: str, **kwargs) -> Optional[Mapping[str, Any]]:
+        """The registered family of ``model_name``, or None when none is registered under it."""
+        response = self.request("GET", f"/v1/model_registrations/{model_type}/{model_name}", ok=(200, 400),
+                                what=f"read the registration of {model_name}", **kwargs)
+        if response.status_code == 200:
+            return _json(response) or {}
+        detail = self._redact(_detail(response))
+        if "not found" in detail.lower():
+            return None
+        raise XinferenceHTTPError(f"GET /v1/model_registrations/{model_type}/{model_name} at {self.endpoint}: "
+                                  f"HTTP 400: {detail}", status=400, detail=detail)
+
+    def register(self, model_type: str, body: Mapping[str, Any], **kwargs) -> None:
+        """POST /v1/model_registrations/{type}: Xinference's refusal (400) is raised with its reason."""
+        self.request("POST", f"/v1/model_registrations/{model_type}", json=dict(body), idempotent=False,
+                     what=f"register the custom {model_type} model", **kwargs)
+
+    def unregister(self, model_type: str, model_name: str, **kwargs) -> bool:
+        """True when unregistered, False when nothing was registered under the name."""
+        response = self.request("DELETE", f"/v1/model_registrations/{model_type}/{model_name}", ok=(200, 400),
+                                what=f"unregister {model_name}", **kwargs)
+        if response.status_code == 200:
+            return True
+        detail = self._redact(_detail(response))
+        if "not found" in detail.lower():
+            return False
+        raise XinferenceHTTPError(f"DELETE /v1/model_registrations/{model_type}/{model_name} at {self.endpoint}: "
+                                  f"HTTP 400: {detail}", status=400, detail=detail)
+
     # autostart registry (Xinference >= 4.0); None from these means "this server has no such API"
 
     def autostart_entries(self, **kwargs) -> Optional[dict[str, Mapping[str, Any]]]:

@@ -123,11 +123,11 @@ def builtin_clash(catalog: Catalog, model_type: str, name: str) -> Optional[str]
     """Why a custom ``model_type`` model may not be called ``name``; None when it may.
 
     Xinference 4.1's ModelRegistry.register refuses a name already in that type's built-ins
-    ("Model name conflicts with existing model ...") and is_valid_model_name one with
+    (the server answers "Model <name> already registered") and is_valid_model_name one with
     ``+\\/?%#&=`` or whitespace (the name becomes a directory name)."""
     if name in (".", "..") or not CUSTOM_NAME_RE.match(name):
         return "is not a name Xinference can register: it must not be empty or hold + \\ / ? % # & = or spaces"
     if catalog.get(model_type, name) is not None:
         return (f"is a built-in {model_type} model of Xinference {catalog.version}: Xinference refuses to register "
-                "a custom model over it (\"Model name conflicts with existing model\")")
+                f"a custom model over it (it answers \"Model {name} already registered\")")
     return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from spec.config import ModelConfig, StackConfig
+from spec.custom_model import registration_family
 from spec.docker_host import remote_docker_hostname
 from spec.placement import container_gpu_indices
 from spec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
@@ -124,6 +125,7 @@ class LaunchSpec:
     weights_digest: str = ""
     server: Optional[str] = None  # cluster: the server it is placed on
     worker_ip: Optional[str] = None  # cluster: that server's address
+    custom_family: Optional[dict] = None  # a custom model: the family registered before its launch
 
 
 def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[LaunchSpec]:
@@ -157,5 +159,8 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
             weights_digest=weights_digests.get(model.uid, ""),
             server=server.name if server else None,
             worker_ip=server.address if server else None,
+            custom_family=registration_family(model.type, model.model_name, model_dir_on_server(cfg, model),
+                                              model.custom, model.format, model.quantization,
+                                              model.size_in_billions) if model.custom is not None else None,
         ))
     return specs

@@ -82,8 +82,8 @@ def test_a_custom_model_is_exempt_and_its_name_must_not_clash():
     assert cfg.models[0].custom == MINILM_CUSTOM
     assert problems_of(with_first(uid="minilm", name="bge-small-en-v1.5", custom=MINILM_CUSTOM)) == [
         "models[0].name = 'bge-small-en-v1.5': is a built-in embedding model of Xinference 4.1.0: Xinference refuses "
-        "to register a custom model over it (\"Model name conflicts with existing model\"); fix: give your model its "
-        "own name (e.g. add your site or version to it)"]
+        "to register a custom model over it (it answers \"Model bge-small-en-v1.5 already registered\"); fix: give "
+        "your model its own name (e.g. add your site or version to it)"]
 
 
 def test_a_custom_model_missing_what_its_type_requires_is_named_field_by_field():

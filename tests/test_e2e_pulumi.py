@@ -162,6 +162,39 @@ def test_lifecycle_through_the_cli(project, xinference):
     assert UID not in running_models(endpoint)
 
 
+def registered_families(endpoint: str) -> dict:
+    rows = requests.get(f"{endpoint}/v1/model_registrations/embedding", params={"detailed": "true"}, timeout=60).json()
+    return {row["model_name"]: row for row in rows if not row.get("is_builtin")}
+
+
+def test_a_custom_model_through_the_cli_registers_launches_changes_and_unregisters(project, xinference):
+    endpoint, uid, name = xinference.endpoint, "site-minilm", "site-MiniLM-L6-v2"
+    custom = {"dimensions": 384, "max_tokens": 256, "language": ["en"]}
+    project.write_models([model_entry(uid=uid, name=name, custom=custom)])
+    try:
+        preview = project.pulumi("preview", "--diff")
+        assert f"xinference-{uid}-registration" in preview.stdout
+        project.pulumi("up", "--yes", "--skip-preview")
+        assert registered_families(endpoint)[name]["max_tokens"] == 256
+        assert requests.get(f"{endpoint}/v1/models/{uid}", timeout=60).json()["model_name"] == name
+        answer = requests.post(f"{endpoint}/v1/embeddings", json={"model": uid, "input": "offline"}, timeout=60)
+        assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 384
+        project.pulumi("preview", "--expect-no-changes")
+
+        # The family diffs like any input: a change re-registers and relaunches.
+        project.write_models([model_entry(uid=uid, name=name, custom={**custom, "max_tokens": 128})])
+        changed = project.pulumi("preview", "--diff")
+        assert "family" in changed.stdout and "registration_digest" in changed.stdout
+        project.pulumi("up", "--yes", "--skip-preview")
+        assert registered_families(endpoint)[name]["max_tokens"] == 128
+        assert uid in running_models(endpoint)
+        project.pulumi("preview", "--expect-no-changes")
+    finally:
+        project.pulumi("destroy", "--yes", "--skip-preview")
+        project.write_models([model_entry()])
+    assert uid not in running_models(endpoint) and name not in registered_families(endpoint)
+
+
 def test_bad_config_fails_preview_with_the_problems(project):
     project.write_models([model_entry(gpus=[3], typo=1)])
     try:

@@ -103,7 +103,7 @@ def failures(**overrides):
 
 def test_valid_inputs_pass():
     assert validate(props()) == []
-    assert validate(props(model_type="LLM", model_engine="vllm", gpu_idx=[0, 1], replica=2, n_gpu="auto",
+    assert validate(props(model_type="LLM", model_name="qwen2.5-instruct", model_engine="vllm", gpu_idx=[0, 1], replica=2, n_gpu="auto",
                           launch_timeout=30, autostart=False, extra={"max_model_len": 4096})) == []
 
 
@@ -310,3 +310,22 @@ def test_replicas_still_loading_are_named():
     assert replicas_pending([row]) == ["1"]
     assert replicas_pending([{**row, "replica_statuses": [{"replica_id": 0, "status": "READY"}]}]) == []
     assert replicas_pending([]) == [] and replicas_pending([{"status": "READY"}]) == []
+
+
+# --- the pinned catalog, at the provider (issue 14, item 1) ------------------------------
+
+
+def test_the_provider_refuses_what_plan_refuses_against_the_catalog():
+    assert validate(props(model_name="bce-embeding-base_v1")) == [(
+        "model_name", "model_name 'bce-embeding-base_v1': not among Xinference 4.1.0's embedding models (47 names); "
+        "fix: did you mean `bce-embedding-base_v1`, `jina-embeddings-v2-base-zh`, `jina-embeddings-v2-base-en`? use "
+        "the model_name Xinference lists (`xinference registrations -t embedding`), or declare your own model under "
+        "`custom`")]
+    assert validate(props(model_engine="llama.cpp")) == [(
+        "model_engine", "model_engine 'llama.cpp': bce-embedding-base_v1 has no engine llama.cpp in Xinference "
+        "4.1.0; fix: use one of ['sentence_transformers', 'vllm']")]
+
+
+def test_a_registered_custom_name_is_not_looked_up_in_the_catalog():
+    assert validate(props(model_name="all-MiniLM-L6-v2", registration_digest="ab" * 32)) == []
+    assert [k for k, _ in validate(props(model_name="all-MiniLM-L6-v2"))] == ["model_name"]
