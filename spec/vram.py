@@ -75,7 +75,7 @@ def read_model_files(directory: Path) -> Optional[ModelFiles]:
         config = loaded if isinstance(loaded, dict) else None
     except (OSError, ValueError):
         pass
-    files = [p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()]
+    files = [p for p in directory.rglob("*") if p.is_file()]  # a symlink counts as what it points at (hub caches)
     for suffixes in WEIGHT_SUFFIXES:
         group = [p for p in files if p.name.lower().endswith(suffixes)]
         if group:
@@ -152,10 +152,12 @@ def layer_dims(config: dict) -> tuple[Optional[LayerDims], str]:
         if len(layer_types) != layers or any(t not in ("full_attention", "sliding_attention") for t in layer_types):
             return None, "a config.json with an unknown attention layout"
         kv_layers = len(layer_types)
-    head_dim = config.get("head_dim") or hidden / heads
-    active = first("num_experts_per_tok") or experts or 1
-    return LayerDims(vocab, heads, kv_heads or heads, head_dim, hidden, inter, kv_layers, active,
-                     config.get("shared_expert_intermediate_size") or 0), ""
+    def whole(value: Any, default: Any) -> Any:  # a positive int, else the default
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+    active = whole(first("num_experts_per_tok"), whole(experts, 1))
+    return LayerDims(vocab, heads, whole(kv_heads, heads), whole(config.get("head_dim"), hidden / heads), hidden,
+                     inter, kv_layers, active, whole(config.get("shared_expert_intermediate_size"), 0)), ""
 
 
 def llm_memory(dims: LayerDims, *, context: int, weights_mib: float, model_format: Optional[str] = None,
@@ -180,11 +182,16 @@ def llm_memory(dims: LayerDims, *, context: int, weights_mib: float, model_forma
 
 def billions(size: Any) -> float:
     """Xinference's convert_model_size_to_float: `1_8` is 1.8 (Python's float() reads it as 18)."""
-    return float(size.replace("_", ".")) if isinstance(size, str) else float(size)
+    try:
+        return float(size.replace("_", ".")) if isinstance(size, str) else float(size)
+    except ValueError:
+        return math.nan
 
 
 def weights_from_size_mib(size_in_billions: float, quantization: Optional[str]) -> Optional[float]:
     """Xinference's _convert_to_mb_model_size: 2 bytes a parameter, or the quantization's bits + 6%."""
+    if not math.isfinite(size_in_billions) or size_in_billions <= 0:
+        return None
     size = size_in_billions * 1e9 * 2 / MIB
     q = (quantization or "none").lower()
     if q in FULL_PRECISION:
@@ -228,7 +235,7 @@ def estimate_vram(model: ModelConfig, files: Optional[ModelFiles]) -> VramEstima
     n_gpus = max(1, len(model.gpus))
     dims, why = None, ""
     if model.type == "LLM":
-        dims, why = layer_dims(files.config) if files.config is not None else (None, "an LLM without config.json")
+        dims, why = layer_dims(files.config) if files.config is not None else (None, "an LLM without a readable config.json")
     if dims is not None:
         on_disk = files.weights_bytes > 0 and model.format != "bnb"  # bnb quantizes full weights at load
         weights = files.weights_bytes / MIB if on_disk else (

@@ -208,3 +208,15 @@ def test_cluster_servers_are_summed_per_server(tmp_path):
     cfg = load_stack_config(namespaced(stack))
     assert [(where, b.models, b.used_gb) for where, b in server_budgets(cfg)] == [("gpu-a", ("qwen",), 18.0),
                                                                                  ("gpu-b", ("llama",), 19.5)]
+
+
+def test_odd_files_give_a_figure_or_unknown_never_an_error(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"hidden_size": "big", "num_key_value_heads": "x"}')
+    (tmp_path / "m" / "w.safetensors").write_bytes(b"\0" * 1024)
+    odd = estimate_vram(llm("Qwen2.5-7B-Instruct", size_in_billions="seven"), read_model_files(tmp_path / "m"))
+    assert odd.kind == "computed" and "as a config.json without vocab_size" in odd.how
+    (tmp_path / "m" / "w.safetensors").unlink()
+    (tmp_path / "m" / "config.json").write_text("[not json")
+    assert estimate_vram(llm("Qwen2.5-7B-Instruct", size_in_billions="seven"), read_model_files(tmp_path / "m")) \
+        .how == "unknown: no weight files (an LLM without a readable config.json)"
