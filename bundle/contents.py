@@ -13,6 +13,7 @@ from bundle.format.layout import PROGRAM_DIR
 from spec.config import ModelSource, StackConfig
 from spec.errors import ConfigError, Problem
 from spec.launch import models_dir_of
+from spec.rules import ModelDirs
 from spec.source import from_stack_file
 
 IMAGE_DIR = "images"
@@ -64,9 +65,10 @@ def carry_problems(cfg: StackConfig) -> list[Problem]:
     return problems
 
 
-def carried_stack(path) -> StackConfig:
-    """The stack file read for a bundle: the config's own checks, then carry_problems (ConfigError)."""
-    cfg = from_stack_file(path)
+def carried_stack(path, model_dirs: Optional[ModelDirs] = None) -> StackConfig:
+    """The stack file read for a bundle: the config's own checks, then carry_problems (ConfigError).
+    ``model_dirs``: where the models' files are here, for the VRAM estimates (spec.rules.server_budgets)."""
+    cfg = from_stack_file(path, model_dirs)
     problems = carry_problems(cfg)
     if problems:
         raise ConfigError(problems, source=str(path))

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-from bundle.contents import carried_stack
+from bundle.contents import carried_stack, model_bundle_dir
 from bundle.format.manifest import BundleError, StackManifest, load_manifest
 from bundle.site import sibling_clashes
 from bundle.site_plan import plan_bundle_site
@@ -56,8 +56,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
               "stack that bundle carries", file=sys.stderr)
         return EXIT_USAGE
     stack, path = stack_file(args)
+    # With a bundle, the VRAM estimates read the models it carries; else the stack's models_dir.
+    model_dirs = (lambda m: args.bundle / model_bundle_dir(m.path or m.uid)) if args.bundle else None
     try:
-        cfg = carried_stack(path)
+        cfg = carried_stack(path, model_dirs)
     except ConfigError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_USAGE
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         except BundleError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    write_plan(cfg, stack, path, manifest, out)
+    write_plan(cfg, stack, path, manifest, out, model_dirs)
     # as the program's preview warns
     for clash in sibling_clashes(stack, cfg, path.parent):
         print(f"warning: {clash}", file=sys.stderr)

@@ -12,8 +12,8 @@ from bundle.contents import bundle_items
 from bundle.format.manifest import StackManifest
 from spec.config import StackConfig
 from spec.launch import container_env, endpoint_url, launch_specs
-from spec.placement import docker_gpu_request
-from spec.rules import server_budgets
+from spec.placement import GpuBudget, docker_gpu_request
+from spec.rules import ModelDirs, server_budgets
 
 EXIT_USAGE = 2
 
@@ -25,7 +25,9 @@ def named_stack_file(stack: str, stacks_dir: Path, bundle: Optional[Path]) -> Pa
     return carried if carried is not None and not own.exists() and carried.is_file() else own
 
 
-def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[StackManifest], out: TextIO) -> None:
+def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[StackManifest], out: TextIO,
+               model_dirs: Optional[ModelDirs] = None) -> None:
+    """``model_dirs``: where the models' files are here, for the VRAM estimates (see spec.rules.server_budgets)."""
     p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
     p(f"Stack {stack} ({path}): {cfg.mode} mode, endpoint {endpoint_url(cfg)}")
     if cfg.mode != "existing" and cfg.image:
@@ -54,18 +56,11 @@ def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Stac
         rows.append((s.model_uid, s.model_type, *server, ids_text(s.host_gpus), ids_text(s.gpu_idx),
                      f"{s.vram_gb:g}" if s.vram_gb is not None else "-", s.model_path))
     print_table(rows, out)
-    budgets = server_budgets(cfg)
+    budgets = server_budgets(cfg, model_dirs)
     if budgets:
         p("")
-        p("GPU budget (declared vram_gb per GPU)")
-        rows = [(*(("SERVER",) if cluster else ()), "GPU", "CAPACITY GB", "DECLARED GB", "FREE GB", "MODELS")]
-        for where, b in budgets:
-            free = f"{b.capacity_gb - b.used_gb:g}" if b.capacity_gb is not None else "?"
-            models = ", ".join(b.models) + (f" (undeclared: {', '.join(b.undeclared)})" if b.undeclared else "")
-            rows.append((*((where,) if cluster else ()), str(b.gpu),
-                         f"{b.capacity_gb:g}" if b.capacity_gb is not None else "?", f"{b.used_gb:g}", free,
-                         models or "-"))
-        print_table(rows, out)
+        p("GPU VRAM per GPU (GB: a model's declared vram_gb, else estimated from its files; unknown counts 0)")
+        print_table(vram_rows(budgets, cluster), out)
     p("")
     p("Offline bundle must carry" + (" (checked against the bundle)" if manifest else ""))
     gaps = set(bundle_gaps(cfg, stack, manifest)) if manifest else set()
@@ -88,6 +83,20 @@ def bundle_gaps(cfg: StackConfig, stack: str, manifest: Optional[StackManifest])
         if not present:
             gaps.append(item.path)
     return gaps
+
+
+def vram_rows(budgets: list[tuple[str, GpuBudget]], cluster: bool) -> list[tuple[str, ...]]:
+    """Per GPU: a row per model (its GB and how it was had), then the GPU's total against its capacity."""
+    rows = [(*(("SERVER",) if cluster else ()), "GPU", "MODEL", "GB", "HOW")]
+    for where, b in budgets:
+        server = (where,) if cluster else ()
+        for uid, est in b.entries:
+            rows.append((*server, str(b.gpu), uid, f"{est.gb:g}" if est.gb is not None else "?", est.how))
+        capacity = f"{b.capacity_gb:g}" if b.capacity_gb is not None else "? (no vram_gb for this GPU)"
+        verdict = "" if b.capacity_gb is None else ("  OVER" if b.over else f", {b.capacity_gb - b.used_gb:.1f} free")
+        unknown = f", {len(b.unknown)} unknown not counted" if b.unknown else ""
+        rows.append((*server, str(b.gpu), "= total", f"{b.used_gb:g}", f"of {capacity}{verdict}{unknown}"))
+    return rows
 
 
 def ids_text(ids: Sequence[int]) -> str:

@@ -33,7 +33,8 @@ class GpuConfig(_Strict):
 
     id: WholeNumber = Field(ge=0, description="Host GPU index (`nvidia-smi --query-gpu=index`).")
     vram_gb: OptionalNumber = Field(
-        default=None, gt=0, description="Memory of this GPU in GB; models' declared `vram_gb` must fit in it."
+        default=None, gt=0,
+        description="Memory of this GPU in GB; the models on it (their `vram_gb`, declared or estimated) must fit in it."
     )
 
 
@@ -169,7 +170,8 @@ class ModelConfig(_Strict):
     n_gpu: GpuCount = Field(default=None, description="n_gpu: a count or `auto`.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other launch kwargs, passed through as-is.")
     vram_gb: OptionalNumber = Field(default=None, gt=0,
-                                      description="VRAM the model needs on each of its GPUs, in GB.")
+                                      description="VRAM the model needs on each of its GPUs, in GB (default: estimated "
+                                                  "from its files, see docs/provider.md).")
     source: Optional[ModelSource] = Field(default=None, description="Where `bundle build` gets the files.")
     companions: list[CompanionDir] = Field(default_factory=list, description="Extra directories the model needs.")
     launch_timeout_s: Number = Field(default=900, gt=0, description="Seconds a launch may take before it fails.")

@@ -15,7 +15,7 @@ from spec.config import ModelConfig, StackConfig
 from spec.errors import ConfigError, Problem
 from spec.launch import models_dir_of
 from spec.problems import problems_from, unknown_key
-from spec.rules import CheckContext, cross_check
+from spec.rules import CheckContext, ModelDirs, cross_check
 from spec.xinference import CONFIG_NAMESPACE
 
 
@@ -34,12 +34,14 @@ def strip_namespace(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[Proble
 
 
 def load_stack_config(raw: Mapping[str, Any], *, namespaced: bool = True,
-                      secret_keys: Iterable[str] = (), source: str = "stack config") -> StackConfig:
+                      secret_keys: Iterable[str] = (), source: str = "stack config",
+                      model_dirs: Optional[ModelDirs] = None) -> StackConfig:
     """Validate a stack's config (``{"xinference-offline:models": [...], ...}``).
 
     ``secret_keys``: keys Pulumi holds as secrets (values read from a stack file as
     ``{secure: ...}`` count too). Raises ConfigError listing every problem; returns the
-    parsed config otherwise.
+    parsed config otherwise. ``model_dirs``: where the models' files are on this machine, for
+    the VRAM estimate (default: under models_dir when the docker engine is this machine's).
     """
     problems: list[Problem] = []
     values = dict(raw)
@@ -69,7 +71,7 @@ def load_stack_config(raw: Mapping[str, Any], *, namespaced: bool = True,
     if parsed.get("models"):
         parsed["models"] = relative_model_dirs(partial, positions, problems)
         partial = StackConfig.model_construct(**_defaults_for_missing(parsed))
-    problems.extend(cross_check(partial, CheckContext(set(parsed), set(values), positions, secrets)))
+    problems.extend(cross_check(partial, CheckContext(set(parsed), set(values), positions, secrets, model_dirs)))
     if problems:
         raise ConfigError(problems, source)
     return StackConfig.model_validate(parsed)

@@ -1,4 +1,4 @@
-"""Pure placement arithmetic: host GPU ids -> container indices, VRAM per GPU.
+"""Pure placement arithmetic: host GPU ids -> container indices, VRAM per GPU (figures from spec/vram.py).
 
 Docker gives the container only the GPUs it was granted (``--gpus device=2,3``) and the
 container renumbers them from 0 in PCI bus order (we set CUDA_DEVICE_ORDER=PCI_BUS_ID so
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
+
+from spec.vram import VramEstimate
 
 
 def container_gpu_indices(server_gpus: Sequence[int], model_gpus: Iterable[int]) -> list[int]:
@@ -50,13 +52,24 @@ def docker_device_requests(server_gpus: Sequence[int]) -> list[dict]:
 
 @dataclass(frozen=True)
 class GpuBudget:
-    """Declared VRAM use of one host GPU against its capacity."""
+    """VRAM use of one host GPU against its capacity: each model's figure, declared or estimated."""
 
     gpu: int
     capacity_gb: Optional[float]
-    used_gb: float
-    models: tuple[str, ...]
-    undeclared: tuple[str, ...]  # models on this GPU without a vram_gb
+    entries: tuple[tuple[str, VramEstimate], ...]  # (uid, its figure on this GPU), in stack order
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(uid for uid, _ in self.entries)
+
+    @property
+    def used_gb(self) -> float:
+        """The sum of the known figures (an unknown one counts for nothing)."""
+        return round(sum(e.gb for _, e in self.entries if e.gb is not None), 6)
+
+    @property
+    def unknown(self) -> tuple[str, ...]:
+        return tuple(uid for uid, e in self.entries if e.gb is None)
 
     @property
     def over(self) -> bool:
@@ -64,16 +77,7 @@ class GpuBudget:
 
 
 def vram_budgets(gpus: Sequence[tuple[int, Optional[float]]],
-                 models: Sequence[tuple[str, Sequence[int], Optional[float]]]) -> list[GpuBudget]:
-    """Sum each GPU's declared model VRAM. ``gpus``: (id, capacity); ``models``: (uid, gpus, vram_gb)."""
-    budgets = []
-    for gpu, capacity in gpus:
-        on_gpu = [(uid, vram) for uid, model_gpus, vram in models if gpu in model_gpus]
-        budgets.append(GpuBudget(
-            gpu=gpu,
-            capacity_gb=capacity,
-            used_gb=sum(v for _, v in on_gpu if v is not None),
-            models=tuple(uid for uid, _ in on_gpu),
-            undeclared=tuple(uid for uid, v in on_gpu if v is None),
-        ))
-    return budgets
+                 models: Sequence[tuple[str, Sequence[int], VramEstimate]]) -> list[GpuBudget]:
+    """Each GPU's models and their figures. ``gpus``: (id, capacity); ``models``: (uid, gpus, estimate)."""
+    return [GpuBudget(gpu, capacity, tuple((uid, est) for uid, model_gpus, est in models if gpu in model_gpus))
+            for gpu, capacity in gpus]

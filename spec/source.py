@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from spec.config import StackConfig
 from spec.errors import ConfigError, Problem
 from spec.launch import endpoint_url
 from spec.load import load_stack_config
+from spec.rules import ModelDirs
 from spec.stack_yaml import load_stack_yaml
 
 
@@ -65,5 +66,6 @@ def read_stack_file(path: Path) -> Mapping[str, Any]:
     return document.get("config") or {}
 
 
-def from_stack_file(path: Path) -> StackConfig:
-    return load_stack_config(read_stack_file(path), source=str(path))
+def from_stack_file(path: Path, model_dirs: Optional[ModelDirs] = None) -> StackConfig:
+    """``model_dirs``: where the models' files are on this machine, for the VRAM estimate (spec.rules.server_budgets)."""
+    return load_stack_config(read_stack_file(path), source=str(path), model_dirs=model_dirs)

@@ -67,7 +67,7 @@ def test_over_budget_gpu_is_per_server():
                           "vram_gb": 23})
     found = problems(cfg)
     assert len(found) == 1 and found[0].startswith("servers[gpu-a].gpus[id=1].vram_gb = 24.0")
-    assert "declare 25 GB on GPU 1 of gpu-a" in found[0]
+    assert "GPU 1 of gpu-a needs 25 GB, over its 24 GB: emb 2 GB (declared); big 23 GB (declared)" in found[0]
 
 
 def test_cluster_shape_rules():
@@ -135,7 +135,8 @@ def test_plan_prints_the_cluster_placement():
     lines = [line.split() for line in out.getvalue().splitlines()]
     assert ["qwen2.5-instruct-7b", "LLM", "gpu-b", "(10.20.0.12)", "0", "0", "40",
             "/root/.xinference/models/Qwen2.5-7B-Instruct"] in lines
-    assert ["gpu-b", "0", "48", "40", "8", "qwen2.5-instruct-7b"] in lines
+    assert ["gpu-b", "0", "qwen2.5-instruct-7b", "40", "declared"] in lines
+    assert ["gpu-b", "0", "=", "total", "40", "of", "48,", "8.0", "free"] in lines
 
 
 def test_committed_cluster_stack_is_valid():

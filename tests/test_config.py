@@ -97,7 +97,7 @@ def test_gpu_over_its_declared_vram():
     models[2]["vram_gb"] = 22  # 2 + 2 + 22 on a 24 GB GPU
     msg = one_problem(docker_stack(models=models))
     assert msg.startswith("gpus[id=0].vram_gb = 24.0:")
-    assert "declare 26 GB on GPU 0, over its 24 GB" in msg and "CosyVoice-300M" in msg
+    assert "GPU 0 needs 26 GB, over its 24 GB: " in msg and "CosyVoice-300M 22 GB (declared)" in msg
 
 
 def test_enabled_model_without_files():

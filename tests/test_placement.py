@@ -7,6 +7,7 @@ import pytest
 from spec.launch import container_env, endpoint_url, launch_specs, model_dir_on_server
 from spec.load import load_stack_config
 from spec.placement import container_gpu_indices, docker_device_requests, docker_gpu_request, vram_budgets
+from spec.vram import VramEstimate
 from tests.stack_configs import docker_stack, namespaced, reference_models
 
 
@@ -38,12 +39,15 @@ def test_device_request_lists_every_gpu_id_and_no_count():
 
 
 def test_vram_budget_sums_models_per_gpu():
-    budgets = vram_budgets([(0, 24.0), (1, None)], [("a", [0], 10.0), ("b", [0, 1], 8.0), ("c", [1], None)])
-    assert [(b.gpu, b.used_gb, b.models, b.undeclared, b.over) for b in budgets] == [
+    declared = lambda gb: VramEstimate(gb, "declared", "declared")  # noqa: E731
+    unknown = VramEstimate(None, "unknown", "unknown: no files here")
+    budgets = vram_budgets([(0, 24.0), (1, None)], [("a", [0], declared(10.0)), ("b", [0, 1], declared(8.0)),
+                                                   ("c", [1], unknown)])
+    assert [(b.gpu, b.used_gb, b.models, b.unknown, b.over) for b in budgets] == [
         (0, 18.0, ("a", "b"), (), False),
         (1, 8.0, ("b", "c"), ("c",), False),
     ]
-    assert vram_budgets([(0, 10.0)], [("a", [0], 10.5)])[0].over
+    assert vram_budgets([(0, 10.0)], [("a", [0], declared(10.5))])[0].over
 
 
 def test_launch_specs_of_a_remapped_server():

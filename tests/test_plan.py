@@ -27,7 +27,8 @@ def test_plan_prints_the_reference_deployment():
     lines = [line.split() for line in text.splitlines()]
     assert ["bce-embedding-base_v1", "embedding", "0", "0", "2", "/root/.xinference/models/bce-embedding-base_v1"] in lines
     assert ["SenseVoiceSmall", "audio", "1", "1", "3", "/root/.xinference/models/SenseVoiceSmall"] in lines
-    assert ["0", "24", "10", "14", "bce-embedding-base_v1,", "bce-reranker-base_v1,", "CosyVoice-300M"] in lines
+    assert ["0", "CosyVoice-300M", "6", "declared"] in lines
+    assert ["0", "=", "total", "10", "of", "24,", "14.0", "free"] in lines
     assert "GPUs device=0,1" in text and "restart unless-stopped" in text
     assert "images/xprobe_xinference_v4.1.0.tar" in text and "models/fsmn-vad/" in text
     assert "program/" in text and "the Pulumi program and the bundle tool" in text
