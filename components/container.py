@@ -1,4 +1,9 @@
-"""XinferenceContainer: the GPU-reserved Xinference container (the compose service of the old job)."""
+"""XinferenceContainer: the GPU-reserved Xinference container (the compose service of the old job).
+
+With ``container.network: airgap`` it has no network but loopback, and two more children carry
+its API to the host (spec/airgap.py says why and how): a volume holding the relay's unix socket,
+and a gateway container from the same image that publishes the port.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Mapping, Optional, Sequence
 import pulumi
 import pulumi_docker as docker
 
+from spec.airgap import gateway_container_name, server_network
 from spec.config import ContainerConfig
 from spec.launch import container_command, healthcheck_command
 from spec.placement import docker_device_requests
@@ -57,6 +63,25 @@ def go_duration(seconds: int) -> str:
     return f"{secs}s"
 
 
+def _published_port(s: ContainerConfig) -> list[docker.ContainerPortArgs]:
+    return [docker.ContainerPortArgs(internal=CONTAINER_PORT, external=s.port, ip=published_ip(str(s.bind_address)))]
+
+
+def _healthcheck(test: Sequence[str], s: ContainerConfig) -> docker.ContainerHealthcheckArgs:
+    hc = s.healthcheck
+    return docker.ContainerHealthcheckArgs(tests=list(test), interval=go_duration(hc.interval_s),
+                                           timeout=go_duration(hc.timeout_s), retries=hc.retries,
+                                           start_period=go_duration(hc.start_period_s))
+
+
+def _log_opts(s: ContainerConfig) -> dict[str, str]:
+    return {"max-size": s.log_max_size, "max-file": str(s.log_max_file)}
+
+
+def _label_args(labels: Mapping[str, str]) -> list[docker.ContainerLabelArgs]:
+    return [docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())]
+
+
 class XinferenceContainer(pulumi.ComponentResource):
     """One Xinference server in Docker, healthy before `up` moves on to the models."""
 
@@ -72,37 +97,63 @@ class XinferenceContainer(pulumi.ComponentResource):
             # XINFERENCE_HOME on the host keeps the autostart registry and auth db across replacements.
             mounts.insert(0, docker.ContainerMountArgs(type="bind", source=s.data_dir, target="/root/.xinference"))
         labels = {"managed-by": "xinference-offline", **args.labels, **s.labels}
+        wiring = server_network("bridge" if args.host_network else s.network, args.command)
+        container_name = args.container_name or s.name
+        socket_volume = None
+        if wiring.socket_dir:
+            # Named after the container, on its docker host (local or ssh://), removed by destroy.
+            socket_volume = docker.Volume(f"{name}-api", name=f"{container_name}-api",
+                                          labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in
+                                                  sorted({**labels, "xinference-offline/role": "api-socket"}.items())],
+                                          opts=pulumi.ResourceOptions(parent=self))
+            mounts.append(docker.ContainerMountArgs(type="volume", source=socket_volume.name,
+                                                    target=wiring.socket_dir))
         self.container = docker.Container(
             f"{name}-container",
-            name=args.container_name or s.name,
+            name=container_name,
             image=args.image_id,
-            command=list(args.command),
+            command=wiring.command,
             envs=[f"{k}={v}" for k, v in sorted(args.env.items())],
             # Exact host GPU ids as a device request (the `gpus` string cannot name two: see placement).
             device_requests=[docker.ContainerDeviceRequestArgs(**request)
                              for request in docker_device_requests(args.host_gpus)] or None,
-            network_mode="host" if args.host_network else None,
-            ports=None if args.host_network else [docker.ContainerPortArgs(
-                internal=CONTAINER_PORT, external=s.port, ip=published_ip(str(s.bind_address)))],
+            network_mode="host" if args.host_network else wiring.network_mode,
+            ports=_published_port(s) if wiring.publishes_port and not args.host_network else None,
             mounts=mounts,
             restart=s.restart,
             shm_size=s.shm_size_mb,
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=list(args.healthcheck),
-                interval=go_duration(s.healthcheck.interval_s),
-                timeout=go_duration(s.healthcheck.timeout_s),
-                retries=s.healthcheck.retries,
-                start_period=go_duration(s.healthcheck.start_period_s),
-            ),
+            healthcheck=_healthcheck(args.healthcheck, s),
             wait=True,
             wait_timeout=s.wait_timeout_s,
             log_driver="json-file",
-            log_opts={"max-size": s.log_max_size, "max-file": str(s.log_max_file)},
-            labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())],
+            log_opts=_log_opts(s),
+            labels=_label_args(labels),
             # A new image, GPU set or port replaces the container; the old one must go first, or
             # the new one clashes with it on the container name and the host port.
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
+        self.gateway: Optional[docker.Container] = None
+        if wiring.gateway_command and socket_volume is not None:
+            # Started once the server is healthy, and healthy itself only when /status answers
+            # through it, so the models (which wait for this component) see a working endpoint.
+            self.gateway = docker.Container(
+                f"{name}-gateway",
+                name=gateway_container_name(container_name),
+                image=args.image_id,
+                command=wiring.gateway_command,
+                ports=_published_port(s),
+                mounts=[docker.ContainerMountArgs(type="volume", source=socket_volume.name,
+                                                  target=wiring.socket_dir)],
+                restart=s.restart,
+                healthcheck=_healthcheck(healthcheck_command(), s),
+                wait=True,
+                wait_timeout=s.wait_timeout_s,
+                log_driver="json-file",
+                log_opts=_log_opts(s),
+                labels=_label_args({**labels, "xinference-offline/role": "gateway"}),
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=[self.container]),
+            )
+        # The models depend on this component, so on every child: with airgap they wait for the gateway.
         self.container_id = self.container.id
         self.name = self.container.name
         self.register_outputs({"container_id": self.container_id, "name": self.name})

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 from components.docker_cli import DockerHostUnreachable, empty_image_tar, run_docker
 from components.ssh_keys import host_key_problem
 from components.volume import missing_directories
+from spec.airgap import gateway_container_name
 from spec.config import DockerHostConfig, StackConfig
 from spec.docker_host import is_local_docker
 from spec.launch import model_dir_on_host
@@ -104,10 +105,12 @@ STACK_LABEL = "xinference-offline/stack"
 
 
 def foreign_containers(docker_host: str, stack: str, name: str, port: int,
-                       ssh_argv: Optional[Sequence[str]] = None) -> list[str]:
-    """Containers not made by ``stack`` that hold its container name or host port."""
+                       ssh_argv: Optional[Sequence[str]] = None, other_names: Sequence[str] = ()) -> list[str]:
+    """Containers not made by ``stack`` that hold its container name (or ``other_names``: the
+    airgap gateway's) or host port."""
     problems = []
-    queries = ((f"name=^/{name}$", f"container name {name}", "set container.name to another name"),
+    queries = (*((f"name=^/{n}$", f"container name {n}", "set container.name to another name")
+                 for n in (name, *other_names)),
                (f"publish={port}", f"host port {port}", "set container.port to a free port"))
     for query, what, fix in queries:
         listed = run_docker(docker_host, ["ps", "-a", "--filter", query, "--format", "{{json .}}"], ssh_argv=ssh_argv)
@@ -151,8 +154,9 @@ def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
             if problem:
                 problems.append(problem)
         if cfg.mode == "docker" and cfg.docker.check_daemon:
+            gateway = [gateway_container_name(cfg.container.name)] if cfg.container.network == "airgap" else []
             problems += foreign_containers(cfg.docker.host, stack, cfg.container.name, cfg.container.port,
-                                           ssh_of.get(cfg.docker.host))
+                                           ssh_of.get(cfg.docker.host), other_names=gateway)
     except DockerHostUnreachable as exc:
         # The docker provider would only say "failed to connect to any docker daemon": name the host.
         problems.append(f"{exc}. Nothing was changed. Fix: start dockerd on that host (or correct `docker.host`), "

@@ -105,6 +105,13 @@ class ContainerConfig(_Strict):
         default=IPv4Address("0.0.0.0"),
         description="Host address the port is published on (`127.0.0.1`: reachable from this machine only).",
     )
+    network: Literal["bridge", "airgap"] = Field(
+        default="bridge",
+        description="`bridge`: docker's default network, the port published on the container. `airgap`: the "
+                    "container gets no network but loopback (no route out, so nothing can reach a hub), and a "
+                    "gateway container (`<name>-gateway`, same image) publishes the port and relays the API to it "
+                    "over a unix socket in a shared volume (docs/airgap.md). docker mode only.",
+    )
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = Field(
         default="unless-stopped", description="Docker restart policy."
     )

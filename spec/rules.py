@@ -322,8 +322,18 @@ def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
                       f"pulumi config set --secret {CONFIG_NAMESPACE}:api_key <key>")
 
 
+def _airgap(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    # Cluster containers use host networking (workers and supervisor reach each other's random
+    # ports), which an air-gapped container by definition has not (spec/airgap.py).
+    if cfg.mode == "cluster" and ctx.usable("container") and cfg.container.network == "airgap":
+        yield Problem("container.network", "airgap", "is docker mode only: cluster containers share the host's "
+                      "network", "remove container.network (or set bridge), or deploy each server as its own "
+                      "docker-mode stack")
+
+
 _RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [
     _mode_sections, _cluster, _endpoint, _gpus, _paths, _uids, _model_fields, _catalog, _vram, _ssh, _auth,
+    _airgap,
 ]
 
 __all__ = ["cross_check", "CONTAINER_MODELS_DIR"]

@@ -10,25 +10,38 @@ the model -> `docker restart` heals by autostart with no `up` -> `docker rm -f` 
 refresh and repaired by up -> a model dropped from the stack is terminated -> destroy removes
 the container and keeps the image. Pulumi's answers are read as data (`preview --json`, the
 stack history), never as its human output.
+
+The site runs the way stacks/Pulumi.local-docker.yaml does, air-gapped (`container.network:
+airgap`, spec/airgap.py): the Xinference container has no network but loopback, and every
+request of the suite reaches it through the gateway container. A check shows, from inside the
+container, that there is no route out (no default route, and a connect to a test server on
+docker's bridge fails with "network unreachable", while the same connect from the bridge
+succeeds); so any code path that reaches for a hub fails the suite.
 """
 
 from __future__ import annotations
 
+import errno
 import uuid
 
 import pytest
+import requests
+import yaml
 
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, inspect, require_main_engine
-from tests.docker_site import (NS, DockerSite, embed, free_port, image_tar, running_models, toolchain_bin,
+from tests.docker_site import (NS, ROOT, DockerSite, embed, free_port, image_tar, running_models, toolchain_bin,
                                wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
 IMAGE = "xinference-offline/xinference-cpu:4.1.0"
-UID = "minilm-embedding"
-MODEL = {"uid": UID, "name": "bge-small-en-v1.5", "type": "embedding", "path": "all-MiniLM-L6-v2",
-         "launch_timeout_s": 300}
 STACK = "e2e-docker"
+# The suite runs the local-docker stack's network and model, whatever they are set to (airgap, and
+# MiniLM registered as the custom model all-MiniLM-L6-v2, checked below).
+LOCAL_DOCKER = yaml.safe_load((ROOT / "stacks" / "Pulumi.local-docker.yaml").read_text())["config"]
+NETWORK = LOCAL_DOCKER[f"{NS}:container"]["network"]
+MODEL = LOCAL_DOCKER[f"{NS}:models"][0]
+UID = MODEL["uid"]
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +59,18 @@ def site(tmp_path_factory):
         f"{NS}:mode": "docker",
         f"{NS}:image": {"name": IMAGE},
         f"{NS}:container": {"name": name, "port": port, "bind_address": "127.0.0.1", "shm_size_mb": 1024,
+                            "network": NETWORK,
                             "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300}},
         f"{NS}:gpus": [],
         f"{NS}:models": [model],
     })
     site.container, site.endpoint, site.model = name, f"http://127.0.0.1:{port}", model
+    site.gateway = f"{name}-gateway"
     site.toolchain = toolchain_bin()
     yield site
     site.pulumi("destroy", "--yes", "--skip-preview", check=False)
-    docker(MAIN_DOCKER_HOST, "rm", "-f", name, check=False)
+    docker(MAIN_DOCKER_HOST, "rm", "-f", name, site.gateway, check=False)
+    docker(MAIN_DOCKER_HOST, "volume", "rm", f"{name}-api", check=False)
     site.remove_bulk()
 
 
@@ -71,16 +87,23 @@ def test_the_offline_workflow_installs_program_toolchain_and_models(site):
     site.select()
 
 
+AIRGAP = {"xinference-server-gateway", "xinference-server-api"}  # the gateway container, the socket's volume
+
+
+def test_the_suite_runs_air_gapped_as_the_local_docker_stack_does():
+    assert NETWORK == "airgap"
+
+
 def test_preview_shows_the_image_load_the_container_and_the_model_and_nothing_else(site):
     ops = site.preview()
     assert set(ops.values()) == {"create"}, ops
     names = set(ops)
-    assert {"xinference-image-load", "xinference-image-image", "xinference-server-container",
-            f"xinference-{UID}"} <= names, names
+    real = {"xinference-image-load", "xinference-image-image", "xinference-server-container", *AIRGAP,
+            f"xinference-{UID}", f"xinference-{UID}-registration"}
+    assert real <= names, names
     # the rest are the component resources and the models' presence check
-    assert names - {"xinference-image-load", "xinference-image-image", "xinference-server-container",
-                    f"xinference-{UID}"} == {f"xinference-offline-{STACK}", "xinference", "xinference-image", "xinference-server",
-                                             "xinference-models", "xinference-models-check"}, names
+    assert names - real == {f"xinference-offline-{STACK}", "xinference", "xinference-image", "xinference-server",
+                            "xinference-models", "xinference-models-check"}, names
     assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
 
 
@@ -88,8 +111,66 @@ def test_up_makes_a_healthy_container_whose_model_answers(site):
     site.pulumi("up", "--yes", "--skip-preview")
     state = inspect(MAIN_DOCKER_HOST, site.container)
     assert state["State"]["Health"]["Status"] == "healthy"
-    assert state["HostConfig"]["PortBindings"]["9997/tcp"][0]["HostIp"] == "127.0.0.1"
+    # air-gapped: no network but loopback, nothing published; the gateway holds the port
+    assert state["HostConfig"]["NetworkMode"] == "none" and not state["HostConfig"]["PortBindings"]
+    assert list(state["NetworkSettings"]["Networks"]) == ["none"]
+    gateway = inspect(MAIN_DOCKER_HOST, site.gateway)
+    assert gateway["State"]["Health"]["Status"] == "healthy"
+    assert gateway["HostConfig"]["PortBindings"]["9997/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert gateway["Image"] == state["Image"]  # the Xinference image: nothing else was needed
     assert embed(site.endpoint, UID) == 384
+    # the site's own model: registered under its own name, launched under it
+    family = requests.get(f"{site.endpoint}/v1/model_registrations/embedding/{MODEL['name']}", timeout=30).json()
+    assert family["model_name"] == "all-MiniLM-L6-v2" and family["is_builtin"] is False
+    assert requests.get(f"{site.endpoint}/v1/models/{UID}", timeout=30).json()["model_name"] == "all-MiniLM-L6-v2"
+
+
+def in_container(container: str, script: str) -> str:
+    return docker(MAIN_DOCKER_HOST, "exec", container, "python3", "-c", script).stdout.decode().strip()
+
+
+# A TCP connect with a deadline; prints "connected", the errno's name, or "timeout" (never a pass).
+CONNECT = """
+import errno, socket, sys
+s = socket.socket(); s.settimeout(10)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); print("connected")
+except socket.timeout:
+    print("timeout")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno), e)
+"""
+
+
+def connect_from(container: str, ip: str, port: int) -> str:
+    return docker(MAIN_DOCKER_HOST, "exec", container, "python3", "-c", CONNECT, ip, str(port)
+                  ).stdout.decode().strip()
+
+
+def test_the_server_container_has_no_route_out(site):
+    routes = in_container(site.container, "print(open('/proc/net/route').read())").splitlines()
+    interfaces = in_container(site.container, "print(open('/proc/net/dev').read())").splitlines()[2:]
+    print("/proc/net/route:", routes, "\n/proc/net/dev:", [line.split(":")[0].strip() for line in interfaces])
+    assert routes[0].split()[:2] == ["Iface", "Destination"]  # the table was read ...
+    assert not [r for r in routes[1:] if r.split()[1] == "00000000"], routes  # ... and has no default route
+    assert [line.split(":")[0].strip() for line in interfaces] == ["lo"]
+    # A test server on docker's ordinary bridge, from the same local image (nothing pulled).
+    server = f"xo-e2e-probe-{uuid.uuid4().hex[:6]}"
+    docker(MAIN_DOCKER_HOST, "run", "-d", "--name", server, "--network", "bridge", "--label",
+           "managed-by=xinference-offline-tests", IMAGE, "python3", "-m", "http.server", "8000", "--bind", "0.0.0.0")
+    try:
+        ip = inspect(MAIN_DOCKER_HOST, server)["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+        assert ip
+        # From the bridge (the gateway is on it) the server answers: the connect below can succeed.
+        wait_for(lambda: connect_from(site.gateway, ip, 8000) == "connected", 60, f"test server {ip}:8000 from the bridge")
+        # From the Xinference container it cannot, and fails at once: no route, not a dropped packet.
+        answer = connect_from(site.container, ip, 8000)
+        print(f"connect {ip}:8000 from {site.container}: {answer}")
+        assert answer.split()[0] in (errno.errorcode[errno.ENETUNREACH], errno.errorcode[errno.EHOSTUNREACH]), answer
+        assert connect_from(site.gateway, ip, 8000) == "connected"  # and the server was up all along
+    finally:
+        docker(MAIN_DOCKER_HOST, "rm", "-f", server, check=False)
+    assert embed(site.endpoint, UID) == 384  # the model answers through the gateway
 
 
 def test_a_second_up_changes_nothing(site):
@@ -158,8 +239,10 @@ def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model
     assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == old["Id"]
     assert embed(site.endpoint, UID) == 384  # the running container kept serving
     ops = site.preview()
+    # the gateway runs the image too, so it is replaced with it; the socket's volume stays
     assert ops == {"xinference-image-load": "replace", "xinference-image-image": "replace",
-                   "xinference-server-container": "replace", f"xinference-{UID}": "replace"}, ops
+                   "xinference-server-container": "replace", "xinference-server-gateway": "replace",
+                   f"xinference-{UID}": "replace"}, ops
     site.pulumi("up", "--yes", "--skip-preview")
     new = inspect(MAIN_DOCKER_HOST, site.container)
     assert new["Id"] != old["Id"] and new["Image"] != old["Image"]
@@ -190,7 +273,10 @@ def test_a_model_dropped_from_the_stack_is_terminated(site):
 
 def test_destroy_removes_the_container_and_keeps_the_image(site):
     site.pulumi("destroy", "--yes", "--skip-preview")
-    assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
+    for name in (site.container, site.gateway):
+        assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{name}$").stdout.strip() == b""
+    assert docker(MAIN_DOCKER_HOST, "volume", "ls", "-q", "--filter", f"name=^{site.container}-api$"
+                  ).stdout.strip() == b""
     docker(MAIN_DOCKER_HOST, "image", "inspect", IMAGE)  # keep_locally: the image stays for the next up
 
 
