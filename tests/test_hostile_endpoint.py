@@ -259,7 +259,7 @@ def test_the_program_refuses_a_missing_ca_before_anything_runs(tmp_path):
 
 
 def props(**more) -> dict:
-    return {"endpoint": "https://10.0.0.5:9997", "model_uid": "emb", "model_name": "emb",
+    return {"endpoint": "https://10.0.0.5:9997", "model_uid": "emb", "model_name": "bge-small-en-v1.5",
             "model_type": "embedding", **more}
 
 
