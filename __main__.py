@@ -15,6 +15,7 @@ from bundle.format.manifest import BundleError, load_manifest
 from bundle.site import sibling_clashes
 from components import preflight
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
+from spec.catalog import image_version_note, pinned_catalog
 from spec.config import StackConfig
 from spec.errors import ConfigError
 from spec.load import load_stack_config
@@ -57,6 +58,10 @@ except (ConfigError, BundleError) as exc:
 # stackConfigDir): say when another of them takes this stack's container name, port or GPU.
 for clash in sibling_clashes(pulumi.get_stack(), config, Path(__file__).resolve().parent / "stacks"):
     pulumi.log.warn(str(clash))
+if config.image is not None and config.mode != "existing":
+    version_note = image_version_note(pinned_catalog(), config.image.name)
+    if version_note:
+        pulumi.log.warn(version_note)
 
 # Before anything is touched (at preview too): model directories, GPU runtime, name and port.
 host_problems = preflight.docker_host_problems(config, pulumi.get_stack())

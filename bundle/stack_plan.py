@@ -10,6 +10,7 @@ from typing import Optional, Sequence, TextIO
 
 from bundle.contents import bundle_items
 from bundle.format.manifest import StackManifest
+from spec.catalog import image_version_note, pinned_catalog
 from spec.config import StackConfig
 from spec.launch import container_env, endpoint_url, launch_specs
 from spec.placement import GpuBudget, docker_gpu_request
@@ -32,6 +33,9 @@ def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Stac
     p(f"Stack {stack} ({path}): {cfg.mode} mode, endpoint {endpoint_url(cfg)}")
     if cfg.mode != "existing" and cfg.image:
         p(f"Image     {cfg.image.name}  from {cfg.image.tar or '(already loaded on the host)'}")
+        note = image_version_note(pinned_catalog(), cfg.image.name)
+        if note:
+            p(f"  WARNING {note}")
         c = cfg.container
         if cfg.mode == "docker":
             p(f"Container {c.name} on {cfg.docker.host}: port {c.port}->9997, "

@@ -131,3 +131,25 @@ def builtin_clash(catalog: Catalog, model_type: str, name: str) -> Optional[str]
         return (f"is a built-in {model_type} model of Xinference {catalog.version}: Xinference refuses to register "
                 f"a custom model over it (it answers \"Model {name} already registered\")")
     return None
+
+
+# An image tag that carries the Xinference version: xprobe/xinference:v4.1.0, .../xinference-cpu:4.1.0-cu128.
+_TAG_VERSION = re.compile(r":v?(\d+\.\d+\.\d+)(?:[-_.][A-Za-z0-9.]*)?$")
+
+
+def image_version(image_name: str) -> Optional[str]:
+    """The Xinference version an image's tag says, or None when the tag does not say one."""
+    match = _TAG_VERSION.search(image_name or "")
+    return match.group(1) if match else None
+
+
+def image_version_note(catalog: Catalog, image_name: str) -> Optional[str]:
+    """A warning when the image's Xinference is not the one the catalog checks came from."""
+    version = image_version(image_name)
+    if version is None or version == catalog.version:
+        return None
+    return (f"image {image_name} is Xinference {version}, but models are checked against the catalog of "
+            f"Xinference {catalog.version} (the pinned one): names, engines and formats may differ; use a "
+            f"{catalog.version} image, or regenerate spec/xinference_catalog.json from a {version} wheel "
+            "(tools/xinference_catalog.py)")
+

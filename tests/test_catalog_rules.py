@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from spec.catalog import builtin_clash, catalog_problems, pinned_catalog
+from spec.catalog import builtin_clash, catalog_problems, image_version, image_version_note, pinned_catalog
 from spec.errors import ConfigError
 from spec.load import load_stack_config
 from tests.stack_configs import docker_stack, namespaced, reference_models
@@ -111,3 +111,32 @@ def test_the_clash_rule_agrees_with_xinference_itself():
     for name in ("all-MiniLM-L6-v2", "bge-small-en-v1.5", "a b", "a\\b", "..", "x=y", "ok_name.v2"):
         refused = builtin_clash(catalog, "embedding", name) is not None
         assert refused == (name in builtins or not is_valid_model_name(name)), name
+
+
+@pytest.mark.parametrize("image, version", [("xprobe/xinference:v4.1.0", "4.1.0"),
+                                            ("xinference-offline/xinference-cpu:4.1.0", "4.1.0"),
+                                            ("registry.local:5000/xprobe/xinference:v4.2.1-cu128", "4.2.1"),
+                                            ("xprobe/xinference:latest", None), ("xprobe/xinference", None)])
+def test_the_image_tag_gives_the_xinference_version(image, version):
+    assert image_version(image) == version
+
+
+def test_an_image_of_another_xinference_is_named_in_a_warning_and_the_pinned_one_is_not():
+    catalog = pinned_catalog()
+    assert image_version_note(catalog, "xprobe/xinference:v4.1.0") is None
+    assert image_version_note(catalog, "xprobe/xinference:latest") is None  # the tag does not say: nothing to compare
+    assert image_version_note(catalog, "xprobe/xinference:v4.2.0") == (
+        "image xprobe/xinference:v4.2.0 is Xinference 4.2.0, but models are checked against the catalog of "
+        "Xinference 4.1.0 (the pinned one): names, engines and formats may differ; use a 4.1.0 image, or regenerate "
+        "spec/xinference_catalog.json from a 4.2.0 wheel (tools/xinference_catalog.py)")
+
+
+def test_plan_prints_the_version_warning(tmp_path):
+    import io
+
+    from bundle.stack_plan import write_plan
+
+    cfg = load_stack_config(namespaced(docker_stack(image={"name": "xprobe/xinference:v4.2.0"})))
+    out = io.StringIO()
+    write_plan(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
+    assert "  WARNING image xprobe/xinference:v4.2.0 is Xinference 4.2.0, but models are checked" in out.getvalue()
