@@ -239,10 +239,11 @@ def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model
     assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == old["Id"]
     assert embed(site.endpoint, UID) == 384  # the running container kept serving
     ops = site.preview()
-    # the gateway runs the image too, so it is replaced with it; the socket's volume stays
+    # the gateway runs the image too, so it is replaced with it; the socket's volume stays; a new
+    # container has no registrations, so the custom model is registered anew before its relaunch
     assert ops == {"xinference-image-load": "replace", "xinference-image-image": "replace",
                    "xinference-server-container": "replace", "xinference-server-gateway": "replace",
-                   f"xinference-{UID}": "replace"}, ops
+                   f"xinference-{UID}-registration": "replace", f"xinference-{UID}": "replace"}, ops
     site.pulumi("up", "--yes", "--skip-preview")
     new = inspect(MAIN_DOCKER_HOST, site.container)
     assert new["Id"] != old["Id"] and new["Image"] != old["Image"]
