@@ -409,11 +409,8 @@ class XinferenceClient:
                                 what=f"read the registration of {model_name}", **kwargs)
         if response.status_code == 200:
             return _json(response) or {}
-        detail = self._redact(_detail(response))
-        if "not found" in detail.lower():
-            return None
-        raise XinferenceHTTPError(f"GET /v1/model_registrations/{model_type}/{model_name} at {self.endpoint}: "
-                                  f"HTTP 400: {detail}", status=400, detail=detail)
+        self._unless_not_registered(response, "GET", f"/v1/model_registrations/{model_type}/{model_name}")
+        return None
 
     def register(self, model_type: str, body: Mapping[str, Any], **kwargs) -> None:
         """POST /v1/model_registrations/{type}: Xinference's refusal (400) is raised with its reason."""
@@ -426,11 +423,15 @@ class XinferenceClient:
                                 what=f"unregister {model_name}", **kwargs)
         if response.status_code == 200:
             return True
+        self._unless_not_registered(response, "DELETE", f"/v1/model_registrations/{model_type}/{model_name}")
+        return False
+
+    def _unless_not_registered(self, response: requests.Response, method: str, path: str) -> None:
+        """Return for Xinference's 400 "Model <name> not found" of a registration; raise any other 400."""
         detail = self._redact(_detail(response))
-        if "not found" in detail.lower():
-            return False
-        raise XinferenceHTTPError(f"DELETE /v1/model_registrations/{model_type}/{model_name} at {self.endpoint}: "
-                                  f"HTTP 400: {detail}", status=400, detail=detail)
+        if "not found" not in detail.lower():
+            raise XinferenceHTTPError(f"{method} {path} at {self.endpoint}: HTTP 400: {detail}", status=400,
+                                      detail=detail)
 
     # autostart registry (Xinference >= 4.0); None from these means "this server has no such API"
 
