@@ -54,9 +54,14 @@ class CatalogProblem:
 class Catalog:
     """The model families of one Xinference version, by type and name."""
 
-    def __init__(self, version: str, models: dict[str, dict[str, CatalogModel]]):
+    def __init__(self, version: str, models: dict[str, dict[str, CatalogModel]],
+                 engine_packages: Optional[dict[str, tuple[str, ...]]] = None,
+                 engine_format_packages: Optional[dict[str, dict[str, tuple[str, ...]]]] = None):
         self.version = version
         self.models = models
+        # What the worker adds per engine (`#<engine>_dependencies#`) and per engine and model format.
+        self.engine_packages = engine_packages or {}
+        self.engine_format_packages = engine_format_packages or {}
 
     @classmethod
     def from_json(cls, data: dict) -> "Catalog":
@@ -67,7 +72,10 @@ class Catalog:
                 packages=tuple(r["packages"]), hubs=dict(r["hubs"])) for name, r in records.items()}
             for model_type, records in data["models"].items()
         }
-        return cls(data["xinference"], models)
+        engines = data.get("engine_packages", {})
+        return cls(data["xinference"], models,
+                   {e: tuple(p) for e, p in engines.get("engines", {}).items()},
+                   {e: {f: tuple(p) for f, p in formats.items()} for e, formats in engines.get("engine_formats", {}).items()})
 
     def get(self, model_type: str, name: str) -> Optional[CatalogModel]:
         return self.models.get(model_type, {}).get(name)

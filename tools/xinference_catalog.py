@@ -3,7 +3,7 @@
 Reads the model families of the installed xinference package (``xinference/model/*/models/
 *.json``, the files its wheel carries) and writes ``spec/xinference_catalog.json``: per model
 its name, type, abilities, engines, formats, sizes, quantizations, virtualenv packages and hub
-ids, plus the Xinference version they came from. Sorted and without timestamps, so the same
+ids, plus the Xinference version they came from and its per-engine virtualenv packages. Sorted and without timestamps, so the same
 wheel always gives the same bytes (tests/test_catalog.py regenerates it and compares).
 
 Engines: what the JSON says (``engine`` of an audio/image family; the ``#engine# == "X"`` markers
@@ -90,7 +90,19 @@ def catalog(package_dir: Path, version: str) -> dict:
                         known["hubs"].setdefault(hub, model_id)
                 else:
                     models[model_type][name] = record
-    return {"xinference": version, "models": {t: dict(sorted(m.items())) for t, m in sorted(models.items())}}
+    return {"xinference": version, "models": {t: dict(sorted(m.items())) for t, m in sorted(models.items())},
+            "engine_packages": engine_packages()}
+
+
+def engine_packages() -> dict:
+    """The packages Xinference adds per engine (its ``#<engine>_dependencies#`` placeholders) and per
+    engine and model format, as xinference/core/virtual_env_manager.py holds them; spec/engine_packages.py
+    expands a model's virtualenv packages with these the way the worker does at launch."""
+    from xinference.core import virtual_env_manager as venv
+
+    return {"engines": {e: list(p) for e, p in sorted(venv.ENGINE_VIRTUALENV_PACKAGES.items())},
+            "engine_formats": {e: {f: list(p) for f, p in sorted(formats.items())}
+                               for e, formats in sorted(venv.ENGINE_VIRTUALENV_MODEL_FORMAT_PACKAGES.items())}}
 
 
 def render(data: dict) -> str:

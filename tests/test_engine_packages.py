@@ -1,0 +1,96 @@
+"""spec/engine_packages.py against the pinned xinference's own functions: for every family of the
+catalog, every engine it names (and a few it does not), every format, on CPU and two CUDA
+versions, the list is the one the worker would hand xoscar. Then what the seed's models carry."""
+
+from __future__ import annotations
+
+import pytest
+
+from spec.catalog import pinned_catalog
+from spec.config import ModelConfig
+from spec.engine_packages import canonical_name, model_packages, xinference_packages
+
+CATALOG = pinned_catalog()
+
+
+def xinference_list(packages, engine, model_format, cuda_version):
+    """The steps of xinference/core/worker.py _prepare_virtual_env, with the pinned package's functions."""
+    from xinference.core.utils import filter_virtualenv_packages_by_markers, merge_virtual_env_packages
+    from xinference.core.virtual_env_manager import (expand_engine_dependency_placeholders,
+                                                     get_engine_model_format_virtualenv_packages,
+                                                     get_engine_virtualenv_packages)
+
+    engine = engine.lower() if engine else None
+    defaults = get_engine_model_format_virtualenv_packages(engine, model_format)
+    if engine == "trt-llm":
+        defaults = get_engine_virtualenv_packages(engine) + defaults
+    if not packages and not defaults:
+        return []
+    merged = merge_virtual_env_packages(expand_engine_dependency_placeholders(defaults + list(packages), engine), None)
+    return filter_virtualenv_packages_by_markers(merged, engine, cuda_version, "linux")
+
+
+def test_every_catalog_family_engine_and_format_gives_xinference_s_own_list():
+    pytest.importorskip("xinference")
+    checked, differ = 0, []
+    for records in CATALOG.models.values():
+        for record in records.values():
+            for engine in dict.fromkeys([None, *record.engines, "vllm", "transformers", "llama.cpp", "trt-llm"]):
+                cudas = (None, "12.8", "13.0") if engine in ("sglang", "vllm", "trt-llm") else (None,)
+                for model_format in [None, *record.formats]:
+                    for cuda in cudas:
+                        ours = xinference_packages(CATALOG, record.packages, engine, model_format, cuda)
+                        theirs = xinference_list(record.packages, engine, model_format, cuda)
+                        checked += 1
+                        if ours != theirs:
+                            differ.append((record.name, engine, model_format, cuda, ours, theirs))
+    assert checked > 6000
+    assert differ == []
+
+
+def test_the_seed_audio_models_carry_their_packages_and_leave_torch_to_the_image():
+    sense = model_packages(ModelConfig(uid="SenseVoiceSmall", type="audio"), CATALOG)
+    assert sense.requirements == ("funasr==1.2.7",)
+    assert sense.from_image == ("torch", "torchaudio", "numpy")
+    assert sense.wanted
+    cosy = model_packages(ModelConfig(uid="CosyVoice-300M", type="audio"), CATALOG)
+    assert "lightning>=2.0.0" in cosy.requirements and "diffusers==0.29.0" in cosy.requirements
+    assert set(cosy.from_image) == {"torch", "numpy"}
+
+
+def test_an_engine_placeholder_expands_for_that_engine_only():
+    def packages(engine):
+        return model_packages(ModelConfig(uid="bce-embedding-base_v1", type="embedding", engine=engine), CATALOG)
+
+    st = packages("sentence_transformers")
+    assert st.requirements == ("sentence_transformers", "einops", "transformers>=4.53.3", "accelerate>=0.28.0",
+                               "peft>0.17.1")
+    assert st.from_image == ("torchvision", "torch")
+    assert packages("vllm").requirements == ("vllm>=0.11.2",)
+    # No engine named: every entry of this family is guarded by an engine marker, so nothing.
+    assert not packages(None).wanted
+
+
+def test_a_format_adds_the_engine_s_format_packages():
+    gptq = model_packages(ModelConfig(uid="q", name="qwen2.5-instruct", type="LLM", engine="Transformers",
+                                      format="gptq"), CATALOG)
+    assert gptq.requirements[:3] == ("gptqmodel", "optimum", "datasets>=3.4.0")
+    assert "transformers>=4.53.3" in gptq.requirements
+
+
+def test_a_custom_model_carries_what_its_virtualenv_declares():
+    custom = ModelConfig(uid="mine", type="embedding", custom={"dimensions": 384, "max_tokens": 256, "language": ["en"],
+                                                              "virtualenv": {"packages": ["inflect==7.6.0",
+                                                                                          "#system_numpy#"]}})
+    packages = model_packages(custom, CATALOG)
+    assert packages.requirements == ("inflect==7.6.0",) and packages.from_image == ("numpy",)
+    plain = ModelConfig(uid="mine", type="embedding", custom={"dimensions": 384, "max_tokens": 256, "language": ["en"]})
+    assert not model_packages(plain, CATALOG).wanted
+
+
+@pytest.mark.parametrize("line, name", [("funasr==1.2.7", "funasr"), ("HyperPyYAML", "hyperpyyaml"),
+                                        ("sentence_transformers", "sentence-transformers"),
+                                        ("autoawq!=0.2.6 ; sys_platform=='linux'", "autoawq"),
+                                        ("#system_torch#", ""), ("https://x.example/a-1-py3-none-any.whl", "")])
+def test_canonical_names(line, name):
+    assert canonical_name(line) == name
