@@ -1,0 +1,212 @@
+"""Engine packages carried across the gap: the wheels a model's virtualenv installs at launch.
+
+For each model whose launch installs packages (spec/engine_packages.py), against the image's own
+Python (bundle/image_env.py), this does what xoscar does on the site, on the online side:
+
+1. split: each requirement the image already satisfies is pinned to the image's version
+   (``#system_torch#`` becomes ``torch==<the image's>``); the others are to be resolved
+   (xoscar's ``_split_specs``: names compared lower-cased, as it does);
+2. resolve them, with the pins as constraints, to the complete set of distributions, by
+   ``pip install --dry-run --ignore-installed --report`` with this machine's Python, which
+   must be the image's (same X.Y and machine: markers are evaluated here);
+3. download each as a wheel for the image: ``pip download --no-deps --only-binary=:all:
+   --python-version X.Y --platform manylinux_2_NN_<machine> --implementation cp --abi cpXY``;
+   a distribution PyPI has only as an sdist is built here with ``pip wheel --no-deps`` (pure
+   Python, or a binary wheel only when this machine's glibc is not newer than the image's).
+
+The complete set is needed, not only what the image lacks: the virtualenv's uv resolves every
+dependency from the offline folder, even those it will then skip because the image has them.
+Each model's result is cached under <cache>/engine-wheels/<digest of its inputs>/ and published
+by one rename, so a cached set is always one whole resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
+
+from bundle.fetch import FetchError
+from bundle.format.errors import SetupError
+from bundle.image_env import ImageEnv
+from spec.engine_packages import ModelPackages
+
+RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """A model's requirements against one image, as xoscar splits them at launch."""
+
+    to_resolve: tuple[str, ...]
+    pinned: dict[str, str]  # name -> the image's version, used as constraints
+    not_for_image: tuple[str, ...] = ()  # lines whose standard marker is false for the image (never installed)
+
+
+@dataclass
+class ModelWheels:
+    """What one model carries: its split and the wheel files of its resolution."""
+
+    packages: ModelPackages
+    split: ImageSplit
+    files: dict[str, int] = field(default_factory=dict)  # wheel file name -> size
+    directory: Optional[Path] = None
+
+    @property
+    def size(self) -> int:
+        return sum(self.files.values())
+
+
+def marker_environment(env: ImageEnv) -> dict[str, str]:
+    return {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": env.machine,
+            "python_version": env.python_version, "python_full_version": f"{env.python_version}.0",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+def split_for_image(packages: ModelPackages, env: ImageEnv) -> ImageSplit:
+    """xoscar's process_packages (#system_X# -> X==<installed, local label dropped>) then _split_specs."""
+    installed = {name.lower(): version for name, version in env.installed.items()}
+    specs = []
+    for name in packages.from_image:
+        version = installed.get(name.lower())
+        specs.append(f"{name}=={version.split('+')[0]}" if version else name)
+    specs += packages.requirements
+    to_resolve, pinned, skipped = [], {}, []
+    for spec in specs:
+        try:
+            req = Requirement(spec)
+        except InvalidRequirement as exc:
+            raise SetupError(f"model {packages.uid}: virtualenv package {spec!r} is not a requirement pip can read "
+                             f"({exc}); fix the custom model's virtualenv.packages") from exc
+        if req.url:
+            to_resolve.append(spec)
+            continue
+        if req.marker is not None and not req.marker.evaluate(marker_environment(env)):
+            skipped.append(spec)
+            continue
+        current = installed.get(req.name.lower())
+        satisfied = current is not None and (not req.specifier or _contains(req, current))
+        if satisfied:
+            pinned[req.name.lower()] = current
+        if req.extras or not satisfied:
+            to_resolve.append(spec)
+    return ImageSplit(tuple(to_resolve), pinned, tuple(skipped))
+
+
+def _contains(req: Requirement, version: str) -> bool:
+    try:
+        return Version(version) in req.specifier
+    except InvalidVersion:
+        return False
+
+
+def _pip(args: list[str], what: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        raise FetchError(f"{what}: `pip {' '.join(args[:2])} ...` failed ({proc.returncode}):\n"
+                         f"{proc.stderr.strip()[-2500:]}")
+    return proc
+
+
+def check_resolving_python(env: ImageEnv) -> None:
+    """The resolution evaluates markers with this Python: it must be the image's."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if here != env.python_version or platform.machine() != env.machine or sys.platform != "linux":
+        raise SetupError(f"the image's Python is {env.python_version} on linux {env.machine}, this machine's is {here} "
+                         f"on {sys.platform} {platform.machine()}: engine packages are resolved with the image's "
+                         f"Python; run `bundle build` with a Python {env.python_version} on linux {env.machine} "
+                         f"(e.g. the project's venv on such a machine)")
+
+
+def _glibc_here() -> Optional[tuple[int, int]]:
+    name, version = platform.libc_ver()
+    match = re.match(r"(\d+)\.(\d+)", version) if name == "glibc" else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _build_sdist(name: str, version: str, env: ImageEnv, out: Path) -> str:
+    """Build one sdist-only distribution into a wheel the image can use; its file name."""
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        _pip(["wheel", "--no-deps", "-q", "-w", tmp, f"{name}=={version}"], f"building {name} {version} from its sdist")
+        built = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+        if len(built) != 1:
+            raise FetchError(f"building {name} {version} from its sdist gave {built or 'no wheel'}")
+        wheel = built[0]
+        if not wheel.endswith("-none-any.whl"):
+            here = _glibc_here()
+            image = tuple(int(p) for p in (env.glibc or "2.17").split("."))
+            if here is None or here > image:
+                raise SetupError(f"{name} {version} has no wheel on the index and builds into a binary wheel here "
+                                 f"({wheel}) against glibc {here}, newer than the image's {env.glibc}: build it on a "
+                                 f"machine with glibc <= {env.glibc} (e.g. in the image), or pin a version with wheels")
+        os.replace(Path(tmp) / wheel, out / wheel)
+        return wheel
+
+
+def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
+                  say: Callable[[str], None] = lambda _m: None) -> ModelWheels:
+    """The wheels of one model's virtualenv for this image, from the cache or downloaded now."""
+    split = split_for_image(packages, env)
+    result = ModelWheels(packages, split)
+    if not split.to_resolve:
+        return result
+    check_resolving_python(env)
+    key_text = json.dumps([CACHE_VERSION, split.to_resolve, sorted(split.pinned.items()), env.python_version,
+                           env.platform], sort_keys=True)
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    dest = cache_root / "engine-wheels" / key
+    if (dest / RESOLVED).is_file():
+        result.files = json.loads((dest / RESOLVED).read_text())["files"]
+        result.directory = dest
+        return result
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    say(f"build: resolving {packages.uid}'s engine packages {' '.join(split.to_resolve)} for Python "
+        f"{env.python_version} {env.platform} (into {dest})")
+    work = Path(tempfile.mkdtemp(prefix=f".{key}.part-", dir=dest.parent))
+    try:
+        (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(split.pinned.items())))
+        _pip(["install", "--dry-run", "--ignore-installed", "-q", "--report", str(work / "report.json"),
+              "-c", str(work / "constraints.txt"), *split.to_resolve], f"resolving {packages.uid}'s engine packages")
+        report = json.loads((work / "report.json").read_text())
+        wheels, sdists = [], []
+        for item in report.get("install", []):
+            name, version = item["metadata"]["name"], item["metadata"]["version"]
+            url = item.get("download_info", {}).get("url", "")
+            (wheels if url.endswith(".whl") else sdists).append((name, version))
+        if wheels:
+            platforms = [arg for tag in env.platforms for arg in ("--platform", tag)]
+            _pip(["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work), "--python-version",
+                  env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi,
+                  *(f"{n}=={v}" for n, v in wheels)],
+                 f"downloading {packages.uid}'s engine wheels for Python {env.python_version} {env.platform}")
+        for name, version in sdists:
+            say(f"build: {name} {version} has only an sdist: building its wheel")
+            _build_sdist(name, version, env, work)
+        files = {f: (work / f).stat().st_size for f in sorted(os.listdir(work)) if f.endswith(".whl")}
+        if len(files) != len(wheels) + len(sdists):
+            raise FetchError(f"{packages.uid}: pip resolved {len(wheels) + len(sdists)} distributions but "
+                             f"{len(files)} wheels were downloaded")
+        for leftover in ("constraints.txt", "report.json"):
+            (work / leftover).unlink()
+        (work / RESOLVED).write_text(json.dumps({"files": files, "requirements": list(split.to_resolve),
+                                                 "pinned": split.pinned}, indent=1, sort_keys=True) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(work, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.files, result.directory = files, dest
+    return result

@@ -1,0 +1,146 @@
+"""What a `docker save` tar's Python is: its version, platform and installed distributions.
+
+`bundle build` needs the image's Python to download engine wheels that fit it (``pip download
+--python-version --platform``), and its installed distributions to split a model's packages as
+xoscar does at launch: a requirement the image already satisfies is pinned to the image's
+version, the others are resolved and installed into the model's virtualenv.
+
+Read from the tar itself, no Docker engine needed: only the members' headers (``*.dist-info``
+directory names of the site-packages that holds xinference, with later layers' whiteouts
+applied), dpkg's record of libc6 for the glibc version, and the image config's architecture.
+The answer is cached beside the build's other caches, keyed by the tar's size, mtime and inode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import tarfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from bundle.format.errors import SetupError
+from bundle.format.manifest import write_atomic
+
+_SITE = re.compile(r"^(?P<site>(?:.*/)?lib/python(?P<py>\d+\.\d+)/(?:site|dist)-packages)/(?P<dist>[^/]+)\.dist-info/")
+_LIBC6 = re.compile(r"^Package: libc6\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", re.MULTILINE)
+ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
+SCAN_VERSION = 2  # bump when what the scan records changes (old cache entries are then ignored)
+
+
+@dataclass(frozen=True)
+class ImageEnv:
+    """The Python inside an image, as pip's --python-version / --platform and xoscar see it."""
+
+    python_version: str  # "3.11"
+    machine: str  # "x86_64"
+    glibc: Optional[str]  # "2.36"; None: not found, then the manylinux2014 baseline (2.17) is assumed
+    # distribution Name (as its METADATA writes it) -> version, as importlib.metadata sees them there
+    installed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def platform(self) -> str:
+        """The newest manylinux tag the image runs."""
+        major, minor = (self.glibc or "2.17").split(".")
+        return f"manylinux_{major}_{minor}_{self.machine}"
+
+    @property
+    def platforms(self) -> list[str]:
+        """Every manylinux tag the image runs, newest first (pip's --platform does not widen a
+        manylinux_2_NN tag to the older ones by itself), with the legacy aliases."""
+        minor = int((self.glibc or "2.17").split(".")[1])
+        tags = [f"manylinux_2_{m}_{self.machine}" for m in range(minor, 4, -1)]
+        legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+        return tags + [f"{alias}_{self.machine}" for m, alias in legacy.items() if m <= minor]
+
+    @property
+    def abi(self) -> str:
+        return "cp" + self.python_version.replace(".", "")
+
+
+def _layer_paths(outer: tarfile.TarFile) -> tuple[list[str], Optional[str]]:
+    manifest = json.loads(outer.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    if not manifest:
+        raise SetupError("the image tar's manifest.json lists no image")
+    return list(manifest[0]["Layers"]), manifest[0].get("Config")
+
+
+def scan_image_tar(tar: Path) -> ImageEnv:
+    """Read the image's Python from its layers (headers only, but for dpkg's status file)."""
+    dists: dict[str, dict[str, str]] = {}  # site-packages dir -> {dist-info dir name: python version}
+    names: dict[str, str] = {}  # dist-info dir -> the Name its METADATA gives
+    dpkg_status: Optional[bytes] = None
+    machine = "x86_64"
+    try:
+        with tarfile.open(tar, "r:") as outer:
+            layers, config = _layer_paths(outer)
+            if config:
+                arch = json.loads(outer.extractfile(config).read()).get("architecture", "amd64")  # type: ignore
+                machine = ARCHES.get(arch, arch)
+            for layer in layers:
+                with tarfile.open(fileobj=outer.extractfile(layer), mode="r:") as inner:
+                    for member in inner:
+                        name = member.name.lstrip("./")
+                        base = posixpath.basename(name)
+                        if base.startswith(".wh."):  # a whiteout: this layer deletes what an earlier one had
+                            # (".wh..wh..opq": everything the directory held before this layer)
+                            gone = posixpath.dirname(name) if base == ".wh..wh..opq" else \
+                                posixpath.join(posixpath.dirname(name), base[4:])
+                            for site in dists.values():
+                                for dist in [d for d in site if f"{gone}/".startswith(d + "/")
+                                             or d.startswith(gone + "/")]:
+                                    site.pop(dist)
+                            continue
+                        if name == "var/lib/dpkg/status" and member.isfile():
+                            dpkg_status = inner.extractfile(member).read()  # type: ignore[union-attr]
+                        match = _SITE.match(name)
+                        if match:
+                            dist_dir = f"{match['site']}/{match['dist']}.dist-info"
+                            dists.setdefault(match["site"], {})[dist_dir] = match["py"]
+                            if name == f"{dist_dir}/METADATA" and member.isfile():
+                                head = inner.extractfile(member).read(4096).decode("utf-8", "replace")  # type: ignore
+                                found = re.search(r"^Name: *(\S+)", head, re.MULTILINE)
+                                if found:
+                                    names[dist_dir] = found.group(1)
+    except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
+        raise SetupError(f"{tar}: cannot read the image's Python from this docker save tar ({exc})") from exc
+    site = next((s for s, found in dists.items() if any(posixpath.basename(d).startswith("xinference-")
+                                                         for d in found)), None)
+    if site is None:
+        raise SetupError(f"{tar}: no site-packages in this image holds xinference (no xinference-*.dist-info); "
+                         "is it an Xinference image?")
+    installed = {}
+    for dist_dir in dists[site]:
+        name, _, version = posixpath.basename(dist_dir)[: -len(".dist-info")].rpartition("-")
+        installed[names.get(dist_dir, name)] = version
+    glibc = None
+    if dpkg_status:
+        libc = _LIBC6.search(dpkg_status.decode("utf-8", "replace"))
+        glibc = f"{libc.group(1)}.{libc.group(2)}" if libc else None
+    return ImageEnv(python_version=dists[site][next(iter(dists[site]))], machine=machine, glibc=glibc,
+                    installed=dict(sorted(installed.items())))
+
+
+def image_env(tar: Path, cache_dir: Path) -> ImageEnv:
+    """scan_image_tar, remembered per tar (size, mtime, inode) in cache_dir/image-env.json."""
+    stat = tar.stat()
+    key = f"{tar.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{SCAN_VERSION}"
+    cache_file = cache_dir / "image-env.json"
+    try:
+        cached = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached, dict) and isinstance(cached.get(key), dict):
+        try:
+            return ImageEnv(**cached[key])
+        except TypeError:
+            pass
+    env = scan_image_tar(tar)
+    cached = {k: v for k, v in (cached.items() if isinstance(cached, dict) else []) if os.path.exists(k.split("|")[0])}
+    cached[key] = asdict(env)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(cache_file, (json.dumps(cached, indent=1, sort_keys=True) + "\n").encode())
+    return env
