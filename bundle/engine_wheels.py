@@ -210,3 +210,14 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
         shutil.rmtree(work, ignore_errors=True)
     result.files, result.directory = files, dest
     return result
+
+
+def package_record(stack: str, wheels: ModelWheels, env: ImageEnv) -> dict:
+    """One model's entry of the bundle's packages.json (what plan --bundle and the site read)."""
+    packages, split = wheels.packages, wheels.split
+    return {"stack": stack, "model": packages.uid, "engine": packages.engine,
+            "requirements": list(packages.requirements), "from_image": list(packages.from_image),
+            "pinned_to_image": dict(sorted(split.pinned.items())), "resolved": list(split.to_resolve),
+            "not_for_image": list(split.not_for_image), "wheels": sorted(wheels.files),
+            "sizes": [wheels.files[name] for name in sorted(wheels.files)], "size": wheels.size,
+            "image_python": env.python_version, "image_platform": env.platform}

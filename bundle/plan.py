@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         except BundleError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    write_plan(cfg, stack, path, manifest, out, model_dirs)
+    write_plan(cfg, stack, path, manifest, out, model_dirs, args.bundle)
     # as the program's preview warns
     for clash in sibling_clashes(stack, cfg, path.parent):
         print(f"warning: {clash}", file=sys.stderr)

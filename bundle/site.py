@@ -19,9 +19,11 @@ from bundle.format.errors import SetupError
 from bundle.format.manifest import StackEntry
 from spec.config import StackConfig
 from spec.docker_host import remote_docker_hostname
+from spec.engine_packages import stack_packages
 from spec.errors import ConfigError
 from spec.launch import cluster_container_name, models_dir_of
 from spec.source import from_stack_file, stack_name_of
+from spec.xinference import PACKAGES_DIR
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,12 @@ def stack_entry(stack: StackSource, items: list[BundleItem]) -> StackEntry:
     image_item = next((i for i in items if i.role == "image"), None)
     models: dict[str, list[str]] = {}
     model_dirs: dict[str, str] = {}
+    # A model that installs packages has the carried wheel folder as one more of its directories:
+    # install puts it into models_dir, and a changed wheel relaunches the model (its digest).
+    with_packages = {p.uid for p in stack_packages(cfg)}
     for model in cfg.enabled_models:
         paths = [model.path or model.uid, *(c.path for c in model.companions)]
+        paths += [PACKAGES_DIR] if model.uid in with_packages else []
         models[model.uid] = [model_bundle_dir(p).rstrip("/") for p in paths]
         model_dirs.update({model_bundle_dir(p).rstrip("/"): p for p in paths})
     return StackEntry(image=cfg.image.name if image_item else None,

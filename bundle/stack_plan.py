@@ -5,13 +5,17 @@ and the site-wide one (bundle/site_plan.py).
 
 from __future__ import annotations
 
+import json
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from bundle.contents import bundle_items
-from bundle.format.manifest import StackManifest
+from bundle.contents import bundle_items, packages_bundle_dir
+from bundle.format.manifest import BundleError, StackManifest
+from bundle.format.progress import human
 from spec.catalog import image_version_note, pinned_catalog
 from spec.config import StackConfig
+from spec.engine_packages import stack_packages
 from spec.launch import container_env, endpoint_url, launch_specs
 from spec.placement import GpuBudget, docker_gpu_request
 from spec.rules import ModelDirs, server_budgets
@@ -27,8 +31,9 @@ def named_stack_file(stack: str, stacks_dir: Path, bundle: Optional[Path]) -> Pa
 
 
 def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[StackManifest], out: TextIO,
-               model_dirs: Optional[ModelDirs] = None) -> None:
-    """``model_dirs``: where the models' files are here, for the VRAM estimates (see spec.rules.server_budgets)."""
+               model_dirs: Optional[ModelDirs] = None, bundle: Optional[Path] = None) -> None:
+    """``model_dirs``: where the models' files are here, for the VRAM estimates (see spec.rules.server_budgets);
+    ``bundle``: the unpacked bundle, whose packages.json gives each model's engine wheels and their size."""
     p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
     p(f"Stack {stack} ({path}): {cfg.mode} mode, endpoint {endpoint_url(cfg)}")
     if cfg.mode != "existing" and cfg.image:
@@ -65,12 +70,54 @@ def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Stac
         p("")
         p("GPU VRAM per GPU (GB: a model's declared vram_gb, else estimated from its files; unknown counts 0)")
         print_table(vram_rows(budgets, cluster), out)
+    write_packages(cfg, stack, bundle, out)
     p("")
     p("Offline bundle must carry" + (" (checked against the bundle)" if manifest else ""))
     gaps = set(bundle_gaps(cfg, stack, manifest)) if manifest else set()
     for item in bundle_items(cfg, stack):
         status = "" if manifest is None else ("  MISSING" if item.path in gaps else "  ok")
         p(f"  {item.path:<44} {item.what}{status}")
+
+
+def write_packages(cfg: StackConfig, stack: str, bundle: Optional[Path], out: TextIO) -> None:
+    """Per model: the packages its virtualenv installs, what the image keeps, and (from a built bundle)
+    the wheels carried for it and their size."""
+    carrying = stack_packages(cfg)
+    if not carrying:
+        return
+    built = {r["model"]: r for r in bundle_packages(bundle) if r["stack"] == stack} if bundle else {}
+    print("", file=out)
+    print("Engine packages (each model's virtualenv installs them at launch, offline, from the carried wheels)",
+          file=out)
+    width = max(len(p.uid) for p in carrying) + 2
+    indent = " " * (width + 2)
+    for packages in carrying:
+        record = built.get(packages.uid)
+        lines = [f"carry ({len(packages.requirements)}): " + " ".join(packages.requirements),
+                 "left to the image: " + (" ".join(packages.from_image) or "-"),
+                 f"wheels: {len(record['wheels'])}, {human(record['size'])} for Python {record['image_python']} "
+                 f"{record['image_platform']}" if record else "wheels: resolved by `bundle build` for the image's Python"]
+        for n, line in enumerate(lines):
+            wrapped = textwrap.wrap(line, 110 - len(indent), subsequent_indent="  ") or [""]
+            head = f"  {packages.uid:<{width}}" if n == 0 else indent
+            print(head + wrapped[0], file=out)
+            for more in wrapped[1:]:
+                print(indent + more, file=out)
+    if built:
+        sizes = {name: size for r in built.values() for name, size in zip(r["wheels"], r["sizes"])}
+        print(f"  = {len(sizes)} distinct wheels in {packages_bundle_dir()}wheels/, {human(sum(sizes.values()))}",
+              file=out)
+
+
+def bundle_packages(bundle: Path) -> list[dict]:
+    """The records of a built bundle's packages.json (none when it has no such file)."""
+    try:
+        return json.loads((bundle / packages_bundle_dir() / "packages.json").read_text())["models"]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{bundle / packages_bundle_dir() / 'packages.json'}: not the packages.json bundle build "
+                          f"writes ({exc}); rebuild the bundle") from exc
 
 
 def bundle_gaps(cfg: StackConfig, stack: str, manifest: Optional[StackManifest]) -> list[str]:

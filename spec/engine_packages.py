@@ -25,8 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from spec.catalog import Catalog
-from spec.config import ModelConfig
+from spec.catalog import Catalog, pinned_catalog
+from spec.config import ModelConfig, StackConfig
+from spec.xinference import CONTAINER_PACKAGE_WHEELS, CONTAINER_PACKAGES_DIR
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 # Xinference spells two engines differently in placeholders (worker: dependency_to_engine_map).
@@ -230,3 +231,37 @@ def model_packages(model: ModelConfig, catalog: Catalog, cuda_version: Optional[
         else:
             requirements.append(pkg)
     return ModelPackages(model.uid, model.engine, tuple(requirements), tuple(from_image))
+
+
+def stack_packages(cfg: StackConfig, catalog: Optional[Catalog] = None) -> list[ModelPackages]:
+    """The enabled models whose launch installs packages, in a mode whose container this tool runs.
+
+    An existing server keeps its own virtualenv settings: nothing is carried for it."""
+    if cfg.mode == "existing":
+        return []
+    catalog = catalog or pinned_catalog()
+    return [p for p in (model_packages(m, catalog) for m in cfg.enabled_models) if p.wanted]
+
+
+def virtualenv_env() -> dict[str, str]:
+    """The container env of a stack that carries engine packages: virtualenvs on, installed offline
+    from the carried folder only (pip.conf names it as the index xoscar's uv is given)."""
+    return {
+        "XINFERENCE_ENABLE_VIRTUAL_ENV": "1",
+        "XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL": "1",
+        "XINFERENCE_VIRTUAL_ENV_FIND_LINKS_ALLOWED_ROOTS": CONTAINER_PACKAGES_DIR,
+        "PIP_CONFIG_FILE": f"{CONTAINER_PACKAGES_DIR}/pip.conf",
+        "UV_OFFLINE": "1",
+    }
+
+
+def launch_kwargs() -> dict[str, object]:
+    """What a launch of a model that carries packages adds to its body (a stack's extra wins)."""
+    return {"enable_virtual_env": True, "virtual_env_find_links": [CONTAINER_PACKAGE_WHEELS]}
+
+
+def pip_conf() -> str:
+    """The pip.conf of the carried folder, as the container sees it (xinference inherits pip's config)."""
+    return ("# Written by `bundle build`: the engine wheels this bundle carries, the only package source of\n"
+            "# the models' virtualenvs (XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL=1 needs an index_url).\n"
+            f"[global]\nindex-url = {CONTAINER_PACKAGE_WHEELS}\nfind-links = {CONTAINER_PACKAGE_WHEELS}\n")

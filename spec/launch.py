@@ -12,12 +12,14 @@ from typing import Any, Mapping, Optional
 
 from spec.config import ModelConfig, StackConfig
 from spec.custom_model import registration_family
+from spec.engine_packages import launch_kwargs, stack_packages, virtualenv_env
 from spec.docker_host import remote_docker_hostname
 from spec.placement import container_gpu_indices
 from spec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
 
-# Offline defaults: no hub access, no per-model virtualenvs (they pip-install from an index),
-# CUDA numbering that agrees with nvidia-smi. The stack's container.env wins over these.
+# Offline defaults: no hub access, no per-model virtualenvs unless the stack carries their packages
+# (then they install from the carried wheels only: spec/engine_packages.virtualenv_env), CUDA
+# numbering that agrees with nvidia-smi. The stack's container.env wins over these.
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -33,6 +35,8 @@ def container_env(cfg: StackConfig) -> dict[str, str]:
     env = dict(OFFLINE_ENV)
     if not cfg.auth:
         env["XINFERENCE_AUTH_ADVANCED"] = "0"  # 4.x turns auth on by default
+    if stack_packages(cfg):
+        env.update(virtualenv_env())
     env.update(cfg.container.env)
     return env
 
@@ -131,6 +135,7 @@ class LaunchSpec:
 def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[LaunchSpec]:
     """One spec per enabled model, with host GPU ids mapped to the container's indices."""
     specs = []
+    with_packages = {p.uid for p in stack_packages(cfg)}
     for model in cfg.enabled_models:
         server = cfg.server(model.server) if cfg.mode == "cluster" else None
         # In existing mode nobody renumbers GPUs: the server's ids are what Xinference sees.
@@ -154,7 +159,7 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
             model_size_in_billions=model.size_in_billions,
             quantization=model.quantization,
             n_gpu=model.n_gpu,
-            extra=dict(model.extra),
+            extra={**(launch_kwargs() if model.uid in with_packages else {}), **model.extra},
             vram_gb=model.vram_gb,
             weights_digest=weights_digests.get(model.uid, ""),
             server=server.name if server else None,

@@ -14,6 +14,11 @@ CONFIG_NAMESPACE = "xinference-offline"  # the Pulumi project name: stack keys a
 CONTAINER_PORT = 9997  # Xinference's REST port inside the container
 CONTAINER_HOME = "/root/.xinference"  # XINFERENCE_HOME inside the container
 CONTAINER_MODELS_DIR = CONTAINER_HOME + "/models"  # where the host's models_dir is mounted
+# The engine wheels `bundle build` carries for the models' virtualenvs: a directory of models_dir
+# (installed and mounted with the models), with the pip.conf that names it as the offline index.
+PACKAGES_DIR = "_engine_packages"
+CONTAINER_PACKAGES_DIR = f"{CONTAINER_MODELS_DIR}/{PACKAGES_DIR}"
+CONTAINER_PACKAGE_WHEELS = f"{CONTAINER_PACKAGES_DIR}/wheels"
 MODEL_TYPES = ("LLM", "embedding", "rerank", "audio", "image", "video", "flexible")
 
 # xinference/core/utils.py is_valid_model_uid: stripped, 0 < length <= 100, and not ending in

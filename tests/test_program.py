@@ -140,8 +140,21 @@ def test_container_healthcheck_needs_no_curl_and_up_waits_for_it(reference):
 
 def test_container_env_is_offline(reference):
     env = dict(e.split("=", 1) for e in reference[0].one(CONTAINER).inputs["envs"])
-    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
-    assert env["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "0" and env["XINFERENCE_AUTH_ADVANCED"] == "0"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1" and env["XINFERENCE_AUTH_ADVANCED"] == "0"
+    # gpu-node-1's audio models install packages: virtualenvs on, from the carried wheels only
+    assert env["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "1" and env["XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL"] == "1"
+    assert env["XINFERENCE_VIRTUAL_ENV_FIND_LINKS_ALLOWED_ROOTS"] == "/root/.xinference/models/_engine_packages"
+    assert env["PIP_CONFIG_FILE"] == "/root/.xinference/models/_engine_packages/pip.conf" and env["UV_OFFLINE"] == "1"
+
+
+def test_models_that_install_packages_launch_with_the_carried_wheels(reference):
+    models = reference[0].models()
+    wheels = ["/root/.xinference/models/_engine_packages/wheels"]
+    for uid in ("CosyVoice-300M", "SenseVoiceSmall"):
+        extra = models[uid].inputs["extra"]
+        assert extra["enable_virtual_env"] is True and extra["virtual_env_find_links"] == wheels, uid
+    for uid in ("bce-embedding-base_v1", "bce-reranker-base_v1"):  # no engine named: nothing to install
+        assert not models[uid].inputs.get("extra"), uid
 
 
 def test_container_logs_rotate_and_are_labelled(reference):
@@ -168,7 +181,9 @@ def test_model_inputs_follow_the_reference_job(reference):
         "CosyVoice-300M": ("audio", [0], "/root/.xinference/models/CosyVoice-300M"),
         "SenseVoiceSmall": ("audio", [1], "/root/.xinference/models/SenseVoiceSmall"),
     }
-    assert models["SenseVoiceSmall"].inputs["extra"] == {"vad_model": "/root/.xinference/models/fsmn-vad"}
+    assert models["SenseVoiceSmall"].inputs["extra"] == {
+        "vad_model": "/root/.xinference/models/fsmn-vad", "enable_virtual_env": True,
+        "virtual_env_find_links": ["/root/.xinference/models/_engine_packages/wheels"]}
 
 
 def test_exports(reference):
