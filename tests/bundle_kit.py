@@ -28,20 +28,45 @@ IMAGE = "xprobe/xinference:v4.1.0"
 WHEEL_NAME, WHEEL_VERSION = "xoffline_probe", "1.0"
 
 
-def make_image_tar(path: Path, image: str = IMAGE, layer: bytes = b"layer bytes " * 1000) -> Path:
+def make_image_tar(path: Path, image: str = IMAGE, layer: bytes = b"layer bytes " * 1000,
+                   more_layers: tuple[bytes, ...] = (), architecture: str = "amd64") -> Path:
     """A tar laid out like `docker save`: manifest.json with RepoTags, a config named by its sha256
-    (the image id `docker load` gives: image_id_of_tar) and a layer."""
+    (the image id `docker load` gives: image_id_of_tar) and its layers (python_layer makes real ones)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    layer_name = hashlib.sha256(layer).hexdigest() + "/layer.tar"
-    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}})
+    layers = (layer, *more_layers)
+    layer_names = [hashlib.sha256(data).hexdigest() + "/layer.tar" for data in layers]
+    config = json.dumps({"architecture": architecture, "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(data).hexdigest() for data in layers]}})
     config_name = hashlib.sha256(config.encode()).hexdigest() + ".json"
-    manifest = json.dumps([{"Config": config_name, "RepoTags": [image], "Layers": [layer_name]}]).encode()
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [image], "Layers": layer_names}]).encode()
     with tarfile.open(path, "w") as tar:
-        for name, data in ((config_name, config.encode()), (layer_name, layer), ("manifest.json", manifest)):
+        for name, data in ((config_name, config.encode()), *zip(layer_names, layers), ("manifest.json", manifest)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def python_layer(dists: dict[str, str], python: str = "3.11", glibc: str = "2.36",
+                 site: str = "opt/xinference/lib/python{py}/site-packages", extra: Optional[dict[str, bytes]] = None
+                 ) -> bytes:
+    """A real image layer (a tar) holding a Python's site-packages: one ``<name>-<version>.dist-info``
+    with its METADATA per distribution, and dpkg's record of libc6 (what bundle/image_env.py reads)."""
+    files = {f"var/lib/dpkg/status": f"Package: base-files\nVersion: 12.4\n\nPackage: libc6\nStatus: install ok "
+                                     f"installed\nVersion: {glibc}-9+deb12u14\n\n".encode()}
+    root = site.format(py=python)
+    for name, version in dists.items():
+        dist_info = f"{root}/{name.replace('-', '_')}-{version}.dist-info"
+        files[f"{dist_info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+        files[f"{dist_info}/RECORD"] = b""
+    files.update(extra or {})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as layer:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            layer.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def image_id_of_tar(path: Path) -> str:

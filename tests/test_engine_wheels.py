@@ -1,0 +1,153 @@
+"""Engine packages carried across the gap (bundle/image_env.py, bundle/engine_wheels.py), for real:
+the image's Python read from a `docker save`-shaped tar with real layers, the split against it
+compared with xoscar's own, and a bundle for a SenseVoiceSmall stand-in built from PyPI whose
+funasr 1.2.7 and everything it pulls in a bare venv then installs with no index at all.
+
+The download is cached under ~/.cache/xinference-offline/test-engine-wheels (the build's own
+cache, keyed by the resolution's inputs), so only the first run on a machine fetches it (57 wheels,
+about 160 MiB, and four sdists built into wheels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bundle.engine_wheels import split_for_image
+from bundle.format.manifest import load_manifest, sha256_file
+from bundle.image_env import ImageEnv, image_env, scan_image_tar
+from bundle.pip_env import offline_pip_env
+from spec.engine_packages import ModelPackages
+from tests.bundle_kit import build_args, cli, make_image_tar, make_site, python_layer
+
+CACHE = Path(os.environ.get("XINFERENCE_OFFLINE_CACHE") or Path.home() / ".cache" / "xinference-offline")
+IMAGE_DISTS = {"xinference": "4.1.0", "torch": "2.15.0", "torchaudio": "2.15.0", "numpy": "2.4.6",
+               "typing_extensions": "4.16.0", "sentence-transformers": "6.3.0"}
+
+
+def test_the_image_python_is_read_from_the_layers_of_its_tar(tmp_path):
+    base = python_layer({**IMAGE_DISTS, "six": "1.17.0"})
+    # A later layer deletes six (a whiteout) and adds one more distribution.
+    site = "opt/xinference/lib/python3.11/site-packages"
+    upper = python_layer({"inflect": "7.6.0"}, extra={f"{site}/.wh.six-1.17.0.dist-info": b""})
+    tar = make_image_tar(tmp_path / "image.tar", layer=base, more_layers=(upper,))
+    env = scan_image_tar(tar)
+    assert (env.python_version, env.machine, env.glibc) == ("3.11", "x86_64", "2.36")
+    assert env.installed == dict(sorted({**IMAGE_DISTS, "inflect": "7.6.0"}.items()))
+    assert env.platform == "manylinux_2_36_x86_64"
+    assert env.platforms[:2] == ["manylinux_2_36_x86_64", "manylinux_2_35_x86_64"]
+    assert "manylinux2014_x86_64" in env.platforms and "manylinux_2_17_x86_64" in env.platforms
+    # remembered per tar: a second read does not open it
+    assert image_env(tar, tmp_path / "cache") == env
+    assert json.loads((tmp_path / "cache" / "image-env.json").read_text())
+    tar.chmod(0)
+    try:
+        assert image_env(tar, tmp_path / "cache") == env
+    finally:
+        tar.chmod(0o644)
+
+
+def test_a_tar_without_xinference_is_refused_with_the_reason(tmp_path):
+    tar = make_image_tar(tmp_path / "image.tar", layer=python_layer({"numpy": "2.4.6"}))
+    with pytest.raises(Exception, match="no site-packages in this image holds xinference"):
+        scan_image_tar(tar)
+    with pytest.raises(Exception, match="cannot read the image's Python"):
+        scan_image_tar(make_image_tar(tmp_path / "flat.tar"))  # its layer is not a tar
+
+
+def test_the_split_is_xoscar_s_own():
+    pytest.importorskip("xoscar")
+    from xoscar.virtualenv.uv import UVVirtualEnvManager
+
+    env = ImageEnv("3.11", "x86_64", "2.36", dict(IMAGE_DISTS))
+    requirements = ("funasr==1.2.7", "numpy>=2", "torch<2", "sentence_transformers", "sentence-transformers[onnx]",
+                    "typing_extensions", "bitsandbytes ; sys_platform=='darwin'")
+    ours = split_for_image(ModelPackages("m", None, requirements, ("torch", "torchaudio", "numpy", "pandas")), env)
+    installed = {name.lower(): version for name, version in IMAGE_DISTS.items()}
+    # xoscar's process_packages: #system_X# -> X==<installed, no local label>, or X when the image lacks it
+    system = ["torch==2.15.0", "torchaudio==2.15.0", "numpy==2.4.6", "pandas"]
+    specs = system + [r for r in requirements if "darwin" not in r]
+    keep, to_resolve, pinned = UVVirtualEnvManager._split_specs(specs, installed)
+    assert keep == []
+    assert list(ours.to_resolve) == to_resolve
+    assert ours.pinned == pinned
+    assert ours.not_for_image == ("bitsandbytes ; sys_platform=='darwin'",)
+    # the lower-cased comparison is xoscar's: sentence_transformers is not the installed sentence-transformers
+    assert "sentence_transformers" in ours.to_resolve and "funasr==1.2.7" in ours.to_resolve
+
+
+def sense_voice_site(tmp_path: Path):
+    site = make_site(tmp_path, models={"sv": {"model.pt": b"stand-in weights " * 64, "config.yaml": b"a: 1\n"},
+                                       "vad": {"model.pt": b"stand-in vad " * 16}})
+    make_image_tar(tmp_path / "image" / "xinference.tar", layer=python_layer(IMAGE_DISTS))
+    stack = yaml.safe_load((site.stacks / f"Pulumi.{site.stack}.yaml").read_text())
+    stack["config"]["xinference-offline:models"] = [
+        {"uid": "SenseVoiceSmall", "type": "audio", "path": "SenseVoiceSmall",
+         "source": {"hub": "local", "path": str(site.src("sv"))},
+         "companions": [{"path": "fsmn-vad", "source": {"hub": "local", "path": str(site.src("vad"))}}],
+         "extra": {"vad_model": "/root/.xinference/models/fsmn-vad"}}]
+    (site.stacks / f"Pulumi.{site.stack}.yaml").write_text(yaml.safe_dump(stack, sort_keys=False))
+    return site
+
+
+def test_a_bundle_for_a_sense_voice_stand_in_carries_funasr_and_a_bare_venv_installs_it(tmp_path):
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the stand-in image's Python is 3.11: engine packages resolve with the image's Python")
+    site = sense_voice_site(tmp_path)
+    code, out, err = cli(*build_args(site, "--cache-dir", str(CACHE / "test-engine-wheels")))
+    assert code == 0, err
+    packages = site.out / "models" / "_engine_packages"
+    wheels = packages / "wheels"
+    record, = json.loads((packages / "packages.json").read_text())["models"]
+    assert record["model"] == "SenseVoiceSmall" and record["requirements"] == ["funasr==1.2.7"]
+    assert record["pinned_to_image"] == {"numpy": "2.4.6", "torch": "2.15.0", "torchaudio": "2.15.0"}
+    assert record["resolved"] == ["funasr==1.2.7"] and (record["image_python"], record["image_platform"]) == \
+        ("3.11", "manylinux_2_36_x86_64")
+    names = sorted(os.listdir(wheels))
+    assert names == record["wheels"] and "funasr-1.2.7-py3-none-any.whl" in names and len(names) > 40
+    # what funasr pulls in, sdist-only ones built into wheels, the image's numpy at its version
+    for project in ("kaldiio-", "librosa-", "modelscope-", "jieba-", "antlr4_python3_runtime-", "numpy-2.4.6-"):
+        assert any(n.startswith(project) for n in names), project
+    assert not any(n.startswith(("torch-", "torchaudio-")) for n in names)  # the image keeps those
+    # every wheel is in the manifest with its hash, as a file of the model's directories
+    manifest = load_manifest(site.out).for_stack(site.stack)
+    entries = {f.path: f for f in manifest.files}
+    for name in names:
+        entry = entries[f"models/_engine_packages/wheels/{name}"]
+        assert entry.sha256 == sha256_file(wheels / name) and entry.role == "model"
+    assert "models/_engine_packages" in manifest.entry.models["SenseVoiceSmall"]
+    assert (packages / "pip.conf").read_text().count("/root/.xinference/models/_engine_packages/wheels") == 2
+    code, verified, err = cli("verify", str(site.out))
+    assert code == 0, err
+    # plan --bundle shows what was carried and its size
+    code, plan, err = cli("plan", "--stack", site.stack, "--stacks-dir", str(site.stacks), "--bundle", str(site.out))
+    assert f"wheels: {len(names)}," in plan and "left to the image: torch torchaudio numpy" in plan, plan
+
+    venv = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pins = tmp_path / "pins.txt"
+    pins.write_text("".join(f"{n}=={v}\n" for n, v in record["pinned_to_image"].items() if n == "numpy"))
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links", str(wheels),
+                              "-c", str(pins), "funasr==1.2.7"], capture_output=True, text=True, env=offline_pip_env())
+    assert install.returncode == 0, install.stderr
+    check = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import importlib.metadata as m, kaldiio, jieba, oss2, hydra, librosa.util; "
+                            "print(m.version('funasr'))"], capture_output=True, text=True)
+    assert check.stdout.strip() == "1.2.7", check.stderr
+    assert subprocess.run([str(venv / "bin" / "pip"), "check"], capture_output=True).returncode == 0
+
+
+def test_an_image_of_another_python_is_refused_naming_both(tmp_path):
+    site = sense_voice_site(tmp_path)
+    other = "3.10" if sys.version_info[:2] != (3, 10) else "3.12"
+    make_image_tar(tmp_path / "image" / "xinference.tar", layer=python_layer(IMAGE_DISTS, python=other))
+    code, out, err = cli(*build_args(site, "--cache-dir", str(tmp_path / "cache")))
+    assert code != 0
+    assert f"the image's Python is {other}" in err and "run `bundle build` with a Python" in err, err
+    assert not (site.out / "MANIFEST.json").exists()
