@@ -190,7 +190,8 @@ class ModelConfig(_Strict):
         description="A site's own model, registered under `name` before its launch (and not checked against the "
                     "catalog): the fields of Xinference's model family besides the name and files, as "
                     "`/v1/model_registrations/{type}` takes them, e.g. `{dimensions: 384, max_tokens: 512, "
-                    "language: [en]}` for an embedding; the files are `path`.",
+                    "language: [en]}` for an embedding; the files are `path`. Its `virtualenv: {packages: [...]}` "
+                    "is carried as wheels like a built-in model's (README, Engine packages).",
     )
 
     @field_validator("gpus", mode="before")

@@ -33,6 +33,11 @@ REQUIRED_KEYS = {
 DEFAULT_FORMAT = "pytorch"
 
 
+# What the fix of a missing required field suggests.
+EXAMPLES = {"dimensions": "384", "max_tokens": "512", "language": "[en]", "model_lang": "[en]",
+            "model_ability": "[chat]", "model_family": "<a built-in family>", "multilingual": "true"}
+
+
 def custom_problems(model_type: str, custom: Mapping[str, Any]) -> list[tuple[str, Any, str, str]]:
     """(key under custom, value, message, fix) for each field the registration would refuse."""
     problems = []
@@ -42,11 +47,15 @@ def custom_problems(model_type: str, custom: Mapping[str, Any]) -> list[tuple[st
                              f"remove custom.{key}; set {own_field} on the model instead"))
     for key in REQUIRED_KEYS.get(model_type, ()):
         if key not in custom:
-            example = {"dimensions": "384", "max_tokens": "512", "language": "[en]", "context_length": "32768",
-                       "model_lang": "[en]", "model_ability": "[chat]", "model_family": "<a built-in family>",
-                       "multilingual": "true"}[key]
             problems.append((key, None, f"a custom {model_type} model needs {key}",
-                             f"add custom.{key}, e.g. {key}: {example}"))
+                             f"add custom.{key}, e.g. {key}: {EXAMPLES[key]}"))
+    virtualenv = custom.get("virtualenv")
+    if virtualenv is not None:
+        packages = virtualenv.get("packages") if isinstance(virtualenv, Mapping) else None
+        if not isinstance(packages, list) or not all(isinstance(p, str) and p.strip() for p in packages):
+            problems.append(("virtualenv", virtualenv, "is Xinference's VirtualEnvSettings: a mapping whose "
+                             "`packages` is a list of requirement lines",
+                             'write it as virtualenv: {packages: ["inflect==7.6.0"]}'))
     return problems
 
 

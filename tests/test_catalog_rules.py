@@ -96,6 +96,16 @@ def test_a_custom_model_missing_what_its_type_requires_is_named_field_by_field()
         "e.g. max_tokens: 512"]
 
 
+def test_a_custom_model_s_virtualenv_must_be_a_package_list():
+    for bad in ("inflect", {"packages": "inflect"}, {"packages": ["inflect", 3]}):
+        assert problems_of(with_first(uid="minilm", name="minilm", custom={**MINILM_CUSTOM, "virtualenv": bad})) == [
+            f"models[0].custom.virtualenv = {bad!r}: is Xinference's VirtualEnvSettings: a mapping whose `packages` is "
+            "a list of requirement lines; fix: write it as virtualenv: {packages: [\"inflect==7.6.0\"]}"]
+    good = {**MINILM_CUSTOM, "virtualenv": {"packages": ["inflect==7.6.0"]}}
+    cfg = load_stack_config(namespaced(docker_stack(models=with_first(uid="minilm", name="minilm", custom=good))))
+    assert cfg.models[0].custom["virtualenv"] == {"packages": ["inflect==7.6.0"]}
+
+
 def test_a_custom_name_xinference_cannot_register_is_refused():
     for name in ("my model", "a/b", "x+y", "q?"):
         assert "is not a name Xinference can register" in builtin_clash(pinned_catalog(), "embedding", name)

@@ -40,7 +40,11 @@ STACK = "e2e-docker"
 # MiniLM registered as the custom model all-MiniLM-L6-v2, checked below).
 LOCAL_DOCKER = yaml.safe_load((ROOT / "stacks" / "Pulumi.local-docker.yaml").read_text())["config"]
 NETWORK = LOCAL_DOCKER[f"{NS}:container"]["network"]
-MODEL = LOCAL_DOCKER[f"{NS}:models"][0]
+# Its virtualenv also needs a package the image lacks (inflect and what it pulls in), which the
+# bundle carries as wheels and the launch installs offline (spec/engine_packages.py).
+VENV_PACKAGE = "inflect==7.6.0"
+MODEL = {**LOCAL_DOCKER[f"{NS}:models"][0]}
+MODEL["custom"] = {**MODEL["custom"], "virtualenv": {"packages": [VENV_PACKAGE]}}
 UID = MODEL["uid"]
 
 
@@ -171,6 +175,23 @@ def test_the_server_container_has_no_route_out(site):
     finally:
         docker(MAIN_DOCKER_HOST, "rm", "-f", server, check=False)
     assert embed(site.endpoint, UID) == 384  # the model answers through the gateway
+
+
+def test_the_model_s_virtualenv_came_from_the_bundle_s_wheels_alone(site):
+    # the image has no inflect of its own ...
+    assert in_container(site.container, "import importlib.util; print(importlib.util.find_spec('inflect'))") == "None"
+    # ... the model's virtualenv has it, from the carried folder (the container has no route out)
+    found = in_container(site.container, "import glob; print('\\n'.join(sorted(glob.glob("
+                         "'/root/.xinference/virtualenv/v4/all-MiniLM-L6-v2/*/*/lib/python3*/site-packages/*.dist-info'))))")
+    names = [path.rsplit("/", 1)[-1] for path in found.splitlines()]
+    print("virtualenv:", names)
+    assert "inflect-7.6.0.dist-info" in names and any(n.startswith("typeguard-") for n in names), found
+    carried = docker(MAIN_DOCKER_HOST, "exec", site.container, "ls", "/root/.xinference/models/_engine_packages/wheels"
+                     ).stdout.decode().split()
+    assert "inflect-7.6.0-py3-none-any.whl" in carried
+    env = dict(e.split("=", 1) for e in inspect(MAIN_DOCKER_HOST, site.container)["Config"]["Env"])
+    assert env["XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL"] == "1" and env["UV_OFFLINE"] == "1"
+    assert embed(site.endpoint, UID) == 384
 
 
 def test_a_second_up_changes_nothing(site):
