@@ -17,7 +17,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_docker as docker
 
-from bundle.contents import model_bundle_dir
+from bundle.contents import model_bundle_dir, packages_bundle_dir
 from bundle.format.manifest import StackManifest
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
@@ -27,8 +27,11 @@ from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directo
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
 from spec.config import DockerHostConfig, StackConfig
 from spec.docker_host import is_local_docker, is_ssh_docker
+from spec.engine_packages import stack_packages
 from spec.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
                          healthcheck_command, launch_specs, model_dir_on_host)
+from spec.xinference import PACKAGES_DIR
+
 
 @dataclass
 class XinferenceDeploymentArgs:
@@ -144,10 +147,13 @@ class XinferenceDeployment(pulumi.ComponentResource):
         if not is_ssh_docker(host.host) or manifest is None or not cfg.bundle_dir:
             return []
         targets = {}
+        with_packages = {p.uid for p in stack_packages(cfg)}
         for model in models:
             targets[model_bundle_dir(model.path or model.uid)] = model_dir_on_host(cfg, model)
             for companion in model.companions:
                 targets[model_bundle_dir(companion.path)] = posixpath.join(models_dir, companion.path)
+            if model.uid in with_packages:  # the carried engine wheels its virtualenv installs from
+                targets[packages_bundle_dir()] = posixpath.join(models_dir, PACKAGES_DIR)
         copies = directory_copies(manifest, targets)
         if not copies:
             return []

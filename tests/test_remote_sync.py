@@ -23,9 +23,14 @@ def make_bundle(root: Path, files: dict[str, bytes], image_tar: Optional[FileEnt
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         model = rel.split("/")[1]
-        models[model] = [f"models/{model}"]
+        if model == "_engine_packages":  # the carried wheel folder: a directory of the first model (emb)
+            models.setdefault("emb", []).append("models/_engine_packages")
+            model = "emb"
+        else:
+            models.setdefault(model, []).insert(0, f"models/{model}")
         entries.append(FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), "model", model))
-    stack = StackEntry(models_dir="/data/m", model_dirs={d[0]: uid for uid, d in models.items()}, models=models)
+    stack = StackEntry(models_dir="/data/m", model_dirs={d: d.split("/", 1)[1] for dirs in models.values() for d in dirs},
+                       models=models)
     if image_tar is not None:
         entries.append(image_tar)  # listed, not written: the program only reads its path and sha256
         stack.image, stack.image_tar = "xprobe/xinference:v4.1.0", image_tar.path
@@ -71,6 +76,19 @@ def test_ssh_host_gets_copy_and_verify_before_the_container(tmp_path):
     assert "cd /data/m/emb" in verify["create"] and "sha256sum -c" in verify["create"]
     assert verify["triggers"] == copies[0].inputs["triggers"]  # new weights: copy and verify again
     assert len(mocks.of_type(CONTAINER)) == 1
+
+
+def test_the_carried_engine_wheels_go_to_the_ssh_host_with_the_model_that_installs_them(tmp_path):
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, {**FILES, "models/_engine_packages/wheels/inflect-7.6.0-py3-none-any.whl": b"PK wheel",
+                         "models/_engine_packages/pip.conf": b"[global]\n"})
+    custom = {"dimensions": 384, "max_tokens": 256, "language": ["en"], "virtualenv": {"packages": ["inflect==7.6.0"]}}
+    models = [{"uid": "emb", "name": "my-minilm", "type": "embedding", "path": "emb", "custom": custom}]
+    mocks, _ = run_program(docker_stack(models=models, gpus=[], bundle_dir=str(bundle), models_dir="/data/m",
+                                        docker={"host": "ssh://ops@gpu-node-2:2222"}))
+    scripts = " ".join(r.inputs["create"] for name, r in mocks.resources.items() if name.endswith("-verify"))
+    assert "cd /data/m/emb" in scripts and "cd /data/m/_engine_packages" in scripts
+    assert "wheels/inflect-7.6.0-py3-none-any.whl" in scripts
 
 
 def test_local_host_copies_nothing(tmp_path):
