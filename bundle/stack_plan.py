@@ -15,7 +15,7 @@ from bundle.format.manifest import BundleError, StackManifest
 from bundle.format.progress import human
 from spec.catalog import image_version_note, pinned_catalog
 from spec.config import StackConfig
-from spec.engine_packages import stack_packages
+from spec.engine_packages import family_packages, model_packages
 from spec.launch import container_env, endpoint_url, launch_specs
 from spec.placement import GpuBudget, docker_gpu_request
 from spec.rules import ModelDirs, server_budgets
@@ -82,31 +82,43 @@ def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Stac
 def write_packages(cfg: StackConfig, stack: str, bundle: Optional[Path], out: TextIO) -> None:
     """Per model: the packages its virtualenv installs, what the image keeps, and (from a built bundle)
     the wheels carried for it and their size."""
-    carrying = stack_packages(cfg)
-    if not carrying:
+    if cfg.mode == "existing" or not cfg.enabled_models:
         return
-    built = {r["model"]: r for r in bundle_packages(bundle) if r["stack"] == stack} if bundle else {}
-    print("", file=out)
-    print("Engine packages (each model's virtualenv installs them at launch, offline, from the carried wheels)",
-          file=out)
-    width = max(len(p.uid) for p in carrying) + 2
+    catalog = pinned_catalog()
+    every = [(m, model_packages(m, catalog)) for m in cfg.enabled_models]
+    p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
+    p("")
+    p("Engine packages (each model's virtualenv installs them at launch, offline, from the carried wheels)")
+    if not any(packages.wanted for _, packages in every):
+        p("  none: no model's virtualenv installs anything (virtualenvs stay off: XINFERENCE_ENABLE_VIRTUAL_ENV=0)")
+        return
+    try:
+        built = {r["model"]: r for r in bundle_packages(bundle) if r["stack"] == stack} if bundle else {}
+    except BundleError as exc:
+        p(f"  WARNING {exc}")
+        built = {}
+    width = max(len(m.uid) for m, _ in every) + 2
     indent = " " * (width + 2)
-    for packages in carrying:
-        record = built.get(packages.uid)
-        lines = [f"carry ({len(packages.requirements)}): " + " ".join(packages.requirements),
-                 "left to the image: " + (" ".join(packages.from_image) or "-"),
-                 f"wheels: {len(record['wheels'])}, {human(record['size'])} for Python {record['image_python']} "
-                 f"{record['image_platform']}" if record else "wheels: resolved by `bundle build` for the image's Python"]
+    for model, packages in every:
+        record = built.get(model.uid)
+        if not packages.wanted:
+            why = (" (no engine named; its family's packages are per engine)"
+                   if family_packages(model, catalog) and not model.engine else "")
+            lines = [f"installs nothing{why}"]
+        else:
+            lines = [f"carry ({len(packages.requirements)}): " + " ".join(packages.requirements),
+                     "left to the image: " + (" ".join(packages.from_image) or "-"),
+                     f"wheels: {len(record['wheels'])}, {human(record['size'])} for Python "
+                     f"{record['image_python']} {record['image_platform']}" if record else
+                     "wheels: resolved by `bundle build` for the image's Python"]
         for n, line in enumerate(lines):
             wrapped = textwrap.wrap(line, 110 - len(indent), subsequent_indent="  ") or [""]
-            head = f"  {packages.uid:<{width}}" if n == 0 else indent
-            print(head + wrapped[0], file=out)
+            p((f"  {model.uid:<{width}}" if n == 0 else indent) + wrapped[0])
             for more in wrapped[1:]:
-                print(indent + more, file=out)
+                p(indent + more)
     if built:
         sizes = {name: size for r in built.values() for name, size in zip(r["wheels"], r["sizes"])}
-        print(f"  = {len(sizes)} distinct wheels in {packages_bundle_dir()}wheels/, {human(sum(sizes.values()))}",
-              file=out)
+        p(f"  = {len(sizes)} distinct wheels in {packages_bundle_dir()}wheels/, {human(sum(sizes.values()))}")
 
 
 def bundle_packages(bundle: Path) -> list[dict]:

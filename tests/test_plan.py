@@ -34,6 +34,22 @@ def test_plan_prints_the_reference_deployment():
     assert "program/" in text and "the Pulumi program and the bundle tool" in text
 
 
+def test_plan_lists_each_model_s_engine_packages():
+    code, text = run_plan("--stack", "gpu-node-1", "--stacks-dir", str(ROOT / "stacks"))
+    assert code == 0
+    section = text.split("Engine packages", 1)[1].split("Offline bundle must carry", 1)[0]
+    lines = [line.split() for line in section.splitlines()]
+    assert ["SenseVoiceSmall", "carry", "(1):", "funasr==1.2.7"] in lines
+    assert ["left", "to", "the", "image:", "torch", "torchaudio", "numpy"] in lines
+    assert ["CosyVoice-300M", "carry", "(14):", "librosa", "tiktoken", "lightning>=2.0.0", "hydra-core>=1.3.2", "inflect",
+            "conformer"] in lines
+    assert "bce-embedding-base_v1  installs nothing (no engine named" in section
+    assert "models/_engine_packages/" in text and "XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL=1" in text
+    code, local = run_plan("--stack", "local-docker", "--stacks-dir", str(ROOT / "stacks"))
+    assert "none: no model's virtualenv installs anything" in local and "XINFERENCE_ENABLE_VIRTUAL_ENV=0" in local
+    assert "models/_engine_packages/" not in local
+
+
 def test_plan_shows_container_indices_of_a_remapped_server():
     code, text = run_plan("--config", str(ROOT / "stacks" / "Pulumi.gpu-node-2.yaml"))
     assert code == 0
