@@ -236,8 +236,10 @@ def model_packages(model: ModelConfig, catalog: Catalog, cuda_version: Optional[
 def stack_packages(cfg: StackConfig, catalog: Optional[Catalog] = None) -> list[ModelPackages]:
     """The enabled models whose launch installs packages, in a mode whose container this tool runs.
 
-    An existing server keeps its own virtualenv settings: nothing is carried for it."""
-    if cfg.mode == "existing":
+    An existing server keeps its own virtualenv settings: nothing is carried for it. Nor for a stack
+    whose container.env sets XINFERENCE_ENABLE_VIRTUAL_ENV=0 (an image with every package baked in):
+    its models then launch in the image's own environment."""
+    if cfg.mode == "existing" or cfg.container.env.get("XINFERENCE_ENABLE_VIRTUAL_ENV") == "0":
         return []
     catalog = catalog or pinned_catalog()
     return [p for p in (model_packages(m, catalog) for m in cfg.enabled_models) if p.wanted]

@@ -8,7 +8,10 @@ import pytest
 
 from spec.catalog import pinned_catalog
 from spec.config import ModelConfig
-from spec.engine_packages import canonical_name, model_packages, xinference_packages
+from spec.engine_packages import canonical_name, model_packages, stack_packages, xinference_packages
+from spec.launch import container_env, launch_specs
+from spec.load import load_stack_config
+from tests.stack_configs import docker_stack, namespaced
 
 CATALOG = pinned_catalog()
 
@@ -86,6 +89,19 @@ def test_a_custom_model_carries_what_its_virtualenv_declares():
     assert packages.requirements == ("inflect==7.6.0",) and packages.from_image == ("numpy",)
     plain = ModelConfig(uid="mine", type="embedding", custom={"dimensions": 384, "max_tokens": 256, "language": ["en"]})
     assert not model_packages(plain, CATALOG).wanted
+
+
+def test_a_stack_that_turns_virtualenvs_off_carries_nothing_and_launches_without_them():
+    models = [{"uid": "SenseVoiceSmall", "type": "audio", "gpus": [0], "path": "SenseVoiceSmall",
+               "extra": {"vad_model": "/root/.xinference/models/fsmn-vad"}}]
+    on = load_stack_config(namespaced(docker_stack(models=models, gpus=[{"id": 0}])))
+    assert [p.uid for p in stack_packages(on)] == ["SenseVoiceSmall"]
+    assert container_env(on)["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "1"
+    off = load_stack_config(namespaced(docker_stack(models=models, gpus=[{"id": 0}],
+                                                    container={"env": {"XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}})))
+    assert stack_packages(off) == [] and container_env(off)["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "0"
+    assert "XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL" not in container_env(off)
+    assert launch_specs(off, {})[0].extra == {"vad_model": "/root/.xinference/models/fsmn-vad"}
 
 
 @pytest.mark.parametrize("line, name", [("funasr==1.2.7", "funasr"), ("HyperPyYAML", "hyperpyyaml"),
