@@ -138,8 +138,11 @@ def normalize(props: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Every problem with the inputs, as (property, reason). Unknown values are not judged."""
+def server_problems(props: Mapping[str, Any], required: Sequence[str],
+                    str_keys: Sequence[str]) -> list[tuple[str, str]]:
+    """Problems with the inputs every resource on one server shares: the required keys, the string
+    keys, the endpoint, its CA bundle, the docker ssh command and the model type. Used by the model
+    and the custom registration alike, so both refuse the same input the same way."""
     problems: list[tuple[str, str]] = []
 
     def bad(key: str, reason: str) -> None:
@@ -148,10 +151,10 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     def given(key: str) -> bool:
         return props.get(key) is not None and is_known(props.get(key))
 
-    for key in ("endpoint", "model_uid", "model_name", "model_type"):
+    for key in required:
         if props.get(key) is None or (isinstance(props.get(key), str) and not props[key].strip()):
             bad(key, f"{key} is required")
-    for key in _STR_KEYS:
+    for key in str_keys:
         if given(key) and not isinstance(props[key], str):
             bad(key, f"{key} must be a string, got {type(props[key]).__name__}")
     if given("docker_ssh") and (not isinstance(props["docker_ssh"], (list, tuple))
@@ -167,12 +170,25 @@ def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
             bad("endpoint_ca_bundle", f"endpoint_ca_bundle must be an absolute path, got {ca_bundle!r}")
         elif isinstance(endpoint, str) and is_known(endpoint) and not endpoint.strip().startswith("https://"):
             bad("endpoint_ca_bundle", f"endpoint_ca_bundle is only used for an https:// endpoint, got {endpoint!r}")
+    if given("model_type") and isinstance(props["model_type"], str) and props["model_type"] not in MODEL_TYPES:
+        bad("model_type", f"model_type must be one of {', '.join(MODEL_TYPES)}; got {props['model_type']!r}")
+    return problems
+
+
+def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every problem with the inputs, as (property, reason). Unknown values are not judged."""
+    problems = server_problems(props, ("endpoint", "model_uid", "model_name", "model_type"), _STR_KEYS)
+
+    def bad(key: str, reason: str) -> None:
+        problems.append((key, reason))
+
+    def given(key: str) -> bool:
+        return props.get(key) is not None and is_known(props.get(key))
+
     if given("model_uid") and isinstance(props["model_uid"], str):
         problem = model_uid_problem(props["model_uid"])
         if problem:
             bad("model_uid", f"model_uid {props['model_uid']!r}: {problem}; fix: {MODEL_UID_FIX}")
-    if given("model_type") and isinstance(props["model_type"], str) and props["model_type"] not in MODEL_TYPES:
-        bad("model_type", f"model_type must be one of {', '.join(MODEL_TYPES)}; got {props['model_type']!r}")
     if all(given(k) and isinstance(props[k], str) and props[k].strip() for k in ("model_type", "model_name")) \
             and props["model_type"] in MODEL_TYPES and props.get("registration_digest") is None:
         engine, model_format = (props.get(k) if given(k) and isinstance(props[k], str) else None

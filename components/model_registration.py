@@ -30,14 +30,14 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from components.model import XinferenceModelProvider
 from components.model_launch import ConflictError, say
-from components.model_props import is_known
+from components.model_props import is_known, server_problems
 from components.xinference_client import XinferenceUnreachable
 from spec.custom_model import registration_body
-from spec.xinference import MODEL_TYPES, endpoint_problem
 
 # A change to these registers anew (and relaunches the model, through its registration_digest).
 REPLACE_KEYS = ("model_type", "model_name", "family", "container_id")
 IN_PLACE_KEYS = ("endpoint", "endpoint_ca_bundle", "docker_host", "docker_ssh")
+STR_KEYS = ("endpoint", "model_type", "model_name", "container_id", "endpoint_ca_bundle", "docker_host")
 
 
 @dataclass
@@ -77,15 +77,7 @@ def covers(registered: Any, wanted: Any) -> bool:
 
 
 def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
-    problems = []
-    for key in ("endpoint", "model_type", "model_name", "family"):
-        if props.get(key) is None:
-            problems.append((key, f"{key} is required"))
-    endpoint, model_type = props.get("endpoint"), props.get("model_type")
-    if isinstance(endpoint, str) and is_known(endpoint) and endpoint_problem(endpoint.strip()):
-        problems.append(("endpoint", f"endpoint {endpoint!r}: {endpoint_problem(endpoint.strip())}"))
-    if isinstance(model_type, str) and is_known(model_type) and model_type not in MODEL_TYPES:
-        problems.append(("model_type", f"model_type must be one of {', '.join(MODEL_TYPES)}; got {model_type!r}"))
+    problems = server_problems(props, ("endpoint", "model_type", "model_name", "family"), STR_KEYS)
     family, name = props.get("family"), props.get("model_name")
     if is_known(family) and family is not None:
         if not isinstance(family, Mapping):

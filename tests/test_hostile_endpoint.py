@@ -22,6 +22,7 @@ import pulumi
 import pytest
 
 from components.model_props import diff_props, validate
+from components.model_registration import validate as registration_validate
 from components.xinference_client import XinferenceClient, XinferenceTLSError, XinferenceUnreachable
 from spec.errors import ConfigError
 from spec.load import load_stack_config
@@ -270,6 +271,29 @@ def test_the_provider_input_must_be_an_absolute_path_for_an_https_endpoint():
         ("endpoint_ca_bundle", "endpoint_ca_bundle is only used for an https:// endpoint, got 'http://10.0.0.5:9997'")]
     assert validate(props(endpoint_ca_bundle=7)) == [
         ("endpoint_ca_bundle", "endpoint_ca_bundle must be a string, got int")]
+
+
+def test_a_custom_registration_refuses_the_same_connection_inputs_in_the_same_words():
+    # The registration (models[].custom) talks to the same server: a relative CA, a bad ssh command
+    # or endpoint must not get past it while the model beside it is refused.
+    family = {"model_name": "site-minilm"}
+    registration = {"endpoint": "https://10.0.0.5:9997", "model_type": "embedding", "model_name": "site-minilm",
+                    "family": family}
+    cases = [
+        ({"endpoint_ca_bundle": "ca.pem"}, "endpoint_ca_bundle"),
+        ({"endpoint": "http://10.0.0.5:9997", "endpoint_ca_bundle": "/etc/ca.pem"}, "endpoint_ca_bundle"),
+        ({"docker_ssh": "ssh admin@gpu-1"}, "docker_ssh"),
+        ({"endpoint": "10.0.0.5:9997"}, "endpoint"),
+        ({"docker_host": 7}, "docker_host"),
+        ({"model_type": "embeddings"}, "model_type")]
+    for change, key in cases:
+        model_problems = [p for p in validate(props(**change)) if p[0] == key]
+        assert model_problems, change
+        assert [p for p in registration_validate({**registration, **change}) if p[0] == key] == model_problems
+    assert registration_validate(registration) == []
+    assert registration_validate({**registration, "model_name": "  "}) == [
+        ("model_name", "model_name is required"),
+        ("family", "family.model_name 'site-minilm' differs from model_name '  '")]
 
 
 def test_naming_or_moving_the_ca_changes_in_place_and_never_relaunches():
