@@ -261,7 +261,7 @@ build_rootfs() {  # prints the id of the imported root filesystem image
 }
 
 wheels_dir() {  # fill (once) and print the hash-checked wheel dir of the recipe files
-  local d t0 tmp platforms=() v n
+  local d t0 tmp platforms=() v n attempt
   d="$cache_root/xinference-wheels-$(cat "${wheel_files[@]}" | hash_of | cut -c1-12)"
   if [ -f "$d/.complete" ]; then
     log "wheels: cached in $d ($(ls "$d"/*.whl | wc -l) wheels, $(du -sh "$d" | cut -f1))"
@@ -273,10 +273,17 @@ wheels_dir() {  # fill (once) and print the hash-checked wheel dir of the recipe
   platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
   n=$(grep -c '^[A-Za-z0-9]' "$recipe_dir/requirements.txt")
   log "wheels: pip download of $n pinned wheels for CPython $PY_VERSION manylinux x86_64 (~2.8 GB)"
-  python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
-      --python-version "$PY_VERSION" --implementation cp --abi "cp${PY_VERSION/./}" "${platforms[@]}" \
-      -r "$recipe_dir/requirements.txt" -d "$tmp" >&2 \
-    || { rm -rf "$tmp"; die "wheels: pip download failed (its output above)"; }
+  # A download that fails its pinned sha256 or breaks off is tried again (seen here: one 519 MB
+  # wheel arrived with another hash once, and whole the next time). The wheels already in $tmp
+  # stay: pip checks each against its hash and fetches only what is missing or wrong.
+  for attempt in 1 2 3; do
+    python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+        --python-version "$PY_VERSION" --implementation cp --abi "cp${PY_VERSION/./}" "${platforms[@]}" \
+        -r "$recipe_dir/requirements.txt" -d "$tmp" >&2 && break
+    [ "$attempt" = 3 ] && { rm -rf "$tmp"; die "wheels: pip download failed 3 times (its output above)"; }
+    log "wheels: pip download failed (attempt $attempt of 3, its output above); trying again, keeping the $(ls "$tmp" | grep -c '\.whl$' || true) wheels already checked"
+    sleep $(( attempt * 10 ))
+  done
   if grep -q '^[A-Za-z0-9]' "$recipe_dir/sdists.txt"; then
     log "wheels: building the sdists of sdists.txt ($(grep '^[A-Za-z0-9]' "$recipe_dir/sdists.txt" | cut -d' ' -f1 | paste -sd' ' -))"
     python3 -m pip wheel --quiet --no-deps --require-hashes -r "$recipe_dir/sdists.txt" -w "$tmp/sdist-wheels" >&2 \
