@@ -33,7 +33,8 @@
 # (tag, image id, image size, tar size and sha256, build seconds, what takes the space). A run
 # whose recipe is cached prints the path at once and does not look at the engine (the program
 # loads the tar). Tars and image.json are written under temporary names and renamed, so an
-# interrupted build never leaves a tar that looks finished. Old entries are not pruned.
+# interrupted build never leaves a tar that looks finished. Each hit or build stamps the entry's
+# last-used file; --prune-unused-since removes the entries a run did not use.
 # Output: progress on stderr; the last line of stdout is the tar path (--out PATH when given).
 # Exit status: 0 built or cached, 1 a step failed, 2 on a usage error.
 #
@@ -45,6 +46,12 @@
 #   --cache DIR        cache root (default $XINFERENCE_OFFLINE_CACHE or ~/.cache/xinference-offline)
 #   --force            rebuild the image (and the base image under a variant); the hash-checked
 #                      wheel dir is reused
+#   --prune-unused-since EPOCH
+#                      remove, instead of building, every image entry of the cache not used (built
+#                      or found cached) since EPOCH (seconds), each with its image in the engine when
+#                      one answers and no container holds it, and every wheel dir of other recipe
+#                      files: .ci/run calls it after the tests pass, with the time it started, so a
+#                      changed recipe does not leave 10 GB behind per change
 #   -h, --help         this text
 # Needs: a Docker engine (tools/docker-engine.sh start), mmdebstrap (run as root), python3 with
 # pip and access to PyPI and the Debian mirror of the host's apt sources. Disk: ~2.5 GB of
@@ -75,6 +82,7 @@ tag=$DEFAULT_TAG
 labels=()
 out=
 force=0
+prune_since=
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || { log "$1 needs a value (see --help)"; exit 2; }; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -91,6 +99,10 @@ while [ $# -gt 0 ]; do
     --out) need_arg "$@"; out=$2; shift 2 ;;
     --cache) need_arg "$@"; cache_root=$2; shift 2 ;;
     --force) force=1; shift ;;
+    --prune-unused-since)
+      need_arg "$@"
+      [[ "$2" =~ ^[0-9]+$ ]] || { log "--prune-unused-since wants seconds since the epoch (date +%s), not '$2'"; exit 2; }
+      prune_since=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) log "unknown argument '$1' (see --help)"; exit 2 ;;
   esac
@@ -115,6 +127,11 @@ entry_of() { echo "$cache_root/xinference-image-${1:0:12}"; }
 entry=$(entry_of "$digest")
 base_entry=$(entry_of "$base_digest")
 
+human() {  # human BYTES: e.g. 5.12 GB (decimal units, as docker prints sizes)
+  awk -v b="$1" 'BEGIN { split("B KB MB GB TB", u); i = 1
+                         while (b >= 1000 && i < 5) { b /= 1000; i++ }
+                         if (i == 1) printf "%d B", b; else printf "%.2f %s", b, u[i] }'
+}
 # json_get FILE KEY: a top-level string or number of one of our image.json files
 json_get() {
   sed -n -e "s/^  \"$2\": \"\([^\"]*\)\",\{0,1\}\$/\1/p" -e "s/^  \"$2\": \([0-9][0-9]*\),\{0,1\}\$/\1/p" \
@@ -126,9 +143,11 @@ is_done() {
   size=$(json_get "$1/image.json" tar_size)
   [ -n "$size" ] && [ -f "$1/image.tar" ] && [ "$(stat -c %s "$1/image.tar")" = "$size" ]
 }
-# publish TAR: print the tar path last on stdout (a hard link at --out when asked)
+# publish TAR: print the tar path last on stdout (a hard link at --out when asked); stamps the
+# entry as used (what --prune-unused-since keeps)
 publish() {
   local tar=$1
+  touch "$(dirname "$tar")/last-used"
   if [ -n "$out" ]; then
     mkdir -p "$(dirname "$out")"
     if [ "$(stat -c %d:%i "$out" 2>/dev/null)" != "$(stat -c %d:%i "$tar")" ]; then
@@ -143,6 +162,58 @@ publish() {
   fi
   echo "$tar"
 }
+
+# prune SINCE: remove the image entries not used since SINCE, and the wheel dirs of other recipes
+prune() {
+  local since=$1 e used id freed=0 size wheels_keep stale=() kept=0 kept_ids=" "
+  last_used() { stat -c %Y "$1/last-used" 2>/dev/null || stat -c %Y "$1/image.json" 2>/dev/null || stat -c %Y "$1"; }
+  for e in "$cache_root"/xinference-image-*/; do
+    [ -d "$e" ] || continue
+    e=${e%/}
+    if [ "$(last_used "$e")" -lt "$since" ]; then stale+=("$e")
+    else kept=$((kept + 1)); kept_ids+="$(json_get "$e/image.json" image_id) "; fi  # a tag-only variant shares its base's id
+  done
+  for e in ${stale[@]+"${stale[@]}"}; do
+    used=$(last_used "$e")
+    size=$(du -sb "$e" | cut -f1)
+    id=$(json_get "$e/image.json" image_id)
+    rm -rf "$e"
+    freed=$((freed + size))
+    log "prune: removed $e ($(human "$size"), last used $(date -u -d "@$used" +%Y-%m-%dT%H:%M:%SZ))"
+    if [ -n "$id" ] && [[ "$kept_ids" == *" $id "* ]]; then
+      log "prune: its image $id stays in the engine: a kept entry has it too"
+    elif [ -n "$id" ] && docker image inspect "$id" >/dev/null 2>&1; then
+      # Without -f: an image a container still holds stays, and docker says which container.
+      if docker rmi "$id" >/dev/null 2>"$cache_root/.prune-rmi.err"; then
+        log "prune: removed its image $id from the engine"
+      else
+        log "prune: its image $id stays in the engine: $(tr '\n' ' ' < "$cache_root/.prune-rmi.err")"
+      fi
+      rm -f "$cache_root/.prune-rmi.err"
+    fi
+  done
+  wheels_keep="$cache_root/xinference-wheels-$(cat "${wheel_files[@]}" | hash_of | cut -c1-12)"
+  for e in "$cache_root"/xinference-wheels-*/; do
+    [ -d "$e" ] || continue
+    e=${e%/}
+    [ "$e" = "$wheels_keep" ] && continue
+    size=$(du -sb "$e" | cut -f1)
+    rm -rf "$e"
+    freed=$((freed + size))
+    log "prune: removed $e ($(human "$size"): the wheels of other recipe files)"
+  done
+  log "prune: $(human "$freed") freed; $kept image entries used since $(date -u -d "@$since" +%Y-%m-%dT%H:%M:%SZ) kept"
+}
+
+if [ -n "$prune_since" ]; then
+  [ -d "$cache_root" ] || { log "prune: no cache at $cache_root: nothing to do"; exit 0; }
+  if command -v flock >/dev/null 2>&1; then  # never under a build that is writing an entry
+    exec 9>"$cache_root/.xinference-image.lock"
+    flock -n 9 || { log "another run is building in $cache_root; waiting for it"; flock 9; }
+  fi
+  prune "$prune_since"
+  exit 0
+fi
 
 if [ "$force" = 0 ] && is_done "$entry"; then
   log "cached: $entry/image.tar ($(json_get "$entry/image.json" tag), $(json_get "$entry/image.json" tar_size) bytes)"
@@ -180,11 +251,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-human() {  # human BYTES: e.g. 5.12 GB (decimal units, as docker prints sizes)
-  awk -v b="$1" 'BEGIN { split("B KB MB GB TB", u); i = 1
-                         while (b >= 1000 && i < 5) { b /= 1000; i++ }
-                         if (i == 1) printf "%d B", b; else printf "%.2f %s", b, u[i] }'
-}
 image_size() { docker image inspect -f '{{.Size}}' "$1"; }
 
 # save_image ENTRY IMAGE STARTED KIND EXTRA_JSON_FILE: docker save IMAGE (by tag) into ENTRY,

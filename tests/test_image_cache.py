@@ -1,0 +1,101 @@
+"""tools/xinference-image.sh --prune-unused-since on a scratch cache: what a run did not use goes
+(with its image in the real engine), what it used stays, and a bad value is a usage error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from tests.docker_engines import MAIN_DOCKER_HOST, docker, require_main_engine
+from tests.test_docker_cli import empty_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tools" / "xinference-image.sh"
+
+
+def prune(cache: Path, since: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DOCKER_HOST=MAIN_DOCKER_HOST)
+    return subprocess.run(["bash", str(SCRIPT), "--cache", str(cache), "--prune-unused-since", since],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def entry(cache: Path, digest: str, image_id: str, used_at: float, stamped: bool) -> Path:
+    """An image entry as the script leaves it: image.json, image.tar, and (since stamps) last-used."""
+    e = cache / f"xinference-image-{digest}"
+    e.mkdir(parents=True)
+    (e / "image.tar").write_bytes(b"t" * 4096)
+    (e / "image.json").write_text(json.dumps({"image_id": image_id, "tar_size": 4096}, indent=2) + "\n")
+    if stamped:
+        (e / "last-used").touch()
+    for path in e.iterdir():
+        os.utime(path, (used_at, used_at))
+    return e
+
+
+def test_prune_removes_what_the_run_did_not_use_and_its_image_keeps_what_it_used(tmp_path):
+    host = require_main_engine()
+    image = empty_image(host)
+    image_id = docker(host, "image", "inspect", "-f", "{{.Id}}", image).stdout.decode().strip()
+    try:
+        started = time.time()
+        stale = entry(tmp_path, "aaaaaaaaaaaa", image_id, started - 7200, stamped=True)
+        unstamped = entry(tmp_path, "bbbbbbbbbbbb", "sha256:" + "0" * 64, started - 7200, stamped=False)
+        used = entry(tmp_path, "cccccccccccc", "sha256:" + "1" * 64, started + 5, stamped=True)
+        other_wheels = tmp_path / "xinference-wheels-000000000000"
+        other_wheels.mkdir()
+        (other_wheels / "x-1-py3-none-any.whl").write_bytes(b"w" * 100)
+
+        proc = prune(tmp_path, str(int(started)))
+
+        assert proc.returncode == 0, proc.stderr
+        assert not stale.exists() and not unstamped.exists() and not other_wheels.exists()
+        assert (used / "image.tar").read_bytes() == b"t" * 4096
+        assert docker(host, "image", "inspect", image_id, check=False).returncode != 0
+        assert f"removed its image {image_id} from the engine" in proc.stderr
+        assert "1 image entries used since" in proc.stderr
+    finally:
+        docker(host, "rmi", image, check=False)
+
+
+def test_an_image_a_container_holds_stays_in_the_engine_and_docker_says_why(tmp_path):
+    host = require_main_engine()
+    image = empty_image(host)
+    image_id = docker(host, "image", "inspect", "-f", "{{.Id}}", image).stdout.decode().strip()
+    container = docker(host, "create", image, "/none").stdout.decode().strip()
+    try:
+        stale = entry(tmp_path, "dddddddddddd", image_id, time.time() - 7200, stamped=True)
+        proc = prune(tmp_path, str(int(time.time())))
+        assert proc.returncode == 0, proc.stderr
+        assert not stale.exists()
+        assert docker(host, "image", "inspect", image_id, check=False).returncode == 0
+        assert f"its image {image_id} stays in the engine" in proc.stderr and container[:12] in proc.stderr
+    finally:
+        docker(host, "rm", "-f", container, check=False)
+        docker(host, "rmi", image, check=False)
+
+
+def test_an_image_a_kept_entry_shares_stays_in_the_engine(tmp_path):
+    """A tag-only variant has its base's image id: pruning one must not take the other's image."""
+    host = require_main_engine()
+    image = empty_image(host)
+    image_id = docker(host, "image", "inspect", "-f", "{{.Id}}", image).stdout.decode().strip()
+    try:
+        now = time.time()
+        stale = entry(tmp_path, "eeeeeeeeeeee", image_id, now - 7200, stamped=True)
+        kept = entry(tmp_path, "ffffffffffff", image_id, now + 5, stamped=True)
+        proc = prune(tmp_path, str(int(now)))
+        assert proc.returncode == 0, proc.stderr
+        assert not stale.exists() and kept.exists()
+        assert docker(host, "image", "inspect", image_id, check=False).returncode == 0
+        assert f"its image {image_id} stays in the engine: a kept entry has it too" in proc.stderr
+    finally:
+        docker(host, "rmi", image, check=False)
+
+
+def test_a_bad_prune_time_is_a_usage_error_that_names_the_value(tmp_path):
+    proc = prune(tmp_path, "yesterday")
+    assert proc.returncode == 2
+    assert "--prune-unused-since wants seconds since the epoch (date +%s), not 'yesterday'" in proc.stderr
