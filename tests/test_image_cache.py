@@ -44,6 +44,13 @@ def test_prune_removes_what_the_run_did_not_use_and_its_image_keeps_what_it_used
         stale = entry(tmp_path, "aaaaaaaaaaaa", image_id, started - 7200, stamped=True)
         unstamped = entry(tmp_path, "bbbbbbbbbbbb", "sha256:" + "0" * 64, started - 7200, stamped=False)
         used = entry(tmp_path, "cccccccccccc", "sha256:" + "1" * 64, started + 5, stamped=True)
+        cut_off = tmp_path / "xinference-image-999999999999"  # a build cut off: no image.json
+        cut_off.mkdir()
+        (cut_off / "image.tar.part").write_bytes(b"p" * 10)
+        os.utime(cut_off, (started - 7200, started - 7200))
+        cut_off_now = tmp_path / "xinference-image-888888888888"  # one being written now
+        cut_off_now.mkdir()
+        os.utime(cut_off_now, (started + 5, started + 5))
         other_wheels = tmp_path / "xinference-wheels-000000000000"
         other_wheels.mkdir()
         (other_wheels / "x-1-py3-none-any.whl").write_bytes(b"w" * 100)
@@ -52,10 +59,11 @@ def test_prune_removes_what_the_run_did_not_use_and_its_image_keeps_what_it_used
 
         assert proc.returncode == 0, proc.stderr
         assert not stale.exists() and not unstamped.exists() and not other_wheels.exists()
+        assert not cut_off.exists() and cut_off_now.exists()
         assert (used / "image.tar").read_bytes() == b"t" * 4096
         assert docker(host, "image", "inspect", image_id, check=False).returncode != 0
         assert f"removed its image {image_id} from the engine" in proc.stderr
-        assert "1 image entries used since" in proc.stderr
+        assert "2 image entries used since" in proc.stderr
     finally:
         docker(host, "rmi", image, check=False)
 

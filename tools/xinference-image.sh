@@ -171,12 +171,12 @@ prune() {
     [ -d "$e" ] || continue
     e=${e%/}
     if [ "$(last_used "$e")" -lt "$since" ]; then stale+=("$e")
-    else kept=$((kept + 1)); kept_ids+="$(json_get "$e/image.json" image_id) "; fi  # a tag-only variant shares its base's id
+    else kept=$((kept + 1)); kept_ids+="$(json_get "$e/image.json" image_id || true) "; fi  # a tag-only variant shares its base's id
   done
   for e in ${stale[@]+"${stale[@]}"}; do
     used=$(last_used "$e")
     size=$(du -sb "$e" | cut -f1)
-    id=$(json_get "$e/image.json" image_id)
+    id=$(json_get "$e/image.json" image_id || true)  # none when a build was cut off before it
     rm -rf "$e"
     freed=$((freed + size))
     log "prune: removed $e ($(human "$size"), last used $(date -u -d "@$used" +%Y-%m-%dT%H:%M:%SZ))"
