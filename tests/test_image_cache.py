@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, require_main_engine
 from tests.test_docker_cli import empty_image
 
@@ -35,72 +37,70 @@ def entry(cache: Path, digest: str, image_id: str, used_at: float, stamped: bool
     return e
 
 
-def test_prune_removes_what_the_run_did_not_use_and_its_image_keeps_what_it_used(tmp_path):
+@pytest.fixture
+def engine_image():
+    """(engine, image id) of a throw-away empty image in the real engine, removed afterwards."""
     host = require_main_engine()
     image = empty_image(host)
-    image_id = docker(host, "image", "inspect", "-f", "{{.Id}}", image).stdout.decode().strip()
-    try:
-        started = time.time()
-        stale = entry(tmp_path, "aaaaaaaaaaaa", image_id, started - 7200, stamped=True)
-        unstamped = entry(tmp_path, "bbbbbbbbbbbb", "sha256:" + "0" * 64, started - 7200, stamped=False)
-        used = entry(tmp_path, "cccccccccccc", "sha256:" + "1" * 64, started + 5, stamped=True)
-        cut_off = tmp_path / "xinference-image-999999999999"  # a build cut off: no image.json
-        cut_off.mkdir()
-        (cut_off / "image.tar.part").write_bytes(b"p" * 10)
-        os.utime(cut_off, (started - 7200, started - 7200))
-        cut_off_now = tmp_path / "xinference-image-888888888888"  # one being written now
-        cut_off_now.mkdir()
-        os.utime(cut_off_now, (started + 5, started + 5))
-        other_wheels = tmp_path / "xinference-wheels-000000000000"
-        other_wheels.mkdir()
-        (other_wheels / "x-1-py3-none-any.whl").write_bytes(b"w" * 100)
-
-        proc = prune(tmp_path, str(int(started)))
-
-        assert proc.returncode == 0, proc.stderr
-        assert not stale.exists() and not unstamped.exists() and not other_wheels.exists()
-        assert not cut_off.exists() and cut_off_now.exists()
-        assert (used / "image.tar").read_bytes() == b"t" * 4096
-        assert docker(host, "image", "inspect", image_id, check=False).returncode != 0
-        assert f"removed its image {image_id} from the engine" in proc.stderr
-        assert "2 image entries used since" in proc.stderr
-    finally:
-        docker(host, "rmi", image, check=False)
+    yield host, docker(host, "image", "inspect", "-f", "{{.Id}}", image).stdout.decode().strip()
+    docker(host, "rmi", "-f", image, check=False)
 
 
-def test_an_image_a_container_holds_stays_in_the_engine_and_docker_says_why(tmp_path):
-    host = require_main_engine()
-    image = empty_image(host)
-    image_id = docker(host, "image", "inspect", "-f", "{{.Id}}", image).stdout.decode().strip()
-    container = docker(host, "create", image, "/none").stdout.decode().strip()
+def image_exists(host: str, image_id: str) -> bool:
+    return docker(host, "image", "inspect", image_id, check=False).returncode == 0
+
+
+def test_prune_removes_what_the_run_did_not_use_and_its_image_keeps_what_it_used(tmp_path, engine_image):
+    host, image_id = engine_image
+    started = time.time()
+    stale = entry(tmp_path, "aaaaaaaaaaaa", image_id, started - 7200, stamped=True)
+    unstamped = entry(tmp_path, "bbbbbbbbbbbb", "sha256:" + "0" * 64, started - 7200, stamped=False)
+    used = entry(tmp_path, "cccccccccccc", "sha256:" + "1" * 64, started + 5, stamped=True)
+    cut_off = tmp_path / "xinference-image-999999999999"  # a build cut off: no image.json
+    cut_off.mkdir()
+    (cut_off / "image.tar.part").write_bytes(b"p" * 10)
+    os.utime(cut_off, (started - 7200, started - 7200))
+    being_written = tmp_path / "xinference-image-888888888888"  # a build writing now: no image.json yet
+    being_written.mkdir()
+    os.utime(being_written, (started + 5, started + 5))
+    other_wheels = tmp_path / "xinference-wheels-000000000000"
+    other_wheels.mkdir()
+    (other_wheels / "x-1-py3-none-any.whl").write_bytes(b"w" * 100)
+
+    proc = prune(tmp_path, str(int(started)))
+
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists() and not unstamped.exists() and not other_wheels.exists()
+    assert not cut_off.exists() and being_written.exists()
+    assert (used / "image.tar").read_bytes() == b"t" * 4096
+    assert not image_exists(host, image_id)
+    assert f"removed its image {image_id} from the engine" in proc.stderr
+    assert "2 image entries used since" in proc.stderr
+
+
+def test_an_image_a_container_holds_stays_in_the_engine_and_docker_says_why(tmp_path, engine_image):
+    host, image_id = engine_image
+    container = docker(host, "create", image_id, "/none").stdout.decode().strip()
     try:
         stale = entry(tmp_path, "dddddddddddd", image_id, time.time() - 7200, stamped=True)
         proc = prune(tmp_path, str(int(time.time())))
         assert proc.returncode == 0, proc.stderr
-        assert not stale.exists()
-        assert docker(host, "image", "inspect", image_id, check=False).returncode == 0
+        assert not stale.exists() and image_exists(host, image_id)
         assert f"its image {image_id} stays in the engine" in proc.stderr and container[:12] in proc.stderr
     finally:
         docker(host, "rm", "-f", container, check=False)
-        docker(host, "rmi", image, check=False)
 
 
-def test_an_image_a_kept_entry_shares_stays_in_the_engine(tmp_path):
+def test_an_image_a_kept_entry_shares_stays_in_the_engine(tmp_path, engine_image):
     """A tag-only variant has its base's image id: pruning one must not take the other's image."""
-    host = require_main_engine()
-    image = empty_image(host)
-    image_id = docker(host, "image", "inspect", "-f", "{{.Id}}", image).stdout.decode().strip()
-    try:
-        now = time.time()
-        stale = entry(tmp_path, "eeeeeeeeeeee", image_id, now - 7200, stamped=True)
-        kept = entry(tmp_path, "ffffffffffff", image_id, now + 5, stamped=True)
-        proc = prune(tmp_path, str(int(now)))
-        assert proc.returncode == 0, proc.stderr
-        assert not stale.exists() and kept.exists()
-        assert docker(host, "image", "inspect", image_id, check=False).returncode == 0
-        assert f"its image {image_id} stays in the engine: a kept entry has it too" in proc.stderr
-    finally:
-        docker(host, "rmi", image, check=False)
+    host, image_id = engine_image
+    now = time.time()
+    stale = entry(tmp_path, "eeeeeeeeeeee", image_id, now - 7200, stamped=True)
+    kept = entry(tmp_path, "ffffffffffff", image_id, now + 5, stamped=True)
+    proc = prune(tmp_path, str(int(now)))
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists() and kept.exists() and image_exists(host, image_id)
+    assert f"its image {image_id} stays in the engine: a kept entry has it too" in proc.stderr
 
 
 def test_a_bad_prune_time_is_a_usage_error_that_names_the_value(tmp_path):
