@@ -163,9 +163,18 @@ publish() {
   echo "$tar"
 }
 
+# lock_cache: hold the cache's build lock (fd 9) until exit, waiting for a run that holds it;
+# false where flock is missing
+lock_cache() {
+  command -v flock >/dev/null 2>&1 || return 1
+  exec 9>"$cache_root/.xinference-image.lock"
+  flock -n 9 || { log "another run is building in $cache_root; waiting for it"; flock 9; }
+}
+# wheels_entry: the wheel dir of the recipe's wheel files
+wheels_entry() { echo "$cache_root/xinference-wheels-$(cat "${wheel_files[@]}" | hash_of | cut -c1-12)"; }
 # prune SINCE: remove the image entries not used since SINCE, and the wheel dirs of other recipes
 prune() {
-  local since=$1 e used id freed=0 size wheels_keep stale=() kept=0 kept_ids=" "
+  local since=$1 e used id err freed=0 size wheels_keep stale=() kept=0 kept_ids=" "
   last_used() { stat -c %Y "$1/last-used" 2>/dev/null || stat -c %Y "$1/image.json" 2>/dev/null || stat -c %Y "$1"; }
   for e in "$cache_root"/xinference-image-*/; do
     [ -d "$e" ] || continue
@@ -184,15 +193,14 @@ prune() {
       log "prune: its image $id stays in the engine: a kept entry has it too"
     elif [ -n "$id" ] && docker image inspect "$id" >/dev/null 2>&1; then
       # Without -f: an image a container still holds stays, and docker says which container.
-      if docker rmi "$id" >/dev/null 2>"$cache_root/.prune-rmi.err"; then
+      if err=$(docker rmi "$id" 2>&1 >/dev/null); then
         log "prune: removed its image $id from the engine"
       else
-        log "prune: its image $id stays in the engine: $(tr '\n' ' ' < "$cache_root/.prune-rmi.err")"
+        log "prune: its image $id stays in the engine: $(tr '\n' ' ' <<< "$err")"
       fi
-      rm -f "$cache_root/.prune-rmi.err"
     fi
   done
-  wheels_keep="$cache_root/xinference-wheels-$(cat "${wheel_files[@]}" | hash_of | cut -c1-12)"
+  wheels_keep=$(wheels_entry)
   for e in "$cache_root"/xinference-wheels-*/; do
     [ -d "$e" ] || continue
     e=${e%/}
@@ -207,10 +215,7 @@ prune() {
 
 if [ -n "$prune_since" ]; then
   [ -d "$cache_root" ] || { log "prune: no cache at $cache_root: nothing to do"; exit 0; }
-  if command -v flock >/dev/null 2>&1; then  # never under a build that is writing an entry
-    exec 9>"$cache_root/.xinference-image.lock"
-    flock -n 9 || { log "another run is building in $cache_root; waiting for it"; flock 9; }
-  fi
+  lock_cache || true  # never under a build that is writing an entry
   prune "$prune_since"
   exit 0
 fi
@@ -233,9 +238,7 @@ cache_root=$(cd "$cache_root" && pwd)
 entry=$(entry_of "$digest")
 base_entry=$(entry_of "$base_digest")
 # One build at a time per cache (a variant needs the base another run may be building).
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$cache_root/.xinference-image.lock"
-  flock -n 9 || { log "another run is building in $cache_root; waiting for it"; flock 9; }
+if lock_cache; then
   rm -rf "$cache_root"/.work.xinference-image.*  # left by an interrupted run
   if [ "$force" = 0 ] && is_done "$entry"; then   # that run may have built it
     log "cached: $entry/image.tar"; publish "$entry/image.tar"; exit 0
@@ -328,7 +331,7 @@ build_rootfs() {  # prints the id of the imported root filesystem image
 
 wheels_dir() {  # fill (once) and print the hash-checked wheel dir of the recipe files
   local d t0 tmp platforms=() v n attempt
-  d="$cache_root/xinference-wheels-$(cat "${wheel_files[@]}" | hash_of | cut -c1-12)"
+  d=$(wheels_entry)
   if [ -f "$d/.complete" ]; then
     log "wheels: cached in $d ($(ls "$d"/*.whl | wc -l) wheels, $(du -sh "$d" | cut -f1))"
     echo "$d"; return 0
