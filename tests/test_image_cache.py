@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,12 @@ def prune(cache: Path, since: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, env=env)
 
 
-def entry(cache: Path, digest: str, image_id: str, used_at: float, stamped: bool) -> Path:
+def entry(cache: Path, digest: str, image_id: str, used_at: float, stamped: bool, kind: str = "base") -> Path:
     """An image entry as the script leaves it: image.json, image.tar, and (since stamps) last-used."""
     e = cache / f"xinference-image-{digest}"
     e.mkdir(parents=True)
     (e / "image.tar").write_bytes(b"t" * 4096)
-    (e / "image.json").write_text(json.dumps({"image_id": image_id, "tar_size": 4096}, indent=2) + "\n")
+    (e / "image.json").write_text(json.dumps({"image_id": image_id, "tar_size": 4096, "kind": kind}, indent=2) + "\n")
     if stamped:
         (e / "last-used").touch()
     for path in e.iterdir():
@@ -101,6 +102,26 @@ def test_an_image_a_kept_entry_shares_stays_in_the_engine(tmp_path, engine_image
     assert proc.returncode == 0, proc.stderr
     assert not stale.exists() and kept.exists() and image_exists(host, image_id)
     assert f"its image {image_id} stays in the engine: a kept entry has it too" in proc.stderr
+
+
+def test_a_stale_base_and_its_stale_variant_both_leave_the_engine(tmp_path, engine_image):
+    """docker refuses to remove a base while an image built on it is there: the variant goes first,
+    whatever the entries' names sort as."""
+    host, base_id = engine_image
+    label = f"xinference-offline.test=prune-{uuid.uuid4().hex[:6]}"
+    built = docker(host, "build", "-q", "--label", label, "-", stdin=f"FROM {base_id}\n".encode())
+    variant_id = built.stdout.decode().strip()
+    try:
+        now = time.time()
+        base = entry(tmp_path, "000000000000", base_id, now - 7200, stamped=True)
+        variant = entry(tmp_path, "ffffffffffff", variant_id, now - 7200, stamped=True, kind="variant")
+        proc = prune(tmp_path, str(int(now)))
+        assert proc.returncode == 0, proc.stderr
+        assert not base.exists() and not variant.exists()
+        assert not image_exists(host, variant_id) and not image_exists(host, base_id), proc.stderr
+        assert proc.stderr.index(f"removed its image {variant_id}") < proc.stderr.index(f"removed its image {base_id}")
+    finally:
+        docker(host, "rmi", variant_id, check=False)
 
 
 def test_a_bad_prune_time_is_a_usage_error_that_names_the_value(tmp_path):

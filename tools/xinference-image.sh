@@ -179,7 +179,10 @@ prune() {
   for e in "$cache_root"/xinference-image-*/; do
     [ -d "$e" ] || continue
     e=${e%/}
-    if [ "$(last_used "$e")" -lt "$since" ]; then stale+=("$e")
+    if [ "$(last_used "$e")" -lt "$since" ]; then
+      # variants first: docker refuses to remove a base image while a variant built on it is there
+      if [ "$(json_get "$e/image.json" kind || true)" = variant ]; then stale=("$e" ${stale[@]+"${stale[@]}"})
+      else stale+=("$e"); fi
     else kept=$((kept + 1)); kept_ids+="$(json_get "$e/image.json" image_id || true) "; fi  # a tag-only variant shares its base's id
   done
   for e in ${stale[@]+"${stale[@]}"}; do
