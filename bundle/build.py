@@ -194,7 +194,9 @@ class Builder:
             tar = docker_save(image, images[0].tar, self.cache_dir / "images", self._say)
         self.image_ids[item.path] = check_image_tar(tar, image)
         self.image_tars[item.path] = tar
-        self._carry_file(tar, item.path, "image", None, report, link=tar.is_relative_to(self.cache_dir))
+        # Linked whatever its folder (copied only across file systems): `pack` re-hashes every file as
+        # it reads it, so a tar rewritten in place after this build is refused there, not shipped.
+        self._carry_file(tar, item.path, "image", None, report, link=True)
 
     def _model(self, item, report: ItemReport, dirs: dict[str, ModelDir]) -> None:
         if item.path in self.model_dirs_done:  # a companion two models share

@@ -96,6 +96,22 @@ def test_the_manifest_names_the_image_id_the_tar_loads_as(site):
     assert entry.image_id.startswith("sha256:") and len(entry.image_id) == 71
 
 
+def test_the_image_tar_given_is_hard_linked_not_copied_and_pack_refuses_it_rewritten_in_place(site, tmp_path):
+    """A 5 GB image is not copied when a link serves; a tar the operator rewrites in place afterwards
+    (`docker save IMAGE > file` truncates the same inode) changes the bundle's too, and pack says so."""
+    assert cli(*build_args(site))[0] == 0
+    [entry] = load_manifest(site.out).stacks.values()
+    source = site.root / "image" / "xinference.tar"
+    assert (site.out / entry.image_tar).stat().st_ino == source.stat().st_ino
+    with open(source, "r+b") as f:
+        f.seek(100)
+        f.write(b"X")
+    code, _, err = cli("pack", str(site.out), "-o", str(tmp_path / "site.tar"))
+    assert code == 1 and "does not match its manifest; nothing was packed" in err, err
+    assert f"{entry.image_tar}: sha256 mismatch" in err, err
+    assert not (tmp_path / "site.tar").exists()
+
+
 def test_a_rebuild_with_no_change_touches_nothing_and_keeps_the_bundle_id(site):
     build(site)
     before_id = load_manifest(site.out).bundle_id
