@@ -5,10 +5,12 @@ trigger is the tar's sha256: a new tar reloads (and, through the image id, repla
 container); an unchanged one does nothing. `docker.RemoteImage` then finds the loaded image
 on the engine (never pulls: the server is offline) and keeps it on destroy.
 
-For an ssh:// engine the tar, which lives on the operator machine, is streamed into
-`ssh HOST docker load` (no temp copy on either side), with the stack's one ssh configuration
-(spec/ssh.py). When the engine already holds the image id the manifest names, nothing is
-sent and the tar is not even hashed. A dropped connection fails the load before the container
+When the engine already holds the image id the manifest names, nothing is loaded: `docker
+load` would first unpack the whole tar (5 GB for the CPU image) into the engine's temp dir,
+needing that much free disk again and minutes, for layers it has. For an ssh:// engine the
+tar, which lives on the operator machine, is streamed into `ssh HOST docker load` (no temp
+copy on either side), with the stack's one ssh configuration (spec/ssh.py); one that has the
+id is sent nothing and the tar is not even hashed. A dropped connection fails the load before the container
 is touched (the running one keeps serving), and the next `up` loads again.
 """
 
@@ -64,17 +66,47 @@ def tar_checks(tar_path: str, tar_sha256: str = "") -> list[str]:
     return lines
 
 
-def load_script(image_name: str, tar_path: str, tar_sha256: str = "") -> str:
-    """The shell the load runs: refuse a missing tar, a tar whose sha256 is not the manifest's,
-    or one that lacks the image, before the engine is asked to change anything.
+def _known(image_id: Optional[str]) -> bool:
+    return bool(image_id and IMAGE_ID_RE.fullmatch(image_id))
+
+
+def _skip_when_present(inspect_id: str, image_name: str, image_id: str, where: str) -> list[str]:
+    """Shell lines ending the load at once when the engine already holds ``image_id``: the id is the
+    sha256 of the image's config, so it names exactly the manifest's image. (`docker load` would
+    unpack the whole multi-GB tar into the engine's temp dir first, whatever it already has.)"""
+    return [f"have=$({inspect_id} || true)",
+            f'if [ "$have" = {shlex.quote(image_id)} ]; then echo '
+            + shlex.quote(f"image {image_name} ({image_id}) is already on {where}: nothing to load")
+            + "; exit 0; fi"]
+
+
+def _loaded_check(inspect_id: str, inspect: str, image_name: str, image_id: Optional[str], tar_path: str,
+                  where: str) -> str:
+    """The shell line after `docker load`: with the manifest's id, the engine must now report that id
+    for the name; without one, the name must at least be there."""
+    if _known(image_id):
+        return f'have=$({inspect_id} || true)\n[ "$have" = {shlex.quote(image_id or "")} ] || ' + _fail(
+            f"after loading {tar_path}, image {image_name} on {where} is not {image_id}, the id the manifest names: "
+            "the tar is damaged or holds another image; unpack the bundle again and run `python3 -m bundle verify`")
+    return f"{inspect} >/dev/null 2>&1 || " + _fail(f"{tar_path} does not contain image {image_name}; check image.name")
+
+
+def load_script(image_name: str, tar_path: str, tar_sha256: str = "", image_id: Optional[str] = None,
+                where: str = "this engine") -> str:
+    """The shell the load runs: nothing when the engine already holds the manifest's ``image_id``;
+    else refuse a missing tar, a tar whose sha256 is not the manifest's, or one that lacks the
+    image (or loads as another id), before the engine is asked to change anything.
 
     Every value from the config reaches the shell through ``shlex.quote`` only, messages
     included: a path holding ``$(...)`` stays text.
     """
     tar, name = shlex.quote(tar_path), shlex.quote(image_name)
-    lines = ["set -eu", *tar_checks(tar_path, tar_sha256), f"docker load -i {tar}",
-             f"docker image inspect {name} >/dev/null 2>&1 || "
-             + _fail(f"{tar_path} does not contain image {image_name}; check image.name")]
+    inspect_id = f"docker image inspect --format '{{{{.Id}}}}' {name} 2>/dev/null"
+    lines = ["set -eu"]
+    if _known(image_id):
+        lines += _skip_when_present(inspect_id, image_name, image_id or "", where)
+    lines += [*tar_checks(tar_path, tar_sha256), f"docker load -i {tar}",
+              _loaded_check(inspect_id, f"docker image inspect {name}", image_name, image_id, tar_path, where)]
     return "\n".join(lines) + "\n"
 
 
@@ -93,27 +125,17 @@ def remote_load_script(image_name: str, tar_path: str, tar_sha256: str, image_id
         return shlex.join(ssh.argv(*words))
 
     tar, where = shlex.quote(tar_path), ssh.describe()
-    known_id = bool(image_id and IMAGE_ID_RE.fullmatch(image_id))
     inspect_id = f"{remote('docker', 'image', 'inspect', '--format', '{{.Id}}', image_name)} 2>/dev/null"
     lines = ["set -eu"]
-    if known_id:
-        lines.append(f"have=$({inspect_id} || true)")
-        lines.append(f'if [ "$have" = {shlex.quote(image_id or "")} ]; then echo '
-                     + shlex.quote(f"image {image_name} ({image_id}) is already on {where}: nothing to transfer")
-                     + "; exit 0; fi")
+    if _known(image_id):
+        lines += _skip_when_present(inspect_id, image_name, image_id or "", where)
         lines += tar_checks(tar_path)  # present; its content is proven by the id below
     else:
         lines += tar_checks(tar_path, tar_sha256)
     lines.append("echo " + shlex.quote(f"load on {where}: streaming {tar_path} over ssh"))
     lines.append(f"{remote('docker', 'load')} < {tar}")
-    if known_id:
-        lines.append(f"have=$({inspect_id} || true)")
-        lines.append(f'[ "$have" = {shlex.quote(image_id or "")} ] || ' + _fail(
-            f"after loading {tar_path}, image {image_name} on {where} is not {image_id}, the id the manifest names: "
-            "the tar is damaged or holds another image; unpack the bundle again and run `python3 -m bundle verify`"))
-    else:
-        lines.append(f"{remote('docker', 'image', 'inspect', image_name)} >/dev/null 2>&1 || "
-                     + _fail(f"{tar_path} does not contain image {image_name}; check image.name"))
+    lines.append(_loaded_check(inspect_id, remote('docker', 'image', 'inspect', image_name), image_name, image_id,
+                               tar_path, where))
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +154,8 @@ class LoadedImage(pulumi.ComponentResource):
                 script = remote_load_script(args.image_name, args.tar_path, args.tar_digest, args.image_id, args.ssh)
             else:
                 load_name, environment = f"{name}-load", {"DOCKER_HOST": args.docker_host}
-                script = load_script(args.image_name, args.tar_path, args.tar_digest)
+                script = load_script(args.image_name, args.tar_path, args.tar_digest, args.image_id,
+                                     args.docker_host)
             depends.append(command.local.Command(load_name, create=script, environment=environment,
                                                  triggers=[args.tar_digest],
                                                  opts=pulumi.ResourceOptions(parent=self)))

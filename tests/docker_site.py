@@ -139,6 +139,9 @@ class DockerSite:
         bare = [sys_python(), "-m", "bundle"]
         run([*bare, "unpack", str(self.archive), "--into", str(self.bundle), "--bundle-id", self.bundle_id],
             cwd=self.program, timeout=2400)
+        # as a site short of disk does: the archive's 5 GB are not needed once unpacked (verify reads the
+        # unpacked files), and this run's disk is finite too
+        self.archive.unlink()
         run([*bare, "verify", str(self.bundle), "--bundle-id", self.bundle_id], cwd=self.program, timeout=2400)
         self.install()
 
@@ -181,6 +184,13 @@ class DockerSite:
 
     def preview(self) -> dict[str, str]:
         return steps_of(self.pulumi("preview", "--json").stdout)
+
+    def outputs_of(self, name_suffix: str) -> dict:
+        """The state's outputs of the one resource whose name ends with ``name_suffix``."""
+        state = json.loads(self.pulumi("stack", "export").stdout)
+        found = [r for r in state["deployment"].get("resources", []) if r["urn"].endswith(name_suffix)]
+        assert len(found) == 1, [r["urn"] for r in state["deployment"].get("resources", [])]
+        return found[0].get("outputs", {})
 
     def last_update(self) -> dict:
         history = json.loads(self.pulumi("stack", "history", "--json").stdout)

@@ -28,6 +28,7 @@ import pytest
 import requests
 import yaml
 
+from bundle.docker_image import check_image_tar
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, inspect, require_main_engine
 from tests.docker_site import (NS, ROOT, DockerSite, embed, free_port, image_tar, running_models, toolchain_bin,
                                wait_for)
@@ -79,7 +80,14 @@ def site(tmp_path_factory):
 
 
 def test_the_offline_workflow_installs_program_toolchain_and_models(site):
-    site.build_bundle(image_tar(), site.toolchain)
+    tar = image_tar()
+    site.image_id = check_image_tar(tar, IMAGE)
+    # The engine holds this image under its name, as where it was built: a warm engine may lack it
+    # (pruned) or have the name on the rebuild test's image of a previous run.
+    if docker(MAIN_DOCKER_HOST, "image", "inspect", site.image_id, check=False).returncode != 0:
+        docker(MAIN_DOCKER_HOST, "load", "-q", "-i", str(tar), timeout=1800)
+    docker(MAIN_DOCKER_HOST, "tag", site.image_id, IMAGE)
+    site.build_bundle(tar, site.toolchain)
     site.ship()
     assert (site.program / "venv" / "bin" / "python").exists()
     assert (site.pulumi_home / "bin" / "pulumi").exists()
@@ -113,6 +121,9 @@ def test_preview_shows_the_image_load_the_container_and_the_model_and_nothing_el
 
 def test_up_makes_a_healthy_container_whose_model_answers(site):
     site.pulumi("up", "--yes", "--skip-preview")
+    # the engine has the manifest's image id under its name: nothing is loaded
+    load = site.outputs_of("xinference-image-load")["stdout"]
+    assert f"({site.image_id}) is already on {MAIN_DOCKER_HOST}: nothing to load" in load, load
     state = inspect(MAIN_DOCKER_HOST, site.container)
     assert state["State"]["Health"]["Status"] == "healthy"
     # air-gapped: no network but loopback, nothing published; the gateway holds the port
@@ -237,6 +248,11 @@ def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model
     # The online side builds the next bundle; the transfer steps were proven by the first ship.
     site.build_bundle(rebuilt, site.toolchain)
     site.ship()
+    # The engine holds the rebuilt image (it was built there) and a load of an id the engine has is
+    # skipped: remove it, so this up must load the tar, and refuse it missing or damaged.
+    rebuilt_id = check_image_tar(rebuilt, IMAGE)
+    docker(MAIN_DOCKER_HOST, "rmi", rebuilt_id, check=False)  # absent when its build was cached elsewhere
+    assert docker(MAIN_DOCKER_HOST, "image", "inspect", rebuilt_id, check=False).returncode != 0
     tar = next((site.bundle / "images").glob("*.tar"))
     # Missing, then damaged after `verify`: refused by the load step, before the container is touched.
     tar.rename(tar.with_suffix(".away"))

@@ -92,14 +92,6 @@ def site(tmp_path_factory, engine):
     shutil.rmtree(site.build, ignore_errors=True)
 
 
-def outputs_of(site: DockerSite, name_suffix: str) -> dict:
-    """The state's outputs of the one resource whose name ends with ``name_suffix``."""
-    state = json.loads(site.pulumi("stack", "export").stdout)
-    found = [r for r in state["deployment"].get("resources", []) if r["urn"].endswith(name_suffix)]
-    assert len(found) == 1, [r["urn"] for r in state["deployment"].get("resources", [])]
-    return found[0].get("outputs", {})
-
-
 def cmdline(proc: Path) -> bytes:
     try:
         return (proc / "cmdline").read_bytes()
@@ -135,7 +127,7 @@ def test_up_streams_the_image_copies_the_model_and_serves_from_the_remote_engine
     weights = site.remote_models / WEIGHTS
     source = Path(site.config[f"{NS}:models"][0]["source"]["path"]).parent / WEIGHTS
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == hashlib.sha256(source.read_bytes()).hexdigest()
-    load = outputs_of(site, "xinference-image-load-on-127.0.0.1")
+    load = site.outputs_of("xinference-image-load-on-127.0.0.1")
     assert "streaming" in load.get("stdout", "") and "Loaded image" in load.get("stdout", ""), load
 
 
@@ -149,8 +141,8 @@ def test_a_load_run_again_finds_the_image_on_the_engine_and_sends_nothing(site):
                if r["urn"].endswith("xinference-image-load-on-127.0.0.1"))
     started = time.monotonic()
     site.pulumi("up", "--yes", "--skip-preview", "--replace", urn, "--target", urn)
-    load = outputs_of(site, "xinference-image-load-on-127.0.0.1")
-    assert "is already on" in load.get("stdout", "") and "nothing to transfer" in load["stdout"], load
+    load = site.outputs_of("xinference-image-load-on-127.0.0.1")
+    assert "is already on" in load.get("stdout", "") and "nothing to load" in load["stdout"], load
     assert "streaming" not in load["stdout"]
     print(f"load with the image already there: {time.monotonic() - started:.1f} s (pulumi up --target)")
 
@@ -163,11 +155,11 @@ def test_a_byte_flipped_on_the_remote_host_is_found_by_refresh_and_repaired_by_u
     weights.write_bytes(bytes(damaged))
     refreshed = site.pulumi("refresh", "--yes", "--skip-preview", "--json", check=False)
     assert refreshed.returncode == 0, refreshed.stderr
-    check = outputs_of(site, "-check")
+    check = site.outputs_of("-check")
     assert check.get("damaged") == ["model.safetensors"], check
     site.pulumi("up", "--yes", "--skip-preview")
     assert weights.read_bytes() == good
-    assert outputs_of(site, "-check").get("damaged") == []
+    assert site.outputs_of("-check").get("damaged") == []
     assert site.preview() == {}
     assert embed(site.endpoint, UID) == 384
 

@@ -185,3 +185,36 @@ def test_a_remote_load_whose_engine_reports_another_id_fails_naming_both(tmp_pat
     assert done.stderr == (f"after loading {tar}, image x/y:1 on ssh://ops@gpu-node-2 is not {image_id}, the id the "
                            "manifest names: the tar is damaged or holds another image; unpack the bundle again and "
                            "run `python3 -m bundle verify`\n")
+
+
+def test_a_local_load_of_an_id_the_engine_holds_loads_nothing_and_needs_no_tar(tmp_path, marker):
+    """`docker load` unpacks the whole tar into the engine's temp dir before it sees the layers are
+    there: when the engine reports the manifest's id for the (hostile, quoted) name, nothing runs
+    but the inspect, and a tar already removed does not matter."""
+    log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
+    image_id = "sha256:" + "d" * 64
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(f"#!/bin/sh\nprintf 'docker %s\\n' \"$*\" >> {log}\necho {image_id}\n")
+    (bin_dir / "docker").chmod(0o755)
+    image, tar = hostile(marker), tmp_path / "gone.tar"
+    done = subprocess.run(["/bin/sh", "-c", load_script(image, str(tar), "e" * 64, image_id, "unix:///x.sock")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert done.returncode == 0 and not marker.exists(), done.stderr
+    assert done.stdout == f"image {image} ({image_id}) is already on unix:///x.sock: nothing to load\n"
+    assert log.read_text() == f"docker image inspect --format {{{{.Id}}}} {image}\n"
+
+
+def test_a_local_load_that_leaves_another_id_fails_naming_both(tmp_path, marker):
+    log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
+    fake_ssh(bin_dir, log)  # its docker reports no id
+    tar = tmp_path / "image.tar"
+    tar.write_bytes(b"tar bytes")
+    image_id = "sha256:" + "c" * 64
+    script = load_script("x/y:1", str(tar), hashlib.sha256(b"tar bytes").hexdigest(), image_id, "unix:///x.sock")
+    done = subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert done.returncode == 1 and f"docker load -i {tar}" in log.read_text()
+    assert done.stderr == (f"after loading {tar}, image x/y:1 on unix:///x.sock is not {image_id}, the id the "
+                           "manifest names: the tar is damaged or holds another image; unpack the bundle again and "
+                           "run `python3 -m bundle verify`\n")
