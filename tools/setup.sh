@@ -9,13 +9,50 @@
 # several GB, otherwise). It is built in place (a venv's scripts name its path) under a lock,
 # and its stamp is written last, so an interrupted install never looks finished: the next run
 # starts it again. A checkout whose venv/ is a real directory keeps it, as before.
+#
+# Each run stamps the venv it links (last-used). A changed requirements file leaves the old
+# venv behind (5+ GB with the test set's torch): `tools/setup.sh --prune-unused-since EPOCH`
+# removes the cached venvs not linked since then, never the one this checkout's venv/ names nor
+# one an install holds; `.ci/run` calls it for what its run did not use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_tests=0
-[ "${1:-}" = "--test" ] && want_tests=1
+prune_since=
+case "${1:-}" in
+  --test) want_tests=1 ;;
+  --prune-unused-since)
+    [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "setup: --prune-unused-since wants seconds since the epoch (date +%s), not '${2:-}'" >&2; exit 2; }
+    prune_since=$2 ;;
+  "") ;;
+  *) echo "setup: unknown argument '$1' (--test, or --prune-unused-since EPOCH)" >&2; exit 2 ;;
+esac
 PYTHON=${PYTHON:-python3}
 cache=${XINFERENCE_OFFLINE_CACHE:-$HOME/.cache/xinference-offline}
+
+# prune SINCE: remove the cached venvs not stamped since SINCE, each under its install lock
+prune() {
+  local since=$1 v used size keep="" freed=0 kept=0
+  [ -L venv ] && keep=$(readlink -f venv)
+  for v in "$cache"/venv-*/; do
+    [ -d "$v" ] || continue
+    v=${v%/}
+    used=$(stat -c %Y "$v/last-used" 2>/dev/null || stat -c %Y "$v")
+    if [ "$used" -ge "$since" ] || [ "$(readlink -f "$v")" = "$keep" ]; then kept=$((kept + 1)); continue; fi
+    exec 8>"$v.lock"
+    if ! flock -n 8; then echo "setup: prune: $v is being installed by another run: kept" >&2; kept=$((kept + 1)); continue; fi
+    size=$(du -sb "$v" | cut -f1)
+    rm -rf "$v" "$v.lock"
+    flock -u 8
+    freed=$((freed + size))
+    echo "setup: prune: removed $v ($((size / 1000000)) MB, last used $(date -u -d "@$used" +%Y-%m-%dT%H:%M:%SZ))" >&2
+  done
+  echo "setup: prune: $((freed / 1000000)) MB freed; $kept venv(s) used since $(date -u -d "@$since" +%Y-%m-%dT%H:%M:%SZ) kept" >&2
+}
+if [ -n "$prune_since" ]; then
+  prune "$prune_since"
+  exit 0
+fi
 
 requirements=requirements-build.txt  # the site's requirements.txt plus the online tools (tqdm)
 [ "$want_tests" = 1 ] && requirements=requirements-test.txt
@@ -52,5 +89,6 @@ if [ "$(cat "$cached/$stamp_name" 2>/dev/null)" != "$digest" ]; then
   fi
   flock -u 8
 fi
+touch "$cached/last-used"  # what --prune-unused-since keeps
 ln -sfn "$cached" venv.tmp && mv -T venv.tmp venv
 echo "setup: venv -> $cached" >&2
