@@ -6,16 +6,22 @@ Python (bundle/image_env.py), this does what xoscar does on the site, on the onl
 1. split: each requirement the image already satisfies is pinned to the image's version
    (``#system_torch#`` becomes ``torch==<the image's>``); the others are to be resolved
    (xoscar's ``_split_specs``: names compared lower-cased, as it does);
-2. resolve them, with the pins as constraints, to the complete set of distributions, by
-   ``pip install --dry-run --ignore-installed --report`` with this machine's Python, which
-   must be the image's (same X.Y and machine: markers are evaluated here);
-3. download each as a wheel for the image: ``pip download --no-deps --only-binary=:all:
-   --python-version X.Y --platform manylinux_2_NN_<machine> --implementation cp --abi cpXY``;
-   a distribution PyPI has only as an sdist is built here with ``pip wheel --no-deps`` (pure
-   Python, or a binary wheel only when this machine's glibc is not newer than the image's).
+2. resolve them to the complete set of distributions, by ``pip install --dry-run
+   --ignore-installed --report`` with this machine's Python, which must be the image's (same X.Y
+   and machine: markers are evaluated here). The constraints are the pins and every other
+   distribution the image has, at its version: a dependency the image has is taken at the
+   image's version wherever the requirements allow it, as pip would in a virtualenv that sees the
+   image's site-packages (when they do not all fit, the pins alone);
+3. download each distribution the image lacks as a wheel for the image: ``pip download --no-deps
+   --only-binary=:all: --python-version X.Y --platform manylinux_2_NN_<machine> --implementation cp
+   --abi cpXY``; a distribution PyPI has only as an sdist is built here with ``pip wheel
+   --no-deps`` (pure Python, or a binary wheel only when this machine's glibc is not newer than the
+   image's). One the image has at the resolved version is written as a metadata-only stand-in
+   (bundle/stub_wheel.py).
 
 The complete set is needed, not only what the image lacks: the virtualenv's uv resolves every
-dependency from the offline folder, even those it will then skip because the image has them.
+dependency from the offline folder, even those it will then skip because the image has them. For
+those, their metadata is all it reads: torch and its CUDA libraries cost a few KB, not 3+ GB.
 Each model's result is cached under <cache>/engine-wheels/<digest of its inputs>/ and published
 by one rename, so a cached set is always one whole resolution.
 """
@@ -36,15 +42,17 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from bundle.fetch import FetchError
 from bundle.format.errors import SetupError
 from bundle.image_env import ImageEnv
+from bundle.stub_wheel import write_stub_wheel
 from spec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the image's distributions are constraints and carried as metadata-only stand-ins
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class ModelWheels:
     split: ImageSplit
     files: dict[str, int] = field(default_factory=dict)  # wheel file name -> size
     directory: Optional[Path] = None
+    stubs: list[str] = field(default_factory=list)  # those of files that are the image's, metadata only
 
     @property
     def size(self) -> int:
@@ -122,6 +131,38 @@ def _pip(args: list[str], what: str, cwd: Optional[Path] = None) -> subprocess.C
     return proc
 
 
+def _public(version: str) -> Optional[str]:
+    """The version without its local label (``2.8.0+cu128`` -> ``2.8.0``): what an index serves."""
+    try:
+        return Version(version).public
+    except InvalidVersion:
+        return None
+
+
+def _same_version(a: Optional[str], b: str) -> bool:
+    try:
+        return a is not None and Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def image_versions(env: ImageEnv) -> dict[str, str]:
+    """canonical name -> the public version of each distribution the image has."""
+    return {canonicalize_name(name): public for name, version in env.installed.items()
+            if (public := _public(version)) is not None}
+
+
+def image_constraints(split: ImageSplit, env: ImageEnv) -> dict[str, str]:
+    """The pins, then every other distribution the image has, except those the model's own
+    requirements ask anew (the image's version does not satisfy them)."""
+    asked = {canonicalize_name(Requirement(spec).name) for spec in split.to_resolve}
+    constraints = {canonicalize_name(name): _public(version) or version for name, version in split.pinned.items()}
+    for name, version in image_versions(env).items():
+        if name not in asked:
+            constraints.setdefault(name, version)
+    return constraints
+
+
 def check_resolving_python(env: ImageEnv) -> None:
     """The resolution evaluates markers with this Python: it must be the image's."""
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -166,27 +207,30 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
         return result
     check_resolving_python(env)
     key_text = json.dumps([CACHE_VERSION, split.to_resolve, sorted(split.pinned.items()), env.python_version,
-                           env.platform], sort_keys=True)
+                           env.platform, sorted(env.installed.items())], sort_keys=True)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     dest = cache_root / "engine-wheels" / key
     if (dest / RESOLVED).is_file():
-        result.files = json.loads((dest / RESOLVED).read_text())["files"]
-        result.directory = dest
+        resolved = json.loads((dest / RESOLVED).read_text())
+        result.files, result.stubs, result.directory = resolved["files"], resolved["stubs"], dest
         return result
     dest.parent.mkdir(parents=True, exist_ok=True)
     say(f"build: resolving {packages.uid}'s engine packages {' '.join(split.to_resolve)} for Python "
         f"{env.python_version} {env.platform} (into {dest})")
     work = Path(tempfile.mkdtemp(prefix=f".{key}.part-", dir=dest.parent))
     try:
-        (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(split.pinned.items())))
-        _pip(["install", "--dry-run", "--ignore-installed", "-q", "--report", str(work / "report.json"),
-              "-c", str(work / "constraints.txt"), *split.to_resolve], f"resolving {packages.uid}'s engine packages")
-        report = json.loads((work / "report.json").read_text())
-        wheels, sdists = [], []
+        report = _resolve(packages.uid, split, env, work, say)
+        in_image = image_versions(env)
+        wheels, sdists, stubs = [], [], []
         for item in report.get("install", []):
-            name, version = item["metadata"]["name"], item["metadata"]["version"]
+            metadata = item["metadata"]
+            name, version = metadata["name"], metadata["version"]
             url = item.get("download_info", {}).get("url", "")
-            (wheels if url.endswith(".whl") else sdists).append((name, version))
+            if _same_version(in_image.get(canonicalize_name(name)), version):
+                stubs.append(write_stub_wheel(work, name, version, metadata.get("requires_dist", ()),
+                                              metadata.get("requires_python")))
+            else:
+                (wheels if url.endswith(".whl") else sdists).append((name, version))
         if wheels:
             platforms = [arg for tag in env.platforms for arg in ("--platform", tag)]
             _pip(["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work), "--python-version",
@@ -197,19 +241,45 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
             say(f"build: {name} {version} has only an sdist: building its wheel")
             _build_sdist(name, version, env, work)
         files = {f: (work / f).stat().st_size for f in sorted(os.listdir(work)) if f.endswith(".whl")}
-        if len(files) != len(wheels) + len(sdists):
-            raise FetchError(f"{packages.uid}: pip resolved {len(wheels) + len(sdists)} distributions but "
-                             f"{len(files)} wheels were downloaded")
+        if len(files) != len(wheels) + len(sdists) + len(stubs):
+            raise FetchError(f"{packages.uid}: pip resolved {len(wheels) + len(sdists) + len(stubs)} distributions "
+                             f"but {len(files)} wheels were written")
         for leftover in ("constraints.txt", "report.json"):
             (work / leftover).unlink()
         (work / RESOLVED).write_text(json.dumps({"files": files, "requirements": list(split.to_resolve),
-                                                 "pinned": split.pinned}, indent=1, sort_keys=True) + "\n")
+                                                 "pinned": split.pinned, "stubs": sorted(stubs)},
+                                                indent=1, sort_keys=True) + "\n")
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(work, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result.files, result.directory = files, dest
+    result.files, result.stubs, result.directory = files, sorted(stubs), dest
     return result
+
+
+def _pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path) -> dict:
+    (work / "constraints.txt").write_text("".join(f"{k}=={v}\n" for k, v in sorted(constraints.items())))
+    _pip(["install", "--dry-run", "--ignore-installed", "-q", "--report", str(work / "report.json"),
+          "-c", str(work / "constraints.txt"), *split.to_resolve], f"resolving {uid}'s engine packages")
+    return json.loads((work / "report.json").read_text())
+
+
+# what pip says when the constraints cannot all hold (a conflict, or a version the index lacks)
+_UNSATISFIABLE = ("ResolutionImpossible", "No matching distribution found")
+
+
+def _resolve(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: Callable[[str], None]) -> dict:
+    """pip's report of the resolution: with the image's versions as constraints, else the pins alone."""
+    image_wide = image_constraints(split, env)
+    pins_only = {canonicalize_name(n): _public(v) or v for n, v in split.pinned.items()}
+    try:
+        return _pip_report(uid, split, image_wide, work)
+    except FetchError as exc:
+        if image_wide == pins_only or not any(text in str(exc) for text in _UNSATISFIABLE):
+            raise
+    say(f"build: {uid}'s engine packages do not fit every version the image has; resolving them with the pins "
+        "alone (its virtualenv gets versions of its own of the rest)")
+    return _pip_report(uid, split, pins_only, work)
 
 
 def package_record(stack: str, wheels: ModelWheels, env: ImageEnv) -> dict:
@@ -219,5 +289,6 @@ def package_record(stack: str, wheels: ModelWheels, env: ImageEnv) -> dict:
             "requirements": list(packages.requirements), "from_image": list(packages.from_image),
             "pinned_to_image": dict(sorted(split.pinned.items())), "resolved": list(split.to_resolve),
             "not_for_image": list(split.not_for_image), "wheels": sorted(wheels.files),
+            "image_stand_ins": list(wheels.stubs),
             "sizes": [wheels.files[name] for name in sorted(wheels.files)], "size": wheels.size,
             "image_python": env.python_version, "image_platform": env.platform}

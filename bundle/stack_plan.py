@@ -108,7 +108,7 @@ def write_packages(cfg: StackConfig, stack: str, bundle: Optional[Path], out: Te
         else:
             lines = [f"carry ({len(packages.requirements)}): " + " ".join(packages.requirements),
                      "left to the image: " + (" ".join(packages.from_image) or "-"),
-                     f"wheels: {len(record['wheels'])}, {human(record['size'])} for Python "
+                     f"wheels: {len(record['wheels'])}{stand_ins_note(record)}, {human(record['size'])} for Python "
                      f"{record['image_python']} {record['image_platform']}" if record else
                      "wheels: resolved by `bundle build` for the image's Python"]
         for n, line in enumerate(lines):
@@ -119,6 +119,12 @@ def write_packages(cfg: StackConfig, stack: str, bundle: Optional[Path], out: Te
     if built:
         sizes = {name: size for r in built.values() for name, size in zip(r["wheels"], r["sizes"])}
         p(f"  = {len(sizes)} distinct wheels in {packages_bundle_dir()}wheels/, {human(sum(sizes.values()))}")
+
+
+def stand_ins_note(record: dict) -> str:
+    """How many of a model's carried wheels stand in for the image's own distributions (metadata only)."""
+    count = len(record.get("image_stand_ins", ()))
+    return f" ({count} of them the image's own, metadata only)" if count else ""
 
 
 def bundle_packages(bundle: Path) -> list[dict]:

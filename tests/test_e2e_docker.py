@@ -22,6 +22,7 @@ succeeds); so any code path that reaches for a hub fails the suite.
 from __future__ import annotations
 
 import errno
+import json
 import uuid
 
 import pytest
@@ -200,6 +201,16 @@ def test_the_model_s_virtualenv_came_from_the_bundle_s_wheels_alone(site):
     carried = docker(MAIN_DOCKER_HOST, "exec", site.container, "ls", "/root/.xinference/models/_engine_packages/wheels"
                      ).stdout.decode().split()
     assert "inflect-7.6.0-py3-none-any.whl" in carried
+    # typeguard's typing_extensions, which the image has at a version it accepts, was carried as its
+    # metadata alone (a few KB) and the model's virtualenv imports the image's own
+    record, = json.loads(docker(MAIN_DOCKER_HOST, "exec", site.container, "cat",
+                                "/root/.xinference/models/_engine_packages/packages.json").stdout)["models"]
+    stand_in = next(f for f in record["image_stand_ins"] if f.startswith("typing_extensions-"))
+    assert stand_in in carried and stand_in.endswith("-0image-py3-none-any.whl"), record["image_stand_ins"]
+    imported = docker(MAIN_DOCKER_HOST, "exec", site.container, "sh", "-c",
+                      "/root/.xinference/virtualenv/v4/all-MiniLM-L6-v2/*/*/bin/python -c "
+                      "'import typeguard, typing_extensions as t; print(t.__file__)'").stdout.decode().strip()
+    assert imported.endswith("/typing_extensions.py") and "/virtualenv/" not in imported, imported
     env = dict(e.split("=", 1) for e in inspect(MAIN_DOCKER_HOST, site.container)["Config"]["Env"])
     assert env["XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL"] == "1" and env["UV_OFFLINE"] == "1"
     assert embed(site.endpoint, UID) == 384

@@ -1,7 +1,8 @@
 """Engine packages carried across the gap (bundle/image_env.py, bundle/engine_wheels.py), for real:
 the image's Python read from a `docker save`-shaped tar with real layers, the split against it
 compared with xoscar's own, and a bundle for a SenseVoiceSmall stand-in built from PyPI whose
-funasr 1.2.7 and everything it pulls in a bare venv then installs with no index at all.
+funasr 1.2.7 and everything it pulls in a virtualenv over the image's Python then installs with
+no index at all, as a launch does (uv), the image's own numpy carried as its metadata alone.
 
 The download is cached under ~/.cache/xinference-offline/test-engine-wheels (the build's own
 cache, keyed by the resolution's inputs), so only the first run on a machine fetches it (57 wheels,
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from bundle.engine_wheels import split_for_image
 from bundle.format.manifest import load_manifest, sha256_file
 from bundle.image_env import ImageEnv, image_env, scan_image_tar
-from bundle.pip_env import offline_pip_env
 from spec.engine_packages import ModelPackages
 from tests.bundle_kit import build_args, cli, make_image_tar, make_site, python_layer
 
@@ -96,7 +97,7 @@ def sense_voice_site(tmp_path: Path):
     return site
 
 
-def test_a_bundle_for_a_sense_voice_stand_in_carries_funasr_and_a_bare_venv_installs_it(tmp_path):
+def test_a_bundle_for_a_sense_voice_stand_in_carries_funasr_and_a_launch_installs_it_offline(tmp_path):
     if sys.version_info[:2] != (3, 11):
         pytest.skip("the stand-in image's Python is 3.11: engine packages resolve with the image's Python")
     site = sense_voice_site(tmp_path)
@@ -111,8 +112,8 @@ def test_a_bundle_for_a_sense_voice_stand_in_carries_funasr_and_a_bare_venv_inst
         ("3.11", "manylinux_2_36_x86_64")
     names = sorted(os.listdir(wheels))
     assert names == record["wheels"] and "funasr-1.2.7-py3-none-any.whl" in names and len(names) > 40
-    # what funasr pulls in, sdist-only ones built into wheels, the image's numpy at its version
-    for project in ("kaldiio-", "librosa-", "modelscope-", "jieba-", "antlr4_python3_runtime-", "numpy-2.4.6-"):
+    # what funasr pulls in, sdist-only ones built into wheels
+    for project in ("kaldiio-", "librosa-", "modelscope-", "jieba-", "antlr4_python3_runtime-"):
         assert any(n.startswith(project) for n in names), project
     assert not any(n.startswith(("torch-", "torchaudio-")) for n in names)  # the image keeps those
     # every wheel is in the manifest with its hash, as a file of the model's directories
@@ -127,20 +128,51 @@ def test_a_bundle_for_a_sense_voice_stand_in_carries_funasr_and_a_bare_venv_inst
     assert code == 0, err
     # plan --bundle shows what was carried and its size
     code, plan, err = cli("plan", "--stack", site.stack, "--stacks-dir", str(site.stacks), "--bundle", str(site.out))
-    assert f"wheels: {len(names)}," in plan and "left to the image: torch torchaudio numpy" in plan, plan
+    assert f"wheels: {len(names)} ({len(record['image_stand_ins'])} of them the image's own, metadata only)," in plan
+    assert "left to the image: torch torchaudio numpy" in plan, plan
 
-    venv = tmp_path / "bare-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pins = tmp_path / "pins.txt"
-    pins.write_text("".join(f"{n}=={v}\n" for n, v in record["pinned_to_image"].items() if n == "numpy"))
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links", str(wheels),
-                              "-c", str(pins), "funasr==1.2.7"], capture_output=True, text=True, env=offline_pip_env())
-    assert install.returncode == 0, install.stderr
-    check = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import importlib.metadata as m, kaldiio, jieba, oss2, hydra, librosa.util; "
-                            "print(m.version('funasr'))"], capture_output=True, text=True)
-    assert check.stdout.strip() == "1.2.7", check.stderr
-    assert subprocess.run([str(venv / "bin" / "pip"), "check"], capture_output=True).returncode == 0
+    # numpy (and any other dependency the image has at the resolved version) is carried as its metadata alone
+    assert "numpy-2.4.6-0image-py3-none-any.whl" in record["image_stand_ins"], record["image_stand_ins"]
+    in_image = {}
+    for stand_in in record["image_stand_ins"]:
+        name, version, _build, _tags = parse_wheel_filename(stand_in)
+        assert IMAGE_DISTS[next(n for n in IMAGE_DISTS if canonicalize_name(n) == name)] == str(version), stand_in
+        assert (wheels / stand_in).stat().st_size < 10_000 and stand_in in names
+        in_image[name] = str(version)
+    python, image_python = install_as_the_site_does(tmp_path, wheels, in_image, "funasr==1.2.7")
+    check = subprocess.run([python, "-c", "import importlib.metadata as m, kaldiio, jieba, oss2, hydra, librosa.util; "
+                            "import numpy; print(m.version('funasr'), numpy.__file__)"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    version, numpy_file = check.stdout.split()
+    assert version == "1.2.7" and numpy_file.startswith(str(image_python)), check.stdout  # numpy: the image's
+
+
+def install_as_the_site_does(tmp_path: Path, wheels: Path, image: dict[str, str], requirement: str) -> tuple[str, Path]:
+    """What a launch does with the carried folder, as Xinference and xoscar do it: a virtualenv over
+    the image's Python (here a venv holding ``image``'s distributions, from PyPI) that sees its
+    site-packages after its own, ``uv pip install --dry-run`` offline with the folder alone, then
+    ``--no-deps`` of what the image lacks. (the model virtualenv's python, the image Python's prefix)"""
+    system, model = tmp_path / "image-python", tmp_path / "model-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(system)], check=True)
+    subprocess.run([str(system / "bin" / "pip"), "install", "-q", *(f"{n}=={v}" for n, v in image.items())],
+                   check=True)
+    uv = [str(Path(sys.executable).parent / "uv"), "pip", "install", "-p", str(model), "--offline", "--no-index",
+          "-f", str(wheels)]
+    subprocess.run([str(Path(sys.executable).parent / "uv"), "venv", "-q", str(model), "--system-site-packages",
+                    "--python", str(system / "bin" / "python")], check=True)
+    # as Xinference's worker does: the image's site-packages added after the virtualenv's own
+    image_site = subprocess.run([str(system / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                                 "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
+    (next(model.glob("lib/python3*/site-packages")) / "_xinference_parent.pth").write_text(
+        f"import site; site.addsitedir({image_site!r})\n")
+    plan = subprocess.run([*uv, "--dry-run", requirement], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    resolved = [line.strip()[2:] for line in plan.stderr.splitlines() if line.strip().startswith("+ ")]
+    assert {canonicalize_name(r.split("==")[0]): r.split("==")[1] for r in resolved}.items() >= image.items(), resolved  # uv sees the stand-ins, not the image
+    missing = [r for r in resolved if canonicalize_name(r.split("==")[0]) not in image]
+    done = subprocess.run([*uv, "--no-deps", *missing], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return str(model / "bin" / "python"), system
 
 
 def test_an_image_of_another_python_is_refused_naming_both(tmp_path):
