@@ -131,7 +131,7 @@ def _pip(args: list[str], what: str, cwd: Optional[Path] = None) -> subprocess.C
     return proc
 
 
-def _public(version: str) -> Optional[str]:
+def public_version(version: str) -> Optional[str]:
     """The version without its local label (``2.8.0+cu128`` -> ``2.8.0``): what an index serves."""
     try:
         return Version(version).public
@@ -149,14 +149,19 @@ def _same_version(a: Optional[str], b: str) -> bool:
 def image_versions(env: ImageEnv) -> dict[str, str]:
     """canonical name -> the public version of each distribution the image has."""
     return {canonicalize_name(name): public for name, version in env.installed.items()
-            if (public := _public(version)) is not None}
+            if (public := public_version(version)) is not None}
+
+
+def pin_constraints(split: ImageSplit) -> dict[str, str]:
+    """The pins as constraints an index can meet (local labels dropped)."""
+    return {canonicalize_name(name): public_version(version) or version for name, version in split.pinned.items()}
 
 
 def image_constraints(split: ImageSplit, env: ImageEnv) -> dict[str, str]:
     """The pins, then every other distribution the image has, except those the model's own
     requirements ask anew (the image's version does not satisfy them)."""
     asked = {canonicalize_name(Requirement(spec).name) for spec in split.to_resolve}
-    constraints = {canonicalize_name(name): _public(version) or version for name, version in split.pinned.items()}
+    constraints = pin_constraints(split)
     for name, version in image_versions(env).items():
         if name not in asked:
             constraints.setdefault(name, version)
@@ -219,7 +224,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
         f"{env.python_version} {env.platform} (into {dest})")
     work = Path(tempfile.mkdtemp(prefix=f".{key}.part-", dir=dest.parent))
     try:
-        report = _resolve(packages.uid, split, env, work, say)
+        report = resolve_report(packages.uid, split, env, work, say)
         in_image = image_versions(env)
         wheels, sdists, stubs = [], [], []
         for item in report.get("install", []):
@@ -257,7 +262,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
     return result
 
 
-def _pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path) -> dict:
+def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path) -> dict:
     (work / "constraints.txt").write_text("".join(f"{k}=={v}\n" for k, v in sorted(constraints.items())))
     _pip(["install", "--dry-run", "--ignore-installed", "-q", "--report", str(work / "report.json"),
           "-c", str(work / "constraints.txt"), *split.to_resolve], f"resolving {uid}'s engine packages")
@@ -268,18 +273,18 @@ def _pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: 
 _UNSATISFIABLE = ("ResolutionImpossible", "No matching distribution found")
 
 
-def _resolve(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: Callable[[str], None]) -> dict:
+def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: Callable[[str], None]) -> dict:
     """pip's report of the resolution: with the image's versions as constraints, else the pins alone."""
     image_wide = image_constraints(split, env)
-    pins_only = {canonicalize_name(n): _public(v) or v for n, v in split.pinned.items()}
+    pins_only = pin_constraints(split)
     try:
-        return _pip_report(uid, split, image_wide, work)
+        return pip_report(uid, split, image_wide, work)
     except FetchError as exc:
         if image_wide == pins_only or not any(text in str(exc) for text in _UNSATISFIABLE):
             raise
     say(f"build: {uid}'s engine packages do not fit every version the image has; resolving them with the pins "
         "alone (its virtualenv gets versions of its own of the rest)")
-    return _pip_report(uid, split, pins_only, work)
+    return pip_report(uid, split, pins_only, work)
 
 
 def package_record(stack: str, wheels: ModelWheels, env: ImageEnv) -> dict:
