@@ -11,7 +11,7 @@ Python (bundle/image_env.py), this does what xoscar does on the site, on the onl
    and machine: markers are evaluated here). The constraints are the pins and every other
    distribution the image has, at its version: a dependency the image has is taken at the
    image's version wherever the requirements allow it, as pip would in a virtualenv that sees the
-   image's site-packages (when they do not all fit, the pins alone);
+   image's site-packages (a version pip blames for a conflict is dropped, said, and resolved anew);
 3. download each distribution the image lacks as a wheel for the image: ``pip download --no-deps
    --only-binary=:all: --python-version X.Y --platform manylinux_2_NN_<machine> --implementation cp
    --abi cpXY``; a distribution PyPI has only as an sdist is built here with ``pip wheel
@@ -262,29 +262,54 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
     return result
 
 
+class ConstraintConflict(FetchError):
+    """pip could not hold some constraints; ``names`` are those its message blames."""
+
+    def __init__(self, message: str, names: set[str]):
+        super().__init__(message)
+        self.names = names
+
+
+# pip's words for a constraint that cannot hold: a conflict, or a version the index does not serve
+_BLAMED = re.compile(r"The user requested \(constraint\) ([A-Za-z0-9._-]+)==|"
+                     r"(?:Could not find a version that satisfies the requirement|No matching distribution found for) "
+                     r"([A-Za-z0-9._-]+)==")
+_PROGRESS = ("Collecting ", "  Downloading ", "  Using cached ", "  Obtaining ", "Looking in ")  # not the reason
+MAX_RELAXATIONS = 8  # each drops at least one image version; pip's dry run takes 20-50 s
+
+
 def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path) -> dict:
+    """pip's resolution report with these constraints (not quiet: a conflict's explanation is wanted)."""
     (work / "constraints.txt").write_text("".join(f"{k}=={v}\n" for k, v in sorted(constraints.items())))
-    _pip(["install", "--dry-run", "--ignore-installed", "-q", "--report", str(work / "report.json"),
-          "-c", str(work / "constraints.txt"), *split.to_resolve], f"resolving {uid}'s engine packages")
-    return json.loads((work / "report.json").read_text())
-
-
-# what pip says when the constraints cannot all hold (a conflict, or a version the index lacks)
-_UNSATISFIABLE = ("ResolutionImpossible", "No matching distribution found")
+    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--dry-run",
+                           "--ignore-installed", "--progress-bar", "off", "--report", str(work / "report.json"),
+                           "-c", str(work / "constraints.txt"), *split.to_resolve], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return json.loads((work / "report.json").read_text())
+    said = proc.stdout + proc.stderr
+    message = (f"resolving {uid}'s engine packages: `pip install --dry-run ...` failed ({proc.returncode}):\n"
+               + "\n".join(line for line in said.splitlines() if not line.startswith(_PROGRESS))[-2500:])
+    raise ConstraintConflict(message, {canonicalize_name(a or b) for a, b in _BLAMED.findall(said)})
 
 
 def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: Callable[[str], None]) -> dict:
-    """pip's report of the resolution: with the image's versions as constraints, else the pins alone."""
-    image_wide = image_constraints(split, env)
-    pins_only = pin_constraints(split)
-    try:
-        return pip_report(uid, split, image_wide, work)
-    except FetchError as exc:
-        if image_wide == pins_only or not any(text in str(exc) for text in _UNSATISFIABLE):
-            raise
-    say(f"build: {uid}'s engine packages do not fit every version the image has; resolving them with the pins "
-        "alone (its virtualenv gets versions of its own of the rest)")
-    return pip_report(uid, split, pins_only, work)
+    """pip's report of the resolution with the image's versions as constraints; a version of the image
+    that pip blames is dropped (and said) until the rest fit. The model's own pins are never dropped:
+    pip's failure is the answer then."""
+    pins = pin_constraints(split)
+    constraints = image_constraints(split, env)
+    for _ in range(MAX_RELAXATIONS):
+        try:
+            return pip_report(uid, split, constraints, work)
+        except ConstraintConflict as exc:
+            blamed = sorted((exc.names & set(constraints)) - set(pins))
+            if not blamed:
+                raise
+        for name in blamed:
+            del constraints[name]
+        say(f"build: {uid}'s engine packages need other versions than the image's of {', '.join(blamed)}: resolved "
+            "anew (its virtualenv gets its own)")
+    return pip_report(uid, split, pins, work)
 
 
 def package_record(stack: str, wheels: ModelWheels, env: ImageEnv) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bundle.engine_wheels import ImageSplit, image_constraints, resolve_model
+from bundle.fetch import FetchError
 from bundle.image_env import ImageEnv
 from bundle.pip_env import offline_pip_env
 from bundle.stub_wheel import stub_filename, stub_wheel_bytes, write_stub_wheel
@@ -62,9 +63,9 @@ def resolve(tmp_path):
         pytest.skip("the stand-in image's Python is 3.11: engine packages resolve with the image's Python")
     said: list[str] = []
 
-    def run(installed: dict[str, str], *requirements: str):
+    def run(installed: dict[str, str], *requirements: str, from_image: tuple[str, ...] = ()):
         env = ImageEnv("3.11", "x86_64", "2.36", {"xinference": "4.1.0", **installed})
-        wheels = resolve_model(ModelPackages("m", None, requirements, ()), env, tmp_path / "cache", said.append)
+        wheels = resolve_model(ModelPackages("m", None, requirements, from_image), env, tmp_path / "cache", said.append)
         return wheels, said
 
     return run
@@ -78,13 +79,23 @@ def test_a_dependency_the_image_has_is_taken_at_its_version_and_carried_as_a_sta
     assert not any("do not fit" in line for line in said), said
 
 
-def test_when_the_image_s_versions_do_not_fit_the_pins_alone_decide_and_it_is_said(resolve):
-    # the image's typing_extensions 4.0.0 is older than typeguard asks: resolved from the index instead
-    wheels, said = resolve({"typing_extensions": "4.0.0"}, "typeguard==4.4.4")
-    assert wheels.stubs == []
+def test_an_image_version_that_does_not_fit_is_resolved_anew_and_said_the_others_stay(resolve):
+    # the image's typing_extensions 4.0.0 is older than typeguard asks: resolved from the index instead;
+    # its more-itertools fits what inflect asks, and stays the image's
+    wheels, said = resolve({"typing_extensions": "4.0.0", "more-itertools": "10.8.0"}, "typeguard==4.4.4",
+                           "inflect==7.6.0")
+    assert wheels.stubs == ["more_itertools-10.8.0-0image-py3-none-any.whl"]
     assert any(f.startswith("typing_extensions-") and "0image" not in f for f in wheels.files), wheels.files
-    assert any("m's engine packages do not fit every version the image has; resolving them with the pins alone"
+    assert any("m's engine packages need other versions than the image's of typing-extensions: resolved anew"
                in line for line in said), said
+
+
+def test_a_model_pin_that_does_not_fit_fails_with_pip_s_reason(resolve):
+    # #system_numpy# pins the image's numpy; the model also asks numpy>=2: the pin is never dropped
+    with pytest.raises(FetchError) as failed:
+        resolve({"numpy": "1.26.4"}, "numpy>=2", from_image=("numpy",))
+    assert "resolving m's engine packages: `pip install --dry-run ...` failed" in str(failed.value)
+    assert "The user requested (constraint) numpy==1.26.4" in str(failed.value), failed.value
 
 
 def test_the_stand_ins_let_pip_install_offline_over_an_image_that_has_them(tmp_path, resolve):
