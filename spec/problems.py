@@ -17,11 +17,19 @@ from spec.errors import Problem
 from spec.values import FIXES as VALUE_FIXES
 
 
+# Keys an operator may bring from elsewhere (the issue that asked for per-GPU memory spelled it
+# gpus_memory_gb), with where the setting lives here: no close spelling would point there.
+SPELLED_HERE = {"gpus_memory_gb": "each GPU's memory is declared as `gpus: [{id: 0, vram_gb: 24}, {id: 1, vram_gb: 24}]`",
+                "gpu_memory_gb": "each GPU's memory is declared as `gpus: [{id: 0, vram_gb: 24}, ...]`"}
+
+
 def unknown_key(path: str, value: Any, known: list[str]) -> Problem:
     """An unknown key, with the closest known one suggested."""
     leaf = path.rsplit(".", 1)[-1].split("]")[-1]
     close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
     hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
+    if "." not in path and leaf in SPELLED_HERE:
+        hint = SPELLED_HERE[leaf]
     return Problem(path, value, "unknown key", f"{hint} (remove or rename it)")
 
 

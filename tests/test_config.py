@@ -58,6 +58,12 @@ def test_unknown_top_level_key_suggests_the_right_one():
     assert msg.startswith("modles = []: unknown key") and "did you mean `models`" in msg
 
 
+def test_per_gpu_memory_spelled_as_a_map_points_to_where_it_is_declared():
+    msg = one_problem({**docker_stack(), "gpus_memory_gb": {"0": 24, "1": 24}})
+    assert msg.startswith("gpus_memory_gb = {'0': 24, '1': 24}: unknown key") and \
+        "each GPU's memory is declared as `gpus: [{id: 0, vram_gb: 24}, {id: 1, vram_gb: 24}]`" in msg, msg
+
+
 def test_unknown_nested_key_suggests_the_right_one():
     models = reference_models()
     models[1]["gpu"] = 0
