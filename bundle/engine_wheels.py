@@ -53,6 +53,8 @@ from spec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
 CACHE_VERSION = 2  # 2: the image's distributions are constraints and carried as metadata-only stand-ins
+MAX_RELAXATIONS = 8  # resolutions, each dropping at least one image version pip blamed (a dry run: 20-60 s)
+DOWNLOAD_TRIES = 3  # of the engine wheels' `pip download`
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,26 @@ def _build_sdist(name: str, version: str, env: ImageEnv, out: Path) -> str:
         return wheel
 
 
+def _download(uid: str, wheels: list[tuple[str, str]], env: ImageEnv, work: Path, say: Callable[[str], None]) -> None:
+    """``pip download`` of the wheels for the image, tried again when it fails: pip does not retry a
+    body that breaks off or arrives with another hash, and keeps the wheels already complete in
+    ``work`` (a rerun fetches only the rest)."""
+    platforms = [arg for tag in env.platforms for arg in ("--platform", tag)]
+    args = ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work), "--python-version",
+            env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi, *(f"{n}=={v}" for n, v in wheels)]
+    for attempt in range(1, DOWNLOAD_TRIES + 1):
+        try:
+            _pip(args, f"downloading {uid}'s engine wheels for Python {env.python_version} {env.platform}")
+            return
+        except FetchError as exc:
+            if attempt == DOWNLOAD_TRIES:
+                raise
+            lines = str(exc).strip().splitlines()
+            reason = next((line for line in lines if line.startswith("ERROR:")), lines[-1])[:300]
+            say(f"build: downloading {uid}'s engine wheels failed (try {attempt} of {DOWNLOAD_TRIES}); trying again, "
+                f"keeping the wheels already here ({reason})")
+
+
 def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
                   say: Callable[[str], None] = lambda _m: None) -> ModelWheels:
     """The wheels of one model's virtualenv for this image, from the cache or downloaded now."""
@@ -237,11 +259,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
             else:
                 (wheels if url.endswith(".whl") else sdists).append((name, version))
         if wheels:
-            platforms = [arg for tag in env.platforms for arg in ("--platform", tag)]
-            _pip(["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work), "--python-version",
-                  env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi,
-                  *(f"{n}=={v}" for n, v in wheels)],
-                 f"downloading {packages.uid}'s engine wheels for Python {env.python_version} {env.platform}")
+            _download(packages.uid, wheels, env, work, say)
         for name, version in sdists:
             say(f"build: {name} {version} has only an sdist: building its wheel")
             _build_sdist(name, version, env, work)
@@ -275,7 +293,6 @@ _BLAMED = re.compile(r"The user requested \(constraint\) ([A-Za-z0-9._-]+)==|"
                      r"(?:Could not find a version that satisfies the requirement|No matching distribution found for) "
                      r"([A-Za-z0-9._-]+)==")
 _PROGRESS = ("Collecting ", "  Downloading ", "  Using cached ", "  Obtaining ", "Looking in ")  # not the reason
-MAX_RELAXATIONS = 8  # each drops at least one image version; pip's dry run takes 20-50 s
 
 
 def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path) -> dict:
