@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 
 import requests
-from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundle.engine_wheels import (image_versions, pin_constraints, pip_report, public_version,  # noqa: E402
+from bundle.engine_wheels import (image_versions, is_in_image, pin_constraints, pip_report,  # noqa: E402
                                   resolve_report, split_for_image)
 from bundle.image_env import ImageEnv  # noqa: E402
 from spec.catalog import pinned_catalog  # noqa: E402
@@ -61,7 +60,7 @@ def weigh(report: dict, env: ImageEnv, stand_ins: bool, session: requests.Sessio
     for item in report.get("install", []):
         count += 1
         name, version = item["metadata"]["name"], item["metadata"]["version"]
-        if stand_ins and in_image.get(canonicalize_name(name)) == public_version(version):
+        if stand_ins and is_in_image(in_image, name, version):
             stubs += 1
             size += STAND_IN_BYTES
         else:

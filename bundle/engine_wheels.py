@@ -48,7 +48,7 @@ from packaging.version import InvalidVersion, Version
 from bundle.fetch import FetchError
 from bundle.format.errors import SetupError
 from bundle.image_env import ImageEnv
-from bundle.stub_wheel import write_stub_wheel
+from bundle.stub_wheel import is_stub_filename, write_stub_wheel
 from spec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
@@ -74,7 +74,11 @@ class ModelWheels:
     split: ImageSplit
     files: dict[str, int] = field(default_factory=dict)  # wheel file name -> size
     directory: Optional[Path] = None
-    stubs: list[str] = field(default_factory=list)  # those of files that are the image's, metadata only
+
+    @property
+    def stubs(self) -> list[str]:
+        """Those of files that stand in for the image's own distributions (metadata only)."""
+        return [name for name in sorted(self.files) if is_stub_filename(name)]
 
     @property
     def size(self) -> int:
@@ -124,13 +128,16 @@ def _contains(req: Requirement, version: str) -> bool:
         return False
 
 
-def _pip(args: list[str], what: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+def _pip(args: list[str], what: str, cwd: Optional[Path] = None, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
-    if proc.returncode != 0:
-        raise FetchError(f"{what}: `pip {' '.join(args[:2])} ...` failed ({proc.returncode}):\n"
-                         f"{proc.stderr.strip()[-2500:]}")
+    if check and proc.returncode != 0:
+        raise FetchError(_pip_failed(args, what, proc, proc.stderr))
     return proc
+
+
+def _pip_failed(args: list[str], what: str, proc: subprocess.CompletedProcess, said: str) -> str:
+    return f"{what}: `pip {' '.join(args[:2])} ...` failed ({proc.returncode}):\n{said.strip()[-2500:]}"
 
 
 def public_version(version: str) -> Optional[str]:
@@ -141,11 +148,14 @@ def public_version(version: str) -> Optional[str]:
         return None
 
 
-def _same_version(a: Optional[str], b: str) -> bool:
+def is_in_image(in_image: dict[str, str], name: str, version: str) -> bool:
+    """Whether the image (``image_versions``) has distribution ``name`` at ``version``: then it is
+    carried as a stand-in."""
+    have = in_image.get(canonicalize_name(name))
     try:
-        return a is not None and Version(a) == Version(b)
+        return have is not None and Version(have) == Version(version)
     except InvalidVersion:
-        return a == b
+        return have == version
 
 
 def image_versions(env: ImageEnv) -> dict[str, str]:
@@ -239,7 +249,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
     dest = cache_root / "engine-wheels" / key
     if (dest / RESOLVED).is_file():
         resolved = json.loads((dest / RESOLVED).read_text())
-        result.files, result.stubs, result.directory = resolved["files"], resolved["stubs"], dest
+        result.files, result.directory = resolved["files"], dest
         return result
     dest.parent.mkdir(parents=True, exist_ok=True)
     say(f"build: resolving {packages.uid}'s engine packages {' '.join(split.to_resolve)} for Python "
@@ -253,7 +263,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
             metadata = item["metadata"]
             name, version = metadata["name"], metadata["version"]
             url = item.get("download_info", {}).get("url", "")
-            if _same_version(in_image.get(canonicalize_name(name)), version):
+            if is_in_image(in_image, name, version):
                 stubs.append(write_stub_wheel(work, name, version, metadata.get("requires_dist", ()),
                                               metadata.get("requires_python")))
             else:
@@ -270,13 +280,13 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
         for leftover in ("constraints.txt", "report.json"):
             (work / leftover).unlink()
         (work / RESOLVED).write_text(json.dumps({"files": files, "requirements": list(split.to_resolve),
-                                                 "pinned": split.pinned, "stubs": sorted(stubs)},
+                                                 "pinned": split.pinned},
                                                 indent=1, sort_keys=True) + "\n")
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(work, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result.files, result.stubs, result.directory = files, sorted(stubs), dest
+    result.files, result.directory = files, dest
     return result
 
 
@@ -298,15 +308,15 @@ _PROGRESS = ("Collecting ", "  Downloading ", "  Using cached ", "  Obtaining ",
 def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path) -> dict:
     """pip's resolution report with these constraints (not quiet: a conflict's explanation is wanted)."""
     (work / "constraints.txt").write_text("".join(f"{k}=={v}\n" for k, v in sorted(constraints.items())))
-    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "install", "--dry-run",
-                           "--ignore-installed", "--progress-bar", "off", "--report", str(work / "report.json"),
-                           "-c", str(work / "constraints.txt"), *split.to_resolve], capture_output=True, text=True)
+    args = ["install", "--dry-run", "--ignore-installed", "--progress-bar", "off", "--report", str(work / "report.json"),
+            "-c", str(work / "constraints.txt"), *split.to_resolve]
+    proc = _pip(args, f"resolving {uid}'s engine packages", check=False)
     if proc.returncode == 0:
         return json.loads((work / "report.json").read_text())
     said = proc.stdout + proc.stderr
-    message = (f"resolving {uid}'s engine packages: `pip install --dry-run ...` failed ({proc.returncode}):\n"
-               + "\n".join(line for line in said.splitlines() if not line.startswith(_PROGRESS))[-2500:])
-    raise ConstraintConflict(message, {canonicalize_name(a or b) for a, b in _BLAMED.findall(said)})
+    reason = "\n".join(line for line in said.splitlines() if not line.startswith(_PROGRESS))
+    raise ConstraintConflict(_pip_failed(args, f"resolving {uid}'s engine packages", proc, reason),
+                             {canonicalize_name(a or b) for a, b in _BLAMED.findall(said)})
 
 
 def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: Callable[[str], None]) -> dict:

@@ -40,6 +40,10 @@ def stub_filename(name: str, version: str) -> str:
     return f"{escaped_name}-{escaped_version}-{BUILD_TAG}-py3-none-any.whl"
 
 
+def is_stub_filename(filename: str) -> bool:
+    return filename.endswith(f"-{BUILD_TAG}-py3-none-any.whl")
+
+
 def _record_line(path: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"{path},sha256={digest},{len(data)}"
