@@ -34,7 +34,8 @@ class GpuConfig(_Strict):
     id: WholeNumber = Field(ge=0, description="Host GPU index (`nvidia-smi --query-gpu=index`).")
     vram_gb: OptionalNumber = Field(
         default=None, gt=0,
-        description="Memory of this GPU in GB; the models on it (their `vram_gb`, declared or estimated) must fit in it."
+        description="Memory of this GPU in GB; the models on it (their `vram_gb`, declared or estimated, or the share "
+                    "vLLM/SGLang reserve) must fit in it (docs/provider.md)."
     )
 
 
