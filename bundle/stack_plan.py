@@ -120,7 +120,7 @@ def write_packages(cfg: StackConfig, stack: str, bundle: Optional[Path], out: Te
             for more in wrapped[1:]:
                 p(indent + more)
     if built:
-        sizes = {name: size for r in built.values() for name, size in zip(r["wheels"], r["sizes"])}
+        sizes = {name: size for r in built.values() for name, size in zip(r["wheels"], r["sizes"], strict=True)}
         p(f"  = {len(sizes)} distinct wheels in {packages_bundle_dir()}wheels/, {human(sum(sizes.values()))}")
 
 
@@ -182,4 +182,4 @@ def ids_text(ids: Sequence[int]) -> str:
 def print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)

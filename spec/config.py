@@ -21,7 +21,7 @@ from spec.docker_host import LOCAL_DOCKER, SCHEMES
 from spec.ssh import SshTarget, ssh_target
 from spec.values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir, OptionalNumber,
                          SizeInBillions, WholeNumber, WholeNumbers)
-from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, MODEL_TYPES
+from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, ModelType
 
 
 class _Strict(BaseModel):
@@ -161,7 +161,7 @@ class ModelConfig(_Strict):
 
     uid: str = Field(description="Model uid in Xinference (unique per server).")
     name: Optional[str] = Field(default=None, description="Xinference model_name; defaults to the uid.")
-    type: Literal[MODEL_TYPES] = Field(
+    type: ModelType = Field(
         description="Xinference model_type."
     )
     enabled: bool = Field(default=True, description="false keeps the entry but launches nothing (and terminates it).")

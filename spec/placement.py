@@ -8,7 +8,7 @@ CUDA agrees with nvidia-smi). Xinference's ``gpu_idx`` is that container-side in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from spec.vram import VramEstimate
 
@@ -37,7 +37,7 @@ def docker_gpu_request(server_gpus: Sequence[int]) -> Optional[str]:
     return "device=" + ",".join(ids) if ids else None
 
 
-def docker_device_requests(server_gpus: Sequence[int]) -> list[dict]:
+def docker_device_requests(server_gpus: Sequence[int]) -> list[dict[str, Any]]:
     """The container's device request for exactly these host GPUs ([] : no GPU).
 
     Not pulumi-docker's ``gpus`` string: the plugin parses it as CSV, so ``device=0,1`` turns
@@ -116,11 +116,14 @@ class GpuBudget:
     def tight(self) -> bool:
         return not self.over and self.capacity_gb is not None and self.used_gb > self.capacity_gb + EPSILON
 
-    def short_of_share(self) -> list[tuple[str, VramEstimate, float]]:
-        """(uid, need, its share in GB) for each reserving model whose known need exceeds its share."""
-        return [(uid, e.need, self.figure_gb(e)) for uid, e in self.entries
-                if e.need is not None and e.need.gb is not None and self.figure_gb(e) is not None
-                and e.need.gb > self.figure_gb(e) + EPSILON]
+    def short_of_share(self) -> list[tuple[str, VramEstimate, float, float]]:
+        """(uid, need, its GB, its share in GB) for each reserving model whose known need exceeds its share."""
+        short = []
+        for uid, e in self.entries:
+            share_gb = self.figure_gb(e)
+            if e.need is not None and e.need.gb is not None and share_gb is not None and e.need.gb > share_gb + EPSILON:
+                short.append((uid, e.need, e.need.gb, share_gb))
+        return short
 
 
 def vram_budgets(gpus: Sequence[tuple[int, Optional[float]]],

@@ -11,7 +11,6 @@ import difflib
 import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from spec.catalog import builtin_clash, catalog_problems, pinned_catalog
@@ -212,7 +211,7 @@ def _model_path(cfg: StackConfig, at: str, path: Optional[str], models_dir: str)
                           f"move the model under {models_dir} and write the path relative to it")
 
 
-def _model_source(at: str, model) -> Iterable[Problem]:
+def _model_source(at: str, model: ModelConfig) -> Iterable[Problem]:
     source = model.source
     if source is None:
         return

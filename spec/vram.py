@@ -70,7 +70,7 @@ FULL_PRECISION = ("none", "bf16", "fp16", "f16")
 class ModelFiles:
     """What a model directory tells about memory: its config.json and its weights' size."""
 
-    config: Optional[dict]  # parsed config.json; None when absent or not a JSON object
+    config: Optional[dict[str, Any]]  # parsed config.json; None when absent or not a JSON object
     weights_bytes: int  # 0: no weight files
     weight_files: int
 
@@ -135,7 +135,7 @@ class LlmMemory:
         return self.weights + self.kv_cache + self.activation + self.overhead
 
 
-def layer_dims(config: dict) -> tuple[Optional[LayerDims], str]:
+def layer_dims(config: dict[str, Any]) -> tuple[Optional[LayerDims], str]:
     """Dimensions as Xinference's ModelMetadata.from_config reads them; (None, why) for what it cannot."""
     if any(isinstance(config.get(k), dict) for k in ("thinker_config", "language_config", "llm_config", "text_config")):
         return None, "a multimodal config.json"
@@ -215,7 +215,7 @@ def weights_from_size_mib(size_in_billions: float, quantization: Optional[str]) 
     return size * QUANT_BITS[q] / 16 + 0.06 * size
 
 
-def context_of(model: ModelConfig, config: dict) -> tuple[int, str]:
+def context_of(model: ModelConfig, config: dict[str, Any]) -> tuple[int, str]:
     """The context the estimate counts, and where it came from."""
     for key in CONTEXT_KWARGS:
         value = model.extra.get(key)
@@ -233,7 +233,7 @@ def kv_cache_bits(model: ModelConfig) -> int:
 
 
 def bits_text(quantization: Optional[str]) -> str:
-    return "16-bit" if (quantization or "none").lower() in FULL_PRECISION else quantization
+    return "16-bit" if quantization is None or quantization.lower() in FULL_PRECISION else quantization
 
 
 def gb(mib: float) -> float:
@@ -273,7 +273,7 @@ def _needed_vram(model: ModelConfig, files: Optional[ModelFiles]) -> VramEstimat
     dims, why = None, ""
     if model.type == "LLM":
         dims, why = layer_dims(files.config) if files.config is not None else (None, "an LLM without a readable config.json")
-    if dims is not None:
+    if dims is not None and files.config is not None:
         on_disk = files.weights_bytes > 0 and model.format != "bnb"  # bnb quantizes full weights at load
         weights = files.weights_bytes / MIB if on_disk else (
             weights_from_size_mib(billions(model.size_in_billions), model.quantization)

@@ -32,16 +32,16 @@ def vram_problems(cfg: StackConfig, model_dirs: Optional[ModelDirs] = None) -> I
                           f"GPU {budget.gpu}{on} is reserved {budget.reserved_share:g} times over: {shares}; an engine "
                           "that reserves a share of the whole GPU when it starts refuses to start where the others' "
                           "shares leave it too little", SHARE_FIX)
-        elif budget.over:
+        elif budget.over and budget.capacity_gb is not None:
             estimated = budget.certain_gb <= budget.capacity_gb + EPSILON
             margin = f" (estimates, refused above {COMPUTED_MARGIN:.0%} over)" if estimated else ""
             yield Problem(f"{field}.vram_gb", budget.capacity_gb,
                           f"GPU {budget.gpu}{on} needs {budget.used_gb:g} GB, over its {budget.capacity_gb:g} GB"
                           f"{margin}: {_figures(budget)}", VRAM_FIX)
-        for uid, need, share_gb in budget.short_of_share():
-            if need.kind == "declared" or need.gb > share_gb * (1 + COMPUTED_MARGIN) + EPSILON:
+        for uid, need, need_gb, share_gb in budget.short_of_share():
+            if need.kind == "declared" or need_gb > share_gb * (1 + COMPUTED_MARGIN) + EPSILON:
                 yield Problem(f"{field}.vram_gb", budget.capacity_gb,
-                              f"{uid} needs {need.gb:g} GB ({need.how}) but its engine reserves only {share_gb:g} GB "
+                              f"{uid} needs {need_gb:g} GB ({need.how}) but its engine reserves only {share_gb:g} GB "
                               f"of GPU {budget.gpu}{on}", SHARE_FIX)
 
 
@@ -50,13 +50,13 @@ def vram_warnings(cfg: StackConfig, model_dirs: Optional[ModelDirs] = None) -> l
     notes = []
     for where, budget in server_budgets(cfg, model_dirs):
         on = f" of {where}" if where else ""
-        if budget.tight:
+        if budget.tight and budget.capacity_gb is not None:
             notes.append(f"GPU {budget.gpu}{on} may need {budget.used_gb:g} GB, over its {budget.capacity_gb:g} GB by "
                          f"estimates within the {COMPUTED_MARGIN:.0%} margin of their error: {_figures(budget)}; "
                          f"check it on the server (nvidia-smi) or declare each model's vram_gb")
-        for uid, need, share_gb in budget.short_of_share():
-            if need.kind != "declared" and need.gb <= share_gb * (1 + COMPUTED_MARGIN) + EPSILON:
-                notes.append(f"{uid} may need {need.gb:g} GB ({need.how}), more than the {share_gb:g} GB its engine "
+        for uid, need, need_gb, share_gb in budget.short_of_share():
+            if need.kind != "declared" and need_gb <= share_gb * (1 + COMPUTED_MARGIN) + EPSILON:
+                notes.append(f"{uid} may need {need_gb:g} GB ({need.how}), more than the {share_gb:g} GB its engine "
                              f"reserves of GPU {budget.gpu}{on}; raise its share or shorten its context")
     return notes
 
@@ -75,13 +75,13 @@ def server_budgets(cfg: StackConfig, model_dirs: Optional[ModelDirs] = None) -> 
     ``model_dirs`` says they are on this machine (default: under its models_dir when the docker
     engine is this machine's; a bundle's plan points at the bundle's models/).
     """
-    def host_of(model) -> Optional[str]:
+    def host_of(model: ModelConfig) -> Optional[str]:
         if cfg.mode == "cluster":
             server = cfg.server(model.server)
             return server.docker.host if server else None
         return cfg.docker.host if cfg.mode == "docker" else None
 
-    def estimate(model) -> VramEstimate:
+    def estimate(model: ModelConfig) -> VramEstimate:
         if model.vram_gb is not None or not model.gpus:
             return estimate_vram(model, None)
         directory = (model_dirs(model) if model_dirs is not None

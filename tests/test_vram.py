@@ -149,10 +149,10 @@ def models_dir_with(tmp_path: Path, *fixtures: str) -> Path:
 
 def two_llms(models_dir: Path, **first) -> dict:
     return docker_stack(models_dir=str(models_dir), gpus=[{"id": 0, "vram_gb": 24}], models=[
-        {"uid": "qwen", "name": "qwen2.5-instruct", "type": "LLM", "engine": "transformers", "format": "pytorch", "size_in_billions": 7,
-         "gpus": [0], "path": "Qwen2.5-7B-Instruct", **first},
-        {"uid": "llama", "name": "llama-3.1-instruct", "type": "LLM", "engine": "transformers", "format": "pytorch", "size_in_billions": 8,
-         "gpus": [0], "path": "Llama-3.1-8B-Instruct"}])
+        {"uid": "qwen", "name": "qwen2.5-instruct", "type": "LLM", "engine": "transformers", "format": "pytorch",
+         "size_in_billions": 7, "gpus": [0], "path": "Qwen2.5-7B-Instruct", **first},
+        {"uid": "llama", "name": "llama-3.1-instruct", "type": "LLM", "engine": "transformers", "format": "pytorch",
+         "size_in_billions": 8, "gpus": [0], "path": "Llama-3.1-8B-Instruct"}])
 
 
 def test_two_llms_that_cannot_share_a_24_gb_gpu_are_refused_at_plan(tmp_path):
@@ -162,7 +162,8 @@ def test_two_llms_that_cannot_share_a_24_gb_gpu_are_refused_at_plan(tmp_path):
     [problem] = [str(p) for p in info.value.problems]
     print(problem)
     assert problem.startswith("gpus[id=0].vram_gb = 24.0: GPU 0 needs ")
-    assert ", over its 24 GB (estimates, refused above 20% over): qwen 17.7 GB (computed from config.json: weights 13.1 (7B at 16-bit)" in problem
+    assert (", over its 24 GB (estimates, refused above 20% over): "
+            "qwen 17.7 GB (computed from config.json: weights 13.1 (7B at 16-bit)") in problem
     assert "; llama 19.5 GB (computed from config.json: weights 15 (8B at 16-bit)" in problem
     assert "fix: move a model to another GPU" in problem
 
