@@ -19,6 +19,7 @@ from spec.catalog import image_version_note, pinned_catalog
 from spec.config import StackConfig
 from spec.errors import ConfigError
 from spec.load import load_stack_config
+from spec.rules import vram_warnings
 from spec.source import endpoint_ca_problems
 
 
@@ -62,6 +63,9 @@ if config.image is not None and config.mode != "existing":
     version_note = image_version_note(pinned_catalog(), config.image.name)
     if version_note:
         pulumi.log.warn(version_note)
+
+for note in vram_warnings(config):
+    pulumi.log.warn(note)
 
 # Before anything is touched (at preview too): model directories, GPU runtime, name and port.
 host_problems = preflight.docker_host_problems(config, pulumi.get_stack())

@@ -363,7 +363,7 @@ def summary(manifest: Manifest, reports: list[ItemReport], out: Path) -> str:
     noun = "stack" if len(manifest.stacks) == 1 else "stacks"
     lines = [f"Bundle {out} for {noun} {manifest.stack_names}"]
     lines += ["  " + "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in
-                                enumerate(zip(row, widths))).rstrip() for row in rows]
+                                enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
     lines.append(f"bundle id {manifest.bundle_id}  (give it to the offline site: verify/unpack --bundle-id)")
     return "\n".join(lines)
 

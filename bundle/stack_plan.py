@@ -18,7 +18,7 @@ from spec.config import StackConfig
 from spec.engine_packages import family_packages, model_packages
 from spec.launch import container_env, endpoint_url, launch_specs
 from spec.placement import GpuBudget, docker_gpu_request
-from spec.rules import ModelDirs, server_budgets
+from spec.rules import ModelDirs, server_budgets, vram_warnings
 
 EXIT_USAGE = 2
 
@@ -68,8 +68,11 @@ def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[Stac
     budgets = server_budgets(cfg, model_dirs)
     if budgets:
         p("")
-        p("GPU VRAM per GPU (GB: a model's declared vram_gb, else estimated from its files; unknown counts 0)")
+        p("GPU VRAM per GPU (GB: the share a vLLM/SGLang engine reserves, else a model's declared vram_gb, else "
+          "estimated from its files; unknown counts 0)")
         print_table(vram_rows(budgets, cluster), out)
+        for note in vram_warnings(cfg, model_dirs):
+            p(f"  WARNING {note}")
     write_packages(cfg, stack, bundle, out)
     p("")
     p("Offline bundle must carry" + (" (checked against the bundle)" if manifest else ""))
@@ -117,7 +120,7 @@ def write_packages(cfg: StackConfig, stack: str, bundle: Optional[Path], out: Te
             for more in wrapped[1:]:
                 p(indent + more)
     if built:
-        sizes = {name: size for r in built.values() for name, size in zip(r["wheels"], r["sizes"])}
+        sizes = {name: size for r in built.values() for name, size in zip(r["wheels"], r["sizes"], strict=True)}
         p(f"  = {len(sizes)} distinct wheels in {packages_bundle_dir()}wheels/, {human(sum(sizes.values()))}")
 
 
@@ -160,9 +163,13 @@ def vram_rows(budgets: list[tuple[str, GpuBudget]], cluster: bool) -> list[tuple
     for where, b in budgets:
         server = (where,) if cluster else ()
         for uid, est in b.entries:
-            rows.append((*server, str(b.gpu), uid, f"{est.gb:g}" if est.gb is not None else "?", est.how))
+            figure = b.figure_gb(est)
+            shown = f"{figure:g}" if figure is not None else f"{est.share:g} of GPU" if est.share is not None else "?"
+            need = f"; needs {est.need.gb:g} ({est.need.how})" if est.need is not None and est.need.gb is not None else ""
+            rows.append((*server, str(b.gpu), uid, shown, est.how + need))
         capacity = f"{b.capacity_gb:g}" if b.capacity_gb is not None else "? (no vram_gb for this GPU)"
-        verdict = "" if b.capacity_gb is None else ("  OVER" if b.over else f", {b.capacity_gb - b.used_gb:.1f} free")
+        verdict = "  OVER" if b.over else "  TIGHT (estimates over it, within their margin)" if b.tight else (
+            "" if b.capacity_gb is None else f", {b.capacity_gb - b.used_gb:.1f} free")
         unknown = f", {len(b.unknown)} unknown not counted" if b.unknown else ""
         rows.append((*server, str(b.gpu), "= total", f"{b.used_gb:g}", f"of {capacity}{verdict}{unknown}"))
     return rows
@@ -175,4 +182,4 @@ def ids_text(ids: Sequence[int]) -> str:
 def print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)

@@ -72,7 +72,7 @@ def covers(registered: Any, wanted: Any) -> bool:
         return isinstance(registered, Mapping) and all(covers(registered.get(k), v) for k, v in wanted.items())
     if isinstance(wanted, (list, tuple)):
         return isinstance(registered, (list, tuple)) and len(registered) == len(wanted) \
-            and all(covers(r, w) for r, w in zip(registered, wanted))
+            and all(covers(r, w) for r, w in zip(registered, wanted, strict=True))
     return registered == wanted
 
 

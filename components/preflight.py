@@ -48,7 +48,8 @@ def missing_runtime_message(docker_host: str, gpu_ids: Sequence[int], detail: st
     ids = ",".join(gpu_device_ids(gpu_ids))
     return (
         f"docker host {docker_host} has no NVIDIA GPU runtime, so a container cannot reserve host GPUs {ids} "
-        f"(config key `gpus`): {(detail.strip().splitlines() or ['no detail'])[0]}. Fix: on that host install the NVIDIA Container Toolkit "
+        f"(config key `gpus`): {(detail.strip().splitlines() or ['no detail'])[0]}. "
+        "Fix: on that host install the NVIDIA Container Toolkit "
         "(apt-get install nvidia-container-toolkit), then `nvidia-ctk runtime configure --runtime=docker` and "
         "restart dockerd; check with `docker run --rm --gpus all <image> nvidia-smi`. For a CPU-only server set "
         "`gpus: []`."

@@ -464,7 +464,7 @@ class XinferenceClient:
         try:
             vector = body["data"][0]["embedding"]
         except (KeyError, IndexError, TypeError):
-            raise XinferenceError(f"POST /v1/embeddings for {model_uid}: unexpected answer {_short(str(body))}")
+            raise XinferenceError(f"POST /v1/embeddings for {model_uid}: unexpected answer {_short(str(body))}") from None
         if not vector:
             raise XinferenceError(f"POST /v1/embeddings for {model_uid}: empty embedding")
         return vector
@@ -530,4 +530,5 @@ def _json(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         raise XinferenceError(f"{response.request.method} {response.url}: HTTP {response.status_code} "
-                              f"with a body that is not JSON: {_short(response.text)}", status=response.status_code)
+                              f"with a body that is not JSON: {_short(response.text)}",
+                              status=response.status_code) from None

@@ -64,7 +64,7 @@ class Catalog:
         self.engine_format_packages = engine_format_packages or {}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Catalog":
+    def from_json(cls, data: dict[str, Any]) -> "Catalog":
         models = {
             model_type: {name: CatalogModel(
                 name=name, type=model_type, abilities=tuple(r["abilities"]), engines=tuple(r["engines"]),

@@ -21,7 +21,7 @@ from spec.docker_host import LOCAL_DOCKER, SCHEMES
 from spec.ssh import SshTarget, ssh_target
 from spec.values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir, OptionalNumber,
                          SizeInBillions, WholeNumber, WholeNumbers)
-from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, MODEL_TYPES
+from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, ModelType
 
 
 class _Strict(BaseModel):
@@ -34,7 +34,8 @@ class GpuConfig(_Strict):
     id: WholeNumber = Field(ge=0, description="Host GPU index (`nvidia-smi --query-gpu=index`).")
     vram_gb: OptionalNumber = Field(
         default=None, gt=0,
-        description="Memory of this GPU in GB; the models on it (their `vram_gb`, declared or estimated) must fit in it."
+        description="Memory of this GPU in GB; the models on it (their `vram_gb`, declared or estimated, or the share "
+                    "vLLM/SGLang reserve) must fit in it (docs/provider.md)."
     )
 
 
@@ -160,7 +161,7 @@ class ModelConfig(_Strict):
 
     uid: str = Field(description="Model uid in Xinference (unique per server).")
     name: Optional[str] = Field(default=None, description="Xinference model_name; defaults to the uid.")
-    type: Literal[MODEL_TYPES] = Field(
+    type: ModelType = Field(
         description="Xinference model_type."
     )
     enabled: bool = Field(default=True, description="false keeps the entry but launches nothing (and terminates it).")

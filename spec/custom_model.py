@@ -59,7 +59,7 @@ def custom_problems(model_type: str, custom: Mapping[str, Any]) -> list[tuple[st
     return problems
 
 
-def model_spec(model_type: str, model_uri: str, model_format: Optional[str], quantization: Optional[str]) -> dict:
+def model_spec(model_type: str, model_uri: str, model_format: Optional[str], quantization: Optional[str]) -> dict[str, Any]:
     """The one entry of ``model_specs``: the model's own directory."""
     spec: dict[str, Any] = {"model_format": model_format or DEFAULT_FORMAT, "model_hub": "huggingface",
                             "model_id": None, "model_uri": model_uri, "model_revision": None,

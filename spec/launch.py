@@ -129,7 +129,7 @@ class LaunchSpec:
     weights_digest: str = ""
     server: Optional[str] = None  # cluster: the server it is placed on
     worker_ip: Optional[str] = None  # cluster: that server's address
-    custom_family: Optional[dict] = None  # a custom model: the family registered before its launch
+    custom_family: Optional[dict[str, Any]] = None  # a custom model: the family registered before its launch
 
 
 def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[LaunchSpec]:

@@ -125,7 +125,7 @@ def relative_model_dirs(cfg: StackConfig, positions: list[int], problems: list[P
         return path[len(base):].lstrip("/") if inside else path
 
     models = []
-    for model, index in zip(cfg.models, positions):
+    for model, index in zip(cfg.models, positions, strict=True):
         base = models_dir_of(cfg, model)
         companions = [c.model_copy(update={"path": relative(c.path, base, f"models[{index}].companions[{j}].path")})
                       for j, c in enumerate(model.companions)]

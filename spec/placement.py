@@ -8,7 +8,7 @@ CUDA agrees with nvidia-smi). Xinference's ``gpu_idx`` is that container-side in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from spec.vram import VramEstimate
 
@@ -37,7 +37,7 @@ def docker_gpu_request(server_gpus: Sequence[int]) -> Optional[str]:
     return "device=" + ",".join(ids) if ids else None
 
 
-def docker_device_requests(server_gpus: Sequence[int]) -> list[dict]:
+def docker_device_requests(server_gpus: Sequence[int]) -> list[dict[str, Any]]:
     """The container's device request for exactly these host GPUs ([] : no GPU).
 
     Not pulumi-docker's ``gpus`` string: the plugin parses it as CSV, so ``device=0,1`` turns
@@ -50,9 +50,22 @@ def docker_device_requests(server_gpus: Sequence[int]) -> list[dict]:
     return [{"driver": "nvidia", "device_ids": ids, "capabilities": ["gpu"]}]
 
 
+# A computed figure is an estimate (spec/vram.py: within 10% of Xinference's own for the LLMs it
+# was checked on, a rule of thumb for the others): a GPU over its memory only by computed figures
+# is warned about, and refused once it is over by more than this share of its memory.
+COMPUTED_MARGIN = 0.2
+EPSILON = 1e-9
+
+
 @dataclass(frozen=True)
 class GpuBudget:
-    """VRAM use of one host GPU against its capacity: each model's figure, declared or estimated."""
+    """VRAM use of one host GPU against its capacity: each model's figure, declared, estimated or
+    the share of the GPU its engine reserves.
+
+    Refused (``over``): reserved shares above the whole GPU; declared and reserved figures over its
+    memory; or everything, estimates included, over it by more than COMPUTED_MARGIN. Warned
+    (``tight``): over it, but only by estimates within that margin.
+    """
 
     gpu: int
     capacity_gb: Optional[float]
@@ -62,18 +75,55 @@ class GpuBudget:
     def models(self) -> tuple[str, ...]:
         return tuple(uid for uid, _ in self.entries)
 
+    def figure_gb(self, est: VramEstimate) -> Optional[float]:
+        """A model's GB on this GPU: a reserved share of its capacity, else the model's own figure."""
+        if est.share is not None:
+            return None if self.capacity_gb is None else round(est.share * self.capacity_gb, 6)
+        return est.gb
+
+    def _sum(self, kinds: tuple[str, ...]) -> float:
+        figures = (self.figure_gb(e) for _, e in self.entries if e.kind in kinds)
+        return round(sum(f for f in figures if f is not None), 6)
+
     @property
     def used_gb(self) -> float:
         """The sum of the known figures (an unknown one counts for nothing)."""
-        return round(sum(e.gb for _, e in self.entries if e.gb is not None), 6)
+        return self._sum(("declared", "computed", "reserved"))
+
+    @property
+    def certain_gb(self) -> float:
+        """What the engines will surely take: declared figures and reserved shares."""
+        return self._sum(("declared", "reserved"))
+
+    @property
+    def reserved_share(self) -> float:
+        return round(sum(e.share for _, e in self.entries if e.share is not None), 6)
 
     @property
     def unknown(self) -> tuple[str, ...]:
-        return tuple(uid for uid, e in self.entries if e.gb is None)
+        return tuple(uid for uid, e in self.entries if e.gb is None and e.share is None)
 
     @property
     def over(self) -> bool:
-        return self.capacity_gb is not None and self.used_gb > self.capacity_gb + 1e-9
+        if self.reserved_share > 1 + EPSILON:
+            return True
+        if self.capacity_gb is None:
+            return False
+        return (self.certain_gb > self.capacity_gb + EPSILON
+                or self.used_gb > self.capacity_gb * (1 + COMPUTED_MARGIN) + EPSILON)
+
+    @property
+    def tight(self) -> bool:
+        return not self.over and self.capacity_gb is not None and self.used_gb > self.capacity_gb + EPSILON
+
+    def short_of_share(self) -> list[tuple[str, VramEstimate, float, float]]:
+        """(uid, need, its GB, its share in GB) for each reserving model whose known need exceeds its share."""
+        short = []
+        for uid, e in self.entries:
+            share_gb = self.figure_gb(e)
+            if e.need is not None and e.need.gb is not None and share_gb is not None and e.need.gb > share_gb + EPSILON:
+                short.append((uid, e.need, e.need.gb, share_gb))
+        return short
 
 
 def vram_budgets(gpus: Sequence[tuple[int, Optional[float]]],

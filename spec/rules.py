@@ -11,7 +11,6 @@ import difflib
 import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from spec.catalog import builtin_clash, catalog_problems, pinned_catalog
@@ -19,13 +18,10 @@ from spec.config import ModelConfig, StackConfig
 from spec.custom_model import custom_problems
 from spec.errors import Problem
 from spec.launch import models_dir_of
-from spec.placement import GpuBudget, vram_budgets
 from spec.ssh import parse_ssh_opts
-from spec.vram import VramEstimate, estimate_vram, local_model_dir, read_model_files
+from spec.vram_rules import ModelDirs, server_budgets, vram_problems, vram_warnings
 from spec.xinference import (CONFIG_NAMESPACE, CONTAINER_MODELS_DIR, ENV_NAME_RE, MODEL_UID_FIX, endpoint_problem,
                              model_uid_problem)
-
-ModelDirs = Callable[[ModelConfig], Optional[Path]]  # a model -> its directory on this machine (None: not here)
 
 # Launch kwargs that have a first-class field; passing them through `extra` would fight it.
 _FIRST_CLASS_KWARGS = {
@@ -215,7 +211,7 @@ def _model_path(cfg: StackConfig, at: str, path: Optional[str], models_dir: str)
                           f"move the model under {models_dir} and write the path relative to it")
 
 
-def _model_source(at: str, model) -> Iterable[Problem]:
+def _model_source(at: str, model: ModelConfig) -> Iterable[Problem]:
     source = model.source
     if source is None:
         return
@@ -249,46 +245,7 @@ def _catalog(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 
 
 def _vram(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
-    for where, budget in server_budgets(cfg, ctx.model_dirs):
-        if budget.over:
-            on = f" of {where}" if where else ""
-            figures = "; ".join(f"{uid} {e.gb:g} GB ({e.how})" for uid, e in budget.entries if e.gb is not None)
-            unknown = f"; not counted, no files here: {', '.join(budget.unknown)}" if budget.unknown else ""
-            yield Problem(f"{'servers[' + where + '].' if where else ''}gpus[id={budget.gpu}].vram_gb", budget.capacity_gb,
-                          f"GPU {budget.gpu}{on} needs {budget.used_gb:g} GB, over its {budget.capacity_gb:g} GB: "
-                          f"{figures}{unknown}",
-                          "move a model to another GPU, disable one, shorten an LLM's context (extra.context_length "
-                          "or max_model_len), or declare the model's real vram_gb (a declared figure wins)")
-
-
-def server_budgets(cfg: StackConfig, model_dirs: Optional[ModelDirs] = None) -> list[tuple[str, GpuBudget]]:
-    """(server name or "" for a one-server stack, budget) for every GPU.
-
-    A model's figure is its vram_gb, else estimated from its files (spec/vram.py) where
-    ``model_dirs`` says they are on this machine (default: under its models_dir when the docker
-    engine is this machine's; a bundle's plan points at the bundle's models/).
-    """
-    def host_of(model) -> Optional[str]:
-        if cfg.mode == "cluster":
-            server = cfg.server(model.server)
-            return server.docker.host if server else None
-        return cfg.docker.host if cfg.mode == "docker" else None
-
-    def estimate(model) -> VramEstimate:
-        if model.vram_gb is not None or not model.gpus:
-            return estimate_vram(model, None)
-        directory = (model_dirs(model) if model_dirs is not None
-                     else local_model_dir(model, models_dir_of(cfg, model), host_of(model)))
-        return estimate_vram(model, read_model_files(directory) if directory is not None else None)
-
-    if cfg.mode != "cluster":
-        return [("", b) for b in vram_budgets([(g.id, g.vram_gb) for g in cfg.gpus],
-                                              [(m.uid, m.gpus, estimate(m)) for m in cfg.enabled_models])]
-    out = []
-    for server in cfg.servers:
-        placed = [(m.uid, m.gpus, estimate(m)) for m in cfg.enabled_models if m.server == server.name]
-        out += [(server.name, b) for b in vram_budgets([(g.id, g.vram_gb) for g in server.gpus], placed)]
-    return out
+    return vram_problems(cfg, ctx.model_dirs)
 
 
 def _ssh(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
@@ -336,4 +293,4 @@ _RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [
     _airgap,
 ]
 
-__all__ = ["cross_check", "CONTAINER_MODELS_DIR"]
+__all__ = ["cross_check", "server_budgets", "vram_warnings", "ModelDirs", "CONTAINER_MODELS_DIR"]

@@ -125,7 +125,7 @@ def ssh_target(host_url: str, ssh_opts: list[str], ssh_key: Optional[str],
     identity, options, _ = parse_ssh_opts(ssh_opts)
     policy = options.pop("stricthostkeychecking", "=yes").partition("=")[2].lower()
     known = options.pop("userknownhostsfile", "=").partition("=")[2] or known_hosts
-    extra = tuple(tuple(text.split("=", 1)) for _, text in sorted(options.items()))
+    extra = tuple((name, value) for name, _, value in (text.partition("=") for _, text in sorted(options.items())))
     return SshTarget(host=parsed.hostname, user=parsed.username, port=parsed.port,
                      identity_file=ssh_key or identity, known_hosts=known, strict_host_key_checking=policy,
                      extra_options=extra)

@@ -67,17 +67,17 @@ class _TooDeep(yaml.MarkedYAMLError):
 class StackYamlLoader(yaml.SafeLoader):
     """SafeLoader with yaml.v3's implicit types, a nesting limit and strict scalar constructors."""
 
-    yaml_implicit_resolvers: dict = {}  # none of SafeLoader's YAML 1.1 resolvers: only those added below
+    yaml_implicit_resolvers: dict[str, Any] = {}  # none of SafeLoader's YAML 1.1 resolvers: only those added below
 
     def __init__(self, stream: str):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent, index):
+    def compose_node(self, parent: Optional[Node], index: Any) -> Optional[Node]:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                event = self.peek_event()
+                event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
                 raise _TooDeep(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
             return super().compose_node(parent, index)
         finally:
@@ -265,7 +265,7 @@ class _Walk:
             return "<<"
         if isinstance(node, ScalarNode) and node.tag == STR:
             self._scalar(node, at)
-            return node.value
+            return str(node.value)
         what = {INT: "a number", FLOAT: "a number", BOOL: "a boolean", NULL: "empty (null)"}.get(node.tag, "not text")
         shown = node.value if isinstance(node, ScalarNode) else "a " + ("list" if isinstance(node, SequenceNode)
                                                                           else "mapping")

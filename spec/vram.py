@@ -40,6 +40,16 @@ WEIGHTS_FACTOR = 1.5
 # as DEFAULT_CONTEXT tokens, since cal-model-mem's activation term grows with its square and a
 # 128K maximum would refuse every stack.
 PREALLOCATING_ENGINES = ("vllm", "sglang")
+# ... and they take a share of each whole GPU up front, whatever the model's size: two of them at
+# their defaults cannot share one GPU. Xinference 4.1 sets both when a launch does not: vLLM's
+# gpu_memory_utilization 0.9, SGLang's mem_fraction_static by tensor-parallel size (0.88 on one GPU
+# ... 0.79 on 16, SGLang's own table; xinference/model/llm/{vllm,sglang}/core.py).
+RESERVED_SHARE_KWARGS = {"vllm": "gpu_memory_utilization", "sglang": "mem_fraction_static"}
+RESERVED_SHARE_DEFAULTS = {
+    "vllm": lambda n_gpus: 0.9,
+    "sglang": lambda n_gpus: 0.79 if n_gpus >= 16 else 0.81 if n_gpus >= 8 else 0.85 if n_gpus >= 4
+    else 0.87 if n_gpus >= 2 else 0.88,
+}
 DEFAULT_CONTEXT = 4096
 # The keys a launch may set the context with (Xinference's unified one, then the engines' own).
 CONTEXT_KWARGS = ("context_length", "max_model_len", "n_ctx", "max_seq_len")
@@ -60,7 +70,7 @@ FULL_PRECISION = ("none", "bf16", "fp16", "f16")
 class ModelFiles:
     """What a model directory tells about memory: its config.json and its weights' size."""
 
-    config: Optional[dict]  # parsed config.json; None when absent or not a JSON object
+    config: Optional[dict[str, Any]]  # parsed config.json; None when absent or not a JSON object
     weights_bytes: int  # 0: no weight files
     weight_files: int
 
@@ -85,11 +95,15 @@ def read_model_files(directory: Path) -> Optional[ModelFiles]:
 
 @dataclass(frozen=True)
 class VramEstimate:
-    """A model's VRAM on each of its GPUs: declared, computed from its files, or unknown (gb None)."""
+    """A model's VRAM on each of its GPUs: declared, computed from its files, unknown (gb None), or
+    reserved: a share of each whole GPU that the engine takes when it starts (gb None, ``share`` set,
+    its GB known only against a GPU's capacity; ``need`` is what the model itself needs in it)."""
 
     gb: Optional[float]
-    kind: Literal["declared", "computed", "unknown"]
+    kind: Literal["declared", "computed", "unknown", "reserved"]
     how: str  # e.g. "declared", "computed from config.json: ...", "weights x 1.5", "unknown: no files"
+    share: Optional[float] = None
+    need: Optional["VramEstimate"] = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +135,7 @@ class LlmMemory:
         return self.weights + self.kv_cache + self.activation + self.overhead
 
 
-def layer_dims(config: dict) -> tuple[Optional[LayerDims], str]:
+def layer_dims(config: dict[str, Any]) -> tuple[Optional[LayerDims], str]:
     """Dimensions as Xinference's ModelMetadata.from_config reads them; (None, why) for what it cannot."""
     if any(isinstance(config.get(k), dict) for k in ("thinker_config", "language_config", "llm_config", "text_config")):
         return None, "a multimodal config.json"
@@ -201,7 +215,7 @@ def weights_from_size_mib(size_in_billions: float, quantization: Optional[str]) 
     return size * QUANT_BITS[q] / 16 + 0.06 * size
 
 
-def context_of(model: ModelConfig, config: dict) -> tuple[int, str]:
+def context_of(model: ModelConfig, config: dict[str, Any]) -> tuple[int, str]:
     """The context the estimate counts, and where it came from."""
     for key in CONTEXT_KWARGS:
         value = model.extra.get(key)
@@ -219,15 +233,38 @@ def kv_cache_bits(model: ModelConfig) -> int:
 
 
 def bits_text(quantization: Optional[str]) -> str:
-    return "16-bit" if (quantization or "none").lower() in FULL_PRECISION else quantization
+    return "16-bit" if quantization is None or quantization.lower() in FULL_PRECISION else quantization
 
 
 def gb(mib: float) -> float:
     return math.ceil(mib / 1024 * 10) / 10  # one decimal, rounded up: an estimate must not understate
 
 
+def reserved_share(model: ModelConfig) -> Optional[tuple[float, str]]:
+    """(share of each GPU, where it came from) for an engine that reserves one; None for the others."""
+    engine = (model.engine or "").lower()
+    if engine not in RESERVED_SHARE_KWARGS:
+        return None
+    key = RESERVED_SHARE_KWARGS[engine]
+    value = model.extra.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value), f"{engine} reserves {value:g} of each GPU (extra.{key})"
+    default = RESERVED_SHARE_DEFAULTS[engine](max(1, len(model.gpus)))
+    return default, f"{engine} reserves {default:g} of each GPU ({key} not set: Xinference's default)"
+
+
 def estimate_vram(model: ModelConfig, files: Optional[ModelFiles]) -> VramEstimate:
-    """The model's VRAM on each of its GPUs: its vram_gb, else computed from its files."""
+    """The model's VRAM on each of its GPUs: the share its engine reserves (vLLM, SGLang), else its
+    vram_gb, else computed from its files. A reserving engine's model keeps the other figure as its
+    ``need``: it must fit inside the share."""
+    reserved = reserved_share(model)
+    if reserved is not None:
+        share, how = reserved
+        return VramEstimate(None, "reserved", how, share=share, need=_needed_vram(model, files))
+    return _needed_vram(model, files)
+
+
+def _needed_vram(model: ModelConfig, files: Optional[ModelFiles]) -> VramEstimate:
     if model.vram_gb is not None:
         return VramEstimate(model.vram_gb, "declared", "declared")
     if files is None:
@@ -236,7 +273,7 @@ def estimate_vram(model: ModelConfig, files: Optional[ModelFiles]) -> VramEstima
     dims, why = None, ""
     if model.type == "LLM":
         dims, why = layer_dims(files.config) if files.config is not None else (None, "an LLM without a readable config.json")
-    if dims is not None:
+    if dims is not None and files.config is not None:
         on_disk = files.weights_bytes > 0 and model.format != "bnb"  # bnb quantizes full weights at load
         weights = files.weights_bytes / MIB if on_disk else (
             weights_from_size_mib(billions(model.size_in_billions), model.quantization)

@@ -8,7 +8,7 @@ The stack schema (spec/config.py, spec/rules.py) and the provider's ``validate``
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 CONFIG_NAMESPACE = "xinference-offline"  # the Pulumi project name: stack keys are `xinference-offline:<key>`
 CONTAINER_PORT = 9997  # Xinference's REST port inside the container
@@ -19,7 +19,8 @@ CONTAINER_MODELS_DIR = CONTAINER_HOME + "/models"  # where the host's models_dir
 PACKAGES_DIR = "_engine_packages"
 CONTAINER_PACKAGES_DIR = f"{CONTAINER_MODELS_DIR}/{PACKAGES_DIR}"
 CONTAINER_PACKAGE_WHEELS = f"{CONTAINER_PACKAGES_DIR}/wheels"
-MODEL_TYPES = ("LLM", "embedding", "rerank", "audio", "image", "video", "flexible")
+ModelType = Literal["LLM", "embedding", "rerank", "audio", "image", "video", "flexible"]
+MODEL_TYPES: tuple[str, ...] = get_args(ModelType)
 
 # xinference/core/utils.py is_valid_model_uid: stripped, 0 < length <= 100, and not ending in
 # the replica suffix `-rep<N>` that Xinference appends itself (a user's uid must not collide

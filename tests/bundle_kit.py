@@ -40,7 +40,7 @@ def make_image_tar(path: Path, image: str = IMAGE, layer: bytes = b"layer bytes 
     config_name = hashlib.sha256(config.encode()).hexdigest() + ".json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": [image], "Layers": layer_names}]).encode()
     with tarfile.open(path, "w") as tar:
-        for name, data in ((config_name, config.encode()), *zip(layer_names, layers), ("manifest.json", manifest)):
+        for name, data in ((config_name, config.encode()), *zip(layer_names, layers, strict=True), ("manifest.json", manifest)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -52,7 +52,7 @@ def python_layer(dists: dict[str, str], python: str = "3.11", glibc: str = "2.36
                  ) -> bytes:
     """A real image layer (a tar) holding a Python's site-packages: one ``<name>-<version>.dist-info``
     with its METADATA per distribution, and dpkg's record of libc6 (what bundle/image_env.py reads)."""
-    files = {f"var/lib/dpkg/status": f"Package: base-files\nVersion: 12.4\n\nPackage: libc6\nStatus: install ok "
+    files = {"var/lib/dpkg/status": f"Package: base-files\nVersion: 12.4\n\nPackage: libc6\nStatus: install ok "
                                      f"installed\nVersion: {glibc}-9+deb12u14\n\n".encode()}
     root = site.format(py=python)
     for name, version in dists.items():

@@ -305,7 +305,7 @@ LogLevel VERBOSE
             except OSError:
                 if self.sshd.poll() is not None or time.monotonic() > deadline:
                     log = self.sshd_log.read_text(errors="replace")[-2000:] if self.sshd_log.exists() else ""
-                    raise AssertionError(f"sshd on {self.host}:{self.port} did not listen:\n{log}")
+                    raise AssertionError(f"sshd on {self.host}:{self.port} did not listen:\n{log}") from None
                 time.sleep(0.1)
 
     def stop_sshd(self) -> None:

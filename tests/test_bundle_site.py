@@ -139,6 +139,7 @@ def test_two_stacks_that_take_one_remote_container_port_or_gpu_clash():
                          remote_stack("b", "unix:///var/run/docker.sock")]) == []
     # one host, two containers side by side on distinct names, ports and GPUs
     side = remote_stack("b", "ssh://ops@10.0.0.11", container={"name": "xinference-b", "port": 9998},
-                        gpus=[{"id": 2, "vram_gb": 24}], models=[{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [2], "path": "e"}])
+                        gpus=[{"id": 2, "vram_gb": 24}],
+                        models=[{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [2], "path": "e"}])
     assert site_clashes([node1, side]) == []
 

@@ -29,8 +29,10 @@ def cluster(**overrides) -> dict:
              "gpus": [{"id": 2, "vram_gb": 48}, {"id": 3, "vram_gb": 48}]},
         ],
         "models": [
-            {"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "server": "gpu-a", "gpus": [1], "path": "emb", "vram_gb": 2},
-            {"uid": "rerank", "name": "bce-reranker-base_v1", "type": "rerank", "server": "gpu-b", "gpus": [3], "path": "rerank", "vram_gb": 2},
+            {"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "server": "gpu-a", "gpus": [1], "path": "emb",
+             "vram_gb": 2},
+            {"uid": "rerank", "name": "bce-reranker-base_v1", "type": "rerank", "server": "gpu-b", "gpus": [3], "path": "rerank",
+             "vram_gb": 2},
         ],
     }
     cfg.update(overrides)
@@ -63,8 +65,8 @@ def test_model_on_an_unknown_server_or_gpu():
 
 def test_over_budget_gpu_is_per_server():
     cfg = cluster()
-    cfg["models"].append({"uid": "big", "name": "bge-small-en-v1.5", "type": "embedding", "server": "gpu-a", "gpus": [1], "path": "b",
-                          "vram_gb": 23})
+    cfg["models"].append({"uid": "big", "name": "bge-small-en-v1.5", "type": "embedding", "server": "gpu-a", "gpus": [1],
+                          "path": "b", "vram_gb": 23})
     found = problems(cfg)
     assert len(found) == 1 and found[0].startswith("servers[gpu-a].gpus[id=1].vram_gb = 24.0")
     assert "GPU 1 of gpu-a needs 25 GB, over its 24 GB: emb 2 GB (declared); big 23 GB (declared)" in found[0]
@@ -84,7 +86,8 @@ def test_cluster_shape_rules():
 
 def test_server_fields_outside_cluster_mode():
     found = problems({"mode": "existing", "endpoint": "http://127.0.0.1:9997", "servers": [],
-                      "models": [{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "path": "/m/e", "server": "gpu-a"}]})
+                      "models": [{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "path": "/m/e",
+                                  "server": "gpu-a"}]})
     assert found == [
         "servers = '...': only used in cluster mode (mode is existing); fix: set mode: cluster, or remove servers",
         "models[0].server = 'gpu-a': only used in cluster mode (mode is existing); fix: remove server, or set mode: cluster",

@@ -168,7 +168,8 @@ def install_as_the_site_does(tmp_path: Path, wheels: Path, image: dict[str, str]
     plan = subprocess.run([*uv, "--dry-run", requirement], capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
     resolved = [line.strip()[2:] for line in plan.stderr.splitlines() if line.strip().startswith("+ ")]
-    assert {canonicalize_name(r.split("==")[0]): r.split("==")[1] for r in resolved}.items() >= image.items(), resolved  # uv sees the stand-ins, not the image
+    # uv sees the stand-ins, not the image
+    assert {canonicalize_name(r.split("==")[0]): r.split("==")[1] for r in resolved}.items() >= image.items(), resolved
     missing = [r for r in resolved if canonicalize_name(r.split("==")[0]) not in image]
     done = subprocess.run([*uv, "--no-deps", *missing], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -84,8 +84,8 @@ def test_two_installs_in_parallel_leave_a_correct_directory_and_lose_no_file(big
     procs = [start(install_cmd(big_bundle, models), tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]
     outputs = [proc.communicate(timeout=300) for proc in procs]
-    results = [(proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs)]
-    for code, out, err in results:
+    results = [(proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs, strict=True)]
+    for code, _out, err in results:
         assert code == 0, err
     assert_installed(big_bundle, models)
     # one after the other: exactly one copied everything, the other found it all in place

@@ -291,7 +291,7 @@ def test_username_password_logs_in_and_again_when_the_token_expires():
         fake.expire_tokens()
         assert p.read("m1", outs).id == "m1"
         assert fake.calls("POST", "/token") == 2
-        for _, _, headers, body in fake.log:
+        for _, _, headers, _body in fake.log:
             assert "pw-123456789" not in str(headers)
         assert "pw-123456789" not in str(outs)
     finally:

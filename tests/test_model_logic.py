@@ -103,8 +103,8 @@ def failures(**overrides):
 
 def test_valid_inputs_pass():
     assert validate(props()) == []
-    assert validate(props(model_type="LLM", model_name="qwen2.5-instruct", model_engine="vllm", gpu_idx=[0, 1], replica=2, n_gpu="auto",
-                          launch_timeout=30, autostart=False, extra={"max_model_len": 4096})) == []
+    assert validate(props(model_type="LLM", model_name="qwen2.5-instruct", model_engine="vllm", gpu_idx=[0, 1], replica=2,
+                          n_gpu="auto", launch_timeout=30, autostart=False, extra={"max_model_len": 4096})) == []
 
 
 @pytest.mark.parametrize("overrides, prop, words", [

@@ -52,7 +52,8 @@ def test_vram_budget_sums_models_per_gpu():
 
 def test_launch_specs_of_a_remapped_server():
     models = [{"uid": "llm", "name": "qwen2.5-instruct", "type": "LLM", "engine": "vllm", "gpus": [2, 3],
-               "path": "qwen"}, {"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": 3, "path": "/data/m/emb"},
+               "path": "qwen"},
+              {"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": 3, "path": "/data/m/emb"},
               {"uid": "off", "name": "bge-small-en-v1.5", "type": "embedding", "enabled": False, "path": "x"}]
     cfg = load_stack_config(namespaced(docker_stack(gpus=[2, 3], models=models, models_dir="/data/m")))
     specs = launch_specs(cfg, {"emb": "d1"})
@@ -65,7 +66,8 @@ def test_launch_specs_of_a_remapped_server():
 def test_existing_mode_uses_server_paths_and_gpu_ids():
     cfg = load_stack_config(namespaced({"mode": "existing", "endpoint": "http://127.0.0.1:9997/",
                                         "gpus": [2], "models_dir": "/srv/models",
-                                        "models": [{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [2], "path": "e"}]}))
+                                        "models": [{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [2],
+                                                    "path": "e"}]}))
     spec, = launch_specs(cfg, {})
     assert spec.gpu_idx == [2] and spec.model_path == "/srv/models/e"
     assert endpoint_url(cfg) == "http://127.0.0.1:9997"

@@ -215,7 +215,8 @@ def test_remote_host_gets_its_own_provider_and_remapped_gpus():
     provider = mocks.one("pulumi:providers:docker")
     assert provider.inputs["host"] == "ssh://ops@gpu-node-2:2222"
     assert json.loads(provider.inputs["sshOpts"]) == SSH_OPTIONS  # one ssh configuration ...
-    assert mocks.one(CONTAINER).inputs["deviceRequests"] == [{"driver": "nvidia", "deviceIds": ["2", "3"], "capabilities": ["gpu"]}]
+    assert mocks.one(CONTAINER).inputs["deviceRequests"] == [{"driver": "nvidia", "deviceIds": ["2", "3"],
+                                                              "capabilities": ["gpu"]}]
     assert mocks.models()["emb"].inputs["gpu_idx"] == [1]
     load = mocks.resources["xinference-image-load-on-gpu-node-2"].inputs  # preview: "load on gpu-node-2"
     login = ["-l", "ops", "-p", "2222", "--", "gpu-node-2"]

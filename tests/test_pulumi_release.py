@@ -75,7 +75,7 @@ def test_the_operators_checksums_file_stands_in_for_a_missing_published_one(tmp_
     versions = pulumi_versions()
     mine = tmp_path / "SHA256SUMS"
     lines = []
-    for name, url in checksum_urls(versions, f"file://{mirror}").items():
+    for _name, url in checksum_urls(versions, f"file://{mirror}").items():
         lines.append(local(url).read_text())
         local(url).unlink()
     mine.write_text("# copied from the release pages\n" + "".join(lines))

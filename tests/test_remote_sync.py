@@ -64,7 +64,8 @@ def test_ssh_host_gets_copy_and_verify_before_the_container(tmp_path):
     bundle = tmp_path / "bundle"
     make_bundle(bundle, FILES)
     models = [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [0], "path": "emb"},
-              {"uid": "rerank", "name": "bce-reranker-base_v1", "type": "rerank", "gpus": [0], "path": "rerank", "enabled": False}]
+              {"uid": "rerank", "name": "bce-reranker-base_v1", "type": "rerank", "gpus": [0], "path": "rerank",
+               "enabled": False}]
     mocks, _ = run_program(docker_stack(models=models, gpus=[0], bundle_dir=str(bundle), models_dir="/data/m",
                                         docker={"host": "ssh://ops@gpu-node-2:2222"}))
     copies = mocks.of_type("command:remote:CopyToRemote")

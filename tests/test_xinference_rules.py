@@ -37,7 +37,8 @@ def provider_failures(**inputs):
 def test_plan_and_the_provider_refuse_a_uid_with_the_same_message(uid):
     message = model_uid_problem(uid)
     assert message is not None
-    [problem] = [p for p in plan_problems(models=[{"uid": uid, "name": "bge-small-en-v1.5", "type": "embedding"}]) if p.path == "models[0].uid"]
+    [problem] = [p for p in plan_problems(models=[{"uid": uid, "name": "bge-small-en-v1.5", "type": "embedding"}])
+                 if p.path == "models[0].uid"]
     assert (problem.message, problem.fix) == (message, MODEL_UID_FIX)
     assert provider_failures(model_uid=uid)["model_uid"] == f"model_uid {uid!r}: {message}; fix: {MODEL_UID_FIX}"
 
@@ -48,7 +49,8 @@ def test_what_xinference_takes_both_take(uid):
     assert "model_uid" not in provider_failures(model_uid=uid)
     load_stack_config({"xinference-offline:mode": "existing", "xinference-offline:endpoint": "http://127.0.0.1:9997",
                        "xinference-offline:auth": False,
-                       "xinference-offline:models": [{"uid": uid, "name": "bge-small-en-v1.5", "type": "embedding", "path": "emb"}]})
+                       "xinference-offline:models": [{"uid": uid, "name": "bge-small-en-v1.5", "type": "embedding",
+                                                     "path": "emb"}]})
 
 
 def test_the_rule_is_xinferences_own():

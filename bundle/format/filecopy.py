@@ -24,7 +24,7 @@ import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from bundle.format.manifest import CHUNK_SIZE, BundleError, fsync_directory, sha256_file, write_atomic
 
@@ -167,25 +167,26 @@ class HashCache:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.entries: dict[str, list] = {}
-        self.meta: dict = {}  # free-form facts saved alongside (install: the bundle id, the stack)
+        self.entries: dict[str, list[Any]] = {}
+        self.meta: dict[str, Any] = {}  # free-form facts saved alongside (install: the bundle id, the stack)
         self._dirty = False
         try:
             data = json.loads(self.path.read_text())
             if isinstance(data, dict) and data.get("format") == self.FORMAT and isinstance(data.get("files"), dict):
                 self.entries = data["files"]
-                self.meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+                meta = data.get("meta")
+                self.meta = meta if isinstance(meta, dict) else {}
         except (OSError, ValueError):
             pass
 
     @staticmethod
-    def _signature(st: os.stat_result) -> list:
+    def _signature(st: os.stat_result) -> list[Any]:
         return [st.st_size, st.st_mtime_ns, st.st_ino]
 
     def lookup(self, key: str, st: os.stat_result) -> Optional[str]:
         entry = self.entries.get(key)
         if entry and len(entry) == 4 and entry[:3] == self._signature(st) and stat.S_ISREG(st.st_mode):
-            return entry[3]
+            return str(entry[3])
         return None
 
     def record(self, key: str, st: os.stat_result, sha256: str) -> None:
@@ -194,7 +195,7 @@ class HashCache:
             self.entries[key] = value
             self._dirty = True
 
-    def set_meta(self, **values) -> None:
+    def set_meta(self, **values: Any) -> None:
         if any(self.meta.get(k) != v for k, v in values.items()):
             self.meta.update(values)
             self._dirty = True

@@ -57,7 +57,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from bundle.format.errors import BundleError, ManifestError, UsageError
 from bundle.format.manifest_check import check_manifest, content_digest
@@ -164,7 +164,7 @@ class Manifest(_Files):
 
         return StackManifest(name, self.bundle_id, entry, [f for f in self.files if wanted(f)], self.python)
 
-    def _data(self) -> dict:
+    def _data(self) -> dict[str, Any]:
         data = asdict(self)
         for entry in data["stacks"].values():
             if entry.get("image_id") is None:

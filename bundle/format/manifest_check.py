@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from bundle.format.errors import ManifestError
 from bundle.format.manifest_rules import (CREATED_RE, FIX, FORMAT_VERSION, IMAGE_RE, MANIFEST_NAME, MAX_DEPTH,
@@ -102,7 +102,7 @@ def decode_json(data: bytes, source: str) -> Any:
         raise ManifestError(f"{source}: not valid JSON ({exc}); {FIX}") from None
 
 
-def content_digest(data: dict) -> str:
+def content_digest(data: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``data`` (the bundle id, when ``data`` is a manifest without its digest)."""
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -112,7 +112,7 @@ def content_digest(data: dict) -> str:
 # fields
 
 
-def _object(value: Any, source: str, field: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+def _object(value: Any, source: str, field: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise fail(source, field, "an object", value)
     unknown = [k for k in value if k not in keys and k not in optional]
@@ -125,7 +125,7 @@ def _object(value: Any, source: str, field: str, keys: tuple[str, ...], optional
     return value
 
 
-def _text(value: Any, source: str, field: str, pattern: re.Pattern, expected: str, optional: bool = False
+def _text(value: Any, source: str, field: str, pattern: re.Pattern[str], expected: str, optional: bool = False
           ) -> Optional[str]:
     if value is None and optional:
         return None
@@ -153,8 +153,8 @@ def _size(value: Any, source: str, field: str) -> int:
     return value
 
 
-def _file(item: Any, source: str, field: str, stacks: dict[str, dict]) -> dict:
-    _object(item, source, field, ("path", "size", "sha256", "role", "model"))
+def _file(item: Any, source: str, field: str, stacks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    item = _object(item, source, field, ("path", "size", "sha256", "role", "model"))
     role = item["role"]
     if not isinstance(role, str) or role not in ROLES:
         raise fail(source, f"{field}.role", f"one of {', '.join(ROLES)}", role)
@@ -168,17 +168,18 @@ def _file(item: Any, source: str, field: str, stacks: dict[str, dict]) -> dict:
     elif item["model"] is not None:
         raise fail(source, f"{field}.model", f"null (only model files name a model; this one's role is {role})",
                    item["model"])
-    return item
+    return cast(dict[str, Any], item)
 
 
 IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def _stack(name: Any, entry: Any, source: str) -> dict:
+def _stack(name: Any, entry: Any, source: str) -> dict[str, Any]:
     field = f"stacks{key(name)}"
     if not STACK_RE.fullmatch(name):
         raise fail(source, field, "a stack name (letters, digits, `.`, `_`, `-`)", name, text_problem(name) or "")
-    _object(entry, source, field, ("image", "image_tar", "models_dir", "model_dirs", "models"), optional=("image_id",))
+    entry = _object(entry, source, field, ("image", "image_tar", "models_dir", "model_dirs", "models"),
+                    optional=("image_id",))
     entry.setdefault("image_id", None)
     _text(entry["image_id"], source, f"{field}.image_id", IMAGE_ID_RE, "sha256:<64 hex> (the loaded image's id)",
           optional=True)
@@ -190,7 +191,7 @@ def _stack(name: Any, entry: Any, source: str) -> dict:
     models_dir = entry["models_dir"]
     if models_dir is not None and absolute_path_problem(models_dir):
         raise fail(source, f"{field}.models_dir", "the stack's host model directory (a canonical absolute path)",
-                   models_dir, absolute_path_problem(models_dir))
+                   models_dir, absolute_path_problem(models_dir) or "")
     dirs = entry["model_dirs"]
     if not isinstance(dirs, dict):
         raise fail(source, f"{field}.model_dirs", "an object {\"models/DIR\": \"DIR\"}", dirs)
@@ -206,7 +207,7 @@ def _stack(name: Any, entry: Any, source: str) -> dict:
                        "absolute: install writes model files only inside the models directory",
                        "give the model a path relative to models_dir in the stack file and rebuild the bundle")
         if path_problem(host):
-            raise fail(source, at, "a canonical directory relative to models_dir", host, path_problem(host))
+            raise fail(source, at, "a canonical directory relative to models_dir", host, path_problem(host) or "")
         if bundle_dir != f"models/{host}":
             raise fail(source, at, f"{render('models/' + host)} as its key (a bundle directory mirrors its host "
                        "directory)", bundle_dir)
@@ -221,10 +222,10 @@ def _stack(name: Any, entry: Any, source: str) -> dict:
         for index, used in enumerate(uses):
             if not isinstance(used, str) or used not in dirs:
                 raise fail(source, f"{at}[{index}]", "one of this stack's model_dirs", used)
-    return entry
+    return cast(dict[str, Any], entry)
 
 
-def _cross_check(files: list[dict], stacks: dict[str, dict], source: str) -> None:
+def _cross_check(files: list[dict[str, Any]], stacks: dict[str, dict[str, Any]], source: str) -> None:
     seen: dict[str, int] = {fold(MANIFEST_NAME): -1}
     for index, item in enumerate(files):
         folded = fold(item["path"])
@@ -253,7 +254,7 @@ def _cross_check(files: list[dict], stacks: dict[str, dict], source: str) -> Non
                        entry["image_tar"])
 
 
-def check_manifest(data: bytes, source: str) -> dict:
+def check_manifest(data: bytes, source: str) -> dict[str, Any]:
     """The manifest's content with every field checked (a plain dict); ManifestError on the first bad field."""
     doc = decode_json(data, source)
     if not isinstance(doc, dict):

@@ -173,7 +173,7 @@ def check_relative_path(value: Any, what: str) -> str:
     problem = path_problem(value)
     if problem:
         raise ManifestError(f"{what}: expected a canonical relative path, got {render(value)} ({problem}); {FIX}")
-    return value
+    return str(value)
 
 
 def fold(path: str) -> str:

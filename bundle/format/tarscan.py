@@ -31,7 +31,7 @@ MAX_MTIME = 2 ** 32 - 1  # 2106-02-07, the unsigned 32-bit time: later mtimes ar
 def safe_mtime(value: object) -> Optional[float]:
     """A member's mtime as os.utime takes it: clamped to [0, MAX_MTIME]; None (keep the extraction
     time) for what is no time at all (NaN, infinities, not a number). A pax header can say anything."""
-    if type(value) not in (int, float):
+    if type(value) not in (int, float) or not isinstance(value, (int, float)):  # bool is an int, not a time
         return None
     if not math.isfinite(value):
         return None
@@ -103,7 +103,8 @@ def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optiona
     """
     try:
         file_size = path.stat().st_size
-        with tarfile.open(path, "r:*", copybufsize=CHUNK_SIZE) as tar:
+        # copybufsize is TarFile's own keyword (3.8+); typeshed's open() overloads leave it out
+        with tarfile.open(path, "r:*", copybufsize=CHUNK_SIZE) as tar:  # type: ignore[call-overload]
             scan = _read_manifest(tar, path, bundle_id)
             if expect is not None and scan.manifest_bytes != expect.manifest_bytes:
                 raise ManifestError(f"{path}: the archive changed while it was being unpacked")
@@ -113,7 +114,8 @@ def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optiona
     except DAMAGED as exc:
         if _local_error(exc):
             raise
-        raise VerifyFailed(f"{path} is damaged", [FileProblem(path.name, f"not a readable archive, or cut short ({exc})")])
+        raise VerifyFailed(f"{path} is damaged",
+                           [FileProblem(path.name, f"not a readable archive, or cut short ({exc})")]) from None
     return scan
 
 
@@ -190,14 +192,14 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
             continue
         if sink is not None:
             try:
-                problem = sink(tar, member, entry)
+                sunk = sink(tar, member, entry)
             except DAMAGED as exc:
                 if _local_error(exc):
                     raise
                 scan.problems.append(FileProblem(name, f"archive is damaged or cut short in this file ({exc})"))
                 return
-            if problem:
-                scan.problems.append(problem)
+            if sunk:
+                scan.problems.append(sunk)
     for missing in sorted(listed - seen):
         entry = by_path[missing]
         scan.problems.append(FileProblem(missing, f"missing from the archive (expected {entry.size} bytes)"))

@@ -141,7 +141,7 @@ def verify_directory(root: Path, bundle_id: Optional[str] = None, workers: Optio
     return manifest
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = subparsers.add_parser("verify", help="check every file of a bundle (directory or archive)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", type=Path, metavar="DIR|FILE", help="unpacked bundle directory, or .tar/.tar.gz")

@@ -2,9 +2,9 @@
 # BERT (written here, no hub) through sentence-transformers as an embedding model and as a
 # cross-encoder (rerank): the code paths of Xinference's embedding and rerank models, on CPU,
 # with the image's torch (no triton).
-import os, sys, tempfile
+import os
+import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-import torch
 from transformers import BertConfig, BertModel, BertForSequenceClassification, BertTokenizerFast
 from sentence_transformers import SentenceTransformer, CrossEncoder, models
 d = tempfile.mkdtemp()
