@@ -60,6 +60,7 @@ from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, re
 from bundle.format.layout import INSTALL_RECORD, PROJECT_MARKER
 from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackEntry, load_manifest,
                                     write_atomic)
+from bundle.format.manifest_rules import SIGNATURE_NAME
 from bundle.format.progress import Progress, bars_wanted, human, plural
 from bundle.image_env import image_env
 from bundle.program import program_files
@@ -162,6 +163,7 @@ class Builder:
         except BundleError:
             previous = None
         (self.out / MANIFEST_NAME).unlink(missing_ok=True)
+        (self.out / SIGNATURE_NAME).unlink(missing_ok=True)  # it signed the old manifest: sign the new one anew
         return previous
 
     def _prepare_out_dir(self) -> None:

@@ -58,7 +58,8 @@ from bundle.confine import Confinement, Target
 from bundle.format.errors import FileProblem
 from bundle.format.filecopy import CopyError, HashCache, copy_with_sha256, remove_partials
 from bundle.format.layout import INSTALL_RECORD
-from bundle.format.manifest import StackManifest, bundle_id_arg, check_bundle_id, load_manifest, sha256_file
+from bundle.format.manifest import StackManifest, bundle_id_arg, sha256_file
+from bundle.format.signature import add_signer_arguments, load_trusted_manifest, site_policy
 from bundle.format.progress import Progress, bars_wanted
 from bundle.format.verify import check_directory
 from bundle.install_lock import LOCK_NAME, InstallLocks
@@ -247,6 +248,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="project checkout that receives the program and stacks/Pulumi.STACK.yaml (default: .)")
     parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
                         help="refuse any bundle but this one (an empty or malformed id is an error, not \"no id\")")
+    add_signer_arguments(parser)
     parser.add_argument("--skip", action="append", default=[], choices=list(STEPS),
                         help="leave a step out (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -255,8 +257,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     bundle = args.bundle.absolute()
-    whole = load_manifest(bundle)
-    check_bundle_id(whole, args.bundle_id, str(bundle))
+    policy = site_policy(args)
+    whole = load_trusted_manifest(bundle, args.bundle_id, policy)  # the signature first, then the manifest
     manifest = whole.for_stack(args.stack)  # this server's files: the shared ones and its stack's
     steps = [name for name in STEPS if name not in args.skip]
     targets = resolve_targets(args, manifest, steps)
