@@ -6,20 +6,21 @@ namespace NAMESPACE and checked with `ssh-keygen -Y verify` against the site's a
 file: OpenSSH 8+ is on nearly every server, so a site needs no other tool, and no Python either
 (docs/bundle.md, "Signatures").
 
-ssh-keygen's answer is the verdict; this module only asks it the questions that name the reason
-of a refusal (its own message is mostly "Could not verify signature."):
+The verdict is `ssh-keygen -Y verify -f ALLOWED_SIGNERS -I PRINCIPAL -n NAMESPACE [-r REVOKED]`
+(PRINCIPAL: --signer, else the one `-Y find-principals` names for the key). When it says no (its
+own message is mostly "Could not verify signature."), ssh-keygen is asked why:
 
-  1. no MANIFEST.json.sig                                        -> no signature
-  2. `-Y check-novalidate -n NAMESPACE` fails: the signature's namespace (read from the SSHSIG
-     blob) is another one                                          -> other namespace
-     else                                                          -> tampered manifest
-  3. `-Y find-principals` finds no line for the key: "expired"     -> key past its valid-before
-     otherwise                                                     -> key not allowed
-  4. `-Y verify -I PRINCIPAL [-r REVOKED]` fails: --signer is not a principal of the key
-     -> principal not allowed; it passes without -r -> revoked key; else ssh-keygen's own words.
+  no MANIFEST.json.sig                                   -> no signature
+  the SSHSIG blob names another namespace                -> other namespace (read here, before ssh-keygen)
+  `-Y check-novalidate` fails                            -> tampered manifest
+  `-Y find-principals` finds no line: "expired"          -> key past its valid-before
+                                      otherwise          -> key not allowed
+  --signer is not a principal of the key                 -> principal not allowed
+  verify passes without -r                               -> revoked key
 
-A signature present without --allowed-signers is still checked against the manifest (step 2):
-a bad signature always fails, whatever else was given.
+A signature present without --allowed-signers is still checked against the manifest (check-novalidate):
+a bad signature always fails, whatever else was given. With --signer, a good signature costs one
+ssh-keygen call, which OpenSSH 8.1+ answers; naming the principal itself needs 8.2+ (find-principals).
 """
 
 from __future__ import annotations
@@ -130,9 +131,8 @@ def _key_of(result: subprocess.CompletedProcess) -> str:
     return line[line.find(" with ") + 6:] if " with " in line else "the signing key"
 
 
-def check_matches(manifest_bytes: bytes, signature: bytes, source: str) -> str:
-    """The signature is an SSH signature of exactly these bytes under NAMESPACE (no key trusted yet).
-    Returns the signing key ("ED25519 key SHA256:..."); SignatureError names what is wrong."""
+def _signature_blob(signature: bytes, source: str) -> SshSignature:
+    """The parsed signature, or the refusal for one that is not an SSH signature of our namespace."""
     parsed = parse_signature(signature)
     if parsed is None:
         raise SignatureError(f"{source}: refused: not an SSH signature (no armored SSHSIG block); sign the "
@@ -140,10 +140,34 @@ def check_matches(manifest_bytes: bytes, signature: bytes, source: str) -> str:
     if parsed.namespace != NAMESPACE:
         raise SignatureError(f"{source}: refused: signature made for another namespace, {parsed.namespace!r}, "
                              f"not {NAMESPACE!r} (a signature for another purpose cannot vouch for a bundle)")
+    return parsed
+
+
+class _SshKeygen:
+    """ssh-keygen -Y questions about one signature (written to a temp file for the run)."""
+
+    def __init__(self, signature: bytes, manifest_bytes: bytes, directory: str):
+        self.sig_file = Path(directory) / SIGNATURE_NAME
+        self.sig_file.write_bytes(signature)
+        self.data = manifest_bytes
+
+    def check_novalidate(self) -> subprocess.CompletedProcess:
+        return _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(self.sig_file)], self.data)
+
+    def find_principals(self, allowed: str) -> subprocess.CompletedProcess:
+        return _run(["-Y", "find-principals", "-f", allowed, "-s", str(self.sig_file)])
+
+    def verify(self, allowed: str, principal: str, revoked: list[str]) -> subprocess.CompletedProcess:
+        return _run(["-Y", "verify", "-f", allowed, "-I", principal, "-n", NAMESPACE, "-s", str(self.sig_file),
+                     *revoked], self.data)
+
+
+def check_matches(manifest_bytes: bytes, signature: bytes, source: str) -> str:
+    """The signature is an SSH signature of exactly these bytes under NAMESPACE (no key trusted yet).
+    Returns the signing key ("ED25519 key SHA256:..."); SignatureError names what is wrong."""
+    _signature_blob(signature, source)
     with tempfile.TemporaryDirectory(prefix="bundle-sig-") as tmp:
-        sig_file = Path(tmp) / SIGNATURE_NAME
-        sig_file.write_bytes(signature)
-        result = _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(sig_file)], manifest_bytes)
+        result = _SshKeygen(signature, manifest_bytes, tmp).check_novalidate()
     if result.returncode != 0:
         raise SignatureError(f"{source}: refused: tampered manifest: MANIFEST.json is not what was signed "
                              f"(ssh-keygen: {_said(result)})")
@@ -153,45 +177,59 @@ def check_matches(manifest_bytes: bytes, signature: bytes, source: str) -> str:
 def verify_signature(manifest_bytes: bytes, signature: Optional[bytes], policy: SignerPolicy, source: str) -> str:
     """Check the signature of these manifest bytes against the site's policy; returns the principal.
 
-    Runs before anything else of the bundle is read. Each refusal is a SignatureError naming its reason.
+    The verdict is `ssh-keygen -Y verify` alone (with --signer, the only ssh-keygen call on success);
+    the other questions run when it says no, to name the reason. Runs before anything else of the
+    bundle is read.
     """
     if signature is None:
         raise SignatureError(f"{source}: refused: no signature ({SIGNATURE_NAME} is missing) and --allowed-signers "
                              f"requires one; ask the builder for a signed bundle (`python -m bundle sign`)")
-    key = check_matches(manifest_bytes, signature, source)
+    _signature_blob(signature, source)
     allowed = str(policy.allowed_signers)
+    revoked = ["-r", str(policy.revoked)] if policy.revoked else []
     with tempfile.TemporaryDirectory(prefix="bundle-sig-") as tmp:
-        sig_file = Path(tmp) / SIGNATURE_NAME
-        sig_file.write_bytes(signature)
-        found = _run(["-Y", "find-principals", "-f", allowed, "-s", str(sig_file)])
-        if found.returncode != 0:
-            said = _said(found)
-            if "expired" in said:
-                raise SignatureError(f"{source}: refused: the signing key ({key}) is past its valid-before in "
-                                     f"{allowed} (ssh-keygen: {said}); a bundle signed with the new key is needed")
-            raise SignatureError(f"{source}: refused: signed by a key {allowed} does not allow ({key}); "
-                                 "this bundle was not signed by a builder this site trusts")
-        principals = [p for p in found.stdout.decode("utf-8", "replace").split("\n") if p.strip()]
-        principal = policy.signer or principals[0]
-        revoked = ["-r", str(policy.revoked)] if policy.revoked else []
-
-        def verify(who: str, extra: list[str]) -> subprocess.CompletedProcess:
-            return _run(["-Y", "verify", "-f", allowed, "-I", who, "-n", NAMESPACE, "-s", str(sig_file), *extra],
-                        manifest_bytes)
-
-        result = verify(principal, revoked)
-        if result.returncode == 0:
+        keygen = _SshKeygen(signature, manifest_bytes, tmp)
+        found = keygen.find_principals(allowed) if policy.signer is None else None
+        principals = _lines(found) if found is not None and found.returncode == 0 else []
+        principal = policy.signer or (principals[0] if principals else None)
+        result = keygen.verify(allowed, principal, revoked) if principal else found
+        if principal and result.returncode == 0:
             return principal
-        said = _said(result)
-        if policy.signer and verify(principals[0], revoked).returncode == 0:
-            raise SignatureError(f"{source}: refused: principal not allowed: the signing key ({key}) is allowed "
-                                 f"in {allowed} as {', '.join(principals)}, not as --signer {policy.signer}")
-        if revoked and verify(principal, []).returncode == 0:
-            raise SignatureError(f"{source}: refused: the signing key ({key}) is revoked in {policy.revoked}")
+        raise SignatureError(f"{source}: refused: {_refusal(keygen, policy, found, result)}")
+
+
+def _lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line.strip() for line in result.stdout.decode("utf-8", "replace").split("\n") if line.strip()]
+
+
+def _refusal(keygen: _SshKeygen, policy: SignerPolicy, found: Optional[subprocess.CompletedProcess],
+             result: subprocess.CompletedProcess) -> str:
+    """Why ssh-keygen said no, asked of ssh-keygen itself."""
+    allowed = str(policy.allowed_signers)
+    matches = keygen.check_novalidate()
+    if matches.returncode != 0:
+        return f"tampered manifest: MANIFEST.json is not what was signed (ssh-keygen: {_said(matches)})"
+    key = _key_of(matches)
+    found = found or keygen.find_principals(allowed)
+    if found.returncode != 0:
+        said = _said(found)
+        if "expired" in said:
+            return (f"the signing key ({key}) is past its valid-before in {allowed} (ssh-keygen: {said}); "
+                    "a bundle signed with the new key is needed")
+        return f"signed by a key {allowed} does not allow ({key}); this bundle was not signed by a builder this site trusts"
+    principals = _lines(found)
+    revoked = ["-r", str(policy.revoked)] if policy.revoked else []
+    if policy.signer and policy.signer not in principals and \
+            keygen.verify(allowed, principals[0], revoked).returncode == 0:
+        return (f"principal not allowed: the signing key ({key}) is allowed in {allowed} as {', '.join(principals)}, "
+                f"not as --signer {policy.signer}")
+    principal = policy.signer or principals[0]
+    if revoked and keygen.verify(allowed, principal, []).returncode == 0:
+        return f"the signing key ({key}) is revoked in {policy.revoked}"
+    said = _said(result)
     if "namespace" in said:
-        raise SignatureError(f"{source}: refused: {allowed} does not allow the signing key ({key}) for "
-                             f"namespace {NAMESPACE!r} (ssh-keygen: {said})")
-    raise SignatureError(f"{source}: refused by ssh-keygen -Y verify: {said}")
+        return f"{allowed} does not allow the signing key ({key}) for namespace {NAMESPACE!r} (ssh-keygen: {said})"
+    return f"ssh-keygen -Y verify says no: {said}"
 
 
 def check_bundle_signature(manifest_bytes: bytes, signature: Optional[bytes], policy: Optional[SignerPolicy],
