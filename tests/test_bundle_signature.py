@@ -329,3 +329,19 @@ def rewrite_archive(source: Path, target: Path, replace: dict[str, bytes]) -> No
             else:
                 member.size = len(data)
                 dst.addfile(member, io.BytesIO(data))
+
+
+def test_a_signature_anywhere_but_right_after_the_manifest_is_refused(world, bundle, tmp_path):
+    """The site checks the first two members before anything else: a signature moved later in the archive
+    is a member the manifest does not list."""
+    archive = tmp_path / "b.tar"
+    pack(bundle, archive, "--sign-key", str(world["builder"]))
+    moved = tmp_path / "moved.tar"
+    with tarfile.open(archive) as src, tarfile.open(moved, "w", format=tarfile.PAX_FORMAT) as dst:
+        members = src.getmembers()
+        for member in [members[0], *members[2:], members[1]]:
+            dst.addfile(member, src.extractfile(member))
+    proc = checked(world, moved)
+    assert proc.returncode == 1 and "refused: no signature" in proc.stderr
+    proc = bare("verify", str(moved), "--quiet")
+    assert proc.returncode == 1 and "MANIFEST.json.sig: not in the manifest: refused" in proc.stderr
