@@ -27,6 +27,10 @@ Runs with the system python3 (standard library only), from the project checkout 
   stack file  copied to PROJECT/stacks/ when the project has none for this stack (a differing one is
               reported, never overwritten).
 
+With --allowed-signers FILE the bundle's signature (MANIFEST.json.sig) is checked with this machine's
+ssh-keygen before anything else of it is read (bundle/format/signature.py); without it or --bundle-id,
+install says once that nothing ties the bundle to its builder.
+
 Each destination keeps a small JSON record of what was installed
 (`.xinference-offline-installed.json`: per file size, mtime, inode and sha256, plus the bundle
 id), so a re-run hashes only files that changed since; inside the bundle's model
@@ -59,8 +63,8 @@ from bundle.format.errors import FileProblem
 from bundle.format.filecopy import CopyError, HashCache, copy_with_sha256, remove_partials
 from bundle.format.layout import INSTALL_RECORD
 from bundle.format.manifest import StackManifest, bundle_id_arg, sha256_file
-from bundle.format.signature import add_signer_arguments, load_trusted_manifest, site_policy
 from bundle.format.progress import Progress, bars_wanted
+from bundle.format.signature import add_signer_arguments, load_trusted_manifest, site_policy
 from bundle.format.verify import check_directory
 from bundle.install_lock import LOCK_NAME, InstallLocks
 from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
