@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 
 import pytest
 from cyclonedx.schema import SchemaVersion
@@ -20,6 +21,8 @@ from bundle.image_env import ImageEnv
 from bundle.sbom import ImageFacts, ModelFacts, SbomInputs, sbom_json
 from bundle.sbom_summary import summary_lines
 from tests.bundle_kit import IMAGE, build_args, make_image_tar, make_site, python_layer, run_cli
+from tests.test_engine_wheels import CACHE as ENGINE_CACHE
+from tests.test_engine_wheels import sense_voice_site
 
 DPKG_STATUS = b"""Package: base-files
 Status: install ok installed
@@ -194,3 +197,30 @@ def test_engine_wheels_stand_ins_dependencies_and_an_unpinned_revision():
     assert any("model bce" in line and "huggingface maidalun1020/bce-embedding-base_v1 @ f7e2c3a, 1 files" in line
                for line in lines)
     assert sbom_json(inputs) == text  # no time stamp, a serial number from the content
+
+
+def test_a_real_engine_wheel_build_lists_each_wheel_per_model_and_marks_the_stand_ins(tmp_path):
+    """SenseVoiceSmall against a stand-in image (tests/test_engine_wheels.py's site: funasr resolved by pip
+    for the image's Python, the image's own distributions carried as metadata-only stand-ins)."""
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the stand-in image's Python is 3.11: engine packages resolve with the image's Python")
+    site = sense_voice_site(tmp_path)
+    code, out = run_cli(*build_args(site, "--cache-dir", str(ENGINE_CACHE / "test-engine-wheels")))
+    assert code == 0, out
+    record, = json.loads((site.out / "models/_engine_packages/packages.json").read_text())["models"]
+    doc = read_sbom(site.out)
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(json.dumps(doc)) is None
+    entries = load_manifest(site.out).by_path()
+    engine = {prop(c, "xinference-offline:bundle-path"): c for c in doc["components"]
+              if prop(c, "xinference-offline:kind") in ("engine-wheel", "engine-stand-in")}
+    paths = {f"models/_engine_packages/wheels/{name}" for name in record["wheels"]}
+    assert set(engine) == paths and len(paths) > 40
+    for path, component in engine.items():
+        assert sha256_of(component) == entries[path].sha256
+        stand_in = path.rsplit("/", 1)[1] in record["image_stand_ins"]
+        assert (prop(component, "xinference-offline:kind") == "engine-stand-in") == stand_in, path
+    deps = {d["ref"]: set(d.get("dependsOn", [])) for d in doc["dependencies"]}
+    assert deps["model:models/SenseVoiceSmall"] == {c["bom-ref"] for c in engine.values()}
+    model = next(c for c in doc["components"] if c["bom-ref"] == "model:models/SenseVoiceSmall")
+    assert sorted(c["name"] for c in model["components"]) == [  # its files and its companion's, not the wheels
+        "models/SenseVoiceSmall/config.yaml", "models/SenseVoiceSmall/model.pt", "models/fsmn-vad/model.pt"]
