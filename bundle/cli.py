@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "verify": ("bundle.format.verify", "check every file of a bundle (directory or archive)", False),
     "install": ("bundle.install", "install a verified bundle onto this server", False),
 }
-DESCRIPTION = "Plan, build, verify, pack, unpack and install the offline bundle."
+DESCRIPTION = "Plan, build, sign, verify, pack, unpack and install the offline bundle."
 
 
 class MissingDependencies(BundleError):
