@@ -1,6 +1,7 @@
 """`pack DIR -o FILE` and `unpack FILE --into DIR`: the one archive carried across the air gap.
 
-pack writes MANIFEST.json as the first member, then exactly the files the manifest lists,
+pack writes MANIFEST.json as the first member, then its signature MANIFEST.json.sig when the
+bundle is signed (`bundle sign`, or `pack --sign-key KEY`), then exactly the files the manifest lists,
 hashing each one as it goes into the archive: a bundle directory that no longer matches its
 manifest is refused (every problem listed) instead of being carried to site. Members are
 normalised (owner root, mode 0644 or 0755, no links). `.tar.gz` uses gzip level 1 by
@@ -10,7 +11,9 @@ written by rename (mode 0644, directory fsynced). An archive inside the director
 (`pack DIR -o DIR/x.tar`, in any spelling) is refused before anything is written.
 
 unpack first reads every member header (and the manifest, which must be the first member)
-and refuses the archive, before writing anything, for: absolute paths, `..`, symlinks and
+and refuses the archive, before writing anything, for: a signature --allowed-signers refuses
+(checked before the manifest is even parsed; a signature that does not match its manifest is
+refused without --allowed-signers too), absolute paths, `..`, symlinks and
 hard links (a bundle holds regular files only; links that point outside are named as
 such), device files and fifos, members not in the manifest or listed twice or with another
 size than the manifest's, manifest files the archive lacks, and a plain tar cut short. Then
@@ -44,7 +47,11 @@ from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.filecopy import file_mode
 from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, UsageError, bundle_id_arg,
                                     fsync_directory, load_manifest, parse_manifest, write_atomic)
+from bundle.format.manifest_rules import SIGNATURE_NAME
 from bundle.format.progress import Progress, bars_wanted, human
+from bundle.format.signature import (SignatureError, SignerPolicy, add_signer_arguments, check_matches, read_signature,
+                                     site_policy)
+from bundle.sign import print_signed, sign_bundle
 
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -142,6 +149,13 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
     manifest_bytes = (root / MANIFEST_NAME).read_bytes()  # the bytes that go into the archive, checked again:
     if parse_manifest(manifest_bytes, str(root / MANIFEST_NAME)) != manifest:  # it may not change in between
         raise BundleError(f"{root / MANIFEST_NAME}: changed while pack read it; nothing was packed (run pack again)")
+    signature = read_signature(root)
+    if signature is not None:  # a stale signature (the bundle rebuilt since) is never carried
+        try:
+            check_matches(manifest_bytes, signature, str(root / SIGNATURE_NAME))
+        except SignatureError as exc:
+            raise SignatureError(f"{exc}; nothing was packed (sign the bundle again: `python -m bundle sign "
+                                 f"{root} --key KEY`, or `pack --sign-key KEY`)") from None
     problems: list[FileProblem] = []
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.part-{secrets.token_hex(4)}"
@@ -153,6 +167,9 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
                               **options) as tar:
                 tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), 0o644,
                                      (root / MANIFEST_NAME).stat().st_mtime), io.BytesIO(manifest_bytes))
+                if signature is not None:  # right after the manifest: a site checks both before anything else
+                    tar.addfile(_tarinfo(SIGNATURE_NAME, len(signature), 0o644,
+                                         (root / SIGNATURE_NAME).stat().st_mtime), io.BytesIO(signature))
                 for entry in sorted(manifest.files, key=lambda e: e.path):
                     problem = _add_file(tar, root, entry, progress)
                     if problem:
@@ -239,12 +256,14 @@ def _remove_leftovers(target: Path) -> None:
         shutil.rmtree(leftover)
 
 
-def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: bool = False) -> Manifest:
-    """Validate every member, extract into a temp dir beside ``target``, verify, then rename into place."""
+def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: bool = False,
+           policy: Optional[SignerPolicy] = None) -> Manifest:
+    """Check the signature (``policy``), validate every member, extract into a temp dir beside ``target``,
+    verify, then rename into place."""
     archive, target = archive.resolve(), target.absolute()
     _check_overlap(archive, target)
     _check_target(target)
-    checked = tarscan.scan_archive(archive, None, bundle_id)
+    checked = tarscan.scan_archive(archive, None, bundle_id, policy=policy)
     if checked.problems:
         raise VerifyFailed(f"{archive} refused; nothing was written", checked.problems)
     needed = checked.manifest.total_size()
@@ -279,6 +298,12 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
             for name in dirnames:
                 os.chmod(os.path.join(dirpath, name), 0o755)
         os.chmod(temp, 0o755)
+        if scan.signature is not None:  # kept beside the manifest: verify and install check it again
+            with open(temp / SIGNATURE_NAME, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o644)
+                handle.write(scan.signature)
+                handle.flush()
+                os.fsync(handle.fileno())
         manifest_path = temp / MANIFEST_NAME
         with open(manifest_path, "wb") as handle:  # last: only a complete tree has a manifest
             os.fchmod(handle.fileno(), 0o644)
@@ -315,6 +340,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help="archive to write: FILE.tar.gz (gzip) or FILE.tar (no compression, fastest)")
     pack_parser.add_argument("--level", type=int, default=1, choices=range(0, 10), metavar="0-9",
                              help="gzip level for .tar.gz (default 1)")
+    pack_parser.add_argument("--sign-key", type=Path, metavar="KEY",
+                             help="sign MANIFEST.json with this Ed25519 SSH key first (as `bundle sign DIR --key KEY`)")
     pack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     pack_parser.set_defaults(func=run_pack)
 
@@ -326,6 +353,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unpack_parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
                                help="the id `build` printed (given out of band): refuse any other bundle; "
                                     "an empty or malformed id is an error, not \"no id\"")
+    add_signer_arguments(unpack_parser)
     unpack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     unpack_parser.set_defaults(func=run_unpack)
 
@@ -335,12 +363,18 @@ def run_pack(args: argparse.Namespace, out: TextIO) -> int:
         print(f"error: {args.directory}: not a bundle directory (make one with `python -m bundle build`)",
               file=sys.stderr)
         return 2
+    if args.sign_key is not None:
+        print_signed(args.directory, *sign_bundle(args.directory, args.sign_key), out)
     manifest, digest = pack(args.directory, args.output, args.level, args.quiet)
     size = args.output.stat().st_size
-    print(f"pack: {args.output} ({human(size)}, {len(manifest.files) + 1} members; "
+    signed = read_signature(args.directory) is not None
+    print(f"pack: {args.output} ({human(size)}, {len(manifest.files) + 1 + signed} members; "
           f"{human(manifest.total_size())} of files)", file=out)
     print(f"  archive sha256 {digest} (also in {args.output.name}.sha256)", file=out)
     print(f"  bundle id      {manifest.bundle_id} (check with: unpack/verify --bundle-id ...)", file=out)
+    if signed:
+        print(f"  signed         {SIGNATURE_NAME} right after the manifest (check with: unpack/verify/install "
+              "--allowed-signers FILE, or ssh-keygen -Y verify)", file=out)
     return 0
 
 
@@ -348,7 +382,10 @@ def run_unpack(args: argparse.Namespace, out: TextIO) -> int:
     if not args.archive.is_file():
         print(f"error: {args.archive}: no such archive", file=sys.stderr)
         return 2
-    manifest = unpack(args.archive, args.into, args.bundle_id, args.quiet)
+    policy = site_policy(args)
+    manifest = unpack(args.archive, args.into, args.bundle_id, args.quiet, policy)
+    signed = f", signature allowed by {policy.allowed_signers}" if policy else ""
     print(f"unpack: {args.into}: {len(manifest.files)} files, {human(manifest.total_size())}, every member "
-          f"checked and every sha256 matched (stack {manifest.stack_names}, bundle id {manifest.bundle_id})", file=out)
+          f"checked and every sha256 matched (stack {manifest.stack_names}, bundle id {manifest.bundle_id}{signed})",
+          file=out)
     return 0

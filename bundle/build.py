@@ -23,6 +23,9 @@ once. Two stacks that give one model directory different sources are refused.
   program/              this project's files (--project, default: this checkout): git's tracked and
                         untracked-not-ignored files, never .state/, stacks/, venv/ or the output
   stack/Pulumi.NAME.yaml  per stack
+  sbom.cdx.json         a CycloneDX 1.6 SBOM of all the above (bundle/sbom.py): the image with its Debian
+                        and Python packages, the wheels, Pulumi, each model with its source, revision
+                        and files, this program; hashed in the manifest like every file
   MANIFEST.json         written last and atomically; removed first when rebuilding, so an
                         interrupted build never looks like a valid bundle. A rebuild that
                         changes nothing keeps the bundle id.
@@ -60,10 +63,12 @@ from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, re
 from bundle.format.layout import INSTALL_RECORD, PROJECT_MARKER
 from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackEntry, load_manifest,
                                     write_atomic)
+from bundle.format.manifest_rules import SIGNATURE_NAME
 from bundle.format.progress import Progress, bars_wanted, human, plural
 from bundle.image_env import image_env
 from bundle.program import program_files
-from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain
+from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain, toolchain_versions
+from bundle.sbom import SBOM_NAME, ImageFacts, SbomInputs, model_facts, sbom_json
 from bundle.site import ModelDir, StackSource, model_sources, plan_site, stack_entry
 from spec.engine_packages import pip_conf, stack_packages
 from spec.errors import ConfigError
@@ -118,6 +123,9 @@ class Builder:
         self.reports: list[ItemReport] = []
         self.image_ids: dict[str, Optional[str]] = {}  # image bundle path -> the id its tar loads as
         self.image_tars: dict[str, Path] = {}  # image bundle path -> its tar here (engine packages read it)
+        self.engine_records: list[dict] = []  # packages.json's models (the SBOM's model -> wheel dependencies)
+        self.pulumi_versions: dict[str, str] = {}  # executable name -> version (for the SBOM)
+        self.sbom_report = ItemReport(SBOM_NAME, "")
         self.progress = Progress(None, "build", bars_wanted(options.quiet))
 
     # -- the whole build ----------------------------------------------------------------------
@@ -140,12 +148,14 @@ class Builder:
                 self.hashes.save()  # an interrupted build keeps what it already hashed
         finally:
             self.progress.close()
+        stacks = {stack.name: self._with_image_id(stack_entry(stack, site.per_stack[stack.name]))
+                  for stack in self.stacks}
+        self._write_sbom(stacks, model_dirs)
         self._remove_stale()
         self.hashes.forget_except(set(self.entries))
         self.hashes.save()
         manifest = Manifest(
-            stacks={stack.name: self._with_image_id(stack_entry(stack, site.per_stack[stack.name]))
-                    for stack in self.stacks},
+            stacks=stacks,
             files=sorted(self.entries.values(), key=lambda e: e.path),
             created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             python=self.opts.python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -162,6 +172,7 @@ class Builder:
         except BundleError:
             previous = None
         (self.out / MANIFEST_NAME).unlink(missing_ok=True)
+        (self.out / SIGNATURE_NAME).unlink(missing_ok=True)  # it signed the old manifest: sign the new one anew
         return previous
 
     def _prepare_out_dir(self) -> None:
@@ -229,7 +240,7 @@ class Builder:
     def _packages(self, item, report: ItemReport, _dirs) -> None:
         """The engine wheels of every model whose virtualenv installs packages, for its stack's image."""
         sources: dict[str, Path] = {}  # wheel file name -> the cached file
-        records = []
+        records = self.engine_records
         for stack in self.wanted_by[item.path]:
             tar = self.image_tars.get(posixpath.join(IMAGE_DIR, image_tar_name(stack.cfg.image.name))) \
                 if stack.cfg.image else None
@@ -284,6 +295,7 @@ class Builder:
             raise SetupError(f"the Pulumi toolchain in {where} lacks {', '.join(missing)}; build them with "
                              "tools/pulumi-toolchain.sh (or point --pulumi-dir at a complete toolchain)")
         downloaded = toolchain.bin_dir.is_relative_to(self.cache_dir)
+        self.pulumi_versions = toolchain_versions(toolchain, downloaded)
         self._carry_tree(binaries, item.path + "bin/", "pulumi", None, report, link=downloaded)
         self._carry_tree(plugins, item.path + "plugins/", "pulumi", None, report, link=downloaded)
 
@@ -298,6 +310,26 @@ class Builder:
         self._carry_file(self.wanted_by[item.path][0].path, item.path, "stack", None, report)
 
     # -- file plumbing ------------------------------------------------------------------------
+
+    def _sbom(self, item, report: ItemReport, _dirs) -> None:
+        self.sbom_report = report  # written by _write_sbom once every other item is carried: it lists them
+
+    def _write_sbom(self, stacks: dict[str, StackEntry], model_dirs: dict[str, ModelDir]) -> None:
+        """sbom.cdx.json (bundle/sbom.py) of what this build carries, carried like the other files."""
+        images = []
+        for path, tar in sorted(self.image_tars.items()):
+            try:
+                env, unread = image_env(tar, self.cache_dir), None
+            except SetupError as exc:  # an image without the Python we read: listed, its packages not
+                env, unread = None, str(exc)
+                self._say(f"build: sbom: {path}: its packages are not listed ({exc})")
+            images.append(ImageFacts(self.wanted_by[path][0].cfg.image.name, path, self.image_ids.get(path), env,
+                                     unread))
+        models = model_facts([(s.cfg, stacks[s.name].models) for s in self.stacks],
+                             {d: m.source for d, m in model_dirs.items()})
+        text = sbom_json(SbomInputs(list(self.entries.values()), images, models, self.engine_records,
+                                    self.pulumi_versions, sorted(stacks)))
+        self._carry_file(self._cache_text("sbom", SBOM_NAME, text), SBOM_NAME, "other", None, self.sbom_report)
 
     def _carry_tree(self, files: Iterable[tuple[str, Path]], prefix: str, role: str, model: Optional[str],
                    report: ItemReport, link: bool = False) -> None:

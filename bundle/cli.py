@@ -27,12 +27,13 @@ EXIT_USAGE = 2
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "plan": ("bundle.plan", "validate a stack and print what will run where", True),
     "build": ("bundle.build", "build the bundle directory for one or more stacks (online machine)", True),
+    "sign": ("bundle.sign", "sign a built bundle's manifest with an Ed25519 SSH key", False),
     "pack": ("bundle.archive", "pack a built bundle directory into one archive", False),
     "unpack": ("bundle.archive", "check an archive, then unpack it safely", False),
     "verify": ("bundle.format.verify", "check every file of a bundle (directory or archive)", False),
     "install": ("bundle.install", "install a verified bundle onto this server", False),
 }
-DESCRIPTION = "Plan, build, verify, pack, unpack and install the offline bundle."
+DESCRIPTION = "Plan, build, sign, verify, pack, unpack and install the offline bundle."
 
 
 class MissingDependencies(BundleError):

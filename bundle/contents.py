@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from bundle.format.layout import PROGRAM_DIR
+from bundle.sbom_summary import SBOM_FILE
 from spec.config import ModelSource, StackConfig
 from spec.engine_packages import stack_packages
 from spec.errors import ConfigError, Problem
@@ -112,4 +113,6 @@ def bundle_items(cfg: StackConfig, stack: str) -> list[BundleItem]:
     items.append(BundleItem("program", PROGRAM_DIR + "/",
                             "the Pulumi program and the bundle tool (this project's files)"))
     items.append(BundleItem("stack", posixpath.join(STACK_DIR, f"Pulumi.{stack}.yaml"), "the stack file"))
+    items.append(BundleItem("sbom", SBOM_FILE, "CycloneDX 1.6 SBOM of all the above (the image's packages, "
+                            "wheels, Pulumi, models with their revisions)"))
     return items

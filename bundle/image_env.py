@@ -7,7 +7,8 @@ version, the others are resolved and installed into the model's virtualenv.
 
 Read from the tar itself, no Docker engine needed: only the members' headers (``*.dist-info``
 directory names of the site-packages that holds xinference, with later layers' whiteouts
-applied), dpkg's record of libc6 for the glibc version, and the image config's architecture.
+applied), dpkg's status file (libc6 gives the glibc version; every installed package goes into the
+bundle's SBOM), and the image config's architecture.
 The answer is cached beside the build's other caches, keyed by the tar's size, mtime and inode.
 """
 
@@ -28,7 +29,8 @@ from bundle.format.manifest import write_atomic
 _SITE = re.compile(r"^(?P<site>(?:.*/)?lib/python(?P<py>\d+\.\d+)/(?:site|dist)-packages)/(?P<dist>[^/]+)\.dist-info/")
 _LIBC6 = re.compile(r"^Package: libc6\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", re.MULTILINE)
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
-SCAN_VERSION = 2  # bump when what the scan records changes (old cache entries are then ignored)
+_DPKG_FIELD = re.compile(r"^(Package|Version|Architecture|Status): *(.*)$", re.MULTILINE)
+SCAN_VERSION = 3  # bump when what the scan records changes (old cache entries are then ignored)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class ImageEnv:
     glibc: Optional[str]  # "2.36"; None: not found, then the manylinux2014 baseline (2.17) is assumed
     # distribution Name (as its METADATA writes it) -> version, as importlib.metadata sees them there
     installed: dict[str, str] = field(default_factory=dict)
+    # [name, version, architecture] of every Debian package dpkg's status file records as installed
+    debian_packages: list[list[str]] = field(default_factory=list)
 
     @property
     def platform(self) -> str:
@@ -117,11 +121,21 @@ def scan_image_tar(tar: Path) -> ImageEnv:
         name, _, version = posixpath.basename(dist_dir)[: -len(".dist-info")].rpartition("-")
         installed[names.get(dist_dir, name)] = version
     glibc = None
-    if dpkg_status:
-        libc = _LIBC6.search(dpkg_status.decode("utf-8", "replace"))
-        glibc = f"{libc.group(1)}.{libc.group(2)}" if libc else None
+    status = dpkg_status.decode("utf-8", "replace") if dpkg_status else ""
+    libc = _LIBC6.search(status)
+    glibc = f"{libc.group(1)}.{libc.group(2)}" if libc else None
     return ImageEnv(python_version=dists[site][next(iter(dists[site]))], machine=machine, glibc=glibc,
-                    installed=dict(sorted(installed.items())))
+                    installed=dict(sorted(installed.items())), debian_packages=installed_debian_packages(status))
+
+
+def installed_debian_packages(status: str) -> list[list[str]]:
+    """[name, version, architecture] of each stanza of a dpkg status file whose Status says installed."""
+    packages = []
+    for stanza in status.split("\n\n"):
+        fields = dict(_DPKG_FIELD.findall(stanza))
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            packages.append([fields["Package"], fields.get("Version", ""), fields.get("Architecture", "")])
+    return sorted(packages)
 
 
 def image_env(tar: Path, cache_dir: Path) -> ImageEnv:

@@ -27,6 +27,10 @@ Runs with the system python3 (standard library only), from the project checkout 
   stack file  copied to PROJECT/stacks/ when the project has none for this stack (a differing one is
               reported, never overwritten).
 
+With --allowed-signers FILE the bundle's signature (MANIFEST.json.sig) is checked with this machine's
+ssh-keygen before anything else of it is read (bundle/format/signature.py); without it or --bundle-id,
+install says once that nothing ties the bundle to its builder.
+
 Each destination keeps a small JSON record of what was installed
 (`.xinference-offline-installed.json`: per file size, mtime, inode and sha256, plus the bundle
 id), so a re-run hashes only files that changed since; inside the bundle's model
@@ -58,8 +62,9 @@ from bundle.confine import Confinement, Target
 from bundle.format.errors import FileProblem
 from bundle.format.filecopy import CopyError, HashCache, copy_with_sha256, remove_partials
 from bundle.format.layout import INSTALL_RECORD
-from bundle.format.manifest import StackManifest, bundle_id_arg, check_bundle_id, load_manifest, sha256_file
+from bundle.format.manifest import StackManifest, bundle_id_arg, sha256_file
 from bundle.format.progress import Progress, bars_wanted
+from bundle.format.signature import add_signer_arguments, load_trusted_manifest, site_policy
 from bundle.format.verify import check_directory
 from bundle.install_lock import LOCK_NAME, InstallLocks
 from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
@@ -247,6 +252,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="project checkout that receives the program and stacks/Pulumi.STACK.yaml (default: .)")
     parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
                         help="refuse any bundle but this one (an empty or malformed id is an error, not \"no id\")")
+    add_signer_arguments(parser)
     parser.add_argument("--skip", action="append", default=[], choices=list(STEPS),
                         help="leave a step out (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -255,8 +261,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     bundle = args.bundle.absolute()
-    whole = load_manifest(bundle)
-    check_bundle_id(whole, args.bundle_id, str(bundle))
+    policy = site_policy(args)
+    whole = load_trusted_manifest(bundle, args.bundle_id, policy)  # the signature first, then the manifest
     manifest = whole.for_stack(args.stack)  # this server's files: the shared ones and its stack's
     steps = [name for name in STEPS if name not in args.skip]
     targets = resolve_targets(args, manifest, steps)

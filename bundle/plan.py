@@ -2,7 +2,8 @@
 
 Needs no Pulumi CLI and no network: it reads the stack file, applies the same validation as
 the program, and prints the model placement, the VRAM budget per GPU and the bundle contents
-(checked against an unpacked bundle with --bundle).
+(checked against an unpacked bundle with --bundle; then a summary of the bundle's SBOM, sbom.cdx.json:
+counts per kind of component, and each model with its hub, id and revision, an unpinned one said so).
 
 With --bundle and no stack, it plans every stack the bundle carries (one per server of a
 site), then prints one line per stack and what two stacks would both take on one remote
@@ -23,6 +24,7 @@ from typing import Optional, TextIO
 
 from bundle.contents import carried_stack, model_bundle_dir
 from bundle.format.manifest import BundleError, StackManifest, load_manifest
+from bundle.sbom_summary import bundle_sbom_summary
 from bundle.site import sibling_clashes
 from bundle.site_plan import plan_bundle_site
 from bundle.stack_plan import EXIT_USAGE, bundle_gaps, named_stack_file, write_plan
@@ -51,7 +53,9 @@ def stack_file(args: argparse.Namespace) -> tuple[str, Path]:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     if not (args.stack or args.config):
         if args.bundle:
-            return plan_bundle_site(args.bundle, args.stacks_dir, out)
+            code = plan_bundle_site(args.bundle, args.stacks_dir, out)
+            print("\n".join(bundle_sbom_summary(args.bundle)), file=out)
+            return code
         print("error: name a stack (--stack NAME or --config FILE), or give --bundle DIR alone to plan every "
               "stack that bundle carries", file=sys.stderr)
         return EXIT_USAGE
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     write_plan(cfg, stack, path, manifest, out, model_dirs, args.bundle)
+    if args.bundle:
+        print("\n".join(bundle_sbom_summary(args.bundle)), file=out)
     # as the program's preview warns
     for clash in sibling_clashes(stack, cfg, path.parent):
         print(f"warning: {clash}", file=sys.stderr)

@@ -72,6 +72,27 @@ def locate_toolchain(directory: Path) -> PulumiToolchain:
     return PulumiToolchain(bin_dir, None)
 
 
+def toolchain_versions(toolchain: PulumiToolchain, downloaded: bool) -> dict[str, str]:
+    """{executable name: version}: from the versions.txt tools/pulumi-toolchain.sh writes beside bin/
+    (component TAB version ...); a downloaded toolchain's are the pinned release versions; else none
+    (unknown, never guessed)."""
+    versions: dict[str, str] = {}
+    try:
+        lines = (toolchain.bin_dir.parent / "versions.txt").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split("\t")
+        if not line.startswith("#") and len(fields) >= 2 and fields[1] not in ("", "-"):
+            name = fields[0]
+            versions["pulumi-resource-" + name[7:] if name.startswith("plugin-") else name] = fields[1].lstrip("v")
+    if not versions and downloaded:
+        pinned = pulumi_versions()
+        versions = {"pulumi": pinned["cli"], "pulumi-language-python": pinned["cli"]}
+        versions.update({f"pulumi-resource-{name}": v for name, v in pinned.items() if name != "cli"})
+    return versions
+
+
 def pulumi_versions() -> dict[str, str]:
     """{"cli": SDK version, "<plugin>": provider version} from the installed Python packages."""
     versions = {"cli": importlib.metadata.version("pulumi")}

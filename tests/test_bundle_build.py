@@ -118,7 +118,7 @@ def test_a_rebuild_with_no_change_touches_nothing_and_keeps_the_bundle_id(site):
     files = {p: identity(p) for p in site.out.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
     summary = build(site)
     assert set(fetched(summary).values()) == {"reused"}
-    assert "0 files, 0 B (17 reused)" in summary
+    assert "0 files, 0 B (18 reused)" in summary  # 17 + sbom.cdx.json
     assert {p: identity(p) for p in files} == files
     assert load_manifest(site.out).bundle_id == before_id
 
@@ -127,11 +127,12 @@ def test_an_incremental_rebuild_touches_only_the_changed_model(site):
     build(site)
     old = load_manifest(site.out).for_stack("t1")
     untouched = {p: identity(p) for p in site.out.rglob("*")
-                 if p.is_file() and p.name != MANIFEST_NAME and "models/rr/" not in str(p)}
+                 if p.is_file() and p.name not in (MANIFEST_NAME, "sbom.cdx.json") and "models/rr/" not in str(p)}
     (site.src("rr") / "weights.bin").write_bytes(os.urandom(32 * 1024))
     summary = build(site)
     rows = fetched(summary)
     assert rows.pop("models/rr/") == "1 file, 32.0 KiB"
+    assert rows.pop("sbom.cdx.json").startswith("1 file, ")  # it lists the new file's sha256
     assert set(rows.values()) == {"reused"}
     assert {p: identity(p) for p in untouched} == untouched
     new = load_manifest(site.out).for_stack("t1")

@@ -89,7 +89,7 @@ def test_the_offline_flow_works_end_to_end(flow):
     # and the plan holds against the unpacked bundle
     code, plan_out = run_cli("plan", "--config", str(flow["project"] / "stacks" / "Pulumi.t1.yaml"),
                              "--bundle", str(bundle))
-    assert code == 0 and "MISSING" not in plan_out and plan_out.count("  ok") == 8
+    assert code == 0 and "MISSING" not in plan_out and plan_out.count("  ok") == 9  # 8 items + sbom.cdx.json
 
 
 def snapshot(flow) -> dict[str, tuple[int, int]]:

@@ -42,7 +42,7 @@ def entry(bundle: Path, path: str):
 def test_an_intact_bundle_verifies(bundle):
     code, out, err = verify(bundle)
     assert code == 0, err
-    assert "verify: OK" in out and "17 files" in out and load_manifest(bundle).bundle_id in out
+    assert "verify: OK" in out and "18 files" in out and load_manifest(bundle).bundle_id in out  # 17 + the SBOM
 
 
 def test_a_flipped_byte_is_a_sha256_mismatch_with_both_digests(bundle):

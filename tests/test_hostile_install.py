@@ -88,7 +88,7 @@ def forge(monkeypatch, directory: Path, mutate: Callable[[Manifest], None]) -> M
     """Hand install a manifest no parser returns: the real one, changed in memory (the file stays valid)."""
     manifest = load_manifest(directory)
     mutate(manifest)
-    monkeypatch.setattr(bundle.install, "load_manifest", lambda _directory: manifest)
+    monkeypatch.setattr(bundle.install, "load_trusted_manifest", lambda _directory, *_args: manifest)
     return manifest
 
 

@@ -272,6 +272,8 @@ OWN = {
                             f'{CANON} "models/emb/a\\nb" (the control character U+000A at character 12)'),
     "a file named MANIFEST.json": (add_file(path="manifest.JSON", role="other", model=None),
                                    'got "manifest.JSON" (the manifest itself is MANIFEST.json)'),
+    "a file named as the signature": (add_file(path="Manifest.json.SIG", role="other", model=None),
+                                      'got "Manifest.json.SIG" (its signature is MANIFEST.json.sig)'),
     "another stack's stack file": (file_("stack/Pulumi.t1.yaml", path="stack/Pulumi.other.yaml"),
                                    "expected a path at stack/Pulumi.STACK.yaml of a stack it lists (its role is "
                                    'stack), got "stack/Pulumi.other.yaml"'),

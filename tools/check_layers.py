@@ -28,7 +28,8 @@ FIRST_PARTY = ("spec", "bundle", "components", "__main__")
 LAYERS = [("spec", 0), ("bundle.format", 1), ("bundle", 2), ("components", 3), ("__main__", 4)]
 LAYER_NAMES = {0: "spec/", 1: "bundle/format/", 2: "bundle/ (commands)", 3: "components/", 4: "__main__.py"}
 # Third-party packages each layer may import (the standard library is always allowed).
-ALLOWED_THIRD_PARTY = {0: {"pydantic", "pydantic_core", "yaml"}, 1: set(), 2: {"pydantic", "yaml", "tqdm", "packaging"},
+ALLOWED_THIRD_PARTY = {0: {"pydantic", "pydantic_core", "yaml"}, 1: set(),
+                       2: {"pydantic", "yaml", "tqdm", "packaging", "cyclonedx", "packageurl"},
                        3: {"pulumi", "pulumi_docker", "pulumi_command", "requests", "urllib3", "dill"}, 4: {"pulumi"}}
 # Optional third-party imports a module makes inside a function and does without (no hard need).
 OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.fetch", "modelscope"),

@@ -68,7 +68,8 @@ from bundle.format.manifest_rules import (FORMAT_VERSION, MANIFEST_NAME, MAX_MAN
 __all__ = [  # what the rest of the bundle tool (and install's confinement) uses from here
     "BundleError", "ManifestError", "UsageError", "StackChoiceError", "FORMAT_VERSION", "MANIFEST_NAME", "ROLES",
     "CHUNK_SIZE", "MAX_MANIFEST_BYTES",
-    "FileEntry", "StackEntry", "Manifest", "StackManifest", "parse_manifest", "load_manifest", "check_bundle_id",
+    "FileEntry", "StackEntry", "Manifest", "StackManifest", "parse_manifest", "load_manifest", "read_manifest_bytes",
+    "check_bundle_id",
     "bundle_id_arg", "parse_bundle_id", "path_problem", "absolute_path_problem", "role_path_problem",
     "check_relative_path", "content_digest", "files_digest", "sha256_file", "write_atomic", "fsync_directory",
 ]
@@ -269,15 +270,19 @@ def check_bundle_id(manifest: Manifest, expected: Optional[str], source: str) ->
                             "bundle that was built (or its manifest was rewritten)")
 
 
-def load_manifest(directory: Path) -> Manifest:
+def read_manifest_bytes(directory: Path) -> bytes:
+    """The bytes of DIR/MANIFEST.json (bounded), unchecked: what a signature is checked against first."""
     path = Path(directory) / MANIFEST_NAME
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
+            return handle.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the bundle manifest ({exc.strerror}); "
                             "is this an unpacked bundle directory?") from exc
-    return parse_manifest(data, str(path))
+
+
+def load_manifest(directory: Path) -> Manifest:
+    return parse_manifest(read_manifest_bytes(directory), str(Path(directory) / MANIFEST_NAME))
 
 
 def files_digest(entries: Iterable[FileEntry], strip_prefix: bool = True) -> str:

@@ -30,8 +30,8 @@ from typing import Any, Optional, cast
 from bundle.format.errors import ManifestError
 from bundle.format.manifest_rules import (CREATED_RE, FIX, FORMAT_VERSION, IMAGE_RE, MANIFEST_NAME, MAX_DEPTH,
                                           MAX_FILES, MAX_MANIFEST_BYTES, MAX_SIZE, PYTHON_RE, ROLES, ROLE_PLACES,
-                                          SHA256_RE, STACK_RE, UID_RE, absolute_path_problem, fail, fold, key,
-                                          path_problem, render, role_path_problem, text_problem)
+                                          SHA256_RE, SIGNATURE_NAME, STACK_RE, UID_RE, absolute_path_problem, fail, fold,
+                                          key, path_problem, render, role_path_problem, text_problem)
 
 
 class _Refused(ValueError):
@@ -226,13 +226,13 @@ def _stack(name: Any, entry: Any, source: str) -> dict[str, Any]:
 
 
 def _cross_check(files: list[dict[str, Any]], stacks: dict[str, dict[str, Any]], source: str) -> None:
-    seen: dict[str, int] = {fold(MANIFEST_NAME): -1}
+    seen: dict[str, int] = {fold(MANIFEST_NAME): -1, fold(SIGNATURE_NAME): -2}
     for index, item in enumerate(files):
         folded = fold(item["path"])
         if folded in seen:
             other = seen[folded]
             if other < 0:
-                why = f"the manifest itself is {MANIFEST_NAME}"
+                why = f"the manifest itself is {MANIFEST_NAME}" if other == -1 else f"its signature is {SIGNATURE_NAME}"
             elif files[other]["path"] == item["path"]:
                 why = f"listed twice: also files[{other}]"
             else:

@@ -25,6 +25,7 @@ from spec.xinference import MODEL_UID_RE
 
 FORMAT_VERSION = 2
 MANIFEST_NAME = "MANIFEST.json"
+SIGNATURE_NAME = MANIFEST_NAME + ".sig"  # its SSH signature beside it (bundle/format/signature.py)
 ROLES = ("image", "model", "wheel", "pulumi", "program", "stack", "other")
 # role -> (where its files lie, for messages). The layout bundle/contents.py lays out.
 ROLE_PLACES = {"image": "images/NAME", "model": "models/DIR/...", "wheel": "wheels/NAME",
@@ -161,7 +162,7 @@ def role_path_problem(path: str, role: str, stacks: Iterable[str] = ()) -> Optio
                                                         or parts[1] == "plugins" and depth >= 4),
         "program": top == "program" and depth >= 2,
         "stack": depth == 2 and top == "stack" and parts[1] in {f"Pulumi.{name}.yaml" for name in stacks},
-        "other": top not in RESERVED_TOP and path != MANIFEST_NAME,
+        "other": top not in RESERVED_TOP and path not in (MANIFEST_NAME, SIGNATURE_NAME),
     }
     if role not in fits:
         return f"unknown role {render(role)}"

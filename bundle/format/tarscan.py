@@ -21,8 +21,9 @@ from typing import IO, Callable, Optional
 from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.manifest import (CHUNK_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest,
                                     ManifestError, check_bundle_id, parse_manifest)
-from bundle.format.manifest_rules import render, text_problem
+from bundle.format.manifest_rules import SIGNATURE_NAME, render, text_problem
 from bundle.format.progress import Progress, bars_wanted, human
+from bundle.format.signature import MAX_SIGNATURE_BYTES, SignerPolicy, check_bundle_signature
 
 DAMAGED = (tarfile.TarError, EOFError, zlib.error, OSError)
 MAX_MTIME = 2 ** 32 - 1  # 2106-02-07, the unsigned 32-bit time: later mtimes are clamped to it
@@ -87,6 +88,7 @@ class ArchiveScan:
 
     manifest: Manifest
     manifest_bytes: bytes
+    signature: Optional[bytes] = None  # MANIFEST.json.sig, the member right after the manifest, when signed
     problems: list[FileProblem] = field(default_factory=list)
     members: list[tuple[str, str, int]] = field(default_factory=list)  # (name, type, size) in order
 
@@ -95,20 +97,23 @@ FileSink = Callable[[tarfile.TarFile, tarfile.TarInfo, FileEntry], Optional[File
 
 
 def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optional[str] = None,
-                 expect: Optional[ArchiveScan] = None) -> ArchiveScan:
+                 expect: Optional[ArchiveScan] = None, policy: Optional[SignerPolicy] = None) -> ArchiveScan:
     """One pass over the archive: validate every member; hand each listed file to ``sink``.
 
-    With ``expect`` (the result of an earlier pass), the members must be the same ones in the
-    same order: the file did not change between the check and the extraction.
+    The signature (``policy``: the site's allowed signers) is checked on the first two members,
+    before the manifest is even parsed. With ``expect`` (the result of an earlier pass), the
+    members must be the same ones in the same order: the file did not change between the check
+    and the extraction.
     """
     try:
         file_size = path.stat().st_size
         # copybufsize is TarFile's own keyword (3.8+); typeshed's open() overloads leave it out
         with tarfile.open(path, "r:*", copybufsize=CHUNK_SIZE) as tar:  # type: ignore[call-overload]
-            scan = _read_manifest(tar, path, bundle_id)
-            if expect is not None and scan.manifest_bytes != expect.manifest_bytes:
+            scan, after = _read_manifest(tar, path, bundle_id, policy, check_signature=expect is None)
+            if expect is not None and (scan.manifest_bytes, scan.signature) != (expect.manifest_bytes,
+                                                                                expect.signature):
                 raise ManifestError(f"{path}: the archive changed while it was being unpacked")
-            _scan_members(tar, path, scan, sink, file_size if _is_plain_tar(path) else None, expect)
+            _scan_members(tar, path, scan, sink, file_size if _is_plain_tar(path) else None, expect, after)
     except ManifestError:
         raise
     except DAMAGED as exc:
@@ -131,31 +136,51 @@ def _is_plain_tar(path: Path) -> bool:
     return not (magic.startswith(b"\x1f\x8b") or magic.startswith(b"BZh") or magic.startswith(b"\xfd7zXZ"))
 
 
-def _read_manifest(tar: tarfile.TarFile, path: Path, bundle_id: Optional[str]) -> ArchiveScan:
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, name: str) -> bytes:
+    handle = tar.extractfile(member)
+    data = handle.read() if handle else b""
+    if len(data) != member.size:
+        raise ManifestError(f"{path}: {name} is cut short")
+    return data
+
+
+def _read_manifest(tar: tarfile.TarFile, path: Path, bundle_id: Optional[str],
+                   policy: Optional[SignerPolicy], check_signature: bool
+                   ) -> tuple[ArchiveScan, Optional[tarfile.TarInfo]]:
+    """The manifest (first member) and its signature (the second, when there is one), the signature checked
+    before the manifest is parsed (a second pass compares the bytes with the first one's instead); also
+    the member after them, which the member scan starts with."""
     first = tar.next()
     if first is None or member_name(first) != MANIFEST_NAME or not first.isreg():
         raise ManifestError(f"{path}: the first member must be {MANIFEST_NAME} (was "
                             f"{first.name if first else 'nothing'!r}); this is not a bundle made by `bundle pack`")
     if first.size > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: {MANIFEST_NAME} is {human(first.size)}: not a bundle manifest")
-    handle = tar.extractfile(first)
-    data = handle.read() if handle else b""
-    if len(data) != first.size:
-        raise ManifestError(f"{path}: {MANIFEST_NAME} is cut short")
+    data = _read_member(tar, first, path, MANIFEST_NAME)
+    after = tar.next()
+    signature = None
+    if after is not None and member_name(after) == SIGNATURE_NAME and after.isreg():
+        if after.size > MAX_SIGNATURE_BYTES:
+            raise ManifestError(f"{path}: {SIGNATURE_NAME} is {human(after.size)}: not an SSH signature")
+        signature = _read_member(tar, after, path, SIGNATURE_NAME)
+        after = tar.next()
+    if check_signature:
+        check_bundle_signature(data, signature, policy, f"{path}:{MANIFEST_NAME}")
     manifest = parse_manifest(data, f"{path}:{MANIFEST_NAME}")
     check_bundle_id(manifest, bundle_id, f"{path}:{MANIFEST_NAME}")
-    return ArchiveScan(manifest, data)
+    return ArchiveScan(manifest, data, signature), after
 
 
 def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Optional[FileSink],
-                  plain_size: Optional[int], expect: Optional[ArchiveScan]) -> None:
+                  plain_size: Optional[int], expect: Optional[ArchiveScan], first: Optional[tarfile.TarInfo]) -> None:
     by_path = scan.manifest.by_path()
     listed = set(by_path)
     seen: set[str] = set()
     index = 0
+    pending = [first]  # the member _read_manifest already took from the stream
     while True:
         try:
-            member = tar.next()
+            member = pending.pop() if pending else tar.next()
         except DAMAGED as exc:
             if _local_error(exc):
                 raise
@@ -239,11 +264,12 @@ def copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry,
     return None
 
 
-def verify_archive(path: Path, bundle_id: Optional[str] = None, quiet: bool = False) -> Manifest:
-    """Check an archive without writing anything: members, then every file's size and sha256."""
+def verify_archive(path: Path, bundle_id: Optional[str] = None, quiet: bool = False,
+                   policy: Optional[SignerPolicy] = None) -> Manifest:
+    """Check an archive without writing anything: its signature, members, then every file's size and sha256."""
     with Progress(None, "verify", bars_wanted(quiet)) as progress:
         scan = scan_archive(path, lambda tar, member, entry: copy_member(tar, member, entry, None, progress),
-                            bundle_id)
+                            bundle_id, policy=policy)
     if scan.problems:
         raise VerifyFailed(f"{path} is not an intact bundle", scan.problems)
     return scan.manifest

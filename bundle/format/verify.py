@@ -25,9 +25,10 @@ from typing import Callable, Iterable, Optional, TextIO, Union
 
 from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.filecopy import kind_of
-from bundle.format.manifest import (MANIFEST_NAME, FileEntry, Manifest, StackManifest, bundle_id_arg,
-                                    check_bundle_id, load_manifest, sha256_file)
+from bundle.format.manifest import MANIFEST_NAME, FileEntry, Manifest, StackManifest, bundle_id_arg, sha256_file
+from bundle.format.manifest_rules import SIGNATURE_NAME
 from bundle.format.progress import Progress, bars_wanted, human
+from bundle.format.signature import SignerPolicy, add_signer_arguments, load_trusted_manifest, site_policy
 from bundle.format.tarscan import verify_archive
 
 EXIT_FAILED = 1
@@ -93,7 +94,7 @@ def check_directory(root: Path, manifest: Union[Manifest, StackManifest], worker
     if extras:
         files, problems = walk_files(root)
         irregular = {p.path for p in problems}
-        listed = {e.path for e in manifest.files} | {MANIFEST_NAME}
+        listed = {e.path for e in manifest.files} | {MANIFEST_NAME, SIGNATURE_NAME}
         problems += [FileProblem(rel, "extra file, not in the manifest (remove it, or rebuild the bundle)")
                      for rel in sorted(set(files) - listed)]
     jobs = []
@@ -130,10 +131,10 @@ def check_directory(root: Path, manifest: Union[Manifest, StackManifest], worker
 
 
 def verify_directory(root: Path, bundle_id: Optional[str] = None, workers: Optional[int] = None,
-                     quiet: bool = False) -> Manifest:
-    """Raise VerifyFailed listing every problem; returns the manifest when the bundle is intact."""
-    manifest = load_manifest(root)
-    check_bundle_id(manifest, bundle_id, str(root / MANIFEST_NAME))
+                     quiet: bool = False, policy: Optional[SignerPolicy] = None) -> Manifest:
+    """Raise VerifyFailed listing every problem; returns the manifest when the bundle is intact (its
+    signature checked first, against ``policy`` when given)."""
+    manifest = load_trusted_manifest(root, bundle_id, policy)
     with Progress(manifest.total_size(), "verify", bars_wanted(quiet)) as progress:
         problems = check_directory(root, manifest, workers, progress)
     if problems:
@@ -148,6 +149,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
                         help="the id `build` printed (given out of band): refuse any other manifest; an empty or "
                              "malformed id is an error, not \"no id\"")
+    add_signer_arguments(parser)
     parser.add_argument("--jobs", type=int, default=None, metavar="N", help="hashing threads (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -158,17 +160,19 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.jobs is not None and args.jobs < 1:
         print(f"error: --jobs {args.jobs}: must be at least 1", file=sys.stderr)
         return 2
-    started = time.monotonic()
-    if target.is_dir():
-        manifest = verify_directory(target, args.bundle_id, args.jobs, args.quiet)
-    elif target.is_file():
-        manifest = verify_archive(target, args.bundle_id, args.quiet)
-    else:
+    if not (target.is_dir() or target.is_file()):
         print(f"error: {target}: no such bundle directory or archive", file=sys.stderr)
         return 2
+    policy = site_policy(args)
+    started = time.monotonic()
+    if target.is_dir():
+        manifest = verify_directory(target, args.bundle_id, args.jobs, args.quiet, policy)
+    else:
+        manifest = verify_archive(target, args.bundle_id, args.quiet, policy)
     elapsed = max(time.monotonic() - started, 1e-9)
     total = manifest.total_size()
     print(f"verify: OK: {target} (stack {manifest.stack_names}, bundle id {manifest.bundle_id}): "
           f"{len(manifest.files)} files, {human(total)}, sha256 of every file matches "
-          f"({human(total / elapsed)}/s)", file=out)
+          f"({human(total / elapsed)}/s)" + (f"; signature allowed by {policy.allowed_signers}" if policy else ""),
+          file=out)
     return 0
