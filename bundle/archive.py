@@ -37,14 +37,16 @@ import stat
 import sys
 import tarfile
 from pathlib import Path
-from typing import IO, Optional, TextIO
+from typing import IO, Optional, TextIO, Union
 
 from bundle.format import tarscan
 from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.filecopy import file_mode
 from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, UsageError, bundle_id_arg,
-                                    fsync_directory, load_manifest, parse_manifest, write_atomic)
+                                    fsync_directory, load_manifest, parse_manifest, sha256_file, write_atomic)
+from bundle.format.parts import ArchiveFiles, PartWriter, existing_parts, parse_part_size, resolve_archive, sums_text
 from bundle.format.progress import Progress, bars_wanted, human
+from bundle.format.verify import verify_directory
 
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -129,8 +131,10 @@ def _tarinfo(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple[Manifest, str]:
-    """Write the archive; returns (manifest, sha256 of the archive). Nothing is left behind on failure."""
+def pack(root: Path, output: Path, level: int = 1, quiet: bool = False,
+         max_part_size: Optional[int] = None) -> tuple[Manifest, str]:
+    """Write the archive (``max_part_size``: as parts of at most that many bytes, bundle/format/parts.py);
+    returns (manifest, sha256 of the whole archive). Nothing is left behind on failure."""
     kind = archive_kind(output)
     if output.is_dir():
         raise UsageError(f"-o {output}: is a directory; name the archive file to write, e.g. {output / 'bundle.tar'}")
@@ -139,14 +143,17 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
         raise UsageError(f"-o {output}: lies inside the bundle directory {root} being packed (it would pack "
                          f"into itself); write the archive outside it, e.g. -o {outside}")
     manifest = load_manifest(root)
+    carried_by_base: frozenset[str] = frozenset()
     manifest_bytes = (root / MANIFEST_NAME).read_bytes()  # the bytes that go into the archive, checked again:
     if parse_manifest(manifest_bytes, str(root / MANIFEST_NAME)) != manifest:  # it may not change in between
         raise BundleError(f"{root / MANIFEST_NAME}: changed while pack read it; nothing was packed (run pack again)")
     problems: list[FileProblem] = []
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.part-{secrets.token_hex(4)}"
+    splitter = PartWriter(output, max_part_size) if max_part_size else None
     try:
-        with open(partial, "wb") as raw, Progress(manifest.total_size(), "pack", bars_wanted(quiet)) as progress:
+        with (splitter or open(partial, "wb")) as raw, \
+                Progress(manifest.total_size(), "pack", bars_wanted(quiet)) as progress:
             writer = _HashingWriter(raw)
             options = {"compresslevel": level} if kind == "gz" else {}
             with tarfile.open(fileobj=writer, mode="w:gz" if kind == "gz" else "w", format=tarfile.PAX_FORMAT,
@@ -154,24 +161,35 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
                 tar.addfile(_tarinfo(MANIFEST_NAME, len(manifest_bytes), 0o644,
                                      (root / MANIFEST_NAME).stat().st_mtime), io.BytesIO(manifest_bytes))
                 for entry in sorted(manifest.files, key=lambda e: e.path):
+                    if entry.sha256 in carried_by_base:
+                        continue  # a delta: the site takes this file from the base bundle (unpack --base)
                     problem = _add_file(tar, root, entry, progress)
                     if problem:
                         problems.append(problem)
                         if problem.message.startswith("cut short"):
                             break  # the archive stream is no longer usable
-            raw.flush()
-            os.fsync(raw.fileno())
+            if splitter is None:
+                raw.flush()
+                os.fsync(raw.fileno())
         if problems:
             raise VerifyFailed(f"{root} does not match its manifest; nothing was packed "
                                f"(run `python -m bundle verify {root}`, or rebuild)", problems)
-        os.chmod(partial, 0o644)
-        os.replace(partial, output)
-        fsync_directory(output.parent)
+        if splitter is not None:
+            parts = splitter.commit()
+        else:
+            os.chmod(partial, 0o644)
+            os.replace(partial, output)
+            for stale in existing_parts(output):  # an earlier split pack of the same name
+                stale.unlink()
+            fsync_directory(output.parent)
+            parts = []
     finally:
         if partial.exists():
             partial.unlink()
+        if splitter is not None:
+            splitter.discard()
     digest = writer.sha256.hexdigest()
-    write_atomic(output.parent / f"{output.name}.sha256", f"{digest}  {output.name}\n".encode())
+    write_atomic(output.parent / f"{output.name}.sha256", sums_text(parts, output.name, digest).encode())
     return manifest, digest
 
 
@@ -212,13 +230,14 @@ def _check_target(target: Path) -> None:
                          "(choose a new or empty directory)")
 
 
-def _leftovers(target: Path) -> list[Path]:
+def _leftovers(target: Path, keep: Optional[Path] = None) -> list[Path]:
     """Hidden temp and old trees of interrupted unpacks into this target (removed before unpacking)."""
     parent = target.parent
     if not parent.is_dir():
         return []
     return [leftover for prefix in (f".{target.name}.unpack-", f".{target.name}.old-")
-            for leftover in parent.glob(prefix + "*") if leftover.is_dir() and not leftover.is_symlink()]
+            for leftover in parent.glob(prefix + "*")
+            if leftover.is_dir() and not leftover.is_symlink() and leftover != keep]
 
 
 def _check_overlap(archive: Path, target: Path) -> None:
@@ -233,33 +252,55 @@ def _check_overlap(archive: Path, target: Path) -> None:
                              "that unpack removes first; move the archive out of it")
 
 
-def _remove_leftovers(target: Path) -> None:
-    """Hidden temp and old trees of interrupted unpacks into this target."""
-    for leftover in _leftovers(target):
+def _remove_leftovers(target: Path, keep: Optional[Path] = None) -> None:
+    """Hidden temp and old trees of interrupted unpacks into this target (but ``keep``: this bundle's own)."""
+    for leftover in _leftovers(target, keep):
         shutil.rmtree(leftover)
 
 
-def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: bool = False) -> Manifest:
-    """Validate every member, extract into a temp dir beside ``target``, verify, then rename into place."""
-    archive, target = archive.resolve(), target.absolute()
-    _check_overlap(archive, target)
+def resume_dir(target: Path, bundle_id: str) -> Path:
+    """Where an unpack of this bundle into ``target`` extracts: named by the bundle id, so an unpack
+    killed part-way (kill -9, a power cut) and run again finds the files it completed."""
+    return target.parent / f".{target.name}.unpack-{bundle_id[:16]}"
+
+
+def unpack(archive: Union[Path, ArchiveFiles], target: Path, bundle_id: Optional[str] = None,
+           quiet: bool = False) -> Manifest:
+    """Validate every member, extract into a temp dir beside ``target``, verify, then rename into place.
+
+    A file an interrupted unpack of the same bundle completed is kept (its size and sha256 checked,
+    never written again); a damaged archive removes the temp dir, an interrupted run leaves it."""
+    files = tarscan.archive_files(archive)
+    target = target.absolute()
+    for path in files.paths:
+        _check_overlap(path.resolve(), target)
     _check_target(target)
-    checked = tarscan.scan_archive(archive, None, bundle_id)
+    name = files.first.parent / files.name
+    done = _already_unpacked(files, target, bundle_id, quiet)
+    if done is not None:
+        return done
+    checked = tarscan.scan_archive(files, None, bundle_id)
     if checked.problems:
-        raise VerifyFailed(f"{archive} refused; nothing was written", checked.problems)
-    needed = checked.manifest.total_size()
+        raise VerifyFailed(f"{name} refused; nothing was written", checked.problems)
+    temp = resume_dir(target, checked.manifest.bundle_id)
     target.parent.mkdir(parents=True, exist_ok=True)
+    needed = checked.manifest.total_size() - _bytes_in(temp)
     free = shutil.disk_usage(target.parent).free
     if needed > free:
         raise BundleError(f"{target.parent}: {human(free)} free, the bundle needs {human(needed)}; "
                           "nothing was written")
-    _remove_leftovers(target)
-    temp = target.parent / f".{target.name}.unpack-{secrets.token_hex(4)}"
-    temp.mkdir(mode=0o700)
+    _remove_leftovers(target, keep=temp)
+    temp.mkdir(mode=0o700, exist_ok=True)
+    kept = 0
+    damaged = True
     try:
-        with Progress(needed, "unpack", bars_wanted(quiet)) as progress:
+        with Progress(checked.manifest.total_size(), "unpack", bars_wanted(quiet)) as progress:
             def write(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry) -> Optional[FileProblem]:
+                nonlocal kept
                 dest = temp / entry.path
+                if _complete(dest, entry, progress):
+                    kept += 1
+                    return None
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "wb") as handle:
@@ -272,12 +313,13 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
                     os.utime(dest, (mtime, mtime))
                 return problem
 
-            scan = tarscan.scan_archive(archive, write, bundle_id, expect=checked)
+            scan = tarscan.scan_archive(files, write, bundle_id, expect=checked)
         if scan.problems:
-            raise VerifyFailed(f"{archive} is damaged; nothing was unpacked into {target}", scan.problems)
+            raise VerifyFailed(f"{name} is damaged; nothing was unpacked into {target}", scan.problems)
+        damaged = False
         for dirpath, dirnames, _files in os.walk(temp):
-            for name in dirnames:
-                os.chmod(os.path.join(dirpath, name), 0o755)
+            for dirname in dirnames:
+                os.chmod(os.path.join(dirpath, dirname), 0o755)
         os.chmod(temp, 0o755)
         manifest_path = temp / MANIFEST_NAME
         with open(manifest_path, "wb") as handle:  # last: only a complete tree has a manifest
@@ -286,10 +328,63 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
             handle.flush()
             os.fsync(handle.fileno())
         _swap_into_place(temp, target)
+    except (BundleError, tarfile.TarError):
+        damaged = True
+        raise
     finally:
-        if temp.exists():
+        if damaged and temp.exists():  # an interruption (kill, Ctrl-C, disk full) keeps it for the next run
             shutil.rmtree(temp)
+    if kept and not quiet:
+        print(f"unpack: kept {kept} files an interrupted unpack had completed (size and sha256 checked)",
+              file=sys.stderr)
     return scan.manifest
+
+
+def _already_unpacked(files: ArchiveFiles, target: Path, bundle_id: Optional[str], quiet: bool) -> Optional[Manifest]:
+    """The manifest when ``target`` already holds this archive's bundle, intact (every file hashed, nothing
+    written: a second run of `install ARCHIVE` after its unpack had finished); None: unpack it."""
+    if not (target / MANIFEST_NAME).is_file():
+        return None
+    wanted = tarscan.archive_manifest(files, bundle_id)
+    try:
+        if load_manifest(target).bundle_id != wanted.bundle_id:
+            return None
+        manifest = verify_directory(target, wanted.bundle_id, quiet=quiet)
+    except BundleError as exc:
+        print(f"unpack: {target} holds this bundle but not intact; unpacking it again:\n{exc}", file=sys.stderr)
+        return None
+    if not quiet:
+        print(f"unpack: {target} already holds bundle {manifest.bundle_id}, every sha256 matched: "
+              "nothing unpacked", file=sys.stderr)
+    return manifest
+
+
+def _bytes_in(directory: Path) -> int:
+    """Bytes already in an interrupted unpack's directory (they need no new space)."""
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(directory):
+        for filename in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, filename)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _complete(dest: Path, entry: FileEntry, progress: Progress) -> bool:
+    """Whether an interrupted run left ``dest`` complete and matching; otherwise it is cleared away."""
+    try:
+        st = dest.lstat()
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(st.st_mode) and st.st_size == entry.size and sha256_file(dest) == entry.sha256:
+        progress.update(entry.size)
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(dest)
+    else:
+        dest.unlink()  # cut short by the interruption (or not a file at all): written again
+    return False
 
 
 def _swap_into_place(temp: Path, target: Path) -> None:
@@ -315,12 +410,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help="archive to write: FILE.tar.gz (gzip) or FILE.tar (no compression, fastest)")
     pack_parser.add_argument("--level", type=int, default=1, choices=range(0, 10), metavar="0-9",
                              help="gzip level for .tar.gz (default 1)")
+    pack_parser.add_argument("--max-part-size", type=parse_part_size, metavar="SIZE",
+                             help="write NAME.part000, NAME.part001, ... of at most SIZE bytes each, for media "
+                                  "with a file size limit (4G = 4,000,000,000 bytes fits FAT32); the .sha256 "
+                                  "lists every part and the whole")
     pack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     pack_parser.set_defaults(func=run_pack)
 
     unpack_parser = subparsers.add_parser("unpack", help="check an archive, then unpack it safely",
                                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    unpack_parser.add_argument("archive", type=Path, metavar="FILE", help="archive made by `pack`")
+    unpack_parser.add_argument("archive", type=Path, nargs="+", metavar="FILE",
+                               help="archive made by `pack`: the file, its first part (NAME.tar.part000), or every part")
     unpack_parser.add_argument("--into", type=Path, required=True, metavar="DIR",
                                help="directory to create (or an earlier bundle to replace)")
     unpack_parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
@@ -335,9 +435,11 @@ def run_pack(args: argparse.Namespace, out: TextIO) -> int:
         print(f"error: {args.directory}: not a bundle directory (make one with `python -m bundle build`)",
               file=sys.stderr)
         return 2
-    manifest, digest = pack(args.directory, args.output, args.level, args.quiet)
-    size = args.output.stat().st_size
-    print(f"pack: {args.output} ({human(size)}, {len(manifest.files) + 1} members; "
+    manifest, digest = pack(args.directory, args.output, args.level, args.quiet, args.max_part_size)
+    parts = existing_parts(args.output) if args.max_part_size else [args.output]
+    size = sum(part.stat().st_size for part in parts)
+    split = f" in {len(parts)} parts {parts[0].name}..{parts[-1].name}" if args.max_part_size else ""
+    print(f"pack: {args.output} ({human(size)}{split}, {len(manifest.files) + 1} members; "
           f"{human(manifest.total_size())} of files)", file=out)
     print(f"  archive sha256 {digest} (also in {args.output.name}.sha256)", file=out)
     print(f"  bundle id      {manifest.bundle_id} (check with: unpack/verify --bundle-id ...)", file=out)
@@ -345,10 +447,7 @@ def run_pack(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_unpack(args: argparse.Namespace, out: TextIO) -> int:
-    if not args.archive.is_file():
-        print(f"error: {args.archive}: no such archive", file=sys.stderr)
-        return 2
-    manifest = unpack(args.archive, args.into, args.bundle_id, args.quiet)
+    manifest = unpack(resolve_archive(args.archive), args.into, args.bundle_id, args.quiet)
     print(f"unpack: {args.into}: {len(manifest.files)} files, {human(manifest.total_size())}, every member "
           f"checked and every sha256 matched (stack {manifest.stack_names}, bundle id {manifest.bundle_id})", file=out)
     return 0

@@ -27,6 +27,7 @@ from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.filecopy import kind_of
 from bundle.format.manifest import (MANIFEST_NAME, FileEntry, Manifest, StackManifest, bundle_id_arg,
                                     check_bundle_id, load_manifest, sha256_file)
+from bundle.format.parts import existing_parts, resolve_archive
 from bundle.format.progress import Progress, bars_wanted, human
 from bundle.format.tarscan import verify_archive
 
@@ -161,8 +162,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     started = time.monotonic()
     if target.is_dir():
         manifest = verify_directory(target, args.bundle_id, args.jobs, args.quiet)
-    elif target.is_file():
-        manifest = verify_archive(target, args.bundle_id, args.quiet)
+    elif target.is_file() or existing_parts(target):
+        manifest = verify_archive(resolve_archive([target]), args.bundle_id, args.quiet)  # a file, or its parts
     else:
         print(f"error: {target}: no such bundle directory or archive", file=sys.stderr)
         return 2
