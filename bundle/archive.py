@@ -39,14 +39,13 @@ import tarfile
 from pathlib import Path
 from typing import IO, Optional, TextIO, Union
 
-from bundle.format import tarscan
+from bundle.format import delta, resume, tarscan
 from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.filecopy import file_mode
 from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, UsageError, bundle_id_arg,
-                                    fsync_directory, load_manifest, parse_manifest, sha256_file, write_atomic)
+                                    fsync_directory, load_manifest, parse_manifest, write_atomic)
 from bundle.format.parts import ArchiveFiles, PartWriter, existing_parts, parse_part_size, resolve_archive, sums_text
 from bundle.format.progress import Progress, bars_wanted, human
-from bundle.format.verify import verify_directory
 
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -143,7 +142,7 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False,
         raise UsageError(f"-o {output}: lies inside the bundle directory {root} being packed (it would pack "
                          f"into itself); write the archive outside it, e.g. -o {outside}")
     manifest = load_manifest(root)
-    carried_by_base: frozenset[str] = frozenset()
+    carried_by_base = frozenset(manifest.base.sha256 if manifest.base else ())  # a delta leaves these out
     manifest_bytes = (root / MANIFEST_NAME).read_bytes()  # the bytes that go into the archive, checked again:
     if parse_manifest(manifest_bytes, str(root / MANIFEST_NAME)) != manifest:  # it may not change in between
         raise BundleError(f"{root / MANIFEST_NAME}: changed while pack read it; nothing was packed (run pack again)")
@@ -258,33 +257,29 @@ def _remove_leftovers(target: Path, keep: Optional[Path] = None) -> None:
         shutil.rmtree(leftover)
 
 
-def resume_dir(target: Path, bundle_id: str) -> Path:
-    """Where an unpack of this bundle into ``target`` extracts: named by the bundle id, so an unpack
-    killed part-way (kill -9, a power cut) and run again finds the files it completed."""
-    return target.parent / f".{target.name}.unpack-{bundle_id[:16]}"
-
-
 def unpack(archive: Union[Path, ArchiveFiles], target: Path, bundle_id: Optional[str] = None,
-           quiet: bool = False) -> Manifest:
+           quiet: bool = False, base_dir: Optional[Path] = None) -> Manifest:
     """Validate every member, extract into a temp dir beside ``target``, verify, then rename into place.
 
     A file an interrupted unpack of the same bundle completed is kept (its size and sha256 checked,
-    never written again); a damaged archive removes the temp dir, an interrupted run leaves it."""
+    never written again); a damaged archive removes the temp dir, an interrupted run leaves it. A delta
+    (bundle/format/delta.py) takes the files its archive leaves out from ``base_dir``, checked first."""
     files = tarscan.archive_files(archive)
     target = target.absolute()
     for path in files.paths:
         _check_overlap(path.resolve(), target)
     _check_target(target)
     name = files.first.parent / files.name
-    done = _already_unpacked(files, target, bundle_id, quiet)
+    done = resume.already_unpacked(files, target, bundle_id, quiet)
     if done is not None:
         return done
     checked = tarscan.scan_archive(files, None, bundle_id)
     if checked.problems:
         raise VerifyFailed(f"{name} refused; nothing was written", checked.problems)
-    temp = resume_dir(target, checked.manifest.bundle_id)
+    base = delta.check_base_dir(checked.manifest, base_dir, target)
+    temp = resume.resume_dir(target, checked.manifest.bundle_id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    needed = checked.manifest.total_size() - _bytes_in(temp)
+    needed = delta.space_needed(checked.manifest, base_dir, target.parent) - resume.bytes_in(temp)
     free = shutil.disk_usage(target.parent).free
     if needed > free:
         raise BundleError(f"{target.parent}: {human(free)} free, the bundle needs {human(needed)}; "
@@ -295,10 +290,15 @@ def unpack(archive: Union[Path, ArchiveFiles], target: Path, bundle_id: Optional
     damaged = True
     try:
         with Progress(checked.manifest.total_size(), "unpack", bars_wanted(quiet)) as progress:
+            if base is not None and base_dir is not None:  # the base first: a bad one is refused before the archive
+                problems = delta.take_from_base(checked.manifest, base, base_dir, temp, progress.update)
+                if problems:
+                    raise VerifyFailed(f"the base {base_dir} cannot supply {len(problems)} files of this update; "
+                                       f"nothing was unpacked into {target}", problems)
             def write(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry) -> Optional[FileProblem]:
                 nonlocal kept
                 dest = temp / entry.path
-                if _complete(dest, entry, progress):
+                if resume.complete(dest, entry, progress.update):
                     kept += 1
                     return None
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -340,53 +340,6 @@ def unpack(archive: Union[Path, ArchiveFiles], target: Path, bundle_id: Optional
     return scan.manifest
 
 
-def _already_unpacked(files: ArchiveFiles, target: Path, bundle_id: Optional[str], quiet: bool) -> Optional[Manifest]:
-    """The manifest when ``target`` already holds this archive's bundle, intact (every file hashed, nothing
-    written: a second run of `install ARCHIVE` after its unpack had finished); None: unpack it."""
-    if not (target / MANIFEST_NAME).is_file():
-        return None
-    wanted = tarscan.archive_manifest(files, bundle_id)
-    try:
-        if load_manifest(target).bundle_id != wanted.bundle_id:
-            return None
-        manifest = verify_directory(target, wanted.bundle_id, quiet=quiet)
-    except BundleError as exc:
-        print(f"unpack: {target} holds this bundle but not intact; unpacking it again:\n{exc}", file=sys.stderr)
-        return None
-    if not quiet:
-        print(f"unpack: {target} already holds bundle {manifest.bundle_id}, every sha256 matched: "
-              "nothing unpacked", file=sys.stderr)
-    return manifest
-
-
-def _bytes_in(directory: Path) -> int:
-    """Bytes already in an interrupted unpack's directory (they need no new space)."""
-    total = 0
-    for dirpath, _dirnames, filenames in os.walk(directory):
-        for filename in filenames:
-            try:
-                total += os.lstat(os.path.join(dirpath, filename)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def _complete(dest: Path, entry: FileEntry, progress: Progress) -> bool:
-    """Whether an interrupted run left ``dest`` complete and matching; otherwise it is cleared away."""
-    try:
-        st = dest.lstat()
-    except FileNotFoundError:
-        return False
-    if stat.S_ISREG(st.st_mode) and st.st_size == entry.size and sha256_file(dest) == entry.sha256:
-        progress.update(entry.size)
-        return True
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(dest)
-    else:
-        dest.unlink()  # cut short by the interruption (or not a file at all): written again
-    return False
-
-
 def _swap_into_place(temp: Path, target: Path) -> None:
     old = None
     if target.exists():
@@ -420,14 +373,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unpack_parser = subparsers.add_parser("unpack", help="check an archive, then unpack it safely",
                                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     unpack_parser.add_argument("archive", type=Path, nargs="+", metavar="FILE",
-                               help="archive made by `pack`: the file, its first part (NAME.tar.part000), or every part")
+                               help="archive made by `pack`: the file, its first part (NAME.tar.part000), "
+                                    "or every part")
     unpack_parser.add_argument("--into", type=Path, required=True, metavar="DIR",
                                help="directory to create (or an earlier bundle to replace)")
     unpack_parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
                                help="the id `build` printed (given out of band): refuse any other bundle; "
                                     "an empty or malformed id is an error, not \"no id\"")
+    add_base_argument(unpack_parser)
     unpack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     unpack_parser.set_defaults(func=run_unpack)
+
+
+def add_base_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", type=Path, metavar="DIR",
+                        help="for a delta archive (`build --base`): the site's current bundle directory; the "
+                             "files the archive leaves out are hard-linked (else copied) from it and checked, "
+                             "and it is left as it is")
 
 
 def run_pack(args: argparse.Namespace, out: TextIO) -> int:
@@ -443,11 +405,16 @@ def run_pack(args: argparse.Namespace, out: TextIO) -> int:
           f"{human(manifest.total_size())} of files)", file=out)
     print(f"  archive sha256 {digest} (also in {args.output.name}.sha256)", file=out)
     print(f"  bundle id      {manifest.bundle_id} (check with: unpack/verify --bundle-id ...)", file=out)
+    if manifest.base is not None:
+        left_out = delta.from_base(manifest)
+        size = human(sum(f.size for f in left_out))
+        print(f"  delta on bundle {manifest.base.bundle_id}: {len(left_out)} files ({size}) left out, the site "
+              "takes them from that bundle (unpack/install --base DIR)", file=out)
     return 0
 
 
 def run_unpack(args: argparse.Namespace, out: TextIO) -> int:
-    manifest = unpack(resolve_archive(args.archive), args.into, args.bundle_id, args.quiet)
+    manifest = unpack(resolve_archive(args.archive), args.into, args.bundle_id, args.quiet, args.base)
     print(f"unpack: {args.into}: {len(manifest.files)} files, {human(manifest.total_size())}, every member "
           f"checked and every sha256 matched (stack {manifest.stack_names}, bundle id {manifest.bundle_id})", file=out)
     return 0

@@ -13,8 +13,9 @@ import argparse
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from bundle.archive import unpack
+from bundle.archive import add_base_argument, unpack
 from bundle.format.manifest import UsageError
+from bundle.format import tarscan
 from bundle.format.parts import resolve_archive
 from bundle.format.progress import human
 
@@ -27,19 +28,24 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                              "its first part NAME.tar.part000, or every part): it is unpacked first")
     parser.add_argument("--into", type=Path, metavar="DIR",
                         help=f"with an archive: the bundle directory to unpack into (default: {DEFAULT_INTO}/ "
-                             "beside the archive; an earlier bundle there is replaced once this one is complete)")
+                             f"beside the archive, {DEFAULT_INTO}-ID12/ with --base; an earlier bundle there is "
+                             "replaced once this one is complete)")
+    add_base_argument(parser)
 
 
 def bundle_directory(args: argparse.Namespace, out: TextIO) -> Path:
     """The bundle directory to install from, unpacking the archive first when one was given."""
     given: Sequence[Path] = args.bundle
     if len(given) == 1 and given[0].is_dir():
-        if args.into is not None:
-            raise UsageError(f"--into {args.into}: only with an archive; {given[0]} is already a bundle directory")
+        for option, value in (("--into", args.into), ("--base", args.base)):
+            if value is not None:
+                raise UsageError(f"{option} {value}: only with an archive; {given[0]} is already a bundle directory")
         return given[0].absolute()
     files = resolve_archive(given)
     into = (args.into or files.first.parent / DEFAULT_INTO).absolute()
-    manifest = unpack(files, into, args.bundle_id, args.quiet)
+    if args.base is not None and args.into is None:  # an update goes beside the base, which stays for a rollback
+        into = (files.first.parent / f"{DEFAULT_INTO}-{tarscan.archive_manifest(files).bundle_id[:12]}").absolute()
+    manifest = unpack(files, into, args.bundle_id, args.quiet, args.base)
     parts = f" ({len(files.paths)} parts)" if files.split else ""
     print(f"unpack: {files.first.parent / files.name}{parts} -> {into}: {len(manifest.files)} files, "
           f"{human(manifest.total_size())}, every sha256 matched (bundle id {manifest.bundle_id})", file=out)

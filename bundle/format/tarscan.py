@@ -226,8 +226,11 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
                 return
             if problem:
                 scan.problems.append(problem)
+    left_out = set(scan.manifest.base.sha256) if scan.manifest.base else set()  # a delta: the base supplies these
     for missing in sorted(listed - seen):
         entry = by_path[missing]
+        if entry.sha256 in left_out:
+            continue
         scan.problems.append(FileProblem(missing, f"missing from the archive (expected {entry.size} bytes)"))
 
 

@@ -1,0 +1,76 @@
+"""Carrying on after an interrupted unpack (kill -9, a power cut, Ctrl-C), standard library only.
+
+An unpack extracts into a hidden directory beside its target named by the bundle id
+(``resume_dir``), and a file appears there under its real name only while it is being written
+or once it is complete. Run again, the unpack keeps each file whose size and sha256 match the
+manifest (``complete``: hashed, never written again) and writes the rest. A target that
+already holds the same bundle, intact, is left as it is (``already_unpacked``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from bundle.format import tarscan
+from bundle.format.errors import BundleError
+from bundle.format.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, sha256_file
+from bundle.format.parts import ArchiveFiles
+from bundle.format.verify import verify_directory
+
+
+def resume_dir(target: Path, bundle_id: str) -> Path:
+    """Where an unpack of this bundle into ``target`` extracts: named by the bundle id, so an unpack
+    killed part-way and run again finds the files it completed."""
+    return target.parent / f".{target.name}.unpack-{bundle_id[:16]}"
+
+
+def already_unpacked(files: ArchiveFiles, target: Path, bundle_id: Optional[str], quiet: bool) -> Optional[Manifest]:
+    """The manifest when ``target`` already holds this archive's bundle, intact (every file hashed, nothing
+    written: a second run of `install ARCHIVE` after its unpack had finished); None: unpack it."""
+    if not (target / MANIFEST_NAME).is_file():
+        return None
+    wanted = tarscan.archive_manifest(files, bundle_id)
+    try:
+        if load_manifest(target).bundle_id != wanted.bundle_id:
+            return None
+        manifest = verify_directory(target, wanted.bundle_id, quiet=quiet)
+    except BundleError as exc:
+        print(f"unpack: {target} holds this bundle but not intact; unpacking it again:\n{exc}", file=sys.stderr)
+        return None
+    if not quiet:
+        print(f"unpack: {target} already holds bundle {manifest.bundle_id}, every sha256 matched: "
+              "nothing unpacked", file=sys.stderr)
+    return manifest
+
+
+def bytes_in(directory: Path) -> int:
+    """Bytes already in an interrupted unpack's directory (they need no new space)."""
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(directory):
+        for filename in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, filename)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def complete(dest: Path, entry: FileEntry, progress: Callable[[int], None]) -> bool:
+    """Whether an interrupted run left ``dest`` complete and matching; otherwise it is cleared away."""
+    try:
+        st = dest.lstat()
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(st.st_mode) and st.st_size == entry.size and sha256_file(dest) == entry.sha256:
+        progress(entry.size)
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(dest)
+    else:
+        dest.unlink()  # cut short by the interruption (or not a file at all): written again
+    return False
