@@ -46,7 +46,8 @@ def parse_part_size(text: str) -> int:
                          "700M or 4000000000")
     size = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
     if size < MIN_PART_SIZE:
-        raise UsageError(f"--max-part-size {text!r}: {size} bytes is below the 1M (1,000,000 bytes) minimum; give e.g. 4G")
+        raise UsageError(f"--max-part-size {text!r}: {size} bytes is below the 1M (1,000,000 bytes) minimum; "
+                         "give e.g. 4G")
     return size
 
 
