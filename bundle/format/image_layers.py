@@ -1,9 +1,8 @@
 """The layers of a bundle's image tar (`docker save`), read from a bundle directory or from inside its archive
 (member headers and manifest.json only; standard library only, so `bundle diff` runs on a bare python3).
 
-A layer is named by its digest in the tar (``<hex>/layer.tar`` in the classic layout,
-``blobs/sha256/<hex>`` in the OCI layout of docker 25+), so two images share a layer exactly when
-they list the same name.
+A layer is known by its diff id (the image config's ``rootfs.diff_ids``: the sha256 of the
+uncompressed layer), so two images share a layer exactly when both configs list its diff id.
 """
 
 from __future__ import annotations
@@ -17,26 +16,43 @@ from bundle.format.parts import resolve_archive
 
 
 def layers_of_tar(handle: IO[bytes]) -> Optional[dict[str, int]]:
-    """{layer name: size} of a `docker save` tar read from ``handle``; None when it is not one."""
+    """{layer diff id (else its name in the tar): size} of a `docker save` tar read from ``handle``; None when
+    it is not one. The diff id (the sha256 of the uncompressed layer, from the image config) names a layer
+    the same in every image that has it; the name in the tar does not (a classic `docker save` names
+    layers by ids that depend on the layers below and the config)."""
     try:
         with tarfile.open(fileobj=handle, mode="r:") as tar:
             sizes: dict[str, int] = {}
-            manifest = None
+            small: dict[str, bytes] = {}  # manifest.json and the configs
             for member in tar:
                 name = member.name.removeprefix("./")
-                if member.isreg():
-                    sizes[name] = member.size
-                if name == "manifest.json" and member.isreg():
+                if not member.isreg():
+                    continue
+                sizes[name] = member.size
+                if member.size <= 1 << 20 and (name == "manifest.json" or name.endswith(".json")
+                                               or name.startswith("blobs/")):
                     source = tar.extractfile(member)
-                    manifest = json.loads(source.read(1 << 20)) if source else None
-    except (tarfile.TarError, EOFError, OSError, ValueError):
+                    small[name] = source.read() if source else b""
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    try:
+        manifest = json.loads(small.get("manifest.json", b"null"))
+    except ValueError:
         return None
     if not isinstance(manifest, list):
         return None
     layers = {}
     for entry in manifest:
-        for layer in (entry.get("Layers") or []) if isinstance(entry, dict) else []:
-            layers[str(layer)] = sizes.get(str(layer), 0)
+        if not isinstance(entry, dict):
+            continue
+        names = [str(layer) for layer in entry.get("Layers") or []]
+        try:
+            diff_ids = json.loads(small.get(str(entry.get("Config")), b"{}")).get("rootfs", {}).get("diff_ids", [])
+        except (ValueError, AttributeError):
+            diff_ids = []
+        keys = diff_ids if len(diff_ids) == len(names) else names
+        for key_, name in zip(keys, names):
+            layers[str(key_)] = sizes.get(name, 0)
     return layers
 
 
