@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -22,14 +20,8 @@ from bundle.format.errors import VerifyFailed
 from bundle.format.manifest import MANIFEST_NAME, FileEntry, Manifest, StackEntry, load_manifest, sha256_file
 from bundle.format.verify import verify_directory
 from bundle.format.delta import base_of, read_base
-from tests.bundle_kit import build_args, cli, make_site, tree
+from tests.bundle_kit import build_args, cli, make_site, site_python, tree
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def bare(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-S", "-m", "bundle", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +61,11 @@ def test_unpack_with_base_rebuilds_the_new_bundle_and_leaves_the_base_as_it_was(
     old_tree = tree(update["old"])
     new_id = load_manifest(update["new"]).bundle_id
     target = tmp_path / "bundle-2"
-    proc = bare("unpack", str(update["archive"]), "--into", str(target), "--base", str(update["old"]),
+    proc = site_python("unpack", str(update["archive"]), "--into", str(target), "--base", str(update["old"]),
                 "--bundle-id", new_id)
     assert proc.returncode == 0, proc.stderr
     assert tree(target) == tree(update["new"])
-    assert bare("verify", str(target), "--bundle-id", new_id).returncode == 0
+    assert site_python("verify", str(target), "--bundle-id", new_id).returncode == 0
     assert tree(update["old"]) == old_tree
     same = "models/emb/model.safetensors"  # unchanged: hard-linked (one file system here)
     assert (target / same).stat().st_ino == (update["old"] / same).stat().st_ino
@@ -81,13 +73,13 @@ def test_unpack_with_base_rebuilds_the_new_bundle_and_leaves_the_base_as_it_was(
 
 def test_a_delta_without_its_base_is_refused_naming_it(update, tmp_path):
     base_id = load_manifest(update["old"]).bundle_id
-    proc = bare("unpack", str(update["archive"]), "--into", str(tmp_path / "b"))
+    proc = site_python("unpack", str(update["archive"]), "--into", str(tmp_path / "b"))
     assert proc.returncode == 2 and f"a delta on bundle {base_id}" in proc.stderr and "--base DIR" in proc.stderr
     other = tmp_path / "other"
     shutil.copytree(update["new"], other)
-    proc = bare("unpack", str(update["archive"]), "--into", str(tmp_path / "b"), "--base", str(other))
+    proc = site_python("unpack", str(update["archive"]), "--into", str(tmp_path / "b"), "--base", str(other))
     assert proc.returncode == 2 and f"this delta is on bundle {base_id}" in proc.stderr, proc.stderr
-    proc = bare("unpack", str(update["archive"]), "--into", str(update["old"]), "--base", str(update["old"]))
+    proc = site_python("unpack", str(update["archive"]), "--into", str(update["old"]), "--base", str(update["old"]))
     assert proc.returncode == 2 and "is the base bundle itself" in proc.stderr, proc.stderr
     assert not (tmp_path / "b").exists()
 
@@ -102,7 +94,7 @@ def test_missing_and_damaged_base_files_are_each_named_with_the_bundle_that_supp
     weights.write_bytes(bytes(data))
     before = tree(base)
     target = tmp_path / "bundle-2"
-    proc = bare("unpack", str(update["archive"]), "--into", str(target), "--base", str(base))
+    proc = site_python("unpack", str(update["archive"]), "--into", str(target), "--base", str(base))
     assert proc.returncode == 1, proc.stderr
     base_id = load_manifest(update["old"]).bundle_id
     assert "models/emb/config.json: missing from the base" in proc.stderr
@@ -113,7 +105,7 @@ def test_missing_and_damaged_base_files_are_each_named_with_the_bundle_that_supp
 
 def test_install_takes_the_delta_archive_with_its_base(update, tmp_path):
     new_id = load_manifest(update["new"]).bundle_id
-    proc = bare("install", str(update["archive"]), "--base", str(update["old"]), "--bundle-id", new_id,
+    proc = site_python("install", str(update["archive"]), "--base", str(update["old"]), "--bundle-id", new_id,
                 "--skip", "venv", "--skip", "program", "--skip", "stack", "--models-dir", str(tmp_path / "models"),
                 "--pulumi-home", str(tmp_path / "pulumi"), "--quiet")
     assert proc.returncode == 0, proc.stderr

@@ -7,21 +7,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bundle.diff import archive_size
 from bundle.format.manifest import MANIFEST_NAME, load_manifest
-from tests.bundle_kit import build_args, cli, make_image_tar, make_model, make_site, make_wheel, write_stack
+from tests.bundle_kit import build_args, cli, make_image_tar, make_model, make_site, make_wheel, site_python, write_stack
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def bare(*argv: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-S", "-m", "bundle", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = site_python(*argv)
     assert proc.returncode == 0, proc.stderr
     return proc
 

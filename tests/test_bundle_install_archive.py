@@ -4,18 +4,14 @@ bare python3 of a fresh server, from the program taken out of the archive."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
 from bundle.format.manifest import load_manifest
-from tests.bundle_kit import WHEEL_NAME, build_args, cli, make_site, tree
+from tests.bundle_kit import WHEEL_NAME, build_args, cli, make_site, site_python, tree
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +22,6 @@ def carried(tmp_path_factory):
     archive = root / "site" / "gpu-node-1.tar"
     assert cli("pack", str(site.out), "-o", str(archive), "--quiet")[0] == 0
     return site, archive
-
-
-def site_python(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python3 -S -m bundle ...` from ``cwd`` with this checkout's bundle tool (the archive's program/ of the
-    test fixture carries a stand-in program, not the tool)."""
-    return subprocess.run([sys.executable, "-S", "-m", "bundle", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def test_install_takes_the_archive_itself_and_prints_the_pulumi_commands(carried, tmp_path):

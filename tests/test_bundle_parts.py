@@ -16,16 +16,10 @@ from pathlib import Path
 import pytest
 
 from bundle.format.manifest import MANIFEST_NAME, load_manifest
-from tests.bundle_kit import build_args, cli, make_site, tree
+from tests.bundle_kit import build_args, cli, make_site, site_python, tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PART = 1_000_000  # --max-part-size 1M: decimal, as 4G is
-
-
-def bare(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """The site's bare python3: no site-packages."""
-    return subprocess.run([sys.executable, "-S", "-m", "bundle", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +69,10 @@ def test_unpack_and_verify_take_the_first_part_or_the_set(packed, built, tmp_pat
     argv = {"first part": [str(parts[0])], "every part": [str(p) for p in parts],
             "the archive's name": [str(packed)]}[given]
     bundle_id = load_manifest(built).bundle_id
-    proc = bare("unpack", *argv, "--into", str(tmp_path / "site" / "bundle"), "--bundle-id", bundle_id)
+    proc = site_python("unpack", *argv, "--into", str(tmp_path / "site" / "bundle"), "--bundle-id", bundle_id)
     assert proc.returncode == 0, proc.stderr
     assert tree(tmp_path / "site" / "bundle") == tree(built)
-    proc = bare("verify", str(parts[0]), "--bundle-id", bundle_id)
+    proc = site_python("verify", str(parts[0]), "--bundle-id", bundle_id)
     assert proc.returncode == 0 and "verify: OK" in proc.stdout, proc.stderr
 
 
@@ -87,13 +81,13 @@ def test_a_missing_part_is_named_and_nothing_is_written(packed, tmp_path):
     parts[1].unlink()
     target = tmp_path / "site" / "bundle"
     for argv in (["unpack", str(parts[0]), "--into", str(target)], ["install", str(parts[0]), "--into", str(target)]):
-        proc = bare(*argv)
+        proc = site_python(*argv)
         assert proc.returncode == 1, proc.stderr
         assert f"{parts[1].name}: missing (listed in {packed.name}.sha256)" in proc.stderr, proc.stderr
         assert not (tmp_path / "site").exists()
     # the last part missing: the listing names it even though the numbering has no gap
     parts[-1].unlink()
-    proc = bare("unpack", str(parts[0]), "--into", str(target))
+    proc = site_python("unpack", str(parts[0]), "--into", str(target))
     assert proc.returncode == 1 and f"{parts[-1].name}: missing" in proc.stderr, proc.stderr
 
 
@@ -108,7 +102,7 @@ def test_a_damaged_part_is_named_even_where_no_bundle_file_lies(packed, tmp_path
         assert data[-1] == 0
         data[-1] = 1
         last.write_bytes(bytes(data))
-        proc = bare("unpack", str(parts[0]), "--into", str(target))
+        proc = site_python("unpack", str(parts[0]), "--into", str(target))
         assert proc.returncode == 1, proc.stderr
         assert f"{last.name}: damaged: sha256" in proc.stderr and "copy this part again" in proc.stderr, proc.stderr
         assert not target.exists() and not list(target.parent.glob(".bundle.*"))
@@ -118,7 +112,7 @@ def test_a_damaged_part_is_named_even_where_no_bundle_file_lies(packed, tmp_path
     data = bytearray(middle.read_bytes())
     data[len(data) // 2] ^= 0xFF
     middle.write_bytes(bytes(data))
-    proc = bare("verify", str(parts[0]))
+    proc = site_python("verify", str(parts[0]))
     assert proc.returncode == 1, proc.stderr
     assert f"{middle.name}: damaged" in proc.stderr, proc.stderr
     assert "model.safetensors" in proc.stderr  # the bundle file the flipped byte lies in (or the stream, gzip)
@@ -127,7 +121,7 @@ def test_a_damaged_part_is_named_even_where_no_bundle_file_lies(packed, tmp_path
 def test_a_part_of_another_archive_is_refused(packed, tmp_path):
     stranger = tmp_path / "other.tar.part000"
     stranger.write_bytes(b"x")
-    proc = bare("unpack", str(parts_of(packed)[0]), str(stranger), "--into", str(tmp_path / "b"))
+    proc = site_python("unpack", str(parts_of(packed)[0]), str(stranger), "--into", str(tmp_path / "b"))
     assert proc.returncode == 2 and f"{stranger}: not a part of" in proc.stderr, proc.stderr
 
 
@@ -203,13 +197,13 @@ def test_killed_part_way_and_run_again_keeps_the_completed_files_and_ends_verifi
     command = [sys.executable, "-S", "-m", "bundle", *argv]
     complete = kill_when_complete_files(command, (target.parent, ".bundle.unpack-*"), 3)
     assert len(complete) == 3 and not target.exists()
-    proc = bare(*argv)
+    proc = site_python(*argv)
     assert proc.returncode == 0, proc.stderr
     for rel, (inode, mtime_ns) in complete.items():  # kept, not written again
         st = (target / rel).stat()
         assert (st.st_ino, st.st_mtime_ns) == (inode, mtime_ns), rel
     assert not list(target.parent.glob(".bundle.*"))
-    proc = bare("verify", str(target), "--bundle-id", bundle_id)
+    proc = site_python("verify", str(target), "--bundle-id", bundle_id)
     assert proc.returncode == 0, proc.stderr
     assert tree(target) == tree(bundle)
     if verb == "install":
@@ -221,9 +215,9 @@ def test_a_second_install_of_the_same_archive_unpacks_nothing(big, tmp_path):
     target = tmp_path / "bundle"
     argv = ["install", str(archive), "--into", str(target), "--skip", "venv", "--skip", "program", "--skip",
             "stack", "--skip", "models", "--pulumi-home", str(tmp_path / "pulumi")]
-    assert bare(*argv).returncode == 0
+    assert site_python(*argv).returncode == 0
     before = {p: p.stat().st_ino for p in target.rglob("*")}
-    proc = bare(*argv)
+    proc = site_python(*argv)
     assert proc.returncode == 0, proc.stderr
     assert "already holds bundle" in proc.stderr and "nothing unpacked" in proc.stderr
     assert {p: p.stat().st_ino for p in target.rglob("*")} == before
