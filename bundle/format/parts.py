@@ -8,9 +8,10 @@ FAT32) so the usual spelling fits the usual stick.
 
 On the site ``open_archive`` takes the archive, its first part, or the set of parts, and reads the
 parts as one file (``PartReader``: seekable, as tarfile wants). The set is checked before any byte
-is used: numbering from 000 without a gap, the same parts the .sha256 lists. While the extraction
-reads the parts, each part is hashed as its bytes go by (read once); ``PartReader.problems`` hashes
-whatever was skipped and names each part whose sha256 differs from the listing.
+is used: numbering from 000 without a gap, the same parts the .sha256 lists. Every bundle file's
+sha256 is checked as the parts are read, so an intact set is read once; when a file or header is
+found damaged, ``PartReader.problems`` hashes the parts and names each one whose sha256 differs from
+the listing (the part to copy again).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from bundle.format.errors import FileProblem, UsageError, VerifyFailed
-from bundle.format.manifest import CHUNK_SIZE, fsync_directory
+from bundle.format.manifest import fsync_directory, sha256_file
 
 PART_RE = re.compile(r"^(?P<archive>.+)\.part(?P<index>\d{3,})$")
 _UNITS = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "t": 10 ** 12,
@@ -227,7 +228,7 @@ def resolve_archive(given: Sequence[Path]) -> ArchiveFiles:
 
 
 class PartReader(io.RawIOBase):
-    """The parts read as one seekable file; each part is hashed as its bytes are read in order."""
+    """The parts (or the one archive file) read as one seekable file."""
 
     def __init__(self, paths: Sequence[Path], expected: dict[str, str]):
         super().__init__()
@@ -237,8 +238,7 @@ class PartReader(io.RawIOBase):
         self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self.size = sum(self.sizes)
         self._handles = [open(p, "rb", buffering=0) for p in self.paths]
-        self._hashes = [hashlib.sha256() for _ in self.paths]
-        self._hashed = [0] * len(self.paths)  # bytes of each part hashed so far, from its start
+        self._at = [0] * len(self.paths)  # where each handle is (a seek only when a read starts elsewhere)
         self._pos = 0
 
     def readable(self) -> bool:
@@ -261,29 +261,30 @@ class PartReader(io.RawIOBase):
             index += 1
         return index
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        """Fills ``buffer`` across part boundaries: tarfile takes a short read for the end of the archive."""
-        view = memoryview(buffer).cast("B")
-        total = 0
-        while total < len(view) and self._pos < self.size:
-            count = self._read_part(view[total:])
-            if count == 0:
+    def read(self, size: int = -1) -> bytes:
+        """Bytes straight from the part files (no intermediate buffer: this is the archive's hot path)."""
+        if size is None or size < 0:
+            size = self.size - self._pos
+        pieces = []
+        while size > 0 and self._pos < self.size:
+            index = self._part_at(self._pos)
+            local = self._pos - self.starts[index]
+            handle = self._handles[index]
+            if self._at[index] != local:
+                handle.seek(local)
+            data = handle.read(min(size, self.sizes[index] - local))
+            if not data:
                 break  # a part shorter than when it was opened
-            total += count
-        return total
+            pieces.append(data)
+            self._at[index] = local + len(data)
+            self._pos += len(data)
+            size -= len(data)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def _read_part(self, view: memoryview) -> int:
-        index = self._part_at(self._pos)
-        local = self._pos - self.starts[index]
-        handle = self._handles[index]
-        handle.seek(local)
-        piece = view[:min(len(view), self.sizes[index] - local)]
-        count = handle.readinto(piece) or 0
-        if count and local <= self._hashed[index] < local + count:
-            self._hashes[index].update(piece[self._hashed[index] - local:count])
-            self._hashed[index] = local + count
-        self._pos += count
-        return count
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         for handle in self._handles:
@@ -291,18 +292,13 @@ class PartReader(io.RawIOBase):
         super().close()
 
     def problems(self) -> list[FileProblem]:
-        """Each part whose sha256 is not the listed one (the bytes not read yet are hashed now)."""
+        """Each part whose sha256 is not the one its .sha256 lists (reads every listed part once more)."""
         found = []
-        for index, path in enumerate(self.paths):
+        for path in self.paths:
             wanted = self.expected.get(path.name)
             if wanted is None:
                 continue
-            handle = self._handles[index]
-            handle.seek(self._hashed[index])
-            while chunk := handle.read(CHUNK_SIZE):
-                self._hashes[index].update(chunk)
-            self._hashed[index] = self.sizes[index]
-            actual = self._hashes[index].hexdigest()
+            actual = sha256_file(path)
             if actual != wanted:
                 found.append(FileProblem(path.name, f"damaged: sha256 {actual}, the .sha256 lists {wanted}: "
                                                     "copy this part again"))

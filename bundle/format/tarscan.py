@@ -103,8 +103,8 @@ def archive_files(archive: Union[Path, ArchiveFiles]) -> ArchiveFiles:
 def scan_archive(archive: Union[Path, ArchiveFiles], sink: Optional[FileSink] = None,
                  bundle_id: Optional[str] = None, expect: Optional[ArchiveScan] = None) -> ArchiveScan:
     """One pass over the archive (one file, or its parts read as one): validate every member; hand
-    each listed file to ``sink``. With a sink (or problems found) every part is also checked against its
-    listed sha256.
+    each listed file to ``sink``. When something is found damaged, every part is also checked against
+    its listed sha256, naming the part to copy again.
 
     With ``expect`` (the result of an earlier pass), the members must be the same ones in the
     same order: the file did not change between the check and the extraction.
@@ -118,15 +118,22 @@ def scan_archive(archive: Union[Path, ArchiveFiles], sink: Optional[FileSink] = 
                 if expect is not None and scan.manifest_bytes != expect.manifest_bytes:
                     raise ManifestError(f"{path}: the archive changed while it was being unpacked")
                 _scan_members(tar, path, scan, sink, reader if _is_plain_tar(reader) else None, expect)
-            if sink is not None or scan.problems:  # a damaged archive: say which part to copy again
+            if scan.problems:  # a damaged archive: say which part to copy again
                 scan.problems += reader.problems()
     except ManifestError:
         raise
     except DAMAGED as exc:
         if _local_error(exc):
             raise
-        raise VerifyFailed(f"{path} is damaged", [FileProblem(path.name, f"not a readable archive, or cut short ({exc})")])
+        raise VerifyFailed(f"{path} is damaged", [FileProblem(path.name, f"not a readable archive, or cut short ({exc})"),
+                                                  *_part_problems(files)])
     return scan
+
+
+def _part_problems(files: ArchiveFiles) -> list[FileProblem]:
+    """The parts whose sha256 is not the listed one (none for a single archive file)."""
+    with files.reader() as reader:
+        return reader.problems()
 
 
 def archive_manifest(archive: Union[Path, ArchiveFiles], bundle_id: Optional[str] = None) -> Manifest:
