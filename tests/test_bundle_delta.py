@@ -55,6 +55,8 @@ def test_pack_carries_only_the_changed_file(update):
     with tarfile.open(update["archive"]) as tar:
         assert tar.getnames() == [MANIFEST_NAME, "models/rr/weights.bin"]
     assert "delta on bundle" in update["pack_out"] and "left out" in update["pack_out"]
+    proc = site_python("verify", str(update["archive"]))  # intact as a delta: it says what it lacks
+    assert proc.returncode == 0 and "verify: a delta on bundle" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_unpack_with_base_rebuilds_the_new_bundle_and_leaves_the_base_as_it_was(update, tmp_path):

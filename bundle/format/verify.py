@@ -172,4 +172,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     print(f"verify: OK: {target} (stack {manifest.stack_names}, bundle id {manifest.bundle_id}): "
           f"{len(manifest.files)} files, {human(total)}, sha256 of every file matches "
           f"({human(total / elapsed)}/s)", file=out)
+    if manifest.base is not None and not target.is_dir():  # a delta archive lacks what its base supplies
+        print(f"verify: a delta on bundle {manifest.base.bundle_id}: the files that bundle holds are not in the "
+              "archive (unpack/install --base DIR takes them from it, checked)", file=out)
     return 0
