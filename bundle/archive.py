@@ -286,6 +286,8 @@ def unpack(archive: Union[Path, ArchiveFiles], target: Path, bundle_id: Optional
                           "nothing was written")
     _remove_leftovers(target, keep=temp)
     temp.mkdir(mode=0o700, exist_ok=True)
+    claimed = resume.claim(temp, target)  # refused (and temp left to its owner) while another unpack works there
+    resume.clear_unlisted(temp, checked.manifest)
     kept = 0
     damaged = True
     try:
@@ -334,6 +336,7 @@ def unpack(archive: Union[Path, ArchiveFiles], target: Path, bundle_id: Optional
     finally:
         if damaged and temp.exists():  # an interruption (kill, Ctrl-C, disk full) keeps it for the next run
             shutil.rmtree(temp)
+        os.close(claimed)
     if kept and not quiet:
         print(f"unpack: kept {kept} files an interrupted unpack had completed (size and sha256 checked)",
               file=sys.stderr)

@@ -217,3 +217,26 @@ def test_a_second_install_of_the_same_archive_unpacks_nothing(big, tmp_path):
     assert "already holds bundle" in proc.stderr and "nothing unpacked" in proc.stderr
     assert {p: p.stat().st_ino for p in target.rglob("*")} == before
     assert (target / MANIFEST_NAME).is_file()
+
+
+def test_a_second_unpack_of_the_same_bundle_while_one_runs_is_refused(built, tmp_path):
+    """The first one's resume directory is locked (flock, as a running unpack holds it): the second must not
+    clear away the files the first is writing."""
+    import fcntl
+
+    archive = tmp_path / "b.tar"
+    assert cli("pack", str(built), "-o", str(archive), "--quiet")[0] == 0
+    target = tmp_path / "site" / "bundle"
+    running = target.parent / f".bundle.unpack-{load_manifest(built).bundle_id[:16]}"
+    (running / "models").mkdir(parents=True)
+    (running / "models" / "half-written").write_bytes(b"x")
+    fd = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        proc = site_python("unpack", str(archive), "--into", str(target))
+        assert proc.returncode == 1 and "another unpack of this bundle" in proc.stderr, proc.stderr
+        assert (running / "models" / "half-written").read_bytes() == b"x" and not target.exists()
+    finally:
+        os.close(fd)
+    assert site_python("unpack", str(archive), "--into", str(target)).returncode == 0  # the lock gone: it goes on
+    assert tree(target) == tree(built)

@@ -9,6 +9,7 @@ already holds the same bundle, intact, is left as it is (``already_unpacked``).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import stat
@@ -20,13 +21,27 @@ from bundle.format import tarscan
 from bundle.format.errors import BundleError
 from bundle.format.manifest import MANIFEST_NAME, FileEntry, Manifest, load_manifest, sha256_file
 from bundle.format.parts import ArchiveFiles
-from bundle.format.verify import verify_directory
+from bundle.format.verify import verify_directory, walk_files
 
 
 def resume_dir(target: Path, bundle_id: str) -> Path:
     """Where an unpack of this bundle into ``target`` extracts: named by the bundle id, so an unpack
     killed part-way and run again finds the files it completed."""
     return target.parent / f".{target.name}.unpack-{bundle_id[:16]}"
+
+
+def claim(directory: Path, target: Path) -> int:
+    """An exclusive flock on the resume directory itself (no lock file: nothing extra lands in the bundle):
+    a second unpack of this bundle into ``target`` while one runs is refused instead of clearing away
+    the files the first is writing. The lock goes with the process (kill -9 included). Returns the fd."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BundleError(f"another unpack of this bundle into {target} is running (it works in {directory}); "
+                          "wait for it to end, then run this one again if it failed") from None
+    return fd
 
 
 def already_unpacked(files: ArchiveFiles, target: Path, bundle_id: Optional[str], quiet: bool) -> Optional[Manifest]:
@@ -46,6 +61,19 @@ def already_unpacked(files: ArchiveFiles, target: Path, bundle_id: Optional[str]
         print(f"unpack: {target} already holds bundle {manifest.bundle_id}, every sha256 matched: "
               "nothing unpacked", file=sys.stderr)
     return manifest
+
+
+def clear_unlisted(directory: Path, manifest: Manifest) -> None:
+    """Remove from an interrupted unpack's directory whatever the manifest does not list as a file (left by
+    something else than this unpack): the finished tree must hold exactly the bundle."""
+    listed = {f.path for f in manifest.files}
+    files, others = walk_files(directory)
+    for rel in [f for f in files if f not in listed] + [p.path for p in others]:
+        path = directory / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def bytes_in(directory: Path) -> int:
