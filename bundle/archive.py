@@ -17,7 +17,12 @@ size than the manifest's, manifest files the archive lacks, and a plain tar cut 
 it extracts into a hidden temp directory beside the target, hashing every file, writes
 MANIFEST.json there last, and only then renames the directory into place. An interrupted
 unpack leaves only the hidden temp directory (no MANIFEST.json, so nothing that looks like a
-valid bundle), which the next unpack removes.
+valid bundle), named by the bundle id: the next unpack of the same bundle keeps the files it
+completed (bundle/format/resume.py), one of another bundle removes it.
+
+`pack --max-part-size 4G` writes the archive as parts and unpack reads the parts as one
+(bundle/format/parts.py); a delta (`build --base`) leaves out what its base holds, and
+`unpack --base DIR` takes it from there (bundle/format/delta.py).
 
 A target that holds the archive (`unpack site/update.tar --into site`, or `--into` a parent of
 it, spelled with `..` or through a symlink) is refused before anything is touched: replacing
