@@ -4,7 +4,8 @@ OLD and NEW are bundles: a MANIFEST.json, a bundle directory or an archive (or i
 Per stack it says: the image (the same, or new with N new layers and their size: read from the
 image tars of directories and archives; a bare manifest tells only that the tar changed); the
 models added, removed or changed (files, bytes); the wheels changed (name, old -> new version);
-the program files changed; the Pulumi CLI and plugin files changed; the stack file; and what
+the program files changed; the Pulumi plugins (name, old -> new version) and the CLI and plugin
+files changed; the stack file; and what
 `pulumi up` will then do on that server: a new image replaces the container, and a replaced
 container relaunches every model, else exactly the models whose files changed relaunch. Last,
 the bytes a delta archive on OLD would carry (`build --base OLD`) against the full archive.
@@ -26,6 +27,7 @@ from bundle.format.manifest import FileEntry, Manifest, StackManifest
 from bundle.format.progress import human, plural
 
 WHEEL_RE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-.+\.whl$")
+PLUGIN_RE = re.compile(r"^pulumi/plugins/resource-(?P<name>.+)-v(?P<version>[^/]+)/")
 TAR_BLOCK, TAR_RECORD = 512, 10240
 
 
@@ -61,9 +63,17 @@ def wheel_versions(files: list[FileEntry]) -> dict[str, str]:
 
 
 def wheel_changes(old: list[FileEntry], new: list[FileEntry]) -> list[dict]:
-    before, after = wheel_versions(old), wheel_versions(new)
+    return version_changes(wheel_versions(old), wheel_versions(new))
+
+
+def version_changes(before: dict[str, str], after: dict[str, str]) -> list[dict]:
     return [{"name": name, "old": before.get(name), "new": after.get(name)}
             for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+
+
+def plugin_versions(files: list[FileEntry]) -> dict[str, str]:
+    """{plugin name: version} of the Pulumi plugins among ``files`` (pulumi/plugins/resource-NAME-vX/...)."""
+    return {m.group("name"): m.group("version") for m in (PLUGIN_RE.match(f.path) for f in files) if m}
 
 
 def model_changes(old: Optional[StackManifest], new: StackManifest) -> dict[str, list[dict]]:
@@ -121,6 +131,7 @@ def stack_diff(name: str, old: Manifest, new: Manifest, old_source: Path, new_so
         "wheels": wheel_changes([f for f in old_files if f.path.endswith(".whl")],
                                 [f for f in view.files if f.path.endswith(".whl")]),
         "program": program, "pulumi": pulumi, "stack_file_changed": any(stack_file.values()),
+        "plugins": version_changes(plugin_versions(old_files), plugin_versions(view.files)),
         "up": {"container_replaced": replaced, "relaunch": relaunch,
                "launch": [m["uid"] for m in models["added"]], "terminate": [m["uid"] for m in models["removed"]]},
     }
@@ -174,6 +185,8 @@ def render(report: dict) -> str:
                              f"{human(model['bytes'])}")
         for wheel in stack["wheels"]:
             lines.append(f"  wheel    {wheel['name']} {wheel['old'] or '(none)'} -> {wheel['new'] or '(none)'}")
+        for plugin in stack["plugins"]:
+            lines.append(f"  plugin   {plugin['name']} {plugin['old'] or '(none)'} -> {plugin['new'] or '(none)'}")
         for label, key in (("program", "program"), ("pulumi", "pulumi")):
             line = _paths_line(label, stack[key])
             if line:

@@ -28,6 +28,9 @@ def versions(tmp_path_factory):
     """v1; v2 = one model changed; v3 = v2 + new image layer, a model added, a wheel and a program file newer."""
     root = tmp_path_factory.mktemp("diff")
     site = make_site(root / "online")
+    plugin = root / "online" / "toolchain" / "plugins" / "resource-docker-v4.5.0" / "pulumi-resource-docker"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_text("#!/bin/sh\necho docker 4.5.0\n")
     made = {}
 
     def build(name: str) -> Path:
@@ -47,6 +50,9 @@ def versions(tmp_path_factory):
     make_wheel(root / "online" / "wheels", version="1.1")
     (root / "online" / "requirements.txt").write_text("xoffline_probe==1.1\n")
     (site.project / "__main__.py").write_text("print('the Pulumi program, newer')\n")
+    newer = plugin.parent.with_name("resource-docker-v4.6.0")
+    plugin.parent.rename(newer)
+    (newer / plugin.name).write_text("#!/bin/sh\necho docker 4.6.0\n")
     made["v3"] = build("v3")
     return root, made
 
@@ -59,6 +65,7 @@ def test_one_model_changed_relaunches_that_model_only(versions):
     (changed,) = stack["models"]["changed"]
     assert changed["uid"] == "rr" and changed["bytes"] == 48 * 1024
     assert stack["up"]["relaunch"] == ["rr"] and not stack["models"]["added"] and not stack["wheels"]
+    assert not stack["plugins"] and not any(stack["pulumi"].values())
     assert report["delta_files"] == 1
     assert 48 * 1024 < report["delta_archive_bytes"] < 48 * 1024 + 32 * 1024
     text = bare("diff", str(made["v1"]), str(made["v2"])).stdout
@@ -82,10 +89,12 @@ def test_a_bigger_update_names_every_change(versions, form):
     assert [m["uid"] for m in stack["models"]["added"]] == ["asr"]
     assert stack["wheels"] == [{"name": "xoffline-probe", "old": "1.0", "new": "1.1"}]
     assert stack["program"]["changed"] == ["program/__main__.py"]
+    assert stack["plugins"] == [{"name": "docker", "old": "4.5.0", "new": "4.6.0"}]
     assert stack["stack_file_changed"]
     assert stack["up"]["container_replaced"] and stack["up"]["relaunch"] == ["emb", "rr"]
     assert stack["up"]["launch"] == ["asr"]
     text = bare("diff", str(spell("v2")), str(spell("v3"))).stdout
+    assert "plugin   docker 4.5.0 -> 4.6.0" in text
     assert "wheel    xoffline-probe 1.0 -> 1.1" in text and "up       replaces the container (new image)" in text
 
 
