@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,23 @@ def test_a_damaged_base_file_is_always_named(tmp_path_factory, old, data):
     assert set(users) <= named, (users, str(failed.value))
     assert all("(the base) supplies it" in p.message for p in failed.value.problems)
     assert not (root / "site").exists()
+
+
+def test_a_base_on_another_file_system_is_copied_and_checked(update, tmp_path):
+    """/dev/shm (tmpfs) is another file system than the test's tmp dir: no hard link is possible there."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system here (/dev/shm missing or on the same one as the tmp dir)")
+    base = Path(tempfile.mkdtemp(prefix="xo-delta-base-", dir=shm))
+    try:
+        shutil.copytree(update["old"], base, dirs_exist_ok=True)
+        new_id = load_manifest(update["new"]).bundle_id
+        target = tmp_path / "bundle-2"
+        proc = site_python("unpack", str(update["archive"]), "--into", str(target), "--base", str(base),
+                           "--bundle-id", new_id)
+        assert proc.returncode == 0, proc.stderr
+        same = "models/emb/model.safetensors"
+        assert (target / same).stat().st_nlink == 1 and (target / same).read_bytes() == (base / same).read_bytes()
+        assert site_python("verify", str(target), "--bundle-id", new_id).returncode == 0
+    finally:
+        shutil.rmtree(base)
