@@ -30,10 +30,10 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "pack": ("bundle.archive", "pack a built bundle directory into one archive", False),
     "unpack": ("bundle.archive", "check an archive, then unpack it safely", False),
     "verify": ("bundle.format.verify", "check every file of a bundle (directory or archive)", False),
-    "install": ("bundle.install", "install a verified bundle onto this server", False),
+    "install": ("bundle.install", "install a bundle (directory, or the archive itself) onto this server", False),
     "diff": ("bundle.diff", "what an update changes, per stack (before it is carried)", False),
 }
-DESCRIPTION = "Plan, build, verify, pack, unpack and install the offline bundle."
+DESCRIPTION = "Plan, build, verify, pack, unpack, install and diff the offline bundle."
 
 
 class MissingDependencies(BundleError):
