@@ -20,7 +20,12 @@ size than the manifest's, manifest files the archive lacks, and a plain tar cut 
 it extracts into a hidden temp directory beside the target, hashing every file, writes
 MANIFEST.json there last, and only then renames the directory into place. An interrupted
 unpack leaves only the hidden temp directory (no MANIFEST.json, so nothing that looks like a
-valid bundle), which the next unpack removes.
+valid bundle), named by the bundle id: the next unpack of the same bundle keeps the files it
+completed (bundle/format/resume.py), one of another bundle removes it.
+
+`pack --max-part-size 4G` writes the archive as parts and unpack reads the parts as one
+(bundle/format/parts.py); a delta (`build --base`) leaves out what its base holds, and
+`unpack --base DIR` takes it from there (bundle/format/delta.py).
 
 A target that holds the archive (`unpack site/update.tar --into site`, or `--into` a parent of
 it, spelled with `..` or through a symlink) is refused before anything is touched: replacing
@@ -40,14 +45,15 @@ import stat
 import sys
 import tarfile
 from pathlib import Path
-from typing import IO, Optional, TextIO
+from typing import IO, Optional, TextIO, Union
 
-from bundle.format import tarscan
+from bundle.format import delta, resume, tarscan
 from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.filecopy import file_mode
 from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, UsageError, bundle_id_arg,
                                     fsync_directory, load_manifest, parse_manifest, write_atomic)
 from bundle.format.manifest_rules import SIGNATURE_NAME
+from bundle.format.parts import ArchiveFiles, PartWriter, existing_parts, parse_part_size, resolve_archive, sums_text
 from bundle.format.progress import Progress, bars_wanted, human
 from bundle.format.signature import (SignatureError, SignerPolicy, add_signer_arguments, check_matches, read_signature,
                                      site_policy)
@@ -136,8 +142,10 @@ def _tarinfo(name: str, size: int, mode: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple[Manifest, str]:
-    """Write the archive; returns (manifest, sha256 of the archive). Nothing is left behind on failure."""
+def pack(root: Path, output: Path, level: int = 1, quiet: bool = False,
+         max_part_size: Optional[int] = None) -> tuple[Manifest, str]:
+    """Write the archive (``max_part_size``: as parts of at most that many bytes, bundle/format/parts.py);
+    returns (manifest, sha256 of the whole archive). Nothing is left behind on failure."""
     kind = archive_kind(output)
     if output.is_dir():
         raise UsageError(f"-o {output}: is a directory; name the archive file to write, e.g. {output / 'bundle.tar'}")
@@ -146,6 +154,7 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
         raise UsageError(f"-o {output}: lies inside the bundle directory {root} being packed (it would pack "
                          f"into itself); write the archive outside it, e.g. -o {outside}")
     manifest = load_manifest(root)
+    carried_by_base = frozenset(manifest.base.sha256 if manifest.base else ())  # a delta leaves these out
     manifest_bytes = (root / MANIFEST_NAME).read_bytes()  # the bytes that go into the archive, checked again:
     if parse_manifest(manifest_bytes, str(root / MANIFEST_NAME)) != manifest:  # it may not change in between
         raise BundleError(f"{root / MANIFEST_NAME}: changed while pack read it; nothing was packed (run pack again)")
@@ -159,8 +168,10 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
     problems: list[FileProblem] = []
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.part-{secrets.token_hex(4)}"
+    splitter = PartWriter(output, max_part_size) if max_part_size else None
     try:
-        with open(partial, "wb") as raw, Progress(manifest.total_size(), "pack", bars_wanted(quiet)) as progress:
+        with (splitter or open(partial, "wb")) as raw, \
+                Progress(manifest.total_size(), "pack", bars_wanted(quiet)) as progress:
             writer = _HashingWriter(raw)
             options = {"compresslevel": level} if kind == "gz" else {}
             with tarfile.open(fileobj=writer, mode="w:gz" if kind == "gz" else "w", format=tarfile.PAX_FORMAT,
@@ -171,24 +182,35 @@ def pack(root: Path, output: Path, level: int = 1, quiet: bool = False) -> tuple
                     tar.addfile(_tarinfo(SIGNATURE_NAME, len(signature), 0o644,
                                          (root / SIGNATURE_NAME).stat().st_mtime), io.BytesIO(signature))
                 for entry in sorted(manifest.files, key=lambda e: e.path):
+                    if entry.sha256 in carried_by_base:
+                        continue  # a delta: the site takes this file from the base bundle (unpack --base)
                     problem = _add_file(tar, root, entry, progress)
                     if problem:
                         problems.append(problem)
                         if problem.message.startswith("cut short"):
                             break  # the archive stream is no longer usable
-            raw.flush()
-            os.fsync(raw.fileno())
+            if splitter is None:
+                raw.flush()
+                os.fsync(raw.fileno())
         if problems:
             raise VerifyFailed(f"{root} does not match its manifest; nothing was packed "
                                f"(run `python -m bundle verify {root}`, or rebuild)", problems)
-        os.chmod(partial, 0o644)
-        os.replace(partial, output)
-        fsync_directory(output.parent)
+        if splitter is not None:
+            parts = splitter.commit()
+        else:
+            os.chmod(partial, 0o644)
+            os.replace(partial, output)
+            for stale in existing_parts(output):  # an earlier split pack of the same name
+                stale.unlink()
+            fsync_directory(output.parent)
+            parts = []
     finally:
         if partial.exists():
             partial.unlink()
+        if splitter is not None:
+            splitter.discard()
     digest = writer.sha256.hexdigest()
-    write_atomic(output.parent / f"{output.name}.sha256", f"{digest}  {output.name}\n".encode())
+    write_atomic(output.parent / f"{output.name}.sha256", sums_text(parts, output.name, digest).encode())
     return manifest, digest
 
 
@@ -229,13 +251,14 @@ def _check_target(target: Path) -> None:
                          "(choose a new or empty directory)")
 
 
-def _leftovers(target: Path) -> list[Path]:
+def _leftovers(target: Path, keep: Optional[Path] = None) -> list[Path]:
     """Hidden temp and old trees of interrupted unpacks into this target (removed before unpacking)."""
     parent = target.parent
     if not parent.is_dir():
         return []
     return [leftover for prefix in (f".{target.name}.unpack-", f".{target.name}.old-")
-            for leftover in parent.glob(prefix + "*") if leftover.is_dir() and not leftover.is_symlink()]
+            for leftover in parent.glob(prefix + "*")
+            if leftover.is_dir() and not leftover.is_symlink() and leftover != keep]
 
 
 def _check_overlap(archive: Path, target: Path) -> None:
@@ -250,35 +273,59 @@ def _check_overlap(archive: Path, target: Path) -> None:
                              "that unpack removes first; move the archive out of it")
 
 
-def _remove_leftovers(target: Path) -> None:
-    """Hidden temp and old trees of interrupted unpacks into this target."""
-    for leftover in _leftovers(target):
+def _remove_leftovers(target: Path, keep: Optional[Path] = None) -> None:
+    """Hidden temp and old trees of interrupted unpacks into this target (but ``keep``: this bundle's own)."""
+    for leftover in _leftovers(target, keep):
         shutil.rmtree(leftover)
 
 
-def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: bool = False,
-           policy: Optional[SignerPolicy] = None) -> Manifest:
+def unpack(archive: Union[Path, ArchiveFiles], target: Path, bundle_id: Optional[str] = None,
+           quiet: bool = False, base_dir: Optional[Path] = None, policy: Optional[SignerPolicy] = None) -> Manifest:
     """Check the signature (``policy``), validate every member, extract into a temp dir beside ``target``,
-    verify, then rename into place."""
-    archive, target = archive.resolve(), target.absolute()
-    _check_overlap(archive, target)
+    verify, then rename into place.
+
+    A file an interrupted unpack of the same bundle completed is kept (its size and sha256 checked,
+    never written again); a damaged archive removes the temp dir, an interrupted run leaves it. A delta
+    (bundle/format/delta.py) takes the files its archive leaves out from ``base_dir``, checked first."""
+    files = tarscan.archive_files(archive)
+    target = target.absolute()
+    for path in files.paths:
+        _check_overlap(path.resolve(), target)
     _check_target(target)
-    checked = tarscan.scan_archive(archive, None, bundle_id, policy=policy)
+    name = files.first.parent / files.name
+    done = resume.already_unpacked(files, target, bundle_id, quiet, policy)
+    if done is not None:
+        return done
+    checked = tarscan.scan_archive(files, None, bundle_id, policy=policy)
     if checked.problems:
-        raise VerifyFailed(f"{archive} refused; nothing was written", checked.problems)
-    needed = checked.manifest.total_size()
+        raise VerifyFailed(f"{name} refused; nothing was written", checked.problems)
+    base = delta.check_base_dir(checked.manifest, base_dir, target)
+    temp = resume.resume_dir(target, checked.manifest.bundle_id)
     target.parent.mkdir(parents=True, exist_ok=True)
+    needed = delta.space_needed(checked.manifest, base_dir, target.parent) - resume.bytes_in(temp)
     free = shutil.disk_usage(target.parent).free
     if needed > free:
         raise BundleError(f"{target.parent}: {human(free)} free, the bundle needs {human(needed)}; "
                           "nothing was written")
-    _remove_leftovers(target)
-    temp = target.parent / f".{target.name}.unpack-{secrets.token_hex(4)}"
-    temp.mkdir(mode=0o700)
+    _remove_leftovers(target, keep=temp)
+    temp.mkdir(mode=0o700, exist_ok=True)
+    claimed = resume.claim(temp, target)  # refused (and temp left to its owner) while another unpack works there
+    resume.clear_unlisted(temp, checked.manifest)
+    kept = 0
+    damaged = True
     try:
-        with Progress(needed, "unpack", bars_wanted(quiet)) as progress:
+        with Progress(checked.manifest.total_size(), "unpack", bars_wanted(quiet)) as progress:
+            if base is not None and base_dir is not None:  # the base first: a bad one is refused before the archive
+                problems = delta.take_from_base(checked.manifest, base, base_dir, temp, progress.update)
+                if problems:
+                    raise VerifyFailed(f"the base {base_dir} cannot supply {len(problems)} files of this update; "
+                                       f"nothing was unpacked into {target}", problems)
             def write(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry) -> Optional[FileProblem]:
+                nonlocal kept
                 dest = temp / entry.path
+                if resume.complete(dest, entry, progress.update):
+                    kept += 1
+                    return None
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "wb") as handle:
@@ -291,12 +338,13 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
                     os.utime(dest, (mtime, mtime))
                 return problem
 
-            scan = tarscan.scan_archive(archive, write, bundle_id, expect=checked)
+            scan = tarscan.scan_archive(files, write, bundle_id, expect=checked)
         if scan.problems:
-            raise VerifyFailed(f"{archive} is damaged; nothing was unpacked into {target}", scan.problems)
+            raise VerifyFailed(f"{name} is damaged; nothing was unpacked into {target}", scan.problems)
+        damaged = False
         for dirpath, dirnames, _files in os.walk(temp):
-            for name in dirnames:
-                os.chmod(os.path.join(dirpath, name), 0o755)
+            for dirname in dirnames:
+                os.chmod(os.path.join(dirpath, dirname), 0o755)
         os.chmod(temp, 0o755)
         if scan.signature is not None:  # kept beside the manifest: verify and install check it again
             with open(temp / SIGNATURE_NAME, "wb") as handle:
@@ -311,9 +359,16 @@ def unpack(archive: Path, target: Path, bundle_id: Optional[str] = None, quiet: 
             handle.flush()
             os.fsync(handle.fileno())
         _swap_into_place(temp, target)
+    except (BundleError, tarfile.TarError):
+        damaged = True
+        raise
     finally:
-        if temp.exists():
+        if damaged and temp.exists():  # an interruption (kill, Ctrl-C, disk full) keeps it for the next run
             shutil.rmtree(temp)
+        os.close(claimed)
+    if kept and not quiet:
+        print(f"unpack: kept {kept} files an interrupted unpack had completed (size and sha256 checked)",
+              file=sys.stderr)
     return scan.manifest
 
 
@@ -342,20 +397,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help="gzip level for .tar.gz (default 1)")
     pack_parser.add_argument("--sign-key", type=Path, metavar="KEY",
                              help="sign MANIFEST.json with this Ed25519 SSH key first (as `bundle sign DIR --key KEY`)")
+    pack_parser.add_argument("--max-part-size", type=parse_part_size, metavar="SIZE",
+                             help="write NAME.part000, NAME.part001, ... of at most SIZE bytes each, for media "
+                                  "with a file size limit (4G = 4,000,000,000 bytes fits FAT32); the .sha256 "
+                                  "lists every part and the whole")
     pack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     pack_parser.set_defaults(func=run_pack)
 
     unpack_parser = subparsers.add_parser("unpack", help="check an archive, then unpack it safely",
                                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    unpack_parser.add_argument("archive", type=Path, metavar="FILE", help="archive made by `pack`")
+    unpack_parser.add_argument("archive", type=Path, nargs="+", metavar="FILE",
+                               help="archive made by `pack`: the file, its first part (NAME.tar.part000), "
+                                    "or every part")
     unpack_parser.add_argument("--into", type=Path, required=True, metavar="DIR",
                                help="directory to create (or an earlier bundle to replace)")
     unpack_parser.add_argument("--bundle-id", metavar="SHA256", type=bundle_id_arg,
                                help="the id `build` printed (given out of band): refuse any other bundle; "
                                     "an empty or malformed id is an error, not \"no id\"")
     add_signer_arguments(unpack_parser)
+    add_base_argument(unpack_parser)
     unpack_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     unpack_parser.set_defaults(func=run_unpack)
+
+
+def add_base_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", type=Path, metavar="DIR",
+                        help="for a delta archive (`build --base`): the site's current bundle directory; the "
+                             "files the archive leaves out are hard-linked (else copied) from it and checked, "
+                             "and it is left as it is")
 
 
 def run_pack(args: argparse.Namespace, out: TextIO) -> int:
@@ -365,25 +434,29 @@ def run_pack(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     if args.sign_key is not None:
         print_signed(args.directory, *sign_bundle(args.directory, args.sign_key), out)
-    manifest, digest = pack(args.directory, args.output, args.level, args.quiet)
-    size = args.output.stat().st_size
+    manifest, digest = pack(args.directory, args.output, args.level, args.quiet, args.max_part_size)
+    parts = existing_parts(args.output) if args.max_part_size else [args.output]
+    size = sum(part.stat().st_size for part in parts)
+    split = f" in {len(parts)} parts {parts[0].name}..{parts[-1].name}" if args.max_part_size else ""
     signed = read_signature(args.directory) is not None
-    print(f"pack: {args.output} ({human(size)}, {len(manifest.files) + 1 + signed} members; "
+    print(f"pack: {args.output} ({human(size)}{split}, {len(manifest.files) + 1 + signed} members; "
           f"{human(manifest.total_size())} of files)", file=out)
     print(f"  archive sha256 {digest} (also in {args.output.name}.sha256)", file=out)
     print(f"  bundle id      {manifest.bundle_id} (check with: unpack/verify --bundle-id ...)", file=out)
     if signed:
         print(f"  signed         {SIGNATURE_NAME} right after the manifest (check with: unpack/verify/install "
               "--allowed-signers FILE, or ssh-keygen -Y verify)", file=out)
+    if manifest.base is not None:
+        left_out = delta.from_base(manifest)
+        size = human(sum(f.size for f in left_out))
+        print(f"  delta on bundle {manifest.base.bundle_id}: {len(left_out)} files ({size}) left out, the site "
+              "takes them from that bundle (unpack/install --base DIR)", file=out)
     return 0
 
 
 def run_unpack(args: argparse.Namespace, out: TextIO) -> int:
-    if not args.archive.is_file():
-        print(f"error: {args.archive}: no such archive", file=sys.stderr)
-        return 2
     policy = site_policy(args)
-    manifest = unpack(args.archive, args.into, args.bundle_id, args.quiet, policy)
+    manifest = unpack(resolve_archive(args.archive), args.into, args.bundle_id, args.quiet, args.base, policy)
     signed = f", signature allowed by {policy.allowed_signers}" if policy else ""
     print(f"unpack: {args.into}: {len(manifest.files)} files, {human(manifest.total_size())}, every member "
           f"checked and every sha256 matched (stack {manifest.stack_names}, bundle id {manifest.bundle_id}{signed})",

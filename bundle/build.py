@@ -60,6 +60,8 @@ from bundle.engine_wheels import package_record, resolve_model
 from bundle.fetch import HUB_BOOKKEEPING, FetchError, download_model, list_source_files
 from bundle.format.errors import SetupError
 from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, remove_partials
+from bundle.format.delta import base_of, read_base
+from bundle.format.delta import carried as carried_files
 from bundle.format.layout import INSTALL_RECORD, PROJECT_MARKER
 from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manifest, StackEntry, load_manifest,
                                     write_atomic)
@@ -95,6 +97,7 @@ class BuildOptions:
     hub_offline: bool = False
     full: bool = False
     quiet: bool = False
+    base: Optional[Manifest] = None  # --base OLD: a delta on that bundle (bundle/format/delta.py)
 
 
 @dataclass
@@ -160,6 +163,8 @@ class Builder:
             created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             python=self.opts.python_version or f"{sys.version_info.major}.{sys.version_info.minor}",
         )
+        if self.opts.base is not None:
+            manifest.base = base_of(self.opts.base, manifest)
         if previous is not None and dataclasses.replace(previous, created=manifest.created) == manifest:
             manifest.created = previous.created  # same content, same bundle id
         manifest.save(self.out)
@@ -397,6 +402,10 @@ def summary(manifest: Manifest, reports: list[ItemReport], out: Path) -> str:
     lines += ["  " + "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in
                                 enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
     lines.append(f"bundle id {manifest.bundle_id}  (give it to the offline site: verify/unpack --bundle-id)")
+    if manifest.base is not None:
+        carried = carried_files(manifest)
+        lines.append(f"delta on bundle {manifest.base.bundle_id}: `pack` carries {plural(len(carried), 'file')}, "
+                     f"{human(sum(f.size for f in carried))} (the site unpacks it with --base DIR)")
     return "\n".join(lines)
 
 
@@ -432,6 +441,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hub-offline", action="store_true",
                         help="no downloads: use only what the cache already holds")
     parser.add_argument("--full", action="store_true", help="copy and hash every file again (trust nothing in DIR)")
+    parser.add_argument("--base", type=Path, metavar="OLD",
+                        help="a delta on the site's current bundle (its MANIFEST.json, directory or archive): the "
+                             "manifest still lists every file, `pack` carries only those OLD lacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     parser.set_defaults(func=run)
 
@@ -455,7 +467,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                            pulumi_checksums=args.pulumi_checksums, wheels_from=args.wheels_from,
                            requirements=args.requirements, python_version=args.python_version,
                            platforms=args.platform, cache_dir=args.cache_dir, hub_offline=args.hub_offline,
-                           full=args.full, quiet=args.quiet)
+                           full=args.full, quiet=args.quiet, base=read_base(args.base) if args.base else None)
     builder = Builder(stacks, options, out)
     manifest = builder.build()
     print(summary(manifest, builder.reports, args.out), file=out)

@@ -1,7 +1,7 @@
 """`python -m bundle <command>`: the offline bundle's command line.
 
 One table names every command, its module and its one-line help. Only the module of the
-command being run is imported: unpack, verify and install import the standard library and
+command being run is imported: unpack, verify, install and diff import the standard library and
 bundle/format/ alone, so on the offline server they run with the system python3 (even
 ``python3 -S``, with no site-packages) before any venv exists. plan and build import the stack
 spec (pydantic, PyYAML); where those are missing, the command says how to get them instead
@@ -31,9 +31,10 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "pack": ("bundle.archive", "pack a built bundle directory into one archive", False),
     "unpack": ("bundle.archive", "check an archive, then unpack it safely", False),
     "verify": ("bundle.format.verify", "check every file of a bundle (directory or archive)", False),
-    "install": ("bundle.install", "install a verified bundle onto this server", False),
+    "install": ("bundle.install", "install a bundle (directory, or the archive itself) onto this server", False),
+    "diff": ("bundle.diff", "what an update changes, per stack (before it is carried)", False),
 }
-DESCRIPTION = "Plan, build, sign, verify, pack, unpack and install the offline bundle."
+DESCRIPTION = "Plan, build, sign, verify, pack, unpack, install and diff the offline bundle."
 
 
 class MissingDependencies(BundleError):

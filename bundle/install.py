@@ -1,4 +1,7 @@
-"""`python -m bundle install DIR [--stack NAME]`: on the offline server, put what `pulumi up` needs in place.
+"""`python -m bundle install DIR|ARCHIVE [--stack NAME]`: on the offline server, put what `pulumi up` needs in place.
+
+Given the archive (or its parts) instead of a directory, install first unpacks it into --into
+(bundle/install_source.py: one read of the archive, every file hashed as it is extracted).
 
 A bundle built for several stacks (one per server of a site) installs one of them: the
 shared files, that stack's models and its stack file; `--stack` names it (required when
@@ -67,6 +70,7 @@ from bundle.format.progress import Progress, bars_wanted
 from bundle.format.signature import add_signer_arguments, load_trusted_manifest, site_policy
 from bundle.format.verify import check_directory
 from bundle.install_lock import LOCK_NAME, InstallLocks
+from bundle.install_source import add_source_arguments, bundle_directory
 from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
 from bundle.install_venv import check_venv_python, install_venv
 from bundle.model_files import FilePair, kept_model_dirs
@@ -237,7 +241,7 @@ def install_stack_file(bundle: Path, plan: Plan, project: Path) -> StepResult:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("install", help="offline server: venv, Pulumi CLI and model files from a bundle",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle", type=Path, metavar="DIR", help="unpacked (and verified) bundle directory")
+    add_source_arguments(parser)
     parser.add_argument("--stack", metavar="NAME",
                         help="the stack of this server (needed when the bundle carries several)")
     parser.add_argument("--models-dir", type=Path, metavar="PATH",
@@ -260,8 +264,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    bundle = args.bundle.absolute()
     policy = site_policy(args)
+    bundle = bundle_directory(args, out, policy)  # an archive is unpacked (its signature, then every file, checked)
     whole = load_trusted_manifest(bundle, args.bundle_id, policy)  # the signature first, then the manifest
     manifest = whole.for_stack(args.stack)  # this server's files: the shared ones and its stack's
     steps = [name for name in STEPS if name not in args.skip]

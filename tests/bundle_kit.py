@@ -13,6 +13,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -242,6 +244,13 @@ def build_args(site: Site, *extra: str) -> list[str]:
             "--image-tar", str(site.root / "image" / "xinference.tar"),
             "--pulumi-dir", str(site.root / "toolchain" / "bin"), "--wheels-from", str(site.root / "wheels"),
             "--requirements", str(site.root / "requirements.txt"), "--quiet", *extra]
+
+
+def site_python(*argv: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python3 -S -m bundle ARGV` as the site runs it: the bare python3 of a fresh server (no site-packages),
+    with this checkout's bundle tool; the caller checks the exit code."""
+    return subprocess.run([sys.executable, "-S", "-m", "bundle", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 def run_cli(*argv: str) -> tuple[int, str]:

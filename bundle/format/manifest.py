@@ -68,8 +68,8 @@ from bundle.format.manifest_rules import (FORMAT_VERSION, MANIFEST_NAME, MAX_MAN
 __all__ = [  # what the rest of the bundle tool (and install's confinement) uses from here
     "BundleError", "ManifestError", "UsageError", "StackChoiceError", "FORMAT_VERSION", "MANIFEST_NAME", "ROLES",
     "CHUNK_SIZE", "MAX_MANIFEST_BYTES",
-    "FileEntry", "StackEntry", "Manifest", "StackManifest", "parse_manifest", "load_manifest", "read_manifest_bytes",
-    "check_bundle_id",
+    "FileEntry", "StackEntry", "BaseRef", "Manifest", "StackManifest", "parse_manifest", "load_manifest",
+    "read_manifest_bytes", "check_bundle_id",
     "bundle_id_arg", "parse_bundle_id", "path_problem", "absolute_path_problem", "role_path_problem",
     "check_relative_path", "content_digest", "files_digest", "sha256_file", "write_atomic", "fsync_directory",
 ]
@@ -109,6 +109,16 @@ class StackEntry:
     image_id: Optional[str] = None
 
 
+@dataclass
+class BaseRef:
+    """A delta bundle's base: the bundle the site already holds, and the file contents (sha256) of this
+    bundle that base has, which `pack` leaves out and `unpack --base DIR` takes from DIR
+    (bundle/format/delta.py). Optional and left out of MANIFEST.json for a full bundle."""
+
+    bundle_id: str
+    sha256: list[str] = field(default_factory=list)
+
+
 class _Files:
     """Lookups over ``self.files`` that a whole bundle and a stack's view share."""
 
@@ -133,6 +143,7 @@ class Manifest(_Files):
     format: int = FORMAT_VERSION
     created: str = ""
     python: Optional[str] = None  # "3.11": the Python the bundled wheels were downloaded for
+    base: Optional[BaseRef] = None  # a delta: what the site's current bundle supplies
 
     @property
     def stack_names(self) -> str:
@@ -171,6 +182,8 @@ class Manifest(_Files):
             if entry.get("image_id") is None:
                 entry.pop("image_id", None)
         data["files"] = [asdict(f) for f in sorted(self.files, key=lambda f: f.path)]
+        if data["base"] is None:
+            data.pop("base")
         return data
 
     @property
@@ -255,7 +268,9 @@ def parse_manifest(data: bytes, source: str = MANIFEST_NAME) -> Manifest:
     doc = check_manifest(data, source)
     files = [FileEntry(**item) for item in doc["files"]]
     stacks = {name: StackEntry(**entry) for name, entry in doc["stacks"].items()}
-    return Manifest(stacks=stacks, files=files, format=doc["format"], created=doc["created"], python=doc["python"])
+    base = BaseRef(**doc["base"]) if doc.get("base") is not None else None
+    return Manifest(stacks=stacks, files=files, format=doc["format"], created=doc["created"], python=doc["python"],
+                    base=base)
 
 
 def check_bundle_id(manifest: Manifest, expected: Optional[str], source: str) -> None:

@@ -225,6 +225,22 @@ def _stack(name: Any, entry: Any, source: str) -> dict[str, Any]:
     return cast(dict[str, Any], entry)
 
 
+def _base(base: Any, files: list[dict[str, Any]], source: str) -> None:
+    """A delta's base: a bundle id, and sorted distinct sha256s each of which some file of this bundle has."""
+    _object(base, source, "base", ("bundle_id", "sha256"))
+    _text(base["bundle_id"], source, "base.bundle_id", SHA256_RE, "the base bundle's id (64 lowercase hex digits)")
+    shared = base["sha256"]
+    if not isinstance(shared, list) or len(shared) > MAX_FILES:
+        raise fail(source, "base.sha256", f"a list of at most {MAX_FILES} sha256s", shared)
+    ours = {item["sha256"] for item in files}
+    for index, digest in enumerate(shared):
+        _text(digest, source, f"base.sha256[{index}]", SHA256_RE, "a sha256 (64 lowercase hex digits)")
+        if digest not in ours:
+            raise fail(source, f"base.sha256[{index}]", "the sha256 of a file this manifest lists", digest)
+    if shared != sorted(set(shared)):
+        raise fail(source, "base.sha256", "sorted, each sha256 once", shared)
+
+
 def _cross_check(files: list[dict[str, Any]], stacks: dict[str, dict[str, Any]], source: str) -> None:
     seen: dict[str, int] = {fold(MANIFEST_NAME): -1, fold(SIGNATURE_NAME): -2}
     for index, item in enumerate(files):
@@ -272,7 +288,7 @@ def check_manifest(data: bytes, source: str) -> dict[str, Any]:
     if stated != content_digest(doc):
         raise ManifestError(f"{source}: its content does not match its digest: the manifest was edited or damaged "
                             "after it was built; get the bundle again (or rebuild it)")
-    _object(doc, source, "(top level)", ("format", "created", "python", "stacks", "files"))
+    _object(doc, source, "(top level)", ("format", "created", "python", "stacks", "files"), optional=("base",))
     _text(doc["created"], source, "created", CREATED_RE, "the build time (ISO 8601)")
     _text(doc["python"], source, "python", PYTHON_RE, "a Python version like 3.11", optional=True)
     stacks = doc["stacks"]
@@ -290,5 +306,7 @@ def check_manifest(data: bytes, source: str) -> dict[str, Any]:
     for index, item in enumerate(files):
         _file(item, source, f"files[{index}]", stacks)
     _cross_check(files, stacks, source)
+    if "base" in doc:
+        _base(doc["base"], files, source)
     doc["digest"] = stated
     return doc

@@ -16,12 +16,13 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO, Callable, Optional, Union
 
 from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.manifest import (CHUNK_SIZE, MANIFEST_NAME, MAX_MANIFEST_BYTES, FileEntry, Manifest,
                                     ManifestError, check_bundle_id, parse_manifest)
 from bundle.format.manifest_rules import SIGNATURE_NAME, render, text_problem
+from bundle.format.parts import ArchiveFiles, PartReader
 from bundle.format.progress import Progress, bars_wanted, human
 from bundle.format.signature import MAX_SIGNATURE_BYTES, SignerPolicy, check_bundle_signature
 
@@ -96,32 +97,67 @@ class ArchiveScan:
 FileSink = Callable[[tarfile.TarFile, tarfile.TarInfo, FileEntry], Optional[FileProblem]]
 
 
-def scan_archive(path: Path, sink: Optional[FileSink] = None, bundle_id: Optional[str] = None,
-                 expect: Optional[ArchiveScan] = None, policy: Optional[SignerPolicy] = None) -> ArchiveScan:
-    """One pass over the archive: validate every member; hand each listed file to ``sink``.
+def archive_files(archive: Union[Path, ArchiveFiles]) -> ArchiveFiles:
+    """One archive file, or the parts of one (bundle/format/parts.py), as the readers below take it."""
+    return archive if isinstance(archive, ArchiveFiles) else ArchiveFiles(archive.name, [archive])
+
+
+def scan_archive(archive: Union[Path, ArchiveFiles], sink: Optional[FileSink] = None,
+                 bundle_id: Optional[str] = None, expect: Optional[ArchiveScan] = None,
+                 policy: Optional[SignerPolicy] = None) -> ArchiveScan:
+    """One pass over the archive (one file, or its parts read as one): validate every member; hand
+    each listed file to ``sink``. When something is found damaged, every part is also checked against
+    its listed sha256, naming the part to copy again.
 
     The signature (``policy``: the site's allowed signers) is checked on the first two members,
     before the manifest is even parsed. With ``expect`` (the result of an earlier pass), the
     members must be the same ones in the same order: the file did not change between the check
     and the extraction.
     """
+    files = archive_files(archive)
+    path = files.first.parent / files.name
     try:
-        file_size = path.stat().st_size
-        # copybufsize is TarFile's own keyword (3.8+); typeshed's open() overloads leave it out
-        with tarfile.open(path, "r:*", copybufsize=CHUNK_SIZE) as tar:  # type: ignore[call-overload]
-            scan, after = _read_manifest(tar, path, bundle_id, policy, check_signature=expect is None)
-            if expect is not None and (scan.manifest_bytes, scan.signature) != (expect.manifest_bytes,
-                                                                                expect.signature):
-                raise ManifestError(f"{path}: the archive changed while it was being unpacked")
-            _scan_members(tar, path, scan, sink, file_size if _is_plain_tar(path) else None, expect, after)
+        with files.reader() as reader:
+            # copybufsize is TarFile's own keyword (3.8+); typeshed's open() overloads leave it out
+            with tarfile.open(fileobj=reader, mode="r:*", copybufsize=CHUNK_SIZE) as tar:  # type: ignore[call-overload]
+                scan, after = _read_manifest(tar, path, bundle_id, policy, check_signature=expect is None)
+                if expect is not None and (scan.manifest_bytes, scan.signature) != (expect.manifest_bytes,
+                                                                                    expect.signature):
+                    raise ManifestError(f"{path}: the archive changed while it was being unpacked")
+                _scan_members(tar, path, scan, sink, reader if _is_plain_tar(reader) else None, expect, after)
+            if scan.problems:  # a damaged archive: say which part to copy again
+                scan.problems += reader.problems()
     except ManifestError:
         raise
     except DAMAGED as exc:
         if _local_error(exc):
             raise
         raise VerifyFailed(f"{path} is damaged",
-                           [FileProblem(path.name, f"not a readable archive, or cut short ({exc})")]) from None
+                           [FileProblem(path.name, f"not a readable archive, or cut short ({exc})"),
+                            *_part_problems(files)]) from None
     return scan
+
+
+def _part_problems(files: ArchiveFiles) -> list[FileProblem]:
+    """The parts whose sha256 is not the listed one (none for a single archive file)."""
+    with files.reader() as reader:
+        return reader.problems()
+
+
+def archive_manifest(archive: Union[Path, ArchiveFiles], bundle_id: Optional[str] = None,
+                     policy: Optional[SignerPolicy] = None) -> Manifest:
+    """The manifest of an archive, read from its first members alone (the manifest and its signature, checked
+    as scan_archive checks them; nothing else is read)."""
+    files = archive_files(archive)
+    path = files.first.parent / files.name
+    try:
+        with files.reader() as reader, tarfile.open(fileobj=reader, mode="r:*") as tar:
+            return _read_manifest(tar, path, bundle_id, policy, check_signature=True)[0].manifest
+    except DAMAGED as exc:
+        if _local_error(exc):
+            raise
+        raise VerifyFailed(f"{path} is damaged",
+                           [FileProblem(path.name, f"not a readable archive, or cut short ({exc})")]) from None
 
 
 def _local_error(exc: BaseException) -> bool:
@@ -129,10 +165,12 @@ def _local_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, tarfile.TarError) and exc.errno is not None
 
 
-def _is_plain_tar(path: Path) -> bool:
+def _is_plain_tar(reader: PartReader) -> bool:
     """Not gzip, bzip2 or xz: member offsets are file offsets, so a cut can be measured."""
-    with open(path, "rb") as handle:
-        magic = handle.read(6)
+    where = reader.tell()
+    reader.seek(0)
+    magic = reader.read(6) or b""
+    reader.seek(where)
     return not (magic.startswith(b"\x1f\x8b") or magic.startswith(b"BZh") or magic.startswith(b"\xfd7zXZ"))
 
 
@@ -172,7 +210,8 @@ def _read_manifest(tar: tarfile.TarFile, path: Path, bundle_id: Optional[str],
 
 
 def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Optional[FileSink],
-                  plain_size: Optional[int], expect: Optional[ArchiveScan], first: Optional[tarfile.TarInfo]) -> None:
+                  plain: Optional[PartReader], expect: Optional[ArchiveScan], first: Optional[tarfile.TarInfo]) -> None:
+    plain_size = plain.size if plain is not None else None
     by_path = scan.manifest.by_path()
     listed = set(by_path)
     seen: set[str] = set()
@@ -187,8 +226,8 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
             scan.problems.append(FileProblem(path.name, f"archive is damaged or cut short after {len(seen)} files ({exc})"))
             return
         if member is None:
-            if plain_size is not None:
-                _check_end_marker(path, tar.offset, plain_size, scan)
+            if plain is not None:
+                _check_end_marker(path, tar.offset, plain, scan)
             break
         name = member_name(member)
         signature = (name, member.type.decode(errors="replace"), member.size)
@@ -225,20 +264,23 @@ def _scan_members(tar: tarfile.TarFile, path: Path, scan: ArchiveScan, sink: Opt
                 return
             if sunk:
                 scan.problems.append(sunk)
+    left_out = set(scan.manifest.base.sha256) if scan.manifest.base else set()  # a delta: the base supplies these
     for missing in sorted(listed - seen):
         entry = by_path[missing]
+        if entry.sha256 in left_out:
+            continue
         scan.problems.append(FileProblem(missing, f"missing from the archive (expected {entry.size} bytes)"))
 
 
-def _check_end_marker(path: Path, offset: int, size: int, scan: ArchiveScan) -> None:
+def _check_end_marker(path: Path, offset: int, reader: PartReader, scan: ArchiveScan) -> None:
     """tarfile stops quietly at a short or unreadable header; a whole plain tar ends with zero blocks."""
+    size = reader.size
     if offset + tarfile.BLOCKSIZE > size:
         scan.problems.append(FileProblem(path.name, f"archive is cut short: it ends at byte {size} without the "
                                                 "end-of-archive marker"))
         return
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        block = handle.read(tarfile.BLOCKSIZE)
+    reader.seek(offset)
+    block = reader.read(tarfile.BLOCKSIZE) or b""
     if block.count(0) != len(block):
         scan.problems.append(FileProblem(path.name, f"archive is damaged: unreadable header at byte {offset}"))
 
@@ -264,12 +306,13 @@ def copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry,
     return None
 
 
-def verify_archive(path: Path, bundle_id: Optional[str] = None, quiet: bool = False,
+def verify_archive(path: Union[Path, ArchiveFiles], bundle_id: Optional[str] = None, quiet: bool = False,
                    policy: Optional[SignerPolicy] = None) -> Manifest:
     """Check an archive without writing anything: its signature, members, then every file's size and sha256."""
     with Progress(None, "verify", bars_wanted(quiet)) as progress:
         scan = scan_archive(path, lambda tar, member, entry: copy_member(tar, member, entry, None, progress),
                             bundle_id, policy=policy)
     if scan.problems:
-        raise VerifyFailed(f"{path} is not an intact bundle", scan.problems)
+        files = archive_files(path)
+        raise VerifyFailed(f"{files.first.parent / files.name} is not an intact bundle", scan.problems)
     return scan.manifest

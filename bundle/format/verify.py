@@ -27,6 +27,7 @@ from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.filecopy import kind_of
 from bundle.format.manifest import MANIFEST_NAME, FileEntry, Manifest, StackManifest, bundle_id_arg, sha256_file
 from bundle.format.manifest_rules import SIGNATURE_NAME
+from bundle.format.parts import existing_parts, resolve_archive
 from bundle.format.progress import Progress, bars_wanted, human
 from bundle.format.signature import SignerPolicy, add_signer_arguments, load_trusted_manifest, site_policy
 from bundle.format.tarscan import verify_archive
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.jobs is not None and args.jobs < 1:
         print(f"error: --jobs {args.jobs}: must be at least 1", file=sys.stderr)
         return 2
-    if not (target.is_dir() or target.is_file()):
+    if not (target.is_dir() or target.is_file() or existing_parts(target)):
         print(f"error: {target}: no such bundle directory or archive", file=sys.stderr)
         return 2
     policy = site_policy(args)
@@ -168,11 +169,14 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if target.is_dir():
         manifest = verify_directory(target, args.bundle_id, args.jobs, args.quiet, policy)
     else:
-        manifest = verify_archive(target, args.bundle_id, args.quiet, policy)
+        manifest = verify_archive(resolve_archive([target]), args.bundle_id, args.quiet, policy)  # a file, or its parts
     elapsed = max(time.monotonic() - started, 1e-9)
     total = manifest.total_size()
     print(f"verify: OK: {target} (stack {manifest.stack_names}, bundle id {manifest.bundle_id}): "
           f"{len(manifest.files)} files, {human(total)}, sha256 of every file matches "
           f"({human(total / elapsed)}/s)" + (f"; signature allowed by {policy.allowed_signers}" if policy else ""),
           file=out)
+    if manifest.base is not None and not target.is_dir():  # a delta archive lacks what its base supplies
+        print(f"verify: a delta on bundle {manifest.base.bundle_id}: the files that bundle holds are not in the "
+              "archive (unpack/install --base DIR takes them from it, checked)", file=out)
     return 0
