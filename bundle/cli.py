@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "build": ("bundle.build", "build the bundle directory for one or more stacks (online machine)", True),
     "sign": ("bundle.sign", "sign a built bundle's manifest with an Ed25519 SSH key", False),
     "pack": ("bundle.archive", "pack a built bundle directory into one archive", False),
-    "unpack": ("bundle.archive", "check an archive, then unpack it safely", False),
+    "unpack": ("bundle.unpack", "check an archive, then unpack it safely", False),
     "verify": ("bundle.format.verify", "check every file of a bundle (directory or archive)", False),
     "install": ("bundle.install", "install a bundle (directory, or the archive itself) onto this server", False),
     "diff": ("bundle.diff", "what an update changes, per stack (before it is carried)", False),

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from bundle.archive import inside
+from bundle.format.overlap import inside
 from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.manifest import UsageError, path_problem
 from bundle.format.manifest_rules import render, text_problem

@@ -4,7 +4,7 @@
 archive (or its parts) into ``--into`` (default: ``bundle/`` beside the archive) exactly as
 `unpack` does: every member checked and hashed while it is extracted, so the archive is read
 once and the unpacked tree needs no second verify pass. Then install goes on from that
-directory. Run again after a kill, it keeps what the first run completed (bundle/archive.py).
+directory. Run again after a kill, it keeps what the first run completed (bundle/unpack.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from bundle.archive import add_base_argument, unpack
+from bundle.unpack import add_base_argument, unpack
 from bundle.format.manifest import UsageError
 from bundle.format import tarscan
 from bundle.format.parts import resolve_archive

@@ -34,7 +34,7 @@ ALLOWED_THIRD_PARTY = {0: {"pydantic", "pydantic_core", "yaml"}, 1: set(),
 # Optional third-party imports a module makes inside a function and does without (no hard need).
 OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.fetch", "modelscope"),
                    ("bundle.fetch", "huggingface_hub")}
-OFFLINE_COMMANDS = ("bundle.archive", "bundle.format.verify", "bundle.install", "bundle.cli", "bundle.__main__")
+OFFLINE_COMMANDS = ("bundle.archive", "bundle.unpack", "bundle.format.verify", "bundle.install", "bundle.cli", "bundle.__main__")
 
 
 @dataclass(frozen=True)
