@@ -38,7 +38,8 @@ def update(tmp_path_factory):
     (site.src("rr") / "weights.bin").write_bytes(os.urandom(40 * 1024))
     code, out, err = cli(*build_args(site), "--base", str(root / "v1.tar"))
     assert code == 0, err
-    assert "delta on bundle" in out and "`pack` carries 1 file" in out, out
+    # the changed weight file and the SBOM, which lists every model file's sha256
+    assert "delta on bundle" in out and "`pack` carries 2 files" in out, out
     code, out, err = cli("pack", str(site.out), "-o", str(root / "v2.tar"), "--quiet")
     assert code == 0, err
     return {"root": root, "old": old, "new": site.out, "archive": root / "v2.tar", "pack_out": out}
@@ -55,7 +56,7 @@ def test_the_new_manifest_lists_every_file_and_names_its_base(update):
 
 def test_pack_carries_only_the_changed_file(update):
     with tarfile.open(update["archive"]) as tar:
-        assert tar.getnames() == [MANIFEST_NAME, "models/rr/weights.bin"]
+        assert tar.getnames() == [MANIFEST_NAME, "models/rr/weights.bin", "sbom.cdx.json"]
     assert "delta on bundle" in update["pack_out"] and "left out" in update["pack_out"]
     proc = site_python("verify", str(update["archive"]))  # intact as a delta: it says what it lacks
     assert proc.returncode == 0 and "verify: a delta on bundle" in proc.stdout, proc.stdout + proc.stderr

@@ -66,8 +66,9 @@ def test_one_model_changed_relaunches_that_model_only(versions):
     assert changed["uid"] == "rr" and changed["bytes"] == 48 * 1024
     assert stack["up"]["relaunch"] == ["rr"] and not stack["models"]["added"] and not stack["wheels"]
     assert not stack["plugins"] and not any(stack["pulumi"].values())
-    assert report["delta_files"] == 1
-    assert 48 * 1024 < report["delta_archive_bytes"] < 48 * 1024 + 32 * 1024
+    assert report["delta_files"] == 2  # the model file, and the SBOM that lists its sha256
+    sbom = (made["v2"] / "sbom.cdx.json").stat().st_size
+    assert 48 * 1024 + sbom < report["delta_archive_bytes"] < 48 * 1024 + sbom + 32 * 1024
     text = bare("diff", str(made["v1"]), str(made["v2"])).stdout
     assert "image    the same" in text and "model    changed rr: 1 file, 48.0 KiB" in text, text
     assert "up       relaunches rr" in text
