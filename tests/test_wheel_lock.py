@@ -55,6 +55,7 @@ def test_the_lock_pins_what_requirements_txt_pins_and_hashes_every_package():
     assert "--find-links" not in (ROOT / LOCK_NAME).read_text()  # no machine-local source leaked in
 
 
+@pytest.mark.network  # resolves against PyPI
 def test_the_lock_resolves_against_the_index_with_require_hashes(tmp_path):
     """What `bundle build` runs on the online machine, against the real index (PIP_FIND_LINKS off,
     so only the index's files, whose hashes the lock holds, can satisfy it)."""
