@@ -52,7 +52,8 @@ from bundle.stub_wheel import is_stub_filename, write_stub_wheel
 from spec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
-CACHE_VERSION = 2  # 2: the image's distributions are constraints and carried as metadata-only stand-ins
+CACHE_VERSION = 3  # 2: the image's distributions are constraints and carried as metadata-only stand-ins;
+# 3: a stand-in carries the image's installed version, local label included
 MAX_RELAXATIONS = 8  # resolutions, each dropping at least one image version pip blamed (a dry run: 20-60 s)
 DOWNLOAD_TRIES = 3  # of the engine wheels' `pip download`
 
@@ -156,6 +157,12 @@ def is_in_image(in_image: dict[str, str], name: str, version: str) -> bool:
         return have is not None and Version(have) == Version(version)
     except InvalidVersion:
         return have == version
+
+
+def installed_version(env: ImageEnv, name: str) -> Optional[str]:
+    """The version of ``name`` as the image has it installed, local label included (``2.11.0+cu130``)."""
+    wanted = canonicalize_name(name)
+    return next((version for have, version in env.installed.items() if canonicalize_name(have) == wanted), None)
 
 
 def image_versions(env: ImageEnv) -> dict[str, str]:
@@ -264,8 +271,10 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
             name, version = metadata["name"], metadata["version"]
             url = item.get("download_info", {}).get("url", "")
             if is_in_image(in_image, name, version):
-                stubs.append(write_stub_wheel(work, name, version, metadata.get("requires_dist", ()),
-                                              metadata.get("requires_python")))
+                # the image's own version, local label included: xoscar pins the installed version
+                # (torch==2.11.0+cu130 on the official image) and uv must find it in the carried folder
+                stubs.append(write_stub_wheel(work, name, installed_version(env, name) or version,
+                                              metadata.get("requires_dist", ()), metadata.get("requires_python")))
             else:
                 (wheels if url.endswith(".whl") else sdists).append((name, version))
         if wheels:

@@ -60,6 +60,32 @@ class ImageEnv:
     def abi(self) -> str:
         return "cp" + self.python_version.replace(".", "")
 
+    @property
+    def cuda_version(self) -> Optional[str]:
+        """What ``torch.version.cuda`` says in the image (the worker's ``cuda_version`` for the markers)."""
+        return torch_cuda_version(self.installed)
+
+
+_CUDA_LABEL = re.compile(r"^cu(\d+)(\d)$")  # cu130 -> 13.0, cu128 -> 12.8, cu118 -> 11.8
+_CUDA_RUNTIME = re.compile(r"^nvidia[-_.]cuda[-_.]runtime(?:[-_.]cu\d+)?$", re.IGNORECASE)
+
+
+def torch_cuda_version(installed: dict[str, str]) -> Optional[str]:
+    """The CUDA the image's torch was built for, as ``torch.version.cuda`` gives it: from torch's local
+    label (the PyTorch index's ``2.11.0+cu130`` -> ``13.0``), else, for PyPI's torch (public version,
+    CUDA libraries as packages), from the CUDA runtime package it runs on (``nvidia-cuda-runtime``
+    13.2.86 -> ``13.2``). None for a CPU or ROCm build, or no torch."""
+    torch = next((v for name, v in installed.items() if name.lower() == "torch"), None)
+    if torch is None:
+        return None
+    _, plus, label = torch.partition("+")
+    if plus:
+        found = _CUDA_LABEL.match(label)
+        return f"{found.group(1)}.{found.group(2)}" if found else None
+    runtime = next((v for name, v in installed.items() if _CUDA_RUNTIME.match(name)), None)
+    parts = re.match(r"(\d+)\.(\d+)", runtime or "")
+    return f"{parts.group(1)}.{parts.group(2)}" if parts else None
+
 
 def _layer_paths(outer: tarfile.TarFile) -> tuple[list[str], Optional[str]]:
     manifest = json.loads(outer.extractfile("manifest.json").read())  # type: ignore[union-attr]
