@@ -88,6 +88,7 @@ def sense_voice_site(tmp_path: Path):
                                        "vad": {"model.pt": b"stand-in vad " * 16}})
     make_image_tar(tmp_path / "image" / "xinference.tar", layer=python_layer(IMAGE_DISTS))
     stack = yaml.safe_load((site.stacks / f"Pulumi.{site.stack}.yaml").read_text())
+    stack["config"].pop("xinference-offline:container")  # virtualenvs on: the model installs its packages
     stack["config"]["xinference-offline:models"] = [
         {"uid": "SenseVoiceSmall", "type": "audio", "path": "SenseVoiceSmall",
          "source": {"hub": "local", "path": str(site.src("sv"))},
