@@ -25,8 +25,8 @@ What it changes, each as the official image has it:
 from __future__ import annotations
 
 import importlib.metadata as metadata
-import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,19 +40,21 @@ TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "torchcodec")
 
 
 def closure(roots: tuple[str, ...]) -> set[str]:
-    """The canonical names of the roots and everything they require (markers of this Python, no extras)."""
+    """The canonical names of the roots and everything they require, with the extras asked on the way
+    (torch asks cuda-toolkit[cudart,...]), markers evaluated for this Python."""
     installed = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions()}
-    keep, todo = set(), [canonicalize_name(r) for r in roots]
+    seen: set[tuple[str, str]] = set()
+    todo = [(canonicalize_name(r), "") for r in roots]
     while todo:
-        name = todo.pop()
-        if name in keep or name not in installed:
+        name, extra = todo.pop()
+        if (name, extra) in seen or name not in installed:
             continue
-        keep.add(name)
+        seen.add((name, extra))
         for line in installed[name].requires or ():
             req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(canonicalize_name(req.name))
-    return keep
+            if req.marker is None or req.marker.evaluate({"extra": extra}):
+                todo += [(canonicalize_name(req.name), e) for e in ("", *req.extras)]
+    return {name for name, _ in seen}
 
 
 def relabel(site: Path, name: str, label: str) -> str:
@@ -65,7 +67,8 @@ def relabel(site: Path, name: str, label: str) -> str:
     record = old / "RECORD"
     if record.is_file():
         record.write_text(record.read_text().replace(f"{old.name}/", f"{new_dir.name}/"))
-    os.rename(old, new_dir)
+    shutil.copytree(old, new_dir)  # not a rename: overlayfs refuses renaming a lower layer's directory (EXDEV)
+    shutil.rmtree(old)
     return f"{version}+{label}"
 
 
