@@ -179,6 +179,38 @@ def _layer_stream(raw: IO[bytes]) -> Iterator[IO[bytes]]:
             raise SetupError(f"zstd could not decompress a layer of the image (exit {proc.returncode})")
 
 
+def image_config(tar: Path) -> dict:
+    """The image config of a `docker save` tar (either layout): its env, labels, architecture."""
+    try:
+        with tarfile.open(tar, "r:") as outer:
+            _, config = _layer_paths(outer)
+            return json.loads(outer.extractfile(config).read()) if config else {}  # type: ignore[union-attr]
+    except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
+        raise SetupError(f"{tar}: cannot read the image config of this docker save tar ({exc})") from exc
+
+
+_CUDA_LABELS = ("com.nvidia.cuda.version", "cuda_version")
+
+
+def required_cuda(config: dict) -> Optional[str]:
+    """The CUDA (X.Y) the image says it needs: NVIDIA_REQUIRE_CUDA's ``cuda>=X.Y`` (what the NVIDIA
+    container runtime itself enforces), else CUDA_VERSION (the nvidia/cuda base images' env), else a
+    label; None when it says nothing (a CPU image) or NVIDIA_DISABLE_REQUIRE is set."""
+    settings = config.get("config") or {}
+    env = dict(item.split("=", 1) for item in settings.get("Env") or () if "=" in item)
+    if env.get("NVIDIA_DISABLE_REQUIRE", "").lower() in ("1", "true"):
+        return None
+    found = re.search(r"\bcuda>=(\d+\.\d+)", env.get("NVIDIA_REQUIRE_CUDA", ""))
+    if found:
+        return found.group(1)
+    labels = settings.get("Labels") or {}
+    for text in (env.get("CUDA_VERSION", ""), *(labels.get(key, "") for key in _CUDA_LABELS)):
+        found = re.match(r"(\d+)\.(\d+)", text)
+        if found:
+            return f"{found.group(1)}.{found.group(2)}"
+    return None
+
+
 def scan_image_tar(tar: Path) -> ImageEnv:
     """Read the image's Python from its layers (headers only, but for dpkg's status file)."""
     dists: dict[str, dict[str, str]] = {}  # site-packages dir -> {dist-info dir name: python version}
