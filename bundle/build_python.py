@@ -58,9 +58,12 @@ def resolving_python(env: ImageEnv, cache_root: Path, say: Callable[[str], None]
     venv.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{env.python_version}.part-", dir=venv.parent))
     try:
-        done = subprocess.run([_uv(), "venv", "-q", "--seed", "--allow-existing", "--python", env.python_version,
-                               str(tmp)], capture_output=True, text=True,
-                              env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
+        try:
+            done = subprocess.run([_uv(), "venv", "-q", "--seed", "--allow-existing", "--python", env.python_version,
+                                   str(tmp)], capture_output=True, text=True,
+                                  env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
+        except FileNotFoundError:
+            done = subprocess.CompletedProcess([], 127, "", "uv is not installed (pip install uv)")
         if done.returncode != 0 or not _runs(tmp / "bin" / "python", env.python_version):
             raise SetupError(f"the image's Python is {env.python_version} and this machine has no Python "
                              f"{env.python_version} to resolve its engine packages with (uv: "
