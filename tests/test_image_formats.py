@@ -109,3 +109,28 @@ def test_a_tar_that_is_neither_layout_is_refused(tmp_path):
     ({"torch": "2.11.0+cpu"}, None), ({"torch": "2.11.0+rocm6.4"}, None), ({"torch": "2.15.0"}, None), ({}, None)])
 def test_the_cuda_of_the_image_s_torch(installed, cuda):
     assert torch_cuda_version(installed) == cuda
+
+
+def run_load_script(tmp_path: Path, tar: Path, reported_id: str, manifest_id: str) -> subprocess.CompletedProcess:
+    """components/image.py's load script, run by sh with a stand-in `docker` that loads nothing and
+    reports ``reported_id`` for the image (as an engine of each image store would)."""
+    from components.image import load_script
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "docker").write_text(f"#!/bin/sh\n[ \"$1\" = image ] && echo {reported_id}\nexit 0\n")
+    (bin_dir / "docker").chmod(0o755)
+    sha = hashlib.sha256(tar.read_bytes()).hexdigest()
+    return subprocess.run(["sh", "-c", load_script("xprobe/xinference:v4.1.0", str(tar), sha, manifest_id)],
+                          capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+
+
+def test_after_a_load_the_id_a_containerd_store_engine_reports_is_accepted(tmp_path):
+    tar, manifest_digest = oci_tar(tmp_path / "oci.tar", [(python_layer(DISTS), "application/vnd.oci.image.layer.v1.tar")])
+    config_id = "sha256:" + "c" * 64  # what the bundle's manifest names (the config digest) and a classic engine reports
+    assert run_load_script(tmp_path, tar, manifest_digest, config_id).returncode == 0  # containerd store
+    other = run_load_script(tmp_path, tar, "sha256:" + "d" * 64, config_id)
+    assert other.returncode == 1 and f"is not {config_id}, the id the manifest names" in other.stderr
+    # an engine that reports nothing (the image is not there) is refused even for a tar without index.json
+    plain = make_image_tar(tmp_path / "plain.tar", layer=python_layer(DISTS))
+    assert run_load_script(tmp_path, plain, "", config_id).returncode == 1
