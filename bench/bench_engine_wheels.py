@@ -3,7 +3,9 @@
 
 For each model of a stack whose virtualenv installs packages, against an image whose installed
 distributions are the CPU image's pins (tools/xinference-image/requirements.txt, Python 3.11,
-manylinux_2_36_x86_64), it resolves the model's packages twice with pip (dry run, no download):
+manylinux_2_36_x86_64), or those read from an image tar (--image-tar: e.g. the stand-in of the
+official slim image, tools/xinference-image-slim.sh, with its CUDA markers), it resolves the
+model's packages twice with pip (dry run, no download):
 
 - baseline: the pins alone, every distribution carried as its real wheel (bundle build before
   stand-ins);
@@ -14,7 +16,7 @@ Wheel sizes are the Content-Length of the files pip chose (HEAD requests to the 
 this machine's Python and platform equal the image's, so they are the wheels the build would
 download). A stand-in counts as 2 KB.
 
-    venv/bin/python bench/bench_engine_wheels.py [--stack gpu-node-1] [--model CosyVoice-300M]
+    venv/bin/python bench/bench_engine_wheels.py [--stack gpu-node-1] [--model CosyVoice-300M] [--image-tar TAR]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bundle.engine_wheels import (image_versions, is_in_image, pin_constraints, pip_report,  # noqa: E402
                                   resolve_report, split_for_image)
-from bundle.image_env import ImageEnv  # noqa: E402
+from bundle.image_env import ImageEnv, scan_image_tar  # noqa: E402
 from spec.catalog import pinned_catalog  # noqa: E402
 from spec.engine_packages import stack_packages  # noqa: E402
 from spec.source import from_stack_file  # noqa: E402
@@ -72,12 +74,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", default="gpu-node-1")
     parser.add_argument("--model", action="append", help="only these uids (default: every model that installs)")
+    parser.add_argument("--image-tar", type=Path, help="the image's distributions from this docker save tar")
     args = parser.parse_args()
     cfg = from_stack_file(ROOT / "stacks" / f"Pulumi.{args.stack}.yaml")
-    env, session = cpu_image_env(), requests.Session()
-    print(f"image: the CPU image's {len(env.installed)} pinned distributions, Python {env.python_version} {env.platform}")
+    env, session = (scan_image_tar(args.image_tar) if args.image_tar else cpu_image_env()), requests.Session()
+    what = f"{args.image_tar}'s" if args.image_tar else "the CPU image's pinned"
+    print(f"image: {what} {len(env.installed)} distributions, Python {env.python_version} {env.platform}, "
+          f"CUDA {env.cuda_version}")
     print(f"{'MODEL':<18} {'WAY':<9} {'DISTS':>5} {'STAND-INS':>9} {'CARRIED':>11} {'RESOLVE S':>9}")
-    for packages in stack_packages(cfg, pinned_catalog()):
+    for packages in stack_packages(cfg, pinned_catalog(), env.cuda_version):
         if args.model and packages.uid not in args.model:
             continue
         split = split_for_image(packages, env)

@@ -253,7 +253,7 @@ class Builder:
                 raise SetupError(f"stack {stack.name}: its models install engine packages, which are resolved for "
                                  "the image's Python, but the stack carries no image")
             env = image_env(tar, self.cache_dir)
-            for packages in stack_packages(stack.cfg):
+            for packages in stack_packages(stack.cfg, cuda_version=env.cuda_version):
                 wheels = resolve_model(packages, env, self.cache_dir, self._say)
                 for name in wheels.files:
                     sources.setdefault(name, wheels.directory / name)  # type: ignore[operator]

@@ -7,8 +7,8 @@ Python (bundle/image_env.py), this does what xoscar does on the site, on the onl
    (``#system_torch#`` becomes ``torch==<the image's>``); the others are to be resolved
    (xoscar's ``_split_specs``: names compared lower-cased, as it does);
 2. resolve them to the complete set of distributions, by ``pip install --dry-run
-   --ignore-installed --report`` with this machine's Python, which must be the image's (same X.Y
-   and machine: markers are evaluated here). The constraints are the pins and every other
+   --ignore-installed --report`` with a Python of the image's X.Y (this one, or a build venv of that
+   X.Y: bundle/build_python.py; markers are evaluated by the running Python). The constraints are the pins and every other
    distribution the image has, at its version: a dependency the image has is taken at the
    image's version wherever the requirements allow it, as pip would in a virtualenv that sees the
    image's site-packages (a version pip blames for a conflict is dropped, said, and resolved anew);
@@ -45,6 +45,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from bundle.build_python import resolving_python
 from bundle.fetch import FetchError
 from bundle.format.errors import SetupError
 from bundle.image_env import ImageEnv
@@ -52,7 +53,8 @@ from bundle.stub_wheel import is_stub_filename, write_stub_wheel
 from spec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
-CACHE_VERSION = 2  # 2: the image's distributions are constraints and carried as metadata-only stand-ins
+CACHE_VERSION = 3  # 2: the image's distributions are constraints and carried as metadata-only stand-ins;
+# 3: a stand-in carries the image's installed version, local label included
 MAX_RELAXATIONS = 8  # resolutions, each dropping at least one image version pip blamed (a dry run: 20-60 s)
 DOWNLOAD_TRIES = 3  # of the engine wheels' `pip download`
 
@@ -128,8 +130,9 @@ def _contains(req: Requirement, version: str) -> bool:
         return False
 
 
-def _pip(args: list[str], what: str, cwd: Optional[Path] = None, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+def _pip(args: list[str], what: str, cwd: Optional[Path] = None, check: bool = True,
+         python: str = sys.executable) -> subprocess.CompletedProcess:
+    cmd = [python, "-m", "pip", "--disable-pip-version-check", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if check and proc.returncode != 0:
         raise FetchError(_pip_failed(args, what, proc, proc.stderr))
@@ -158,6 +161,12 @@ def is_in_image(in_image: dict[str, str], name: str, version: str) -> bool:
         return have == version
 
 
+def installed_version(env: ImageEnv, name: str) -> Optional[str]:
+    """The version of ``name`` as the image has it installed, local label included (``2.11.0+cu130``)."""
+    wanted = canonicalize_name(name)
+    return next((version for have, version in env.installed.items() if canonicalize_name(have) == wanted), None)
+
+
 def image_versions(env: ImageEnv) -> dict[str, str]:
     """canonical name -> the public version of each distribution the image has."""
     return {canonicalize_name(name): public for name, version in env.installed.items()
@@ -180,26 +189,17 @@ def image_constraints(split: ImageSplit, env: ImageEnv) -> dict[str, str]:
     return constraints
 
 
-def check_resolving_python(env: ImageEnv) -> None:
-    """The resolution evaluates markers with this Python: it must be the image's."""
-    here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if here != env.python_version or platform.machine() != env.machine or sys.platform != "linux":
-        raise SetupError(f"the image's Python is {env.python_version} on linux {env.machine}, this machine's is {here} "
-                         f"on {sys.platform} {platform.machine()}: engine packages are resolved with the image's "
-                         f"Python; run `bundle build` with a Python {env.python_version} on linux {env.machine} "
-                         f"(e.g. the project's venv on such a machine)")
-
-
 def _glibc_here() -> Optional[tuple[int, int]]:
     name, version = platform.libc_ver()
     match = re.match(r"(\d+)\.(\d+)", version) if name == "glibc" else None
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _build_sdist(name: str, version: str, env: ImageEnv, out: Path) -> str:
+def _build_sdist(name: str, version: str, env: ImageEnv, out: Path, python: str = sys.executable) -> str:
     """Build one sdist-only distribution into a wheel the image can use; its file name."""
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        _pip(["wheel", "--no-deps", "-q", "-w", tmp, f"{name}=={version}"], f"building {name} {version} from its sdist")
+        _pip(["wheel", "--no-deps", "-q", "-w", tmp, f"{name}=={version}"], f"building {name} {version} from its sdist",
+             python=python)
         built = [f for f in os.listdir(tmp) if f.endswith(".whl")]
         if len(built) != 1:
             raise FetchError(f"building {name} {version} from its sdist gave {built or 'no wheel'}")
@@ -215,7 +215,8 @@ def _build_sdist(name: str, version: str, env: ImageEnv, out: Path) -> str:
         return wheel
 
 
-def _download(uid: str, wheels: list[tuple[str, str]], env: ImageEnv, work: Path, say: Callable[[str], None]) -> None:
+def _download(uid: str, wheels: list[tuple[str, str]], env: ImageEnv, work: Path, say: Callable[[str], None],
+              python: str = sys.executable) -> None:
     """``pip download`` of the wheels for the image, tried again when it fails: pip does not retry a
     body that breaks off or arrives with another hash, and keeps the wheels already complete in
     ``work`` (a rerun fetches only the rest)."""
@@ -224,7 +225,7 @@ def _download(uid: str, wheels: list[tuple[str, str]], env: ImageEnv, work: Path
             env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi, *(f"{n}=={v}" for n, v in wheels)]
     for attempt in range(1, DOWNLOAD_TRIES + 1):
         try:
-            _pip(args, f"downloading {uid}'s engine wheels for Python {env.python_version} {env.platform}")
+            _pip(args, f"downloading {uid}'s engine wheels for Python {env.python_version} {env.platform}", python=python)
             return
         except FetchError as exc:
             if attempt == DOWNLOAD_TRIES:
@@ -242,7 +243,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
     result = ModelWheels(packages, split)
     if not split.to_resolve:
         return result
-    check_resolving_python(env)
+    python = resolving_python(env, cache_root, say)
     key_text = json.dumps([CACHE_VERSION, split.to_resolve, sorted(split.pinned.items()), env.python_version,
                            env.platform, sorted(env.installed.items())], sort_keys=True)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
@@ -256,7 +257,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
         f"{env.python_version} {env.platform} (into {dest})")
     work = Path(tempfile.mkdtemp(prefix=f".{key}.part-", dir=dest.parent))
     try:
-        report = resolve_report(packages.uid, split, env, work, say)
+        report = resolve_report(packages.uid, split, env, work, say, python)
         in_image = image_versions(env)
         wheels, sdists, stubs = [], [], []
         for item in report.get("install", []):
@@ -264,15 +265,17 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
             name, version = metadata["name"], metadata["version"]
             url = item.get("download_info", {}).get("url", "")
             if is_in_image(in_image, name, version):
-                stubs.append(write_stub_wheel(work, name, version, metadata.get("requires_dist", ()),
-                                              metadata.get("requires_python")))
+                # the image's own version, local label included: xoscar pins the installed version
+                # (torch==2.11.0+cu130 on the official image) and uv must find it in the carried folder
+                stubs.append(write_stub_wheel(work, name, installed_version(env, name) or version,
+                                              metadata.get("requires_dist", ()), metadata.get("requires_python")))
             else:
                 (wheels if url.endswith(".whl") else sdists).append((name, version))
         if wheels:
-            _download(packages.uid, wheels, env, work, say)
+            _download(packages.uid, wheels, env, work, say, python)
         for name, version in sdists:
             say(f"build: {name} {version} has only an sdist: building its wheel")
-            _build_sdist(name, version, env, work)
+            _build_sdist(name, version, env, work, python)
         files = {f: (work / f).stat().st_size for f in sorted(os.listdir(work)) if f.endswith(".whl")}
         if len(files) != len(wheels) + len(sdists) + len(stubs):
             raise FetchError(f"{packages.uid}: pip resolved {len(wheels) + len(sdists) + len(stubs)} distributions "
@@ -305,12 +308,13 @@ _BLAMED = re.compile(r"The user requested \(constraint\) ([A-Za-z0-9._-]+)==|"
 _PROGRESS = ("Collecting ", "  Downloading ", "  Using cached ", "  Obtaining ", "Looking in ")  # not the reason
 
 
-def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path) -> dict:
+def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path,
+               python: str = sys.executable) -> dict:
     """pip's resolution report with these constraints (not quiet: a conflict's explanation is wanted)."""
     (work / "constraints.txt").write_text("".join(f"{k}=={v}\n" for k, v in sorted(constraints.items())))
     args = ["install", "--dry-run", "--ignore-installed", "--progress-bar", "off", "--report", str(work / "report.json"),
             "-c", str(work / "constraints.txt"), *split.to_resolve]
-    proc = _pip(args, f"resolving {uid}'s engine packages", check=False)
+    proc = _pip(args, f"resolving {uid}'s engine packages", check=False, python=python)
     if proc.returncode == 0:
         return json.loads((work / "report.json").read_text())
     said = proc.stdout + proc.stderr
@@ -319,7 +323,8 @@ def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: P
                              {canonicalize_name(a or b) for a, b in _BLAMED.findall(said)})
 
 
-def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: Callable[[str], None]) -> dict:
+def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: Callable[[str], None],
+                   python: str = sys.executable) -> dict:
     """pip's report of the resolution with the image's versions as constraints; a version of the image
     that pip blames is dropped (and said) until the rest fit. The model's own pins are never dropped:
     pip's failure is the answer then."""
@@ -327,7 +332,7 @@ def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: 
     constraints = image_constraints(split, env)
     for _ in range(MAX_RELAXATIONS):
         try:
-            return pip_report(uid, split, constraints, work)
+            return pip_report(uid, split, constraints, work, python)
         except ConstraintConflict as exc:
             blamed = sorted((exc.names & set(constraints)) - set(pins))
             if not blamed:
@@ -336,7 +341,7 @@ def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: 
             del constraints[name]
         say(f"build: {uid}'s engine packages need other versions than the image's of {', '.join(blamed)}: resolved "
             "anew (its virtualenv gets its own)")
-    return pip_report(uid, split, pins, work)
+    return pip_report(uid, split, pins, work, python)
 
 
 def package_record(stack: str, wheels: ModelWheels, env: ImageEnv) -> dict:

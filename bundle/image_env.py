@@ -5,7 +5,8 @@
 xoscar does at launch: a requirement the image already satisfies is pinned to the image's
 version, the others are resolved and installed into the model's virtualenv.
 
-Read from the tar itself, no Docker engine needed: only the members' headers (``*.dist-info``
+Read from the tar itself, no Docker engine needed (a `docker save` tar, or the OCI layout newer
+engines save, its layers plain, gzip or zstd): only the members' headers (``*.dist-info``
 directory names of the site-packages that holds xinference, with later layers' whiteouts
 applied), dpkg's status file (libc6 gives the glibc version; every installed package goes into the
 bundle's SBOM), and the image config's architecture.
@@ -14,14 +15,20 @@ The answer is cached beside the build's other caches, keyed by the tar's size, m
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import posixpath
 import re
+import shutil
+import subprocess
 import tarfile
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import IO, Iterator, Optional
 
 from bundle.format.errors import SetupError
 from bundle.format.manifest import write_atomic
@@ -30,7 +37,7 @@ _SITE = re.compile(r"^(?P<site>(?:.*/)?lib/python(?P<py>\d+\.\d+)/(?:site|dist)-
 _LIBC6 = re.compile(r"^Package: libc6\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", re.MULTILINE)
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 _DPKG_FIELD = re.compile(r"^(Package|Version|Architecture|Status): *(.*)$", re.MULTILINE)
-SCAN_VERSION = 3  # bump when what the scan records changes (old cache entries are then ignored)
+SCAN_VERSION = 4  # bump when what the scan records changes (old cache entries are then ignored)
 
 
 @dataclass(frozen=True)
@@ -64,12 +71,148 @@ class ImageEnv:
     def abi(self) -> str:
         return "cp" + self.python_version.replace(".", "")
 
+    @property
+    def cuda_version(self) -> Optional[str]:
+        """What ``torch.version.cuda`` says in the image (the worker's ``cuda_version`` for the markers)."""
+        return torch_cuda_version(self.installed)
+
+
+_CUDA_LABEL = re.compile(r"^cu(\d+)(\d)$")  # cu130 -> 13.0, cu128 -> 12.8, cu118 -> 11.8
+_CUDA_RUNTIME = re.compile(r"^nvidia[-_.]cuda[-_.]runtime(?:[-_.]cu\d+)?$", re.IGNORECASE)
+
+
+def torch_cuda_version(installed: dict[str, str]) -> Optional[str]:
+    """The CUDA the image's torch was built for, as ``torch.version.cuda`` gives it: from torch's local
+    label (the PyTorch index's ``2.11.0+cu130`` -> ``13.0``), else, for PyPI's torch (public version,
+    CUDA libraries as packages), from the CUDA runtime package it runs on (``nvidia-cuda-runtime``
+    13.2.86 -> ``13.2``). None for a CPU or ROCm build, or no torch."""
+    torch = next((v for name, v in installed.items() if name.lower() == "torch"), None)
+    if torch is None:
+        return None
+    _, plus, label = torch.partition("+")
+    if plus:
+        found = _CUDA_LABEL.match(label)
+        return f"{found.group(1)}.{found.group(2)}" if found else None
+    runtime = next((v for name, v in installed.items() if _CUDA_RUNTIME.match(name)), None)
+    parts = re.match(r"(\d+)\.(\d+)", runtime or "")
+    return f"{parts.group(1)}.{parts.group(2)}" if parts else None
+
+
+def _json_member(outer: tarfile.TarFile, name: str) -> object:
+    return json.loads(outer.extractfile(name).read())  # type: ignore[union-attr]
+
+
+def _blob(digest: str) -> str:
+    algorithm, _, hexdigest = digest.partition(":")
+    return f"blobs/{algorithm}/{hexdigest}"
+
+
+_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+
+
+def _oci_manifest(outer: tarfile.TarFile) -> dict:
+    """The image manifest an OCI-layout tar's index.json leads to (through nested indexes: the
+    linux/amd64 or linux/arm64 entry, else the first)."""
+    document = _json_member(outer, "index.json")
+    for _ in range(4):
+        manifests = document.get("manifests") or [] if isinstance(document, dict) else []
+        if not manifests:
+            raise SetupError("the image tar's index.json lists no image")
+        chosen = next((m for m in manifests if (m.get("platform") or {}).get("os") == "linux"
+                       and (m.get("platform") or {}).get("architecture") in ARCHES), manifests[0])
+        document = _json_member(outer, _blob(chosen["digest"]))
+        if isinstance(document, dict) and document.get("mediaType") not in _INDEX_TYPES and "layers" in document:
+            return document
+    raise SetupError("the image tar's index.json leads to no image manifest")
+
 
 def _layer_paths(outer: tarfile.TarFile) -> tuple[list[str], Optional[str]]:
-    manifest = json.loads(outer.extractfile("manifest.json").read())  # type: ignore[union-attr]
-    if not manifest:
-        raise SetupError("the image tar's manifest.json lists no image")
-    return list(manifest[0]["Layers"]), manifest[0].get("Config")
+    """The layer members, bottom first, and the config member: from manifest.json (`docker save`,
+    also written by newer engines beside their OCI layout), else from the OCI layout's index.json."""
+    names = set(outer.getnames())
+    if "manifest.json" in names:
+        manifest = _json_member(outer, "manifest.json")
+        if not manifest:
+            raise SetupError("the image tar's manifest.json lists no image")
+        return list(manifest[0]["Layers"]), manifest[0].get("Config")  # type: ignore[index]
+    if "index.json" not in names:
+        raise SetupError("the tar has neither manifest.json nor index.json: not a `docker save` archive")
+    manifest = _oci_manifest(outer)
+    return [_blob(layer["digest"]) for layer in manifest["layers"]], _blob(manifest["config"]["digest"])
+
+
+GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+
+
+@contextmanager
+def _layer_stream(raw: IO[bytes]) -> Iterator[IO[bytes]]:
+    """The layer's tar bytes: as stored, gunzipped (Docker 29's containerd store saves gzip layers),
+    or through zstd (a zstd-compressed OCI layer; the `zstd` command, as Python 3.11 has no zstd)."""
+    head = raw.peek(4)[:4] if hasattr(raw, "peek") else b""  # type: ignore[attr-defined]
+    if head[:2] == GZIP_MAGIC:
+        with gzip.GzipFile(fileobj=raw) as plain:
+            yield plain  # type: ignore[misc]
+        return
+    if head != ZSTD_MAGIC:
+        yield raw
+        return
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise SetupError("the image has zstd-compressed layers and this machine has no `zstd` to read them: "
+                         "install it (apt-get install zstd), or save the image with gzip or plain layers")
+    proc = subprocess.Popen([zstd, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def feed() -> None:
+        try:
+            shutil.copyfileobj(raw, proc.stdin)  # type: ignore[arg-type]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError):
+            pass  # the reader stopped first
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        yield proc.stdout  # type: ignore[misc]
+    finally:
+        proc.stdout.close()  # type: ignore[union-attr]
+        if proc.poll() is None:
+            proc.kill()
+        failed = proc.wait() not in (0, -9)
+        feeder.join()
+        if failed:
+            raise SetupError(f"zstd could not decompress a layer of the image (exit {proc.returncode})")
+
+
+def image_config(tar: Path) -> dict:
+    """The image config of a `docker save` tar (either layout): its env, labels, architecture."""
+    try:
+        with tarfile.open(tar, "r:") as outer:
+            _, config = _layer_paths(outer)
+            return json.loads(outer.extractfile(config).read()) if config else {}  # type: ignore[union-attr]
+    except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
+        raise SetupError(f"{tar}: cannot read the image config of this docker save tar ({exc})") from exc
+
+
+_CUDA_LABELS = ("com.nvidia.cuda.version", "cuda_version")
+
+
+def required_cuda(config: dict) -> Optional[str]:
+    """The CUDA (X.Y) the image says it needs: NVIDIA_REQUIRE_CUDA's ``cuda>=X.Y`` (what the NVIDIA
+    container runtime itself enforces), else CUDA_VERSION (the nvidia/cuda base images' env), else a
+    label; None when it says nothing (a CPU image) or NVIDIA_DISABLE_REQUIRE is set."""
+    settings = config.get("config") or {}
+    env = dict(item.split("=", 1) for item in settings.get("Env") or () if "=" in item)
+    if env.get("NVIDIA_DISABLE_REQUIRE", "").lower() in ("1", "true"):
+        return None
+    found = re.search(r"\bcuda>=(\d+\.\d+)", env.get("NVIDIA_REQUIRE_CUDA", ""))
+    if found:
+        return found.group(1)
+    labels = settings.get("Labels") or {}
+    for text in (env.get("CUDA_VERSION", ""), *(labels.get(key, "") for key in _CUDA_LABELS)):
+        found = re.match(r"(\d+)\.(\d+)", text)
+        if found:
+            return f"{found.group(1)}.{found.group(2)}"
+    return None
 
 
 def scan_image_tar(tar: Path) -> ImageEnv:
@@ -85,7 +228,10 @@ def scan_image_tar(tar: Path) -> ImageEnv:
                 arch = json.loads(outer.extractfile(config).read()).get("architecture", "amd64")  # type: ignore
                 machine = ARCHES.get(arch, arch)
             for layer in layers:
-                with tarfile.open(fileobj=outer.extractfile(layer), mode="r:") as inner:
+                raw = outer.extractfile(layer)
+                if raw is None:
+                    raise SetupError(f"{tar}: layer {layer} is not a file in the tar")
+                with _layer_stream(io.BufferedReader(raw)) as stream, tarfile.open(fileobj=stream, mode="r|") as inner:
                     for member in inner:
                         name = member.name.lstrip("./")
                         base = posixpath.basename(name)

@@ -15,7 +15,7 @@ from bundle.format.manifest import BundleError, StackManifest
 from bundle.format.progress import human
 from spec.catalog import image_version_note, pinned_catalog
 from spec.config import StackConfig
-from spec.engine_packages import family_packages, model_packages
+from spec.engine_packages import family_packages, model_packages, stack_packages
 from spec.launch import container_env, endpoint_url, launch_specs
 from spec.placement import GpuBudget, docker_gpu_request
 from spec.rules import ModelDirs, server_budgets, vram_warnings
@@ -91,8 +91,9 @@ def write_packages(cfg: StackConfig, stack: str, bundle: Optional[Path], out: Te
     every = [(m, model_packages(m, catalog)) for m in cfg.enabled_models]
     p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
     p("")
-    p("Engine packages (each model's virtualenv installs them at launch, offline, from the carried wheels)")
-    if not any(packages.wanted for _, packages in every):
+    image = f" on image {cfg.image.name}" if cfg.image else ""
+    p(f"Engine packages{image} (each model's virtualenv installs them at launch, offline, from the carried wheels)")
+    if not stack_packages(cfg, catalog):
         p("  none: no model's virtualenv installs anything (virtualenvs stay off: XINFERENCE_ENABLE_VIRTUAL_ENV=0)")
         return
     try:
@@ -109,7 +110,9 @@ def write_packages(cfg: StackConfig, stack: str, bundle: Optional[Path], out: Te
                    if family_packages(model, catalog) and not model.engine else "")
             lines = [f"installs nothing{why}"]
         else:
-            lines = [f"carry ({len(packages.requirements)}): " + " ".join(packages.requirements),
+            defaulted = [f"engine: {packages.engine} (none named: Xinference's default for {model.type}, named at "
+                         "launch so the worker installs it)"] if packages.engine and not model.engine else []
+            lines = [f"carry ({len(packages.requirements)}): " + " ".join(packages.requirements), *defaulted,
                      "left to the image: " + (" ".join(packages.from_image) or "-"),
                      f"wheels: {len(record['wheels'])}{stand_ins_note(record)}, {human(record['size'])} for Python "
                      f"{record['image_python']} {record['image_platform']}" if record else

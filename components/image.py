@@ -85,7 +85,13 @@ def _loaded_check(inspect_id: str, inspect: str, image_name: str, image_id: Opti
     """The shell line after `docker load`: with the manifest's id, the engine must now report that id
     for the name; without one, the name must at least be there."""
     if _known(image_id):
-        return f'have=$({inspect_id} || true)\n[ "$have" = {shlex.quote(image_id or "")} ] || ' + _fail(
+        # An engine with the containerd image store (Docker 29's default) reports the digest of the
+        # image's manifest (index.json's descriptor in the tar it saved), not its config's: either is
+        # the tar's image. The tar is read for it only when the config id did not match.
+        oci_id = (f"tar -xOf {shlex.quote(tar_path)} index.json 2>/dev/null | grep -o '\"digest\": *\"sha256:[0-9a-f]*\"' "
+                  "| head -n 1 | grep -o 'sha256:[0-9a-f]*'")
+        return f'have=$({inspect_id} || true)\n[ "$have" = {shlex.quote(image_id or "")} ] || ' \
+               f'{{ [ -n "$have" ] && [ "$have" = "$({oci_id} || true)" ]; }} || ' + _fail(
             f"after loading {tar_path}, image {image_name} on {where} is not {image_id}, the id the manifest names: "
             "the tar is damaged or holds another image; unpack the bundle again and run `python3 -m bundle verify`")
     return f"{inspect} >/dev/null 2>&1 || " + _fail(f"{tar_path} does not contain image {image_name}; check image.name")

@@ -22,6 +22,7 @@ import uuid
 from typing import Optional, Sequence
 
 from components.docker_cli import DockerHostUnreachable, empty_image_tar, run_docker
+from components.driver_check import driver_problem
 from components.ssh_keys import host_key_problem
 from components.volume import missing_directories
 from spec.airgap import gateway_container_name
@@ -137,7 +138,8 @@ def docker_hosts(cfg: StackConfig) -> list[DockerHostConfig]:
 def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
     """What would make `up` fail halfway on the stack's docker hosts, found before anything changes:
     a model directory missing on this machine, an ssh host whose key is not known, a host that
-    cannot give the container its GPUs, a container name or port held by a container this stack
+    cannot give the container its GPUs or whose NVIDIA driver is older than the CUDA the image
+    needs (components/driver_check.py), a container name or port held by a container this stack
     did not make."""
     problems = []
     if cfg.mode == "docker" and is_local_docker(cfg.docker.host):
@@ -151,7 +153,8 @@ def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
         return problems  # an unknown host is not asked anything
     try:
         for host, gpu_ids in gpu_reservations(cfg):
-            problem = gpu_runtime_problem(host, gpu_ids, ssh_of.get(host))
+            problem = gpu_runtime_problem(host, gpu_ids, ssh_of.get(host)) or (driver_problem(
+                host, cfg.image.name, cfg.image.tar, ssh_of.get(host)) if cfg.image else None)
             if problem:
                 problems.append(problem)
         if cfg.mode == "docker" and cfg.docker.check_daemon:

@@ -220,9 +220,30 @@ def family_packages(model: ModelConfig, catalog: Catalog) -> tuple[str, ...]:
     return record.packages if record else ()
 
 
+def launch_engine(model: ModelConfig, catalog: Catalog) -> Optional[str]:
+    """The engine Xinference runs ``model`` on: the one named, else its default for the type.
+
+    xinference/model/embedding/core.py and rerank/core.py fall back to ``sentence_transformers`` (a
+    rerank family in GGUF only to ``llama.cpp``), but the worker prepares the virtualenv with the
+    engine *as named*: with none, every engine-guarded entry is dropped and nothing is installed, so
+    on an image without sentence-transformers (the official slim one) the load then fails. A model
+    that carries packages is therefore planned, and launched, with this engine named."""
+    if model.engine:
+        return model.engine
+    if model.type not in ("embedding", "rerank"):
+        return None
+    record = catalog.get(model.type, model.model_name) if model.custom is None else None
+    gguf_only = model.format == "ggufv2" or (not model.format and record is not None and record.formats == ("ggufv2",))
+    return "llama.cpp" if model.type == "rerank" and gguf_only else "sentence_transformers"
+
+
 def model_packages(model: ModelConfig, catalog: Catalog, cuda_version: Optional[str] = None) -> ModelPackages:
-    """What ``model``'s launch installs, split into what to carry and what the image keeps."""
-    packages = xinference_packages(catalog, family_packages(model, catalog), model.engine, model.format, cuda_version)
+    """What ``model``'s launch installs, split into what to carry and what the image keeps.
+
+    ``cuda_version`` is the image's torch's CUDA (``torch.version.cuda``: what the worker passes to
+    the markers), None for a CPU image or one not read yet."""
+    engine = launch_engine(model, catalog)
+    packages = xinference_packages(catalog, family_packages(model, catalog), engine, model.format, cuda_version)
     requirements, from_image = [], []
     for pkg in packages:
         head = pkg.split(";", 1)[0].strip()
@@ -230,10 +251,11 @@ def model_packages(model: ModelConfig, catalog: Catalog, cuda_version: Optional[
             from_image.append(head[len(SYSTEM_PREFIX):-1])
         else:
             requirements.append(pkg)
-    return ModelPackages(model.uid, model.engine, tuple(requirements), tuple(from_image))
+    return ModelPackages(model.uid, engine, tuple(requirements), tuple(from_image))
 
 
-def stack_packages(cfg: StackConfig, catalog: Optional[Catalog] = None) -> list[ModelPackages]:
+def stack_packages(cfg: StackConfig, catalog: Optional[Catalog] = None,
+                   cuda_version: Optional[str] = None) -> list[ModelPackages]:
     """The enabled models whose launch installs packages, in a mode whose container this tool runs.
 
     An existing server keeps its own virtualenv settings: nothing is carried for it. Nor for a stack
@@ -242,7 +264,7 @@ def stack_packages(cfg: StackConfig, catalog: Optional[Catalog] = None) -> list[
     if cfg.mode == "existing" or cfg.container.env.get("XINFERENCE_ENABLE_VIRTUAL_ENV") == "0":
         return []
     catalog = catalog or pinned_catalog()
-    return [p for p in (model_packages(m, catalog) for m in cfg.enabled_models) if p.wanted]
+    return [p for p in (model_packages(m, catalog, cuda_version) for m in cfg.enabled_models) if p.wanted]
 
 
 def virtualenv_env() -> dict[str, str]:

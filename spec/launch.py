@@ -135,7 +135,7 @@ class LaunchSpec:
 def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[LaunchSpec]:
     """One spec per enabled model, with host GPU ids mapped to the container's indices."""
     specs = []
-    with_packages = {p.uid for p in stack_packages(cfg)}
+    carrying = {p.uid: p for p in stack_packages(cfg)}
     for model in cfg.enabled_models:
         server = cfg.server(model.server) if cfg.mode == "cluster" else None
         # In existing mode nobody renumbers GPUs: the server's ids are what Xinference sees.
@@ -154,12 +154,13 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
             launch_timeout=model.launch_timeout_s,
             autostart=model.autostart,
             smoke_test=model.smoke_test,
-            model_engine=model.engine,
+            # named when its virtualenv installs packages: the worker installs an engine's only when named
+            model_engine=carrying[model.uid].engine if model.uid in carrying else model.engine,
             model_format=model.format,
             model_size_in_billions=model.size_in_billions,
             quantization=model.quantization,
             n_gpu=model.n_gpu,
-            extra={**(launch_kwargs() if model.uid in with_packages else {}), **model.extra},
+            extra={**(launch_kwargs() if model.uid in carrying else {}), **model.extra},
             vram_gb=model.vram_gb,
             weights_digest=weights_digests.get(model.uid, ""),
             server=server.name if server else None,

@@ -229,6 +229,9 @@ def write_stack(site: Site, uids: list[str], companion: Optional[str] = None) ->
     config = {
         "xinference-offline:mode": "docker",
         "xinference-offline:image": {"name": IMAGE},
+        # the stand-in image stands for one with its engines baked in (as the CPU image has
+        # sentence-transformers): its built-in embedding and rerank models install nothing
+        "xinference-offline:container": {"env": {"XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}},
         "xinference-offline:models_dir": str(site.host_models),
         "xinference-offline:models": entries,
     }

@@ -35,6 +35,9 @@ from tests.docker_site import NS, DockerSite, embed, free_port, image_tar, toolc
 from tests.remote_engine import RemoteEngine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+# The CPU image has sentence-transformers baked in: its built-in embedding model (no engine named,
+# so sentence_transformers) launches in the image's own environment, nothing carried.
+CPU_IMAGE_ENGINES_BAKED_IN = {"env": {"XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}}
 
 IMAGE = "xinference-offline/xinference-cpu:4.1.0"
 UID = "minilm-remote"
@@ -73,7 +76,8 @@ def site(tmp_path_factory, engine):
                          "known_hosts": str(root / "empty_known_hosts"), "ssh_opts": ["-o", "ConnectTimeout=10"]},
         f"{NS}:image": {"name": IMAGE},
         f"{NS}:container": {"name": name, "port": port, "bind_address": "127.0.0.1", "shm_size_mb": 1024,
-                            "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300}},
+                            "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300},
+                            **CPU_IMAGE_ENGINES_BAKED_IN},
         f"{NS}:gpus": [],
         f"{NS}:models": [model],
     }, toolchain)
@@ -221,7 +225,8 @@ def test_two_servers_from_one_operator_machine_and_the_clash_checks_on_the_real_
     local = other_stack(site, "e2e-local", {
         f"{NS}:mode": "docker", f"{NS}:image": {"name": IMAGE, "tar": str(site.image)},
         f"{NS}:container": {"name": name, "port": port, "bind_address": "127.0.0.1", "shm_size_mb": 1024,
-                            "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300}},
+                            "healthcheck": {"interval_s": 5, "timeout_s": 5, "retries": 5, "start_period_s": 300},
+                            **CPU_IMAGE_ENGINES_BAKED_IN},
         f"{NS}:gpus": [], f"{NS}:models_dir": str(local_models),
         f"{NS}:models": [{"uid": "minilm-local", "name": "bge-small-en-v1.5", "type": "embedding",
                           "path": "all-MiniLM-L6-v2", "launch_timeout_s": 300}],

@@ -70,8 +70,53 @@ def test_an_engine_placeholder_expands_for_that_engine_only():
                                "peft>0.17.1")
     assert st.from_image == ("torchvision", "torch")
     assert packages("vllm").requirements == ("vllm>=0.11.2",)
-    # No engine named: every entry of this family is guarded by an engine marker, so nothing.
-    assert not packages(None).wanted
+
+
+def test_an_embedding_or_rerank_model_with_no_engine_is_planned_on_xinference_s_default():
+    """xinference/model/embedding/core.py and rerank/core.py run such a model on sentence_transformers
+    (a GGUF-only rerank family on llama.cpp); the worker installs an engine's packages only when the
+    launch names it, so the plan names it and the launch does too."""
+    pytest.importorskip("xinference")
+    import inspect
+
+    from xinference.model.embedding import core as embedding_core
+    from xinference.model.rerank import core as rerank_core
+
+    assert 'model_engine = "sentence_transformers"' in inspect.getsource(embedding_core.create_embedding_model_instance)
+    assert '"llama.cpp"\n            if model_family.model_specs[0].model_format == "ggufv2"\n            else ' \
+           '"sentence_transformers"' in inspect.getsource(rerank_core.create_rerank_model_instance)
+    for uid, model_type in (("bce-embedding-base_v1", "embedding"), ("bce-reranker-base_v1", "rerank")):
+        planned = model_packages(ModelConfig(uid=uid, type=model_type), CATALOG)
+        named = model_packages(ModelConfig(uid=uid, type=model_type, engine="sentence_transformers"), CATALOG)
+        record = CATALOG.get(model_type, uid)
+        assert planned.engine == "sentence_transformers" and planned.requirements == named.requirements
+        assert list(planned.requirements) + [f"#system_{n}#" for n in planned.from_image] == \
+            xinference_list(record.packages, "sentence_transformers", "pytorch", None)
+    gguf = model_packages(ModelConfig(uid="r", name="bce-reranker-base_v1", type="rerank", format="ggufv2"), CATALOG)
+    assert gguf.engine == "llama.cpp"
+    assert model_packages(ModelConfig(uid="SenseVoiceSmall", type="audio"), CATALOG).engine is None
+
+
+def test_a_model_that_carries_packages_is_launched_with_its_engine_named():
+    models = [{"uid": "bce-embedding-base_v1", "type": "embedding", "gpus": [0], "path": "bce"},
+              {"uid": "my-emb", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [0], "path": "e",
+               "engine": "sentence_transformers"}]
+    specs = {s.model_uid: s for s in launch_specs(load_stack_config(namespaced(docker_stack(models=models,
+                                                                                            gpus=[{"id": 0}]))), {})}
+    assert specs["bce-embedding-base_v1"].model_engine == "sentence_transformers"
+    assert specs["bce-embedding-base_v1"].extra["enable_virtual_env"] is True
+    off = load_stack_config(namespaced(docker_stack(models=models, gpus=[{"id": 0}],
+                                                    container={"env": {"XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}})))
+    # virtualenvs off (an image with the engine baked in): launched as configured, nothing named
+    assert launch_specs(off, {})[0].model_engine is None
+
+
+def test_the_image_s_cuda_decides_the_cuda_markers():
+    sglang = ModelConfig(uid="q", name="qwen2.5-instruct", type="LLM", engine="sglang", format="pytorch")
+    on_cu13 = model_packages(sglang, CATALOG, cuda_version="13.0").requirements
+    assert "nvidia-cusparselt-cu13==0.8.0" in on_cu13 and "sgl_kernel" not in on_cu13
+    assert "sgl_kernel" in model_packages(sglang, CATALOG, cuda_version="12.8").requirements
+    assert not any("cusparselt" in r or "sgl_kernel" in r for r in model_packages(sglang, CATALOG).requirements)
 
 
 def test_a_format_adds_the_engine_s_format_packages():

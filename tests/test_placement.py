@@ -79,8 +79,11 @@ def test_offline_env_defaults_and_overrides():
     assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
     # the reference stack's audio models carry packages: virtualenvs on, installed offline only
     assert env["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "1" and env["XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL"] == "1"
-    embedding_only = load_stack_config(namespaced(docker_stack(models=reference_models()[:1])))
-    # nothing to install: virtualenvs stay off (a venv that pip-installs is fatal offline)
+    custom = {"dimensions": 384, "max_tokens": 256, "language": ["en"]}
+    embedding_only = load_stack_config(namespaced(docker_stack(models=[
+        {"uid": "e", "name": "my-minilm", "type": "embedding", "gpus": [0], "path": "e", "custom": custom}])))
+    # nothing to install (a custom model that declares no virtualenv packages): virtualenvs stay off
+    # (a venv that pip-installs is fatal offline)
     assert container_env(embedding_only)["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "0"
     assert env["XINFERENCE_AUTH_ADVANCED"] == "0" and env["XINFERENCE_MODEL_SRC"] == "modelscope"
     cfg = load_stack_config(namespaced(docker_stack(container={"env": {"XINFERENCE_MODEL_SRC": "huggingface",

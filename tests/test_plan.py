@@ -43,7 +43,12 @@ def test_plan_lists_each_model_s_engine_packages():
     assert ["left", "to", "the", "image:", "torch", "torchaudio", "numpy"] in lines
     assert ["CosyVoice-300M", "carry", "(14):", "librosa", "tiktoken", "lightning>=2.0.0", "hydra-core>=1.3.2", "inflect",
             "conformer"] in lines
-    assert "bce-embedding-base_v1  installs nothing (no engine named" in section
+    # no engine named: planned on Xinference's default, which the official image does not carry
+    assert ["bce-embedding-base_v1", "carry", "(5):", "sentence_transformers", "einops", "transformers>=4.53.3",
+            "accelerate>=0.28.0"] in lines
+    assert ["engine:", "sentence_transformers", "(none", "named:", "Xinference's", "default", "for", "rerank,",
+            "named", "at"] in lines
+    assert "Engine packages on image xprobe/xinference:v4.1.0" in text
     assert "models/_engine_packages/" in text and "XINFERENCE_VIRTUAL_ENV_OFFLINE_INSTALL=1" in text
     code, local = run_plan("--stack", "local-docker", "--stacks-dir", str(ROOT / "stacks"))
     assert "none: no model's virtualenv installs anything" in local and "XINFERENCE_ENABLE_VIRTUAL_ENV=0" in local

@@ -150,11 +150,11 @@ def test_container_env_is_offline(reference):
 def test_models_that_install_packages_launch_with_the_carried_wheels(reference):
     models = reference[0].models()
     wheels = ["/root/.xinference/models/_engine_packages/wheels"]
-    for uid in ("CosyVoice-300M", "SenseVoiceSmall"):
+    for uid in ("CosyVoice-300M", "SenseVoiceSmall", "bce-embedding-base_v1", "bce-reranker-base_v1"):
         extra = models[uid].inputs["extra"]
         assert extra["enable_virtual_env"] is True and extra["virtual_env_find_links"] == wheels, uid
-    for uid in ("bce-embedding-base_v1", "bce-reranker-base_v1"):  # no engine named: nothing to install
-        assert not models[uid].inputs.get("extra"), uid
+    for uid in ("bce-embedding-base_v1", "bce-reranker-base_v1"):  # no engine in the stack: Xinference's default
+        assert models[uid].inputs["model_engine"] == "sentence_transformers", uid
 
 
 def test_container_logs_rotate_and_are_labelled(reference):

@@ -114,3 +114,24 @@ def test_the_stand_ins_let_pip_install_offline_over_an_image_that_has_them(tmp_p
     probe = subprocess.run([str(image / "bin" / "python"), "-c", "import typeguard, typing_extensions as t; "
                             "print(t.__file__)"], capture_output=True, text=True)
     assert probe.returncode == 0 and probe.stdout.startswith(str(image)), probe
+
+
+def test_a_stand_in_carries_the_image_s_local_label_so_xoscar_s_pin_resolves_with_uv(tmp_path, resolve, monkeypatch):
+    """The official image's torch is 2.11.0+cu130 and xoscar pins that installed version: uv, given
+    only the carried folder, must find a distribution of exactly that version. Here the image's
+    typing_extensions plays torch (same steps, a few KB from PyPI)."""
+    from xoscar.virtualenv.uv import UVVirtualEnvManager
+
+    wheels, _ = resolve({"typing_extensions": "4.15.0+cu130"}, "typeguard==4.4.4", from_image=("typing_extensions",))
+    assert wheels.split.pinned == {"typing_extensions": "4.15.0+cu130"}
+    assert wheels.stubs == ["typing_extensions-4.15.0+cu130-0image-py3-none-any.whl"]
+    with zipfile.ZipFile(wheels.directory / wheels.stubs[0]) as stub:
+        assert "Version: 4.15.0+cu130\n" in stub.read("typing_extensions-4.15.0+cu130.dist-info/METADATA").decode()
+    manager = UVVirtualEnvManager(tmp_path / "venv")
+    manager.create_env(Path(sys.executable))
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    folder = str(wheels.directory)
+    # xoscar's own resolution step: its pins as constraints, the carried folder as the only index
+    plan = manager._resolve_install_plan(["typeguard==4.4.4"], wheels.split.pinned, index_url=folder,
+                                         find_links=[folder])
+    assert sorted(plan) == ["typeguard==4.4.4", "typing-extensions==4.15.0+cu130"], plan
