@@ -26,6 +26,8 @@ Runs with the system python3 (standard library only), from the project checkout 
               is installed.
   stack file  copied to PROJECT/stacks/ when the project has none for this stack (a differing one is
               reported, never overwritten).
+  record      PROJECT/.xinference-offline-site.json: per stack, the bundle and model directories, so
+              `pulumi preview/up` find them when the stack file names none (bundle/installed_paths.py).
 
 Each destination keeps a small JSON record of what was installed
 (`.xinference-offline-installed.json`: per file size, mtime, inode and sha256, plus the bundle
@@ -64,6 +66,7 @@ from bundle.format.verify import check_directory
 from bundle.install_lock import LOCK_NAME, InstallLocks
 from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
 from bundle.install_venv import check_venv_python, install_venv
+from bundle.installed_paths import record_path, write_record
 from bundle.model_files import FilePair, kept_model_dirs
 from bundle.space import space_problems
 
@@ -293,7 +296,14 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         print(result.line(), file=out)
     if problems:
         raise InstallError("install incomplete; fix these and run install again (it carries on)", problems)
-    if not any(r.changed for r in results):
+    # the program finds the bundle and the models here when the stack file names none (no hand edit)
+    models_dir = targets.models.path if targets.models else None
+    recorded = (project / "Pulumi.yaml").is_file() and write_record(project, manifest.stack, bundle, models_dir,
+                                                                    manifest.bundle_id)
+    if recorded:
+        print(f"install: recorded for pulumi in {record_path(project)}: bundle_dir {bundle}"
+              + (f", models_dir {models_dir}" if models_dir else ""), file=out)
+    if not recorded and not any(r.changed for r in results):
         print("install: nothing to do: everything is already in place", file=out)
     env = f"export PATH={home}/bin:$PATH"
     if home != Path("~/.pulumi").expanduser().absolute():
