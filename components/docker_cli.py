@@ -55,19 +55,34 @@ def run_docker(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = N
     return DockerAnswer(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
+def _container_field(docker_host: str, container_id: str, template: str,
+                     ssh_argv: Optional[Sequence[str]] = None) -> tuple[Optional[bool], str]:
+    """(True, the field) when the container exists, (False, "") when the engine says it does not,
+    (None, "") when the engine cannot be asked."""
+    try:
+        answer = run_docker(docker_host, ["container", "inspect", "--format", template, container_id],
+                            ssh_argv=ssh_argv)
+    except DockerHostUnreachable:
+        return None, ""
+    if answer.returncode == 0:
+        return True, answer.stdout.strip()
+    if "no such" in answer.stderr.lower():  # "Error: No such container: <id>" (or "object")
+        return False, ""
+    return None, ""
+
+
 def container_exists(docker_host: str, container_id: str, ssh_argv: Optional[Sequence[str]] = None
                      ) -> Optional[bool]:
     """True / False when the engine answers whether the container exists; None when it cannot be asked."""
-    try:
-        answer = run_docker(docker_host, ["container", "inspect", "--format", "{{.Id}}", container_id],
-                            ssh_argv=ssh_argv)
-    except DockerHostUnreachable:
-        return None
-    if answer.returncode == 0:
-        return True
-    if "no such" in answer.stderr.lower():  # "Error: No such container: <id>" (or "object")
-        return False
-    return None
+    return _container_field(docker_host, container_id, "{{.Id}}", ssh_argv)[0]
+
+
+def container_running(docker_host: str, container_id: str, ssh_argv: Optional[Sequence[str]] = None
+                      ) -> Optional[bool]:
+    """True when the container runs; False when the engine says it is gone or not running (created,
+    stopped, exited, dead: its models are gone with its processes); None when it cannot be asked."""
+    exists, running = _container_field(docker_host, container_id, "{{.State.Running}}", ssh_argv)
+    return exists and running == "true" if exists is not None else None
 
 
 def empty_image_tar() -> bytes:
