@@ -85,6 +85,22 @@ def container_running(docker_host: str, container_id: str, ssh_argv: Optional[Se
     return exists and running == "true" if exists is not None else None
 
 
+def engine_image_id(docker_host: str, image_name: str, ssh_argv: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The id the engine holds under ``image_name``; None when it has no such image."""
+    answer = run_docker(docker_host, ["image", "inspect", "--format", "{{.Id}}", image_name], ssh_argv=ssh_argv)
+    if answer.returncode == 0:
+        return answer.stdout.strip() or None
+    if "no such" in answer.stderr.lower():
+        return None
+    raise DockerHostUnreachable(f"docker host {docker_host} does not answer: {answer.stderr.strip()}")
+
+
+def needs_load(have_id: Optional[str], image_id: Optional[str]) -> bool:
+    """Must the tar be loaded? Yes when the engine lacks the name, or holds another id under it
+    than the one the bundle names."""
+    return have_id is None or bool(image_id and have_id != image_id)
+
+
 def empty_image_tar() -> bytes:
     """A tar with no files: `docker import` of it is an image that holds nothing to run."""
     buffer = io.BytesIO()

@@ -17,25 +17,9 @@ from typing import Optional, Sequence
 from bundle.contents import IMAGE_DIR, image_tar_name
 from bundle.format.manifest import StackManifest
 from components.deployment import image_tar_path
-from components.docker_cli import DockerHostUnreachable, run_docker
+from components.docker_cli import DockerHostUnreachable, engine_image_id, needs_load
 from components.preflight import docker_hosts
 from spec.config import StackConfig
-
-
-def engine_image_id(docker_host: str, image_name: str, ssh_argv: Optional[Sequence[str]] = None) -> Optional[str]:
-    """The id the engine holds under ``image_name``; None when it has no such image."""
-    answer = run_docker(docker_host, ["image", "inspect", "--format", "{{.Id}}", image_name], ssh_argv=ssh_argv)
-    if answer.returncode == 0:
-        return answer.stdout.strip() or None
-    if "no such" in answer.stderr.lower():
-        return None
-    raise DockerHostUnreachable(f"docker host {docker_host} does not answer: {answer.stderr.strip()}")
-
-
-def needs_load(have_id: Optional[str], image_id: Optional[str]) -> bool:
-    """Must the tar be loaded? Yes when the engine lacks the name, or holds another id under it
-    than the one the bundle names."""
-    return have_id is None or bool(image_id and have_id != image_id)
 
 
 def missing_tar_message(image_name: str, image_id: Optional[str], docker_host: str, looked_for: Optional[str],
