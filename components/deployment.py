@@ -120,7 +120,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
         return XinferenceRegistration(name, XinferenceRegistrationArgs(
             endpoint=model.endpoint, model_type=spec.model_type, model_name=spec.model_name,
             family=spec.custom_family, container_id=model.container_id, endpoint_ca_bundle=model.endpoint_ca_bundle,
-            docker_host=model.docker_host, docker_ssh=model.docker_ssh,
+            docker_host=model.docker_host, docker_ssh=model.docker_ssh, launch_timeout=model.launch_timeout,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
 
     def _docker_of(self, server: Optional[str]) -> Optional[DockerHostConfig]:

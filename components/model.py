@@ -208,13 +208,15 @@ class XinferenceModelProvider(ResourceProvider):
         if not uid:
             raise XinferenceError("XinferenceModel read: no model uid (resource id) to look for")
         props["model_uid"] = uid
+        if self._container_gone(props):
+            # The engine says the container is removed or not running (docker rm -f / stop / kill, a
+            # host rebuilt): so is the model; asked first, so a silent endpoint costs no retry window.
+            return ReadResult(None, {})
         with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             try:
                 described = client.describe(uid)
             except XinferenceUnreachable as exc:
-                if self._container_gone(props):
-                    # The container that ran it was removed or stopped (docker rm -f / stop / kill, a host
-                    # rebuilt): so is the model; the next `up` starts the container and launches it again.
+                if self._container_gone(props):  # stopped while we asked
                     return ReadResult(None, {})
                 raise XinferenceUnreachable(f"cannot tell whether model '{uid}' still runs: {exc}") from None
             except XinferenceHTTPError as exc:
