@@ -4,7 +4,10 @@ mended from what is on the site, against the real engine (issue 25):
 - `docker stop` of the Xinference container;
 - `docker kill` (SIGKILL to its PID 1);
 - `docker rmi -f` of the image it runs (loaded again from the bundle's tar, never pulled);
-- `docker rm -f` of the container.
+- `docker rm -f` of the container;
+- the model's weights with bytes flipped in place, size and mtime kept (bit rot), and the same
+  file rewritten (a new mtime): found by refresh's sha256 check against the bundle manifest,
+  restored from the bundle by up, the model relaunched on them.
 
 One stack serves every case (the CPU image, the MiniLM model, air-gapped as the local-docker
 stack ships): each case starts from a serving model and ends with one, so they stay
@@ -17,9 +20,13 @@ image tar and its id come from its manifest.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -59,14 +66,15 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift-site")
     toolchain = toolchain_bin()
     name, port = f"xo-drift-{uuid.uuid4().hex[:6]}", free_port()
-    models = root / "models"
-    install_model(models)
+    online, models = root / "online-models", root / "models"
+    install_model(online)  # the bundle is built from here; the host's copy is another (no shared inode)
+    shutil.copytree(online / MODEL["path"], models / MODEL["path"])
     site = DockerSite.from_checkout(root, STACK, {
         f"{NS}:mode": "docker",
         f"{NS}:image": {"name": IMAGE},
         f"{NS}:container": {**LOCAL_DOCKER[f"{NS}:container"], "name": name, "port": port},
         f"{NS}:gpus": [],
-        f"{NS}:models": [{**MODEL, "source": {"hub": "local", "path": str(models / MODEL["path"])}}],
+        f"{NS}:models": [{**MODEL, "source": {"hub": "local", "path": str(online / MODEL["path"])}}],
     }, toolchain)
     site.config.pop(f"{NS}:bundle_dir")  # named once built, below
     site.config[f"{NS}:models_dir"] = str(models)
@@ -80,6 +88,7 @@ def site(tmp_path_factory):
     site.write_stack(site.program / "stacks")
     site.select()
     site.container, site.endpoint = name, f"http://127.0.0.1:{port}"
+    site.weights = max((p for p in (models / MODEL["path"]).rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     started = time.monotonic()
     site.pulumi("up", "--yes", "--skip-preview")
     TIMINGS["fresh up"] = time.monotonic() - started
@@ -90,6 +99,8 @@ def site(tmp_path_factory):
     docker(MAIN_DOCKER_HOST, "volume", "rm", f"{name}-api", check=False)
     docker(MAIN_DOCKER_HOST, "tag", site.image_id, IMAGE, check=False)  # whatever a failed case left
     print("time to a serving model:", {k: f"{v:.0f} s" for k, v in TIMINGS.items()})
+    if os.environ.get("XO_DRIFT_TIMINGS"):  # bench/bench_drift.py reads them
+        Path(os.environ["XO_DRIFT_TIMINGS"]).write_text(json.dumps(TIMINGS))
 
 
 def repair(site, fault: str) -> None:
@@ -126,3 +137,29 @@ def test_an_image_removed_from_the_engine_is_loaded_again_from_the_bundle_s_tar(
 def test_a_removed_container_is_made_again(site):
     docker(MAIN_DOCKER_HOST, "rm", "-f", site.container)
     repair(site, "docker rm -f")
+
+
+def flip_bytes(path, keep_mtime: bool) -> None:
+    st = path.stat()
+    with open(path, "r+b") as f:  # in place, as a bad disk does: the running model maps these pages
+        f.seek(st.st_size // 2)
+        chunk = f.read(4096)
+        f.seek(st.st_size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_bit_rot_in_the_weights_with_size_and_mtime_kept_is_found_restored_and_relaunched(site):
+    before = site.weights.stat()
+    flip_bytes(site.weights, keep_mtime=True)
+    assert (site.weights.stat().st_size, site.weights.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    repair(site, "weights flipped (size and mtime kept)")
+    assert site.weights.stat().st_ino != before.st_ino  # restored: a new file renamed into place
+
+
+def test_weights_rewritten_by_hand_are_restored_not_taken_as_new_weights(site):
+    data = bytearray(site.weights.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    site.weights.write_bytes(bytes(data))  # a new mtime, same size
+    repair(site, "weights rewritten")
