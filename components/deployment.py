@@ -23,7 +23,7 @@ from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
 from components.local_repair import LocalModelRepair, LocalModelRepairArgs
 from components.model import XinferenceModel, XinferenceModelArgs
-from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs
+from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs, family_digest
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
 from spec.config import DockerHostConfig, StackConfig
@@ -110,7 +110,10 @@ class XinferenceDeployment(pulumi.ComponentResource):
             if spec.custom_family is not None:
                 # Registered before the launch, unregistered after the terminate; a new family relaunches.
                 registration = self._registration(f"{name}-{spec.model_uid}-registration", spec, args, depends)
-                args.registration_digest = registration.family_digest
+                # computed here, not read from the registration's outputs: an in-place update of the
+                # registration (a new port) leaves them unknown at preview, which showed the model as
+                # replaced while `up` only updated it
+                args.registration_digest = family_digest(spec.custom_family)
                 depends = [*depends, registration]
             self.models_by_uid[spec.model_uid] = XinferenceModel(
                 f"{name}-{spec.model_uid}", args, opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
@@ -215,14 +218,14 @@ class XinferenceDeployment(pulumi.ComponentResource):
         cfg = self._args.config
         image, on_host = self._image_on(name_prefix, host)
         return XinferenceContainer(name, XinferenceContainerArgs(
-            image_id=image.image_id,
+            image_id=image.known_id or image.image_id,
             settings=cfg.container,
             host_gpus=gpus,
             models_dir=models_dir,
             env=container_env(cfg),
             labels={"xinference-offline/stack": self._args.stack},
             **role,
-        ), opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=depends)))
+        ), opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=[image, *depends])))
 
     def _create_cluster(self, digests: dict) -> None:
         """One supervisor container, and a worker container per server with that server's GPUs."""

@@ -177,5 +177,8 @@ class LoadedImage(pulumi.ComponentResource):
             docker_ssh=args.ssh.argv() if args.ssh is not None else None,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
         self.image_id = image.image_id
+        # The manifest's id, known at preview: the container's plan does not turn unknown (a replace
+        # in preview) when only the image resource is updated in place.
+        self.known_id: Optional[str] = args.image_id if _known(args.image_id) else None
         self.name = pulumi.Output.from_input(args.image_name)
         self.register_outputs({"image_id": self.image_id, "name": self.name})
