@@ -163,3 +163,33 @@ def test_weights_rewritten_by_hand_are_restored_not_taken_as_new_weights(site):
     data[len(data) // 3] ^= 0x55
     site.weights.write_bytes(bytes(data))  # a new mtime, same size
     repair(site, "weights rewritten")
+
+
+def operations_of_up(stream: str) -> dict[str, str]:
+    """{resource name: op} of a `pulumi up --json` event stream, as tests.docker_site.steps_of reads a
+    `preview --json`: 'same' and providers left out, either half of a replacement is 'replace'."""
+    ops = {}
+    for line in stream.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        meta = (event.get("resOutputsEvent") or {}).get("metadata") or {}
+        urn, op = meta.get("urn", ""), meta.get("op")
+        if not urn or op in (None, "same") or urn.split("::")[2].split("$")[-1].startswith("pulumi:providers:"):
+            continue
+        ops[urn.split("::")[-1]] = "replace" if op in ("replace", "create-replacement", "delete-replaced") else op
+    return ops
+
+
+def test_preview_shows_the_operations_up_then_does_for_a_port_change_on_the_airgap_network(site):
+    port = free_port()
+    container = {**site.config[f"{NS}:container"], "port": port}
+    site.set_config(container=container)
+    planned = site.preview()
+    done = operations_of_up(site.pulumi("up", "--yes", "--skip-preview", "--json").stdout)
+    print("preview:", planned, "\nup:", done)
+    assert planned == done, (planned, done)
+    assert planned.get("xinference-server-gateway") == "replace"  # the gateway holds the port
+    site.endpoint = f"http://127.0.0.1:{port}"
+    assert same_embedding(wait_for(lambda: vector(site.endpoint), 120, "the model on the new port"), site.good)
