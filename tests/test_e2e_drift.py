@@ -193,3 +193,13 @@ def test_preview_shows_the_operations_up_then_does_for_a_port_change_on_the_airg
     assert planned.get("xinference-server-gateway") == "replace"  # the gateway holds the port
     site.endpoint = f"http://127.0.0.1:{port}"
     assert same_embedding(wait_for(lambda: vector(site.endpoint), 120, "the model on the new port"), site.good)
+
+
+def test_on_the_bridge_network_a_stopped_container_is_mended_too_and_leaves_no_drift(site):
+    site.set_config(container={**site.config[f"{NS}:container"], "network": "bridge"})
+    site.pulumi("up", "--yes", "--skip-preview")
+    assert same_embedding(vector(site.endpoint), site.good)
+    docker(MAIN_DOCKER_HOST, "stop", site.container)
+    repair(site, "docker stop (bridge network)")  # ends with a preview that shows no change
+    assert inspect(MAIN_DOCKER_HOST, site.container)["HostConfig"]["PortBindings"]["9997/tcp"][0]["HostPort"] == \
+        site.endpoint.rsplit(":", 1)[1]
