@@ -8,9 +8,12 @@ stands before the copy and makes refresh look:
 - read (refresh): runs the same `sha256sum -c` on the host, over the stack's ssh command
   (spec/ssh.py). Files that fail are listed in ``damaged`` and ``generation`` goes up by one.
   A host that cannot be reached changes nothing (refresh cannot tell, so it claims nothing).
-- diff: a check with damaged files is updated, which clears the list. ``generation`` is one of
-  the copy's and the verify's triggers, so the next `up` copies the directory again and
-  verifies it, and the repaired files are back.
+- diff: the inputs only. ``generation`` is one of the copy's and the verify's triggers (and part
+  of the weights digest of the models using the directory), so the next `up` copies the
+  directory again, verifies it and relaunches those models. The check itself is not updated:
+  a dynamic resource updated in a preview shows its inputs as outputs, which would hide the new
+  generation from the preview; ``damaged`` says what the last refresh found, and the next
+  refresh that finds the files intact empties it.
 """
 
 from __future__ import annotations
@@ -62,18 +65,19 @@ class RemoteFilesCheckProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         damaged = run_check(props.get("ssh_argv") or [], props.get("script") or "")
-        if damaged is None or not damaged:
+        if damaged is None:  # cannot tell: claim nothing
             return ReadResult(id_, {**props, "damaged": props.get("damaged") or []})
+        if not damaged:
+            return ReadResult(id_, {**props, "damaged": []})
         return ReadResult(id_, {**props, "damaged": damaged, "generation": int(props.get("generation") or 0) + 1})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in ("remote_dir", "digest", "ssh_argv", "script") if olds.get(k) != news.get(k)]
-        if olds.get("damaged"):
-            changed.append("damaged")
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult({**news, "generation": int(olds.get("generation") or 0), "damaged": []})
+        return UpdateResult({**news, "generation": int(olds.get("generation") or 0),
+                             "damaged": olds.get("damaged") or []})
 
 
 class RemoteFilesCheck(pulumi.dynamic.Resource, module="xinference", name="RemoteFilesCheck"):
