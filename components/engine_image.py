@@ -11,7 +11,7 @@ engine instead:
   components/image.py runs (the tar checked, `docker load`, the id checked), so an image removed
   by hand comes back from the bundle's tar, not from a registry;
 - diff: a new tar (its sha256), name, id or engine replaces it (and, through the id, the
-  container); a moved tar path only updates the script kept for the next load;
+  container); a moved tar path changes nothing until a load is needed (it then runs the new script);
 - delete: nothing (the image stays on the engine, as keep_locally did).
 
 Keep this module's path and class names stable: Pulumi stores the pickled provider by reference.
@@ -92,9 +92,11 @@ class EngineImageProvider(ResourceProvider):
         return ReadResult(have, {**props, "image_id": have})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # The script, its environment and the ssh command are not compared: a load uses the new inputs
+        # anyway, and an in-place update would show its inputs as outputs in a preview (no image id),
+        # so the preview would disagree with up.
         replaces = [k for k in REPLACE_KEYS if olds.get(k) != news.get(k)]
-        changes = replaces + [k for k in ("load_script", "load_env", "docker_ssh") if olds.get(k) != news.get(k)]
-        return DiffResult(changes=bool(changes), replaces=replaces, delete_before_replace=False)
+        return DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs={**news, "image_id": olds.get("image_id")})
