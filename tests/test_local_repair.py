@@ -101,3 +101,36 @@ def test_the_check_is_split_over_the_cores_by_size():
 def test_a_repair_changes_the_weights_digest_once_and_nothing_before():
     assert repaired_digest("abc", [0, None]) == "abc"  # no damage ever found: the manifest's digest as today
     assert repaired_digest("abc", [1, 0]) == "abc+repaired:1.0"
+
+
+def test_a_local_docker_stack_with_a_bundle_checks_and_restores_each_model_directory(tmp_path):
+    from tests.stack_configs import docker_stack, reference_models
+    from tests.test_program import run_program
+    from tests.test_remote_sync import FILES, make_bundle
+
+    bundle = tmp_path / "bundle"
+    make_bundle(bundle, FILES)
+    models = reference_models()[:1]
+    models[0]["path"] = "emb"
+    mocks, _ = run_program(docker_stack(models=models, bundle_dir=str(bundle), models_dir="/data/m"))
+    check = mocks.resources["xinference-files-emb-check"].inputs
+    assert check["ssh_argv"] == [] and check["remote_dir"] == "/data/m/emb"  # the ssh hosts' check, run here
+    assert "sha256sum -c --quiet --strict" in check["script"] and "weights/model.safetensors" in check["script"]
+    restore = mocks.resources["xinference-files-emb-restore"].inputs
+    assert restore["create"] == "true"  # generation 0: nothing to restore (install put the files there)
+    from components.volume import weights_digests
+    from spec.load import load_stack_config
+
+    # until a refresh finds damage the model's digest is today's (the manifest's): no relaunch on upgrade
+    cfg = load_stack_config(docker_stack(models=models, bundle_dir=str(bundle), models_dir="/data/m"),
+                            namespaced=False)
+    today = weights_digests(cfg, load_manifest(bundle).for_stack("gpu-node-1"), local_host=True)
+    assert mocks.models()[models[0]["uid"]].inputs.get("weights_digest") in (today[models[0]["uid"]], None)
+
+
+def test_a_stack_without_a_bundle_has_no_check():
+    from tests.stack_configs import docker_stack, reference_models
+    from tests.test_program import run_program
+
+    mocks, _ = run_program(docker_stack(models=reference_models()[:1]))
+    assert not [name for name in mocks.resources if name.endswith("-check") and "files" in name]
