@@ -298,10 +298,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         raise InstallError("install incomplete; fix these and run install again (it carries on)", problems)
     # the program finds the bundle and the models here when the stack file names none (no hand edit)
     models_dir = targets.models.path if targets.models else None
-    recorded = (project / "Pulumi.yaml").is_file() and write_record(project, manifest.stack, bundle, models_dir,
+    bundle_dir = bundle.resolve()
+    recorded = (project / "Pulumi.yaml").is_file() and write_record(project, manifest.stack, bundle_dir, models_dir,
                                                                     manifest.bundle_id)
     if recorded:
-        print(f"install: recorded for pulumi in {record_path(project)}: bundle_dir {bundle}"
+        print(f"install: recorded for pulumi in {record_path(project)}: bundle_dir {bundle_dir}"
               + (f", models_dir {models_dir}" if models_dir else ""), file=out)
     if not recorded and not any(r.changed for r in results):
         print("install: nothing to do: everything is already in place", file=out)
