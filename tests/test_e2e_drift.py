@@ -196,8 +196,11 @@ def test_preview_shows_the_operations_up_then_does_for_a_port_change_on_the_airg
 
 
 def test_on_the_bridge_network_a_stopped_container_is_mended_too_and_leaves_no_drift(site):
-    site.set_config(container={**site.config[f"{NS}:container"], "network": "bridge"})
+    # a new port too: the airgap gateway, removed only after the new container starts, holds the old one
+    port = free_port()
+    site.set_config(container={**site.config[f"{NS}:container"], "network": "bridge", "port": port})
     site.pulumi("up", "--yes", "--skip-preview")
+    site.endpoint = f"http://127.0.0.1:{port}"
     assert same_embedding(vector(site.endpoint), site.good)
     docker(MAIN_DOCKER_HOST, "stop", site.container)
     repair(site, "docker stop (bridge network)")  # ends with a preview that shows no change
