@@ -296,11 +296,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         print(result.line(), file=out)
     if problems:
         raise InstallError("install incomplete; fix these and run install again (it carries on)", problems)
-    # the program finds the bundle and the models here when the stack file names none (no hand edit)
+    # the program finds the bundle and the models here when the stack file names none (no hand edit);
+    # only an install that serves the project (its program or its stack file) writes there
     models_dir = targets.models.path if targets.models else None
     bundle_dir = bundle.resolve()
-    recorded = (project / "Pulumi.yaml").is_file() and write_record(project, manifest.stack, bundle_dir, models_dir,
-                                                                    manifest.bundle_id)
+    recorded = bool({"program", "stack"} & set(steps)) and (project / "Pulumi.yaml").is_file() and write_record(
+        project, manifest.stack, bundle_dir, models_dir, manifest.bundle_id)
     if recorded:
         print(f"install: recorded for pulumi in {record_path(project)}: bundle_dir {bundle_dir}"
               + (f", models_dir {models_dir}" if models_dir else ""), file=out)
