@@ -114,9 +114,12 @@ def test_preview_shows_the_image_load_the_container_and_the_model_and_nothing_el
     real = {"xinference-image-load", "xinference-image-image", "xinference-server-container", *AIRGAP,
             f"xinference-{UID}", f"xinference-{UID}-registration"}
     assert real <= names, names
-    # the rest are the component resources and the models' presence check
+    # the rest are the component resources, the models' presence check, and the check (at refresh) and
+    # restore (by up) of each model directory against the bundle's sha256 (components/local_repair.py)
+    files = {f"xinference-files-{d}-{step}" for d in ("all-MiniLM-L6-v2", "_engine_packages")
+             for step in ("check", "restore")}
     assert names - real == {f"xinference-offline-{STACK}", "xinference", "xinference-image", "xinference-server",
-                            "xinference-models", "xinference-models-check"}, names
+                            "xinference-models", "xinference-models-check", "xinference-files", *files}, names
     assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
 
 
