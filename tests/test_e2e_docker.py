@@ -268,13 +268,15 @@ def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model
     docker(MAIN_DOCKER_HOST, "rmi", rebuilt_id, check=False)  # absent when its build was cached elsewhere
     assert docker(MAIN_DOCKER_HOST, "image", "inspect", rebuilt_id, check=False).returncode != 0
     tar = next((site.bundle / "images").glob("*.tar"))
-    # Missing, then damaged after `verify`: refused by the load step, before the container is touched.
+    # Missing, then damaged after `verify`: refused before the container is touched.
     tar.rename(tar.with_suffix(".away"))
     try:
         proc = site.pulumi("up", "--yes", "--skip-preview", check=False)
     finally:
         tar.with_suffix(".away").rename(tar)
-    assert proc.returncode != 0 and f"image tar {tar} not found" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    # refused by the program itself (components/image_check.py), at preview as at up, before any step runs
+    assert proc.returncode != 0 and f"the bundle's image tar {tar} is missing" in proc.stdout + proc.stderr, \
+        proc.stdout[-3000:]
     with open(tar, "r+b") as f:
         f.seek(tar.stat().st_size // 2)
         original = f.read(1)
