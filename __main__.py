@@ -6,15 +6,17 @@ export what an operator looks at after `pulumi up`.
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pulumi
 from pulumi.runtime import config as runtime_config
 
 from bundle.format.manifest import BundleError, load_manifest
+from bundle.installed_paths import read_record, with_installed_paths
 from bundle.site import sibling_clashes
 from components import preflight
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
+from components.image_check import image_tar_problems
 from spec.catalog import image_version_note, pinned_catalog
 from spec.config import StackConfig
 from spec.errors import ConfigError
@@ -34,12 +36,28 @@ def _decode(value: Any) -> Any:
     return value
 
 
+PROJECT = Path(__file__).resolve().parent
+
+
+def _bundle_models_dir(bundle_dir: str) -> Optional[str]:
+    """The models_dir the bundle's own copy of this stack file names (the build machine's)."""
+    try:
+        return load_manifest(Path(bundle_dir)).for_stack(pulumi.get_stack()).models_dir
+    except (BundleError, OSError):
+        return None
+
+
 def from_pulumi() -> StackConfig:
     """Read this program's config (all keys, secrets included) from the Pulumi runtime."""
     raw: dict[str, Any] = dict(runtime_config.get_config_env())
     raw.update(runtime_config.CONFIG.get())
     secret_keys = set(runtime_config.get_config_secret_keys_env() or ())
     secret_keys |= {k for k in raw if runtime_config.is_config_secret(k)}
+    # what `bundle install` recorded fills in the bundle and model directories the stack file leaves out
+    installed = read_record(PROJECT).get(pulumi.get_stack(), {})
+    raw, notes = with_installed_paths(raw, installed, _bundle_models_dir)
+    for note in notes:
+        pulumi.log.info(note)
     cfg = load_stack_config({k: _decode(v) for k, v in raw.items()}, secret_keys=secret_keys)
     problems = endpoint_ca_problems(cfg)
     if problems:
@@ -57,7 +75,7 @@ except (ConfigError, BundleError) as exc:
 
 # Stacks that deploy over ssh from one operator machine live side by side in stacks/ (the
 # stackConfigDir): say when another of them takes this stack's container name, port or GPU.
-for clash in sibling_clashes(pulumi.get_stack(), config, Path(__file__).resolve().parent / "stacks"):
+for clash in sibling_clashes(pulumi.get_stack(), config, PROJECT / "stacks"):
     pulumi.log.warn(str(clash))
 if config.image is not None and config.mode != "existing":
     version_note = image_version_note(pinned_catalog(), config.image.name)
@@ -69,6 +87,8 @@ for note in vram_warnings(config):
 
 # Before anything is touched (at preview too): model directories, GPU runtime, name and port.
 host_problems = preflight.docker_host_problems(config, pulumi.get_stack())
+if not host_problems:  # and the image tar, when the engine lacks the image (it is never pulled)
+    host_problems = image_tar_problems(config, manifest)
 if host_problems:
     raise pulumi.RunError("\n".join(host_problems))
 

@@ -29,6 +29,8 @@ Runs with the system python3 (standard library only), from the project checkout 
               is installed.
   stack file  copied to PROJECT/stacks/ when the project has none for this stack (a differing one is
               reported, never overwritten).
+  record      PROJECT/.xinference-offline-site.json: per stack, the bundle and model directories, so
+              `pulumi preview/up` find them when the stack file names none (bundle/installed_paths.py).
 
 With --allowed-signers FILE the bundle's signature (MANIFEST.json.sig) is checked with this machine's
 ssh-keygen before anything else of it is read (bundle/format/signature.py); without it or --bundle-id,
@@ -73,6 +75,7 @@ from bundle.install_lock import LOCK_NAME, InstallLocks
 from bundle.install_source import add_source_arguments, bundle_directory
 from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
 from bundle.install_venv import check_venv_python, install_venv
+from bundle.installed_paths import record_path, write_record
 from bundle.model_files import FilePair, kept_model_dirs
 from bundle.space import space_problems
 
@@ -303,7 +306,16 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         print(result.line(), file=out)
     if problems:
         raise InstallError("install incomplete; fix these and run install again (it carries on)", problems)
-    if not any(r.changed for r in results):
+    # the program finds the bundle and the models here when the stack file names none (no hand edit);
+    # only an install that serves the project (its program or its stack file) writes there
+    models_dir = targets.models.path if targets.models else None
+    bundle_dir = bundle.resolve()
+    recorded = bool({"program", "stack"} & set(steps)) and (project / "Pulumi.yaml").is_file() and write_record(
+        project, manifest.stack, bundle_dir, models_dir, manifest.bundle_id)
+    if recorded:
+        print(f"install: recorded for pulumi in {record_path(project)}: bundle_dir {bundle_dir}"
+              + (f", models_dir {models_dir}" if models_dir else ""), file=out)
+    if not recorded and not any(r.changed for r in results):
         print("install: nothing to do: everything is already in place", file=out)
     env = f"export PATH={home}/bin:$PATH"
     if home != Path("~/.pulumi").expanduser().absolute():

@@ -21,8 +21,9 @@ from bundle.contents import model_bundle_dir, packages_bundle_dir
 from bundle.format.manifest import StackManifest
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs
+from components.local_repair import LocalModelRepair, LocalModelRepairArgs
 from components.model import XinferenceModel, XinferenceModelArgs
-from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs
+from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs, family_digest
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
 from spec.config import DockerHostConfig, StackConfig
@@ -79,6 +80,8 @@ class XinferenceDeployment(pulumi.ComponentResource):
         super().__init__("xinference-offline:index:XinferenceDeployment", name, None, opts)
         self._name, self._args = name, args
         self._images: dict[str, tuple[LoadedImage, pulumi.ResourceOptions]] = {}  # per docker host
+        self._dirs_of: dict[str, list[str]] = {}  # uid -> its host directories (model, companions, packages)
+        self._generations: dict[str, pulumi.Output[int]] = {}  # host directory -> its file check's generation
         cfg = args.config
         local_host = cfg.mode == "existing" or (cfg.mode == "docker" and is_local_docker(cfg.docker.host))
         digests = weights_digests(cfg, args.manifest, local_host=local_host)
@@ -103,10 +106,14 @@ class XinferenceDeployment(pulumi.ComponentResource):
             depends: list[pulumi.Resource] = [container] if container else []
             args = model_args(spec, endpoint_url(cfg), container.container_id if container else None,
                               cfg.endpoint_ca_bundle, docker=self._docker_of(spec.server))
+            args.weights_digest = self._weights_digest(spec)
             if spec.custom_family is not None:
                 # Registered before the launch, unregistered after the terminate; a new family relaunches.
                 registration = self._registration(f"{name}-{spec.model_uid}-registration", spec, args, depends)
-                args.registration_digest = registration.family_digest
+                # computed here, not read from the registration's outputs: an in-place update of the
+                # registration (a new port) leaves them unknown at preview, which showed the model as
+                # replaced while `up` only updated it
+                args.registration_digest = family_digest(spec.custom_family)
                 depends = [*depends, registration]
             self.models_by_uid[spec.model_uid] = XinferenceModel(
                 f"{name}-{spec.model_uid}", args, opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
@@ -120,7 +127,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
         return XinferenceRegistration(name, XinferenceRegistrationArgs(
             endpoint=model.endpoint, model_type=spec.model_type, model_name=spec.model_name,
             family=spec.custom_family, container_id=model.container_id, endpoint_ca_bundle=model.endpoint_ca_bundle,
-            docker_host=model.docker_host, docker_ssh=model.docker_ssh,
+            docker_host=model.docker_host, docker_ssh=model.docker_ssh, launch_timeout=model.launch_timeout,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
 
     def _docker_of(self, server: Optional[str]) -> Optional[DockerHostConfig]:
@@ -142,24 +149,45 @@ class XinferenceDeployment(pulumi.ComponentResource):
         ), opts=pulumi.ResourceOptions(parent=self))
 
     def _sync(self, prefix: str, host: DockerHostConfig, models: list, models_dir: str) -> list[pulumi.Resource]:
-        """Copy + verify the bundle's model directories onto an ssh:// host (nothing for a local one)."""
+        """The bundle's model directories on the docker host, checked against the manifest at every
+        refresh: copied + verified onto an ssh:// host, restored from the bundle on a local one."""
         cfg, manifest = self._args.config, self._args.manifest
-        if not is_ssh_docker(host.host) or manifest is None or not cfg.bundle_dir:
+        if manifest is None or not cfg.bundle_dir:
+            if is_local_docker(host.host) and models:
+                pulumi.log.info(f"{prefix}: the stack names no bundle (bundle_dir), so the model files are not "
+                                "checked against a manifest's sha256 (a change of their size or mtime relaunches)")
             return []
         targets = {}
         with_packages = {p.uid for p in stack_packages(cfg)}
         for model in models:
-            targets[model_bundle_dir(model.path or model.uid)] = model_dir_on_host(cfg, model)
+            dirs = {model_bundle_dir(model.path or model.uid): model_dir_on_host(cfg, model)}
             for companion in model.companions:
-                targets[model_bundle_dir(companion.path)] = posixpath.join(models_dir, companion.path)
+                dirs[model_bundle_dir(companion.path)] = posixpath.join(models_dir, companion.path)
             if model.uid in with_packages:  # the carried engine wheels its virtualenv installs from
-                targets[packages_bundle_dir()] = posixpath.join(models_dir, PACKAGES_DIR)
+                dirs[packages_bundle_dir()] = posixpath.join(models_dir, PACKAGES_DIR)
+            targets.update(dirs)
+            self._dirs_of[model.uid] = [d.rstrip("/") for d in dirs.values()]
         copies = directory_copies(manifest, targets)
         if not copies:
             return []
-        return [RemoteModelSync(f"{prefix}-sync", RemoteModelSyncArgs(host=host, bundle_root=cfg.bundle_dir,
-                                                                      copies=copies),
-                                opts=pulumi.ResourceOptions(parent=self))]
+        opts = pulumi.ResourceOptions(parent=self)
+        if is_ssh_docker(host.host):
+            synced: Any = RemoteModelSync(f"{prefix}-sync", RemoteModelSyncArgs(
+                host=host, bundle_root=cfg.bundle_dir, copies=copies), opts=opts)
+        elif is_local_docker(host.host):
+            synced = LocalModelRepair(f"{prefix}-files", LocalModelRepairArgs(bundle_root=cfg.bundle_dir,
+                                                                              copies=copies), opts=opts)
+        else:
+            return []
+        self._generations.update(synced.generations)
+        return [synced]
+
+    def _weights_digest(self, spec: LaunchSpec) -> pulumi.Input[str]:
+        """The spec's digest, plus the repairs of its directories: files restored relaunch the model."""
+        generations = [self._generations[d] for d in self._dirs_of.get(spec.model_uid, []) if d in self._generations]
+        if not generations:
+            return spec.weights_digest
+        return pulumi.Output.all(*generations).apply(lambda gens: repaired_digest(spec.weights_digest, gens))
 
     def _image_on(self, prefix: str, host: DockerHostConfig) -> tuple[LoadedImage, pulumi.ResourceOptions]:
         """A docker provider for the host and the image loaded onto it (once per host)."""
@@ -190,14 +218,14 @@ class XinferenceDeployment(pulumi.ComponentResource):
         cfg = self._args.config
         image, on_host = self._image_on(name_prefix, host)
         return XinferenceContainer(name, XinferenceContainerArgs(
-            image_id=image.image_id,
+            image_id=image.known_id or image.image_id,
             settings=cfg.container,
             host_gpus=gpus,
             models_dir=models_dir,
             env=container_env(cfg),
             labels={"xinference-offline/stack": self._args.stack},
             **role,
-        ), opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=depends)))
+        ), opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=[image, *depends])))
 
     def _create_cluster(self, digests: dict) -> None:
         """One supervisor container, and a worker container per server with that server's GPUs."""
@@ -247,3 +275,10 @@ def model_row(spec: LaunchSpec) -> dict:
         row["server"] = spec.server
     return row
 
+
+
+def repaired_digest(digest: str, generations: list) -> str:
+    """The weights digest as is until a check finds damage; then with the repairs, so the model is
+    relaunched on the restored files (a running model keeps the old bytes mapped)."""
+    repairs = [int(g or 0) for g in generations]
+    return digest if not any(repairs) else f"{digest}+repaired:{'.'.join(map(str, repairs))}"

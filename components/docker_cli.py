@@ -55,19 +55,50 @@ def run_docker(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = N
     return DockerAnswer(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
+def _container_field(docker_host: str, container_id: str, template: str,
+                     ssh_argv: Optional[Sequence[str]] = None) -> tuple[Optional[bool], str]:
+    """(True, the field) when the container exists, (False, "") when the engine says it does not,
+    (None, "") when the engine cannot be asked."""
+    try:
+        answer = run_docker(docker_host, ["container", "inspect", "--format", template, container_id],
+                            ssh_argv=ssh_argv)
+    except DockerHostUnreachable:
+        return None, ""
+    if answer.returncode == 0:
+        return True, answer.stdout.strip()
+    if "no such" in answer.stderr.lower():  # "Error: No such container: <id>" (or "object")
+        return False, ""
+    return None, ""
+
+
 def container_exists(docker_host: str, container_id: str, ssh_argv: Optional[Sequence[str]] = None
                      ) -> Optional[bool]:
     """True / False when the engine answers whether the container exists; None when it cannot be asked."""
-    try:
-        answer = run_docker(docker_host, ["container", "inspect", "--format", "{{.Id}}", container_id],
-                            ssh_argv=ssh_argv)
-    except DockerHostUnreachable:
-        return None
+    return _container_field(docker_host, container_id, "{{.Id}}", ssh_argv)[0]
+
+
+def container_running(docker_host: str, container_id: str, ssh_argv: Optional[Sequence[str]] = None
+                      ) -> Optional[bool]:
+    """True when the container runs; False when the engine says it is gone or not running (created,
+    stopped, exited, dead: its models are gone with its processes); None when it cannot be asked."""
+    exists, running = _container_field(docker_host, container_id, "{{.State.Running}}", ssh_argv)
+    return exists and running == "true" if exists is not None else None
+
+
+def engine_image_id(docker_host: str, image_name: str, ssh_argv: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The id the engine holds under ``image_name``; None when it has no such image."""
+    answer = run_docker(docker_host, ["image", "inspect", "--format", "{{.Id}}", image_name], ssh_argv=ssh_argv)
     if answer.returncode == 0:
-        return True
-    if "no such" in answer.stderr.lower():  # "Error: No such container: <id>" (or "object")
-        return False
-    return None
+        return answer.stdout.strip() or None
+    if "no such" in answer.stderr.lower():
+        return None
+    raise DockerHostUnreachable(f"docker host {docker_host} does not answer: {answer.stderr.strip()}")
+
+
+def needs_load(have_id: Optional[str], image_id: Optional[str]) -> bool:
+    """Must the tar be loaded? Yes when the engine lacks the name, or holds another id under it
+    than the one the bundle names."""
+    return have_id is None or bool(image_id and have_id != image_id)
 
 
 def empty_image_tar() -> bytes:

@@ -2,8 +2,10 @@
 
 pulumi-docker has no "load" resource, so the load is a `command.local.Command` whose
 trigger is the tar's sha256: a new tar reloads (and, through the image id, replaces the
-container); an unchanged one does nothing. `docker.RemoteImage` then finds the loaded image
-on the engine (never pulls: the server is offline) and keeps it on destroy.
+container); an unchanged one does nothing. An EngineImage (components/engine_image.py) then
+holds the image as the engine has it: refresh asks the engine, an image removed by hand is
+loaded again from the tar by the next `up`, nothing ever pulls (docker.RemoteImage would), and
+destroy keeps the image.
 
 When the engine already holds the image id the manifest names, nothing is loaded: `docker
 load` would first unpack the whole tar (5 GB for the CPU image) into the engine's temp dir,
@@ -22,10 +24,10 @@ from typing import Optional
 
 import pulumi
 import pulumi_command as command
-import pulumi_docker as docker
 
 from bundle.format.manifest_check import IMAGE_ID_RE
 from bundle.format.manifest_rules import SHA256_RE
+from components.engine_image import EngineImage, EngineImageArgs
 from spec.ssh import SshTarget
 
 
@@ -145,6 +147,13 @@ def remote_load_script(image_name: str, tar_path: str, tar_sha256: str, image_id
     return "\n".join(lines) + "\n"
 
 
+def no_tar_script(image_name: str, where: str) -> str:
+    """The load of a stack that names no tar: nothing to load from, said (never a pull)."""
+    return "set -eu\n" + _fail(f"image {image_name} is not on {where} and the stack names no image tar "
+                                "(image.tar) and no bundle (bundle_dir): nothing to load it from; it is never "
+                                "pulled. Run `python3 -m bundle install` on the unpacked bundle, or set bundle_dir") + "\n"
+
+
 class LoadedImage(pulumi.ComponentResource):
     """The Xinference image, loaded from the offline bundle onto the Docker host."""
 
@@ -154,9 +163,10 @@ class LoadedImage(pulumi.ComponentResource):
     def __init__(self, name: str, args: LoadedImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("xinference-offline:index:LoadedImage", name, None, opts)
         depends = []
+        script, environment = no_tar_script(args.image_name, args.docker_host), None
         if args.tar_path:
             if args.ssh is not None:  # preview names the server the tar goes to
-                load_name, environment = f"{name}-load-on-{args.ssh.host}", None
+                load_name = f"{name}-load-on-{args.ssh.host}"
                 script = remote_load_script(args.image_name, args.tar_path, args.tar_digest, args.image_id, args.ssh)
             else:
                 load_name, environment = f"{name}-load", {"DOCKER_HOST": args.docker_host}
@@ -165,13 +175,16 @@ class LoadedImage(pulumi.ComponentResource):
             depends.append(command.local.Command(load_name, create=script, environment=environment,
                                                  triggers=[args.tar_digest],
                                                  opts=pulumi.ResourceOptions(parent=self)))
-        image = docker.RemoteImage(
-            f"{name}-image",
-            name=args.image_name,
-            keep_locally=True,
-            triggers={"tar_sha256": args.tar_digest},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=depends),
-        )
+        # The image as the engine holds it: refresh asks the engine, and an image removed by hand is
+        # loaded again from the tar by the next up (never pulled, unlike docker.RemoteImage).
+        image = EngineImage(f"{name}-image", EngineImageArgs(
+            image_name=args.image_name, tar_digest=args.tar_digest, docker_host=args.docker_host,
+            load_script=script, load_env=environment, expected_id=args.image_id if _known(args.image_id) else None,
+            docker_ssh=args.ssh.argv() if args.ssh is not None else None,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
         self.image_id = image.image_id
-        self.name = image.name
+        # The manifest's id, known at preview: the container's plan does not turn unknown (a replace
+        # in preview) when only the image resource is updated in place.
+        self.known_id: Optional[str] = args.image_id if _known(args.image_id) else None
+        self.name = pulumi.Output.from_input(args.image_name)
         self.register_outputs({"image_id": self.image_id, "name": self.name})

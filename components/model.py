@@ -41,7 +41,7 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, CreateResult, DiffResult, ReadResult
 from pulumi.dynamic import ResourceProvider, UpdateResult
 
-from components.docker_cli import container_exists
+from components.docker_cli import container_running
 from components.xinference_client import (ABSENT, LOADING, PENDING_STATUSES, READY, Credential, XinferenceClient,
                                           XinferenceError, XinferenceHTTPError, XinferenceUnreachable)
 from spec.xinference import CONFIG_NAMESPACE
@@ -208,12 +208,15 @@ class XinferenceModelProvider(ResourceProvider):
         if not uid:
             raise XinferenceError("XinferenceModel read: no model uid (resource id) to look for")
         props["model_uid"] = uid
+        if self._container_gone(props):
+            # The engine says the container is removed or not running (docker rm -f / stop / kill, a
+            # host rebuilt): so is the model; asked first, so a silent endpoint costs no retry window.
+            return ReadResult(None, {})
         with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             try:
                 described = client.describe(uid)
             except XinferenceUnreachable as exc:
-                if self._container_gone(props):
-                    # The container that ran it was removed (docker rm -f, a host rebuilt): so is the model.
+                if self._container_gone(props):  # stopped while we asked
                     return ReadResult(None, {})
                 raise XinferenceUnreachable(f"cannot tell whether model '{uid}' still runs: {exc}") from None
             except XinferenceHTTPError as exc:
@@ -252,13 +255,14 @@ class XinferenceModelProvider(ResourceProvider):
 
     @staticmethod
     def _container_gone(props: Mapping[str, Any]) -> bool:
-        """Does the engine say the model's container no longer exists? (False when it cannot tell.)"""
+        """Does the engine say the model's container no longer runs (removed, or stopped, exited, dead:
+        its processes, so its models, are gone)? False when it cannot tell."""
         host, container = props.get("docker_host"), props.get("container_id")
         if not (isinstance(host, str) and isinstance(container, str) and is_known(host) and is_known(container)):
             return False
         ssh = props.get("docker_ssh")
         ssh_argv = [str(word) for word in ssh] if isinstance(ssh, (list, tuple)) and is_known(ssh) else None
-        return container_exists(host, container, ssh_argv) is False
+        return container_running(host, container, ssh_argv) is False
 
     @staticmethod
     def _keep(props: Mapping[str, Any], status: str) -> dict[str, Any]:
@@ -271,7 +275,12 @@ class XinferenceModelProvider(ResourceProvider):
         uid = id_ or props.get("model_uid")
         with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             # The entry first, so that the registry does not bring the model back.
-            client.autostart_remove(uid)
+            try:
+                client.autostart_remove(uid)
+            except XinferenceUnreachable:
+                if self._container_gone(props):
+                    return  # a stopped or removed container runs no model (its replacement starts empty)
+                raise
             if client.terminate(uid):
                 say(uid, "terminated")
                 return

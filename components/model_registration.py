@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
@@ -56,6 +57,8 @@ class XinferenceRegistrationArgs:
     docker_host: Optional[pulumi.Input[str]] = None
     """The engine running ``container_id``: read asks it whether the container is gone."""
     docker_ssh: Optional[pulumi.Input[list]] = None
+    launch_timeout: Optional[float] = None
+    """Seconds the registration waits for a server that is still starting (the model's launch timeout)."""
 
 
 ARG_KEYS = tuple(f.name for f in fields(XinferenceRegistrationArgs))
@@ -112,7 +115,10 @@ class XinferenceRegistrationProvider(XinferenceModelProvider):
     def _ensure(self, props: dict[str, Any]) -> dict[str, Any]:
         model_type, name, family = props["model_type"], props["model_name"], dict(props["family"])
         with self._client(props["endpoint"], props.get("endpoint_ca_bundle")) as client:
-            registered = client.registration(model_type, name)
+            # Right after `up` started a stopped container, Xinference needs about a minute to answer:
+            # the launch timeout (the model's own wait) bounds it, not the short retry window.
+            wait = max(float(props.get("launch_timeout") or 0), self.retry_window)
+            registered = client.registration(model_type, name, deadline=time.monotonic() + wait)
             if registered is None:
                 client.register(model_type, registration_body(family))
                 say(name, f"registered as a custom {model_type} model")
@@ -129,6 +135,8 @@ class XinferenceRegistrationProvider(XinferenceModelProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         model_type, name = props.get("model_type"), props.get("model_name")
+        if self._container_gone(props):  # removed or not running: gone; the next up registers again (or adopts)
+            return ReadResult(None, {})
         with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             try:
                 registered = client.registration(model_type, name)

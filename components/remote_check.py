@@ -1,4 +1,4 @@
-"""RemoteFilesCheck: is a model directory on an ssh:// host still what the manifest says?
+"""RemoteFilesCheck: is a model directory (on an ssh:// host, or on this machine) still what the manifest says?
 
 `command.remote.CopyToRemote` and the `sha256sum -c` Command that follows it run when their
 triggers change; `pulumi refresh` does not look at the remote files. This dynamic resource
@@ -8,9 +8,12 @@ stands before the copy and makes refresh look:
 - read (refresh): runs the same `sha256sum -c` on the host, over the stack's ssh command
   (spec/ssh.py). Files that fail are listed in ``damaged`` and ``generation`` goes up by one.
   A host that cannot be reached changes nothing (refresh cannot tell, so it claims nothing).
-- diff: a check with damaged files is updated, which clears the list. ``generation`` is one of
-  the copy's and the verify's triggers, so the next `up` copies the directory again and
-  verifies it, and the repaired files are back.
+- diff: the inputs only. ``generation`` is one of the copy's and the verify's triggers (and part
+  of the weights digest of the models using the directory), so the next `up` copies the
+  directory again, verifies it and relaunches those models. The check itself is not updated:
+  a dynamic resource updated in a preview shows its inputs as outputs, which would hide the new
+  generation from the preview; ``damaged`` says what the last refresh found, and the next
+  refresh that finds the files intact empties it.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ def failed_files(sha256sum_output: str) -> list[str]:
 
 
 def run_check(ssh_argv: Sequence[str], script: str) -> Optional[list[str]]:
-    """The damaged files of the directory (empty when intact); None when the host cannot be asked."""
+    """The damaged files of the directory (empty when intact); None when the host cannot be asked.
+    No ``ssh_argv``: the directory is on this machine (components/local_repair.py)."""
+    argv = [*ssh_argv, "sh", "-c", shlex.quote(script)] if ssh_argv else ["sh", "-c", script]
     try:
-        done = subprocess.run([*ssh_argv, "sh", "-c", shlex.quote(script)], capture_output=True, text=True,
+        done = subprocess.run(argv, capture_output=True, text=True,
                               timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -60,18 +65,19 @@ class RemoteFilesCheckProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         damaged = run_check(props.get("ssh_argv") or [], props.get("script") or "")
-        if damaged is None or not damaged:
+        if damaged is None:  # cannot tell: claim nothing
             return ReadResult(id_, {**props, "damaged": props.get("damaged") or []})
+        if not damaged:
+            return ReadResult(id_, {**props, "damaged": []})
         return ReadResult(id_, {**props, "damaged": damaged, "generation": int(props.get("generation") or 0) + 1})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in ("remote_dir", "digest", "ssh_argv", "script") if olds.get(k) != news.get(k)]
-        if olds.get("damaged"):
-            changed.append("damaged")
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult({**news, "generation": int(olds.get("generation") or 0), "damaged": []})
+        return UpdateResult({**news, "generation": int(olds.get("generation") or 0),
+                             "damaged": olds.get("damaged") or []})
 
 
 class RemoteFilesCheck(pulumi.dynamic.Resource, module="xinference", name="RemoteFilesCheck"):

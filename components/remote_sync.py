@@ -103,6 +103,7 @@ class RemoteModelSync(pulumi.ComponentResource):
         assert args.host.ssh is not None  # only ssh:// hosts get their files copied
         connection = ssh_connection(args.host.ssh)
         self.verified: list[command.remote.Command] = []
+        self.generations: dict[str, pulumi.Output[int]] = {}  # remote dir -> its check's generation
         for copy in args.copies:
             label = copy.bundle_dir.split("/")[-1]
             script = verify_script(copy)
@@ -110,6 +111,7 @@ class RemoteModelSync(pulumi.ComponentResource):
             check = RemoteFilesCheck(f"{name}-{label}-check", args.host.ssh.argv(), copy.remote_dir, copy.digest,
                                      script, opts=pulumi.ResourceOptions(parent=self))
             triggers = [copy.digest, check.generation]
+            self.generations[copy.remote_dir] = check.generation
             copied = command.remote.CopyToRemote(
                 f"{name}-{label}-copy",
                 connection=connection,

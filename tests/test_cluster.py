@@ -118,7 +118,7 @@ def test_each_server_gets_its_docker_provider_and_image_once(graph):
     mocks, _ = graph
     hosts = sorted(p.inputs["host"] for p in mocks.of_type("pulumi:providers:docker"))
     assert hosts == ["ssh://ops@10.0.0.1", "ssh://ops@10.0.0.2"]
-    assert len(mocks.of_type("docker:index/remoteImage:RemoteImage")) == 2
+    assert len(mocks.of_type("pulumi-python:dynamic/docker_engine:EngineImage")) == 2
 
 
 def test_models_follow_their_worker(graph):

@@ -114,9 +114,12 @@ def test_preview_shows_the_image_load_the_container_and_the_model_and_nothing_el
     real = {"xinference-image-load", "xinference-image-image", "xinference-server-container", *AIRGAP,
             f"xinference-{UID}", f"xinference-{UID}-registration"}
     assert real <= names, names
-    # the rest are the component resources and the models' presence check
+    # the rest are the component resources, the models' presence check, and the check (at refresh) and
+    # restore (by up) of each model directory against the bundle's sha256 (components/local_repair.py)
+    files = {f"xinference-files-{d}-{step}" for d in ("all-MiniLM-L6-v2", "_engine_packages")
+             for step in ("check", "restore")}
     assert names - real == {f"xinference-offline-{STACK}", "xinference", "xinference-image", "xinference-server",
-                            "xinference-models", "xinference-models-check"}, names
+                            "xinference-models", "xinference-models-check", "xinference-files", *files}, names
     assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{site.container}$").stdout.strip() == b""
 
 
@@ -265,13 +268,15 @@ def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model
     docker(MAIN_DOCKER_HOST, "rmi", rebuilt_id, check=False)  # absent when its build was cached elsewhere
     assert docker(MAIN_DOCKER_HOST, "image", "inspect", rebuilt_id, check=False).returncode != 0
     tar = next((site.bundle / "images").glob("*.tar"))
-    # Missing, then damaged after `verify`: refused by the load step, before the container is touched.
+    # Missing, then damaged after `verify`: refused before the container is touched.
     tar.rename(tar.with_suffix(".away"))
     try:
         proc = site.pulumi("up", "--yes", "--skip-preview", check=False)
     finally:
         tar.with_suffix(".away").rename(tar)
-    assert proc.returncode != 0 and f"image tar {tar} not found" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    # refused by the program itself (components/image_check.py), at preview as at up, before any step runs
+    assert proc.returncode != 0 and f"the bundle's image tar {tar} is missing" in proc.stdout + proc.stderr, \
+        proc.stdout[-3000:]
     with open(tar, "r+b") as f:
         f.seek(tar.stat().st_size // 2)
         original = f.read(1)

@@ -24,6 +24,7 @@ from spec.source import from_stack_file, stack_name_of
 from tests.stack_configs import NS, docker_stack, reference_models
 
 ROOT = Path(__file__).resolve().parent.parent
+ENGINE_IMAGE = "pulumi-python:dynamic/docker_engine:EngineImage"  # the image as the engine holds it
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -34,8 +35,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.resources[args.name] = args
         outputs = dict(args.inputs)
-        if args.typ == "docker:index/remoteImage:RemoteImage":
-            outputs["imageId"] = "sha256:" + "1" * 64
+        if args.typ == ENGINE_IMAGE:
+            outputs["image_id"] = "sha256:" + "1" * 64
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -75,7 +76,8 @@ def run_program(cfg: dict, secret_keys=()) -> tuple[RecordingMocks, dict]:
         original_export = pulumi.export
         pulumi.export = lambda name, value: exports.__setitem__(name, value)
         try:
-            with unittest.mock.patch("components.preflight.docker_host_problems", no_engine_asked):
+            with unittest.mock.patch("components.preflight.docker_host_problems", no_engine_asked), \
+                    unittest.mock.patch("components.image_check.image_tar_problems", lambda config, manifest: []):
                 runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
         finally:
             pulumi.export = original_export
@@ -97,7 +99,7 @@ def test_graph_of_one_server(reference):
     mocks, _ = reference
     types = sorted(r.typ for r in mocks.resources.values())
     assert types.count(CONTAINER) == 1
-    assert types.count("docker:index/remoteImage:RemoteImage") == 1
+    assert types.count(ENGINE_IMAGE) == 1 and "docker:index/remoteImage:RemoteImage" not in types
     assert types.count("command:local:Command") == 2  # docker load + model directory check
     assert types.count("pulumi:providers:docker") == 1
     assert len(mocks.models()) == 4
@@ -109,9 +111,10 @@ def test_image_is_loaded_from_the_tar_and_never_pulled(reference):
     assert "docker load -i /bundle/images/xinference.tar" in load.inputs["create"]
     assert load.inputs["triggers"] == ["a" * 64]  # the tar's sha256: a new tar reloads
     assert load.inputs["environment"] == {"DOCKER_HOST": "unix:///var/run/docker.sock"}
-    image = mocks.one("docker:index/remoteImage:RemoteImage")
-    assert image.inputs["name"] == "xprobe/xinference:v4.1.0" and image.inputs["keepLocally"] is True
-    assert image.inputs["triggers"] == {"tar_sha256": "a" * 64}
+    image = mocks.one(ENGINE_IMAGE)  # refresh asks the engine; a missing image is loaded by the same script
+    assert image.inputs["image_name"] == "xprobe/xinference:v4.1.0" and image.inputs["tar_digest"] == "a" * 64
+    assert image.inputs["load_script"] == load.inputs["create"]
+    assert mocks.one(CONTAINER).inputs["image"] == "sha256:" + "1" * 64
 
 
 def test_the_gpu_preflight_asks_the_docker_host_for_exactly_the_reserved_gpus(reference):
@@ -275,7 +278,7 @@ def test_existing_mode_manages_no_container():
     cfg = {"mode": "existing", "endpoint": "http://127.0.0.1:19997",
            "models": [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "path": "/srv/models/emb"}]}
     mocks, exports = run_program(cfg)
-    assert not mocks.of_type(CONTAINER) and not mocks.of_type("docker:index/remoteImage:RemoteImage")
+    assert not mocks.of_type(CONTAINER) and not mocks.of_type(ENGINE_IMAGE)
     model = mocks.models()["emb"]
     assert model.inputs["endpoint"] == "http://127.0.0.1:19997" and model.inputs.get("container_id") is None
     assert exports["container_id"] is None

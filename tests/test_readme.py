@@ -35,3 +35,16 @@ def test_the_config_reference_headings_print_dotted_key_paths():
     headings = re.findall(r"^#### `([^`]+)`", README, re.M)
     assert "container.healthcheck" in headings and "models[].source" in headings and "models[].companions[]" in headings
     assert all(re.fullmatch(r"[a-z_]+(\[\])?(\.[a-z_]+(\[\])?)*", h) for h in headings), headings
+
+
+def test_the_site_block_is_a_script_the_e2e_test_can_run_with_only_its_places_moved():
+    from tests.readme_site import absolute_paths, first_directory, passphrase_file, site_block, site_script
+
+    block = site_block(README)
+    script = site_script(block, Path("/tmp/t"), "f" * 64)
+    assert script.startswith("set -eux\n") and f"BUNDLE_ID={'f' * 64}" in script
+    assert all(p.startswith("/tmp/t/") for p in absolute_paths(script)), absolute_paths(script)
+    assert first_directory(block).startswith("/") and passphrase_file(block).startswith("/")
+    # the steps a site types, through to the running service (tests/test_e2e_readme_site.py runs them)
+    for step in ("sha256sum -c", "bundle unpack", "bundle verify", "bundle install", "pulumi preview", "pulumi up"):
+        assert step in script, step
