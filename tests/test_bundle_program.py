@@ -231,7 +231,8 @@ def test_verify_reports_a_damaged_program_file_with_the_others(site_flow, tmp_pa
 def test_the_readme_gives_the_same_bootstrap_commands():
     for line in documented_offline_block().splitlines():
         command = line.split("  #")[0].strip()
-        if command.startswith(("cd ", "sha256sum", "tar ", "python3 -m bundle unpack", "python3 -m bundle verify")):
+        # the README installs from the archive in one command; the docs show the separate verbs it folds
+        if command.startswith(("cd ", "sha256sum", "tar ")):
             assert command in README, command
 
 
