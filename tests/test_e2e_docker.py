@@ -227,7 +227,9 @@ def test_a_second_up_changes_nothing(site):
 
 def test_a_changed_launch_parameter_replaces_exactly_that_model(site):
     container_id = inspect(MAIN_DOCKER_HOST, site.container)["Id"]
-    site.set_config(models=[{**site.model, "engine": "sentence_transformers"}])
+    # a launch kwarg (Xinference's batcher takes it; the model reads only its own keys). Not the engine:
+    # a model that carries packages is launched with its default engine named already (sentence_transformers)
+    site.set_config(models=[{**site.model, "extra": {**site.model.get("extra", {}), "batch_size": 8}}])
     assert site.preview() == {f"xinference-{UID}": "replace"}
     site.pulumi("up", "--yes", "--skip-preview")
     assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == container_id  # the container stayed

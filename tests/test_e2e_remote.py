@@ -93,7 +93,7 @@ def site(tmp_path_factory, engine):
     site.pulumi("destroy", "--yes", "--skip-preview", check=False)
     engine.docker("rm", "-f", name, check=False)
     shutil.rmtree(remote_models, ignore_errors=True)
-    shutil.rmtree(site.build, ignore_errors=True)
+    site.remove_bulk()  # the build, and any archive or unpacked bundle: the multi-GB image
 
 
 def cmdline(proc: Path) -> bytes:
