@@ -57,8 +57,8 @@ from bundle import wheel_lock
 from bundle.contents import IMAGE_DIR, PULUMI_PLUGINS, carried_stack, image_tar_name
 from bundle.docker_image import check_image_tar, docker_save
 from bundle.engine_wheels import package_record, resolve_model
-from bundle.fetch import HUB_BOOKKEEPING, FetchError, download_model, list_source_files
-from bundle.format.errors import SetupError
+from bundle.fetch import HUB_BOOKKEEPING, download_model, list_source_files
+from bundle.format.errors import FetchError, SetupError
 from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, remove_partials
 from bundle.format.delta import base_of, read_base
 from bundle.format.delta import carried as carried_files

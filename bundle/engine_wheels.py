@@ -46,8 +46,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from bundle.build_python import resolving_python
-from bundle.fetch import FetchError
-from bundle.format.errors import SetupError
+from bundle.format.errors import FetchError, SetupError
 from bundle.image_env import ImageEnv
 from bundle.stub_wheel import is_stub_filename, write_stub_wheel
 from spec.engine_packages import ModelPackages

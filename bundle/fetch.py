@@ -18,15 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from bundle.format.errors import BundleError, SetupError
+from bundle.format.errors import FetchError, SetupError
 
 # Top-level names the hub libraries write into a download directory for themselves.
 HUB_BOOKKEEPING = frozenset({".cache", "._____temp", ".msc", ".mdl", ".mv", ".lock"})
 HUB_PACKAGES = {"modelscope": "modelscope", "huggingface": "huggingface_hub"}
-
-
-class FetchError(BundleError):
-    """A download or copy that failed on the online machine (exit 1)."""
 
 
 @dataclass(frozen=True)

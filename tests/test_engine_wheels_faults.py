@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from bundle.engine_wheels import DOWNLOAD_TRIES, resolve_model
-from bundle.fetch import FetchError
+from bundle.format.errors import FetchError
 from bundle.image_env import ImageEnv
 from bundle.stub_wheel import stub_wheel_bytes
 from spec.engine_packages import ModelPackages

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bundle import pulumi_release
-from bundle.fetch import FetchError
+from bundle.format.errors import FetchError
 from bundle.pulumi_release import checksum_urls, download_toolchain, pulumi_versions, release_urls
 from tests.bundle_kit import make_mirror
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bundle.engine_wheels import ImageSplit, image_constraints, resolve_model
-from bundle.fetch import FetchError
+from bundle.format.errors import FetchError
 from bundle.image_env import ImageEnv
 from bundle.pip_env import offline_pip_env
 from bundle.stub_wheel import stub_filename, stub_wheel_bytes, write_stub_wheel
