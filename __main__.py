@@ -12,8 +12,8 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from bundle.format.manifest import BundleError, load_manifest
-from bundle.installed_paths import read_record, with_installed_paths
-from bundle.site import sibling_clashes
+from bundle.format.site_record import read_record, with_installed_paths
+from bundle.contents.stacks import sibling_clashes
 from components import preflight
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
 from components.image_check import image_tar_problems

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Iterable, Optional, TextIO
 
 from bundle import wheel_lock
-from bundle.contents import IMAGE_DIR, PULUMI_PLUGINS, carried_stack, image_tar_name
+from bundle.contents.items import IMAGE_DIR, PULUMI_PLUGINS, SBOM_NAME, carried_stack, image_tar_name
 from bundle.docker_image import check_image_tar, docker_save
 from bundle.engine_wheels import package_record, resolve_model
 from bundle.fetch import HUB_BOOKKEEPING, download_model, list_source_files
@@ -70,8 +70,8 @@ from bundle.format.progress import Progress, bars_wanted, human, plural
 from bundle.image_env import image_env
 from bundle.program import program_files
 from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain, toolchain_versions
-from bundle.sbom import SBOM_NAME, ImageFacts, SbomInputs, model_facts, sbom_json
-from bundle.site import ModelDir, StackSource, model_sources, plan_site, stack_entry
+from bundle.sbom import ImageFacts, SbomInputs, model_facts, sbom_json
+from bundle.contents.stacks import ModelDir, StackSource, model_sources, plan_site, stack_entry
 from spec.engine_packages import pip_conf, stack_packages
 from spec.errors import ConfigError
 

@@ -14,30 +14,15 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
+from bundle.contents.stacks import Source
 from bundle.format.errors import FetchError, SetupError
 
 # Top-level names the hub libraries write into a download directory for themselves.
 HUB_BOOKKEEPING = frozenset({".cache", "._____temp", ".msc", ".mdl", ".mv", ".lock"})
 HUB_PACKAGES = {"modelscope": "modelscope", "huggingface": "huggingface_hub"}
-
-
-@dataclass(frozen=True)
-class Source:
-    """A model directory's origin (the fields of the stack config's ModelSource)."""
-
-    hub: str  # modelscope | huggingface | local
-    id: Optional[str] = None
-    revision: Optional[str] = None
-    path: Optional[str] = None
-
-    def describe(self) -> str:
-        if self.hub == "local":
-            return f"local {self.path}"
-        return f"{self.hub} {self.id}@{self.revision or 'default'}"
 
 
 def _safe(text: str) -> str:

@@ -30,7 +30,7 @@ Runs with the system python3 (standard library only), from the project checkout 
   stack file  copied to PROJECT/stacks/ when the project has none for this stack (a differing one is
               reported, never overwritten).
   record      PROJECT/.xinference-offline-site.json: per stack, the bundle and model directories, so
-              `pulumi preview/up` find them when the stack file names none (bundle/installed_paths.py).
+              `pulumi preview/up` find them when the stack file names none (bundle/format/site_record.py).
 
 With --allowed-signers FILE the bundle's signature (MANIFEST.json.sig) is checked with this machine's
 ssh-keygen before anything else of it is read (bundle/format/signature.py); without it or --bundle-id,
@@ -75,7 +75,7 @@ from bundle.install_lock import LOCK_NAME, InstallLocks
 from bundle.install_source import add_source_arguments, bundle_directory
 from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
 from bundle.install_venv import check_venv_python, install_venv
-from bundle.installed_paths import record_path, write_record
+from bundle.format.site_record import record_path, write_record
 from bundle.model_files import FilePair, kept_model_dirs
 from bundle.space import space_problems
 

@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-from bundle.contents import carried_stack, model_bundle_dir
+from bundle.contents.items import carried_stack, model_bundle_dir
 from bundle.format.manifest import BundleError, StackManifest, load_manifest
 from bundle.sbom_summary import bundle_sbom_summary
-from bundle.site import sibling_clashes
+from bundle.contents.stacks import sibling_clashes
 from bundle.site_plan import plan_bundle_site
 from bundle.stack_plan import EXIT_USAGE, bundle_gaps, named_stack_file, write_plan
 from spec.errors import ConfigError

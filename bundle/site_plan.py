@@ -14,7 +14,7 @@ from typing import TextIO
 
 from bundle.format.manifest import BundleError, load_manifest
 from bundle.format.progress import plural
-from bundle.site import StackSource, site_clashes
+from bundle.contents.stacks import StackSource, site_clashes
 from bundle.stack_plan import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_plan
 from spec.config import StackConfig
 from spec.errors import ConfigError

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from bundle.contents import bundle_items, packages_bundle_dir
+from bundle.contents.items import bundle_items, packages_bundle_dir
 from bundle.format.manifest import BundleError, StackManifest
 from bundle.format.progress import human
 from spec.catalog import image_version_note, pinned_catalog

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle.contents import bundle_items
-from bundle.fetch import Source, hub_cache_dir
+from bundle.contents.items import bundle_items
+from bundle.contents.stacks import Source
+from bundle.fetch import hub_cache_dir
 from bundle.format.manifest import MANIFEST_NAME, load_manifest
 from bundle.pulumi_release import pulumi_versions
 from spec.source import from_stack_file

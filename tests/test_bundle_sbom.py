@@ -15,7 +15,7 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from bundle.fetch import Source
+from bundle.contents.stacks import Source
 from bundle.format.manifest import FileEntry, load_manifest
 from bundle.image_env import ImageEnv
 from bundle.sbom import ImageFacts, ModelFacts, SbomInputs, sbom_json

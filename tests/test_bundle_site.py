@@ -13,7 +13,7 @@ import yaml
 
 from bundle.format.errors import SetupError
 from bundle.format.manifest import load_manifest
-from bundle.site import StackSource, plan_site, site_clashes
+from bundle.contents.stacks import StackSource, plan_site, site_clashes
 from spec.load import load_stack_config
 from tests.stack_configs import docker_stack, namespaced
 from tests.bundle_kit import Site, build_args, cli, make_model, make_site, write_stack

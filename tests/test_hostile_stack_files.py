@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bundle.cli import main as bundle_main
-from bundle.contents import bundle_items
-from bundle.site import sibling_clashes
+from bundle.contents.items import bundle_items
+from bundle.contents.stacks import sibling_clashes
 from spec.errors import ConfigError
 from spec.launch import model_dir_on_host, model_dir_on_server
 from spec.source import from_stack_file

@@ -50,12 +50,25 @@ def tree(tmp_path: Path, files: dict[str, str]) -> Path:
     ({"bundle/install.py": "from bundle.helper import h\n", "bundle/helper.py": "import pydantic\nh = 1\n"},
      "bundle.install (an offline command, run with a bare python3 -S) reaches bundle.helper, which imports the "
      "third-party package pydantic"),
+    ({"components/c.py": "from bundle.build import b\n", "bundle/build.py": "b = 1\n"},
+     "components/c.py:1: components.c (components/) imports bundle.build (bundle/ (commands)), which components/ "
+     "may not import"),
+    ({"bundle/contents/i.py": "from bundle.build import b\n", "bundle/build.py": "b = 1\n"},
+     "bundle/contents/i.py:1: bundle.contents.i (bundle/contents/) imports bundle.build (bundle/ (commands)), "
+     "a layer above it"),
     ({"bundle/plan.py": "import bundle.nothere\n"},
      "bundle/plan.py:1: imports bundle.nothere, which is not a module of the project"),
 ])
 def test_each_rule_is_enforced_and_named(tmp_path, files, expected):
     found = check_layers.problems(tree(tmp_path, files))
     assert any(line.startswith(expected) for line in found), found
+
+
+def test_the_program_imports_what_a_bundle_holds_but_no_command(tmp_path):
+    root = tree(tmp_path, {"bundle/contents/__init__.py": "", "bundle/contents/items.py": "X = 1\n",
+                           "components/c.py": "from bundle.contents.items import X\nfrom bundle.format.m import Y\n",
+                           "bundle/format/m.py": "Y = 1\n", "__main__.py": "from bundle.contents.items import X\n"})
+    assert check_layers.problems(root) == []
 
 
 def test_an_optional_import_inside_a_function_is_allowed_where_declared(tmp_path):

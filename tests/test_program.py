@@ -16,7 +16,7 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from bundle.site import StackSource, site_clashes
+from bundle.contents.stacks import StackSource, site_clashes
 from components import preflight
 from spec.errors import ConfigError
 from spec.load import load_stack_config

@@ -1,12 +1,13 @@
 """Check the project's import layers; exit 1 naming each violation (tests/test_layers.py runs it).
 
-Layers, bottom to top; a module imports only its own layer or those below:
+Layers, bottom to top; a module imports only its own layer and those its layer names:
 
-  0 spec/            the stack spec: pydantic and PyYAML, never pulumi
-  1 bundle/format/   the bundle format: standard library only
-  2 bundle/          the bundle commands (plan, build, fetch, pack, install, ...)
-  3 components/      the Pulumi components
-  4 __main__.py      the program
+  spec/              the stack spec: pydantic and PyYAML, never pulumi
+  bundle/format/     the bundle format: standard library only
+  bundle/contents/   what a bundle holds: pure functions of the stack configs
+  bundle/            the bundle commands (plan, build, pack, install, ...)
+  components/        the Pulumi components: of bundle/, only bundle/format/ and bundle/contents/
+  __main__.py        the program: the same
 
 Also refused: an import circle among the project's modules (imports inside functions
 count too), a project module imported inside a function, a private name (``_x``) imported
@@ -25,12 +26,28 @@ from pathlib import Path
 from typing import Iterator
 
 FIRST_PARTY = ("spec", "bundle", "components", "__main__")
-LAYERS = [("spec", 0), ("bundle.format", 1), ("bundle", 2), ("components", 3), ("__main__", 4)]
-LAYER_NAMES = {0: "spec/", 1: "bundle/format/", 2: "bundle/ (commands)", 3: "components/", 4: "__main__.py"}
+# (module prefix, layer), the most specific prefix first.
+LAYERS = [("spec", "spec/"), ("bundle.format", "bundle/format/"), ("bundle.contents", "bundle/contents/"),
+          ("bundle", "bundle/ (commands)"), ("components", "components/"), ("__main__", "__main__.py")]
+# The layers each layer may import (its own included); one not listed is refused.
+CORE = ("spec/", "bundle/format/", "bundle/contents/")
+MAY_IMPORT = {
+    "spec/": {"spec/"},
+    "bundle/format/": {"spec/", "bundle/format/"},
+    "bundle/contents/": set(CORE),
+    "bundle/ (commands)": {*CORE, "bundle/ (commands)"},
+    "components/": {*CORE, "components/"},
+    "__main__.py": {*CORE, "components/", "__main__.py"},
+}
+# The order in which the layers stand, for the message: an import of a higher one is "a layer above it".
+RANK = {"spec/": 0, "bundle/format/": 1, "bundle/contents/": 2, "bundle/ (commands)": 3, "components/": 3,
+        "__main__.py": 4}
 # Third-party packages each layer may import (the standard library is always allowed).
-ALLOWED_THIRD_PARTY = {0: {"pydantic", "pydantic_core", "yaml"}, 1: set(),
-                       2: {"pydantic", "yaml", "tqdm", "packaging", "cyclonedx", "packageurl"},
-                       3: {"pulumi", "pulumi_docker", "pulumi_command", "requests", "urllib3", "dill"}, 4: {"pulumi"}}
+ALLOWED_THIRD_PARTY = {"spec/": {"pydantic", "pydantic_core", "yaml"}, "bundle/format/": set(),
+                       "bundle/contents/": {"pydantic", "yaml"},
+                       "bundle/ (commands)": {"pydantic", "yaml", "tqdm", "packaging", "cyclonedx", "packageurl"},
+                       "components/": {"pulumi", "pulumi_docker", "pulumi_command", "requests", "urllib3", "dill"},
+                       "__main__.py": {"pulumi"}}
 # Optional third-party imports a module makes inside a function and does without (no hard need).
 OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.fetch", "modelscope"),
                    ("bundle.fetch", "huggingface_hub")}
@@ -53,7 +70,7 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def layer_of(module: str) -> int:
+def layer_of(module: str) -> str:
     for prefix, layer in LAYERS:
         if module == prefix or module.startswith(prefix + "."):
             return layer
@@ -107,9 +124,12 @@ def problems(root: Path) -> list[str]:
                 if imp.inside_function:
                     found.append(f"{where}: imports {imp.target} inside a function (import it at the top; "
                                  "a circle it would break is a layering mistake)")
-                if layer_of(imp.target) > layer_of(module):
-                    found.append(f"{where}: {module} ({LAYER_NAMES[layer_of(module)]}) imports {imp.target} "
-                                 f"({LAYER_NAMES[layer_of(imp.target)]}), a layer above it")
+                mine, theirs = layer_of(module), layer_of(imp.target)
+                if RANK[theirs] > RANK[mine]:
+                    found.append(f"{where}: {module} ({mine}) imports {imp.target} ({theirs}), a layer above it")
+                elif theirs not in MAY_IMPORT[mine]:
+                    found.append(f"{where}: {module} ({mine}) imports {imp.target} ({theirs}), which {mine} may not "
+                                 f"import (it imports only {', '.join(sorted(MAY_IMPORT[mine]))})")
                 private = [n for n in imp.names if n.startswith("_") and not n.startswith("__")]
                 if private:
                     found.append(f"{where}: imports the private name(s) {', '.join(private)} from {imp.target}")
@@ -121,7 +141,7 @@ def problems(root: Path) -> list[str]:
                     continue
                 third_party[module].add(imp.target)
                 if imp.target not in ALLOWED_THIRD_PARTY[layer_of(module)]:
-                    found.append(f"{where}: {module} ({LAYER_NAMES[layer_of(module)]}) imports the third-party "
+                    found.append(f"{where}: {module} ({layer_of(module)}) imports the third-party "
                                  f"package {imp.target}, which its layer may not use")
     found += [f"import circle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
     for command in OFFLINE_COMMANDS:
@@ -185,7 +205,10 @@ def main(argv: list[str]) -> int:
     found = problems(root)
     for line in found:
         print(line)
-    print(f"check_layers: {len(project_modules(root))} modules, "
+    modules = project_modules(root)
+    counts = {layer: sum(1 for m in modules if layer_of(m) == layer) for _prefix, layer in LAYERS}
+    print("check_layers: " + ", ".join(f"{layer} {n}" for layer, n in counts.items()), file=sys.stderr)
+    print(f"check_layers: {len(modules)} modules, "
           f"{'no problems' if not found else f'{len(found)} problem(s)'}", file=sys.stderr)
     return 1 if found else 0
 

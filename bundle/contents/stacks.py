@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from bundle.contents import BundleItem, bundle_items, model_bundle_dir
-from bundle.fetch import Source
+from bundle.contents.items import BundleItem, bundle_items, model_bundle_dir
 from bundle.format.errors import SetupError
 from bundle.format.manifest import StackEntry
 from spec.config import StackConfig
@@ -33,6 +32,21 @@ class StackSource:
     name: str
     cfg: StackConfig
     path: Path  # its stack file
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model directory's origin (the fields of the stack config's ModelSource)."""
+
+    hub: str  # modelscope | huggingface | local
+    id: Optional[str] = None
+    revision: Optional[str] = None
+    path: Optional[str] = None
+
+    def describe(self) -> str:
+        if self.hub == "local":
+            return f"local {self.path}"
+        return f"{self.hub} {self.id}@{self.revision or 'default'}"
 
 
 @dataclass(frozen=True)
