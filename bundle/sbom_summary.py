@@ -1,7 +1,7 @@
 """What `plan --bundle DIR` says of the bundle's sbom.cdx.json: counts per kind, and each model with its revision.
 
 Reads the document as plain JSON (the CycloneDX library is an online-machine tool, not in the site's venv),
-by the ``xinference-offline:kind`` property bundle/sbom.py gives every component it writes.
+by the ``xinference-offline:kind`` property bundle/build/sbom.py gives every component it writes.
 """
 
 from __future__ import annotations

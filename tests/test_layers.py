@@ -50,11 +50,11 @@ def tree(tmp_path: Path, files: dict[str, str]) -> Path:
     ({"bundle/install.py": "from bundle.helper import h\n", "bundle/helper.py": "import pydantic\nh = 1\n"},
      "bundle.install (an offline command, run with a bare python3 -S) reaches bundle.helper, which imports the "
      "third-party package pydantic"),
-    ({"components/c.py": "from bundle.build import b\n", "bundle/build.py": "b = 1\n"},
-     "components/c.py:1: components.c (components/) imports bundle.build (bundle/ (commands)), which components/ "
+    ({"components/c.py": "from bundle.build.command import b\n", "bundle/build/command.py": "b = 1\n"},
+     "components/c.py:1: components.c (components/) imports bundle.build.command (bundle/ (commands)), which components/ "
      "may not import"),
-    ({"bundle/contents/i.py": "from bundle.build import b\n", "bundle/build.py": "b = 1\n"},
-     "bundle/contents/i.py:1: bundle.contents.i (bundle/contents/) imports bundle.build (bundle/ (commands)), "
+    ({"bundle/contents/i.py": "from bundle.build.command import b\n", "bundle/build/command.py": "b = 1\n"},
+     "bundle/contents/i.py:1: bundle.contents.i (bundle/contents/) imports bundle.build.command (bundle/ (commands)), "
      "a layer above it"),
     ({"bundle/plan.py": "import bundle.nothere\n"},
      "bundle/plan.py:1: imports bundle.nothere, which is not a module of the project"),

@@ -49,9 +49,10 @@ ALLOWED_THIRD_PARTY = {"spec/": {"pydantic", "pydantic_core", "yaml"}, "bundle/f
                        "components/": {"pulumi", "pulumi_docker", "pulumi_command", "requests", "urllib3", "dill"},
                        "__main__.py": {"pulumi"}}
 # Optional third-party imports a module makes inside a function and does without (no hard need).
-OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.fetch", "modelscope"),
-                   ("bundle.fetch", "huggingface_hub")}
-OFFLINE_COMMANDS = ("bundle.archive", "bundle.unpack", "bundle.format.verify", "bundle.install", "bundle.cli", "bundle.__main__")
+OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.build.fetch", "modelscope"),
+                   ("bundle.build.fetch", "huggingface_hub")}
+OFFLINE_COMMANDS = ("bundle.build.pack", "bundle.build.sign", "bundle.unpack", "bundle.format.verify", "bundle.install",
+                    "bundle.cli", "bundle.__main__")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> Iterator[Im
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
             names = tuple(a.name for a in node.names)
-            # `from bundle import archive` imports the module bundle.archive
+            # `from bundle.build import pack` imports the module bundle.build.pack
             targets = [f"{base}.{n}" for n in names if f"{base}.{n}" in modules] or [resolve(base, modules)]
             for target in targets:
                 yield Import(module, target, names, node.lineno, id(node) in inner)

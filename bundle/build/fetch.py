@@ -7,7 +7,7 @@
   `pip install huggingface_hub`). Their bookkeeping files (`.cache/`, `.msc`, `.mv`, ...)
   stay out of the bundle. Mirrors: the libraries' own settings (HF_ENDPOINT, MODELSCOPE_DOMAIN).
 - local: a directory on this machine, copied as it is (symlinks followed).
-- The Pulumi CLI and plugins: bundle/pulumi_release.py.
+- The Pulumi CLI and plugins: bundle/build/pulumi_release.py.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from bundle.format.overlap import inside
 from bundle.format.parts import PartWriter, existing_parts, parse_part_size, sums_text
 from bundle.format.progress import Progress, bars_wanted, human
 from bundle.format.signature import SignatureError, check_matches, read_signature
-from bundle.sign import print_signed, sign_bundle
+from bundle.build.sign import print_signed, sign_bundle
 
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
 

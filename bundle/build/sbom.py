@@ -47,8 +47,8 @@ from bundle.contents.items import SBOM_KIND
 from bundle.contents.stacks import Source
 from bundle.format.errors import BundleError
 from bundle.format.manifest import FileEntry, files_digest
-from bundle.image_env import ImageEnv
-from bundle.stub_wheel import is_stub_filename
+from bundle.build.image_env import ImageEnv
+from bundle.build.stub_wheel import is_stub_filename
 
 PREFIX = "xinference-offline:"
 UNPINNED = "unpinned"
