@@ -47,8 +47,8 @@ def tree(tmp_path: Path, files: dict[str, str]) -> Path:
      "spec/a.py:1: spec.a (spec/) imports the third-party package pulumi, which its layer may not use"),
     ({"bundle/format/m.py": "import yaml\n"},
      "bundle/format/m.py:1: bundle.format.m (bundle/format/) imports the third-party package yaml"),
-    ({"bundle/install.py": "from bundle.helper import h\n", "bundle/helper.py": "import pydantic\nh = 1\n"},
-     "bundle.install (an offline command, run with a bare python3 -S) reaches bundle.helper, which imports the "
+    ({"bundle/install/command.py": "from bundle.helper import h\n", "bundle/helper.py": "import pydantic\nh = 1\n"},
+     "bundle.install.command (an offline command, run with a bare python3 -S) reaches bundle.helper, which imports the "
      "third-party package pydantic"),
     ({"components/c.py": "from bundle.build.command import b\n", "bundle/build/command.py": "b = 1\n"},
      "components/c.py:1: components.c (components/) imports bundle.build.command (bundle/ (commands)), which components/ "

@@ -14,7 +14,7 @@ import pytest
 from bundle.build.engine_wheels import ImageSplit, image_constraints, resolve_model
 from bundle.format.errors import FetchError
 from bundle.build.image_env import ImageEnv
-from bundle.pip_env import offline_pip_env
+from bundle.install.pip_env import offline_pip_env
 from bundle.build.stub_wheel import stub_filename, stub_wheel_bytes, write_stub_wheel
 from spec.engine_packages import ModelPackages
 

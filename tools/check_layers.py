@@ -51,8 +51,8 @@ ALLOWED_THIRD_PARTY = {"spec/": {"pydantic", "pydantic_core", "yaml"}, "bundle/f
 # Optional third-party imports a module makes inside a function and does without (no hard need).
 OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.build.fetch", "modelscope"),
                    ("bundle.build.fetch", "huggingface_hub")}
-OFFLINE_COMMANDS = ("bundle.build.pack", "bundle.build.sign", "bundle.unpack", "bundle.format.verify", "bundle.install",
-                    "bundle.cli", "bundle.__main__")
+OFFLINE_COMMANDS = ("bundle.build.pack", "bundle.build.sign", "bundle.install.unpack", "bundle.format.verify",
+                    "bundle.install.command", "bundle.cli", "bundle.__main__")
 
 
 @dataclass(frozen=True)

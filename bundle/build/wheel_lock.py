@@ -29,7 +29,7 @@ from typing import Optional
 
 from bundle.format.errors import FetchError, SetupError
 from bundle.format.manifest import sha256_file
-from bundle.pip_env import offline_pip_env
+from bundle.install.pip_env import offline_pip_env
 
 LOCK_NAME = "requirements.lock"
 WHEEL_SUFFIXES = (".whl",)
