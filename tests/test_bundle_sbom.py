@@ -19,7 +19,7 @@ from bundle.contents.stacks import Source
 from bundle.format.manifest import FileEntry, load_manifest
 from bundle.build.image_env import ImageEnv
 from bundle.build.sbom import ImageFacts, ModelFacts, SbomInputs, sbom_json
-from bundle.sbom_summary import summary_lines
+from bundle.plan.sbom_summary import summary_lines
 from tests.bundle_kit import IMAGE, build_args, make_image_tar, make_site, python_layer, run_cli
 from tests.test_engine_wheels import CACHE as ENGINE_CACHE
 from tests.test_engine_wheels import sense_voice_site

@@ -5,7 +5,10 @@ Layers, bottom to top; a module imports only its own layer and those its layer n
   spec/              the stack spec: pydantic and PyYAML, never pulumi
   bundle/format/     the bundle format: standard library only
   bundle/contents/   what a bundle holds: pure functions of the stack configs
-  bundle/            the bundle commands (plan, build, pack, install, ...)
+  bundle/install/    unpack and install, on the site: the format alone (a bare python3 runs them)
+  bundle/build/      build, sign and pack, on the online machine
+  bundle/plan/       plan and diff: what will happen, said before it does
+  bundle/            the command line (cli.py, __main__.py): each command's module imported by name
   components/        the Pulumi components: of bundle/, only bundle/format/ and bundle/contents/
   __main__.py        the program: the same
 
@@ -28,31 +31,40 @@ from typing import Iterator
 FIRST_PARTY = ("spec", "bundle", "components", "__main__")
 # (module prefix, layer), the most specific prefix first.
 LAYERS = [("spec", "spec/"), ("bundle.format", "bundle/format/"), ("bundle.contents", "bundle/contents/"),
-          ("bundle", "bundle/ (commands)"), ("components", "components/"), ("__main__", "__main__.py")]
+          ("bundle.install", "bundle/install/"), ("bundle.build", "bundle/build/"), ("bundle.plan", "bundle/plan/"),
+          ("bundle", "bundle/ (command line)"), ("components", "components/"), ("__main__", "__main__.py")]
 # The layers each layer may import (its own included); one not listed is refused.
 CORE = ("spec/", "bundle/format/", "bundle/contents/")
 MAY_IMPORT = {
     "spec/": {"spec/"},
     "bundle/format/": {"spec/", "bundle/format/"},
     "bundle/contents/": set(CORE),
-    "bundle/ (commands)": {*CORE, "bundle/ (commands)"},
+    # install runs on the site with a bare python3: the format and itself (the stack spec needs pydantic)
+    "bundle/install/": {"bundle/format/", "bundle/install/"},
+    # build checks its wheel lock with the pip environment install will use (bundle/install/pip_env.py)
+    "bundle/build/": {*CORE, "bundle/build/", "bundle/install/"},
+    "bundle/plan/": {*CORE, "bundle/plan/"},
+    # the command line imports each command's module by name, when it runs (bundle/cli.py's table)
+    "bundle/ (command line)": {"bundle/format/", "bundle/ (command line)"},
     "components/": {*CORE, "components/"},
     "__main__.py": {*CORE, "components/", "__main__.py"},
 }
 # The order in which the layers stand, for the message: an import of a higher one is "a layer above it".
-RANK = {"spec/": 0, "bundle/format/": 1, "bundle/contents/": 2, "bundle/ (commands)": 3, "components/": 3,
-        "__main__.py": 4}
+RANK = {"spec/": 0, "bundle/format/": 1, "bundle/contents/": 2, "bundle/install/": 3, "bundle/build/": 4,
+        "bundle/plan/": 4, "bundle/ (command line)": 5, "components/": 5, "__main__.py": 6}
 # Third-party packages each layer may import (the standard library is always allowed).
+COMMAND_PACKAGES = {"pydantic", "yaml", "tqdm", "packaging", "cyclonedx", "packageurl"}
 ALLOWED_THIRD_PARTY = {"spec/": {"pydantic", "pydantic_core", "yaml"}, "bundle/format/": set(),
-                       "bundle/contents/": {"pydantic", "yaml"},
-                       "bundle/ (commands)": {"pydantic", "yaml", "tqdm", "packaging", "cyclonedx", "packageurl"},
+                       "bundle/contents/": {"pydantic", "yaml"}, "bundle/install/": set(),
+                       "bundle/build/": COMMAND_PACKAGES, "bundle/plan/": COMMAND_PACKAGES,
+                       "bundle/ (command line)": set(),
                        "components/": {"pulumi", "pulumi_docker", "pulumi_command", "requests", "urllib3", "dill"},
                        "__main__.py": {"pulumi"}}
 # Optional third-party imports a module makes inside a function and does without (no hard need).
 OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.build.fetch", "modelscope"),
                    ("bundle.build.fetch", "huggingface_hub")}
 OFFLINE_COMMANDS = ("bundle.build.pack", "bundle.build.sign", "bundle.install.unpack", "bundle.format.verify",
-                    "bundle.install.command", "bundle.cli", "bundle.__main__")
+                    "bundle.install.command", "bundle.plan.diff", "bundle.cli", "bundle.__main__")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ WHEELS_DIR = "wheels"
 PULUMI_DIR = "pulumi"
 STACK_DIR = "stack"
 PULUMI_PLUGINS = ("docker", "command")
-SBOM_NAME = "sbom.cdx.json"  # written by bundle/build/sbom.py, read by bundle/sbom_summary.py
+SBOM_NAME = "sbom.cdx.json"  # written by bundle/build/sbom.py, read by bundle/plan/sbom_summary.py
 SBOM_KIND = "xinference-offline:kind"  # the property that says what each SBOM component is
 
 

@@ -15,7 +15,7 @@ from typing import TextIO
 from bundle.format.manifest import BundleError, load_manifest
 from bundle.format.progress import plural
 from bundle.contents.stacks import StackSource, site_clashes
-from bundle.stack_plan import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_plan
+from bundle.plan.report import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_report
 from spec.config import StackConfig
 from spec.errors import ConfigError
 from spec.launch import endpoint_url
@@ -33,7 +33,7 @@ def gpu_summary(cfg: StackConfig) -> str:
     return ids_text(cfg.gpu_ids)
 
 
-def plan_bundle_site(bundle: Path, stacks_dir: Path, out: TextIO) -> int:
+def report_bundle_stacks(bundle: Path, stacks_dir: Path, out: TextIO) -> int:
     try:
         whole = load_manifest(bundle)
     except BundleError as exc:
@@ -52,7 +52,7 @@ def plan_bundle_site(bundle: Path, stacks_dir: Path, out: TextIO) -> int:
             rows.append((name, "-", "-", "-", "-", str(path), "config error (printed above)"))
             continue
         manifest = whole.for_stack(name)
-        write_plan(cfg, name, path, manifest, out)
+        write_report(cfg, name, path, manifest, out)
         print("", file=out)
         gaps = bundle_gaps(cfg, name, manifest)
         if gaps:
