@@ -22,7 +22,7 @@ from spec.config import StackConfig
 from spec.errors import ConfigError
 from spec.load import load_stack_config
 from spec.rules import vram_warnings
-from spec.source import endpoint_ca_problems
+from spec.stack_file import endpoint_ca_problems
 
 
 def _decode(value: Any) -> Any:

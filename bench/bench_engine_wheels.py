@@ -38,7 +38,7 @@ from bundle.build.engine_wheels import (image_versions, is_in_image, pin_constra
 from bundle.build.image_env import ImageEnv, scan_image_tar  # noqa: E402
 from spec.catalog import pinned_catalog  # noqa: E402
 from spec.engine_packages import stack_packages  # noqa: E402
-from spec.source import from_stack_file  # noqa: E402
+from spec.stack_file import from_stack_file  # noqa: E402
 
 STAND_IN_BYTES = 2048
 

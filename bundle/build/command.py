@@ -71,7 +71,7 @@ from bundle.build.image_env import image_env
 from bundle.build.program import program_files
 from bundle.build.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain, toolchain_versions
 from bundle.build.sbom import ImageFacts, SbomInputs, model_facts, sbom_json
-from bundle.contents.stacks import ModelDir, StackSource, model_sources, plan_site, stack_entry
+from bundle.contents.stacks import ModelDir, LoadedStack, model_sources, merge_stacks, stack_entry
 from spec.engine_packages import pip_conf, stack_packages
 from spec.errors import ConfigError
 
@@ -115,9 +115,9 @@ class ItemReport:
 class Builder:
     """Builds (or refreshes) one bundle directory for one or more stacks."""
 
-    def __init__(self, stacks: list[StackSource], options: BuildOptions, out: TextIO):
+    def __init__(self, stacks: list[LoadedStack], options: BuildOptions, out: TextIO):
         self.stacks, self.opts, self.stdout = stacks, options, out
-        self.wanted_by: dict[str, list[StackSource]] = {}  # bundle item path -> the stacks that want it
+        self.wanted_by: dict[str, list[LoadedStack]] = {}  # bundle item path -> the stacks that want it
         self.out = options.out.absolute()
         self.cache_dir = (options.cache_dir or self.out.parent / f".{self.out.name}.build-cache").absolute()
         self.hashes = HashCache(self.cache_dir / "hashes.json")
@@ -134,8 +134,8 @@ class Builder:
     # -- the whole build ----------------------------------------------------------------------
 
     def build(self) -> Manifest:
-        site = plan_site(self.stacks, self.opts.image_tar)
-        self.wanted_by = site.wanted_by
+        merged = merge_stacks(self.stacks, self.opts.image_tar)
+        self.wanted_by = merged.wanted_by
         model_dirs = model_sources(self.stacks)
         if not (self.opts.project / PROJECT_MARKER).is_file():
             raise SetupError(f"--project {self.opts.project}: has no {PROJECT_MARKER}: not the project checkout "
@@ -143,7 +143,7 @@ class Builder:
         self._prepare_out_dir()
         previous = self._previous_manifest()
         try:
-            for item in site.items:
+            for item in merged.items:
                 report = ItemReport(item.path, item.what)
                 self.reports.append(report)
                 handler = getattr(self, f"_{item.role}")
@@ -151,7 +151,7 @@ class Builder:
                 self.hashes.save()  # an interrupted build keeps what it already hashed
         finally:
             self.progress.close()
-        stacks = {stack.name: self._with_image_id(stack_entry(stack, site.per_stack[stack.name]))
+        stacks = {stack.name: self._with_image_id(stack_entry(stack, merged.per_stack[stack.name]))
                   for stack in self.stacks}
         self._write_sbom(stacks, model_dirs)
         self._remove_stale()
@@ -456,7 +456,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     for name in dict.fromkeys(args.stack):  # each once, in the order given
         stack_path = args.stacks_dir / f"Pulumi.{name}.yaml"
         try:
-            stacks.append(StackSource(name, carried_stack(stack_path), stack_path))
+            stacks.append(LoadedStack(name, carried_stack(stack_path), stack_path))
         except ConfigError as exc:
             print(exc.report(), file=sys.stderr)
             failed = True

@@ -15,7 +15,7 @@ from spec.engine_packages import stack_packages
 from spec.errors import ConfigError, Problem
 from spec.launch import models_dir_of
 from spec.rules import ModelDirs
-from spec.source import from_stack_file
+from spec.stack_file import from_stack_file
 from spec.xinference import PACKAGES_DIR
 
 IMAGE_DIR = "images"
