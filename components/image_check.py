@@ -14,7 +14,7 @@ import os
 import posixpath
 from typing import Optional
 
-from bundle.contents import IMAGE_DIR, image_tar_name
+from bundle.contents.items import IMAGE_DIR, image_tar_name
 from bundle.format.manifest import StackManifest
 from components.deployment import image_tar_path
 from components.docker_cli import DockerHostUnreachable, engine_image_id, needs_load

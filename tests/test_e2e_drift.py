@@ -32,7 +32,7 @@ import pytest
 import requests
 import yaml
 
-from bundle.docker_image import check_image_tar
+from bundle.build.docker_image import check_image_tar
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, inspect, require_main_engine
 from tests.docker_site import NS, ROOT, DockerSite, free_port, image_tar, toolchain_bin, wait_for
 

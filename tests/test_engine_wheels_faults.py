@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bundle.engine_wheels import DOWNLOAD_TRIES, resolve_model
-from bundle.fetch import FetchError
-from bundle.image_env import ImageEnv
-from bundle.stub_wheel import stub_wheel_bytes
+from bundle.build.engine_wheels import DOWNLOAD_TRIES, resolve_model
+from bundle.format.errors import FetchError
+from bundle.build.image_env import ImageEnv
+from bundle.build.stub_wheel import stub_wheel_bytes
 from spec.engine_packages import ModelPackages
 
 WHEEL = "tinypkg-1.0-py3-none-any.whl"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bundle.engine_wheels import resolve_model
-from bundle.image_env import scan_image_tar
+from bundle.build.engine_wheels import resolve_model
+from bundle.build.image_env import scan_image_tar
 from components.model_props import launch_payload
 from spec.catalog import pinned_catalog
 from spec.config import ModelConfig

@@ -1,14 +1,15 @@
 """Engine packages carried across the gap: the wheels a model's virtualenv installs at launch.
 
 For each model whose launch installs packages (spec/engine_packages.py), against the image's own
-Python (bundle/image_env.py), this does what xoscar does on the site, on the online side:
+Python (bundle/build/image_env.py), this does what xoscar does on the site, on the online side:
 
 1. split: each requirement the image already satisfies is pinned to the image's version
    (``#system_torch#`` becomes ``torch==<the image's>``); the others are to be resolved
    (xoscar's ``_split_specs``: names compared lower-cased, as it does);
 2. resolve them to the complete set of distributions, by ``pip install --dry-run
    --ignore-installed --report`` with a Python of the image's X.Y (this one, or a build venv of that
-   X.Y: bundle/build_python.py; markers are evaluated by the running Python). The constraints are the pins and every other
+   X.Y: bundle/build/resolving_python.py; markers are evaluated by the running Python). The
+   constraints are the pins and every other
    distribution the image has, at its version: a dependency the image has is taken at the
    image's version wherever the requirements allow it, as pip would in a virtualenv that sees the
    image's site-packages (a version pip blames for a conflict is dropped, said, and resolved anew);
@@ -17,7 +18,7 @@ Python (bundle/image_env.py), this does what xoscar does on the site, on the onl
    --abi cpXY``; a distribution PyPI has only as an sdist is built here with ``pip wheel
    --no-deps`` (pure Python, or a binary wheel only when this machine's glibc is not newer than the
    image's). One the image has at the resolved version is written as a metadata-only stand-in
-   (bundle/stub_wheel.py).
+   (bundle/build/stub_wheel.py).
 
 The complete set is needed, not only what the image lacks: the virtualenv's uv resolves every
 dependency from the offline folder, even those it will then skip because the image has them. For
@@ -45,11 +46,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from bundle.build_python import resolving_python
-from bundle.fetch import FetchError
-from bundle.format.errors import SetupError
-from bundle.image_env import ImageEnv
-from bundle.stub_wheel import is_stub_filename, write_stub_wheel
+from bundle.build.resolving_python import resolving_python
+from bundle.format.errors import FetchError, SetupError
+from bundle.build.image_env import ImageEnv
+from bundle.build.stub_wheel import is_stub_filename, write_stub_wheel
 from spec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
