@@ -225,8 +225,9 @@ def _download(uid: str, wheels: list[tuple[str, str]], env: ImageEnv, work: Path
     body that breaks off or arrives with another hash, and keeps the wheels already complete in
     ``work`` (a rerun fetches only the rest)."""
     platforms = [arg for tag in env.platforms for arg in ("--platform", tag)]
+    # the full version when the tar says it: pip takes "3.11" as 3.11.0 when it judges Requires-Python
     args = ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work), "--python-version",
-            env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi, *(f"{n}=={v}" for n, v in wheels)]
+            env.python_full_version or env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi, *(f"{n}=={v}" for n, v in wheels)]
     for attempt in range(1, DOWNLOAD_TRIES + 1):
         try:
             _pip(args, f"downloading {uid}'s engine wheels for Python {env.python_version} {env.platform}", python=python)
