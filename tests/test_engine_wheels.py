@@ -57,6 +57,20 @@ def test_the_image_python_is_read_from_the_layers_of_its_tar(tmp_path):
         tar.chmod(0o644)
 
 
+def test_the_image_python_s_patch_level_is_read_from_dpkg_or_from_a_source_built_python_s_headers(tmp_path):
+    assert scan_image_tar(make_image_tar(tmp_path / "plain.tar", layer=python_layer(IMAGE_DISTS))).python_full_version \
+        is None  # the tar does not say: the build machine's judgement stands
+    status = ("Package: libc6\nStatus: install ok installed\nVersion: 2.36-9+deb12u14\n\n"
+              "Package: python3.11-minimal\nStatus: install ok installed\nVersion: 3.11.2-6+deb12u6\n\n").encode()
+    debian = python_layer(IMAGE_DISTS, extra={"var/lib/dpkg/status": status})
+    assert scan_image_tar(make_image_tar(tmp_path / "debian.tar", layer=debian)).python_full_version == "3.11.2"
+    # a python:3.11 image: Python built from source into /usr/local, Debian's own python3.11 beside it
+    header = b'#define PY_MINOR_VERSION 11\n#define PY_VERSION      "3.11.7"\n'
+    source = python_layer(IMAGE_DISTS, site="usr/local/lib/python{py}/site-packages",
+                          extra={"var/lib/dpkg/status": status, "usr/local/include/python3.11/patchlevel.h": header})
+    assert scan_image_tar(make_image_tar(tmp_path / "source.tar", layer=source)).python_full_version == "3.11.7"
+
+
 def test_a_tar_without_xinference_is_refused_with_the_reason(tmp_path):
     tar = make_image_tar(tmp_path / "image.tar", layer=python_layer({"numpy": "2.4.6"}))
     with pytest.raises(Exception, match="no site-packages in this image holds xinference"):

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
@@ -53,9 +54,11 @@ from bundle.build.stub_wheel import is_stub_filename, write_stub_wheel
 from spec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
-CACHE_VERSION = 3  # 2: the image's distributions are constraints and carried as metadata-only stand-ins;
-# 3: a stand-in carries the image's installed version, local label included
-MAX_RELAXATIONS = 8  # resolutions, each dropping at least one image version pip blamed (a dry run: 20-60 s)
+CACHE_VERSION = 4  # 2: the image's distributions are constraints and carried as metadata-only stand-ins;
+# 3: a stand-in carries the image's installed version, local label included; 4: Requires-Python is
+# judged against the image's full Python version
+MAX_RELAXATIONS = 8  # resolutions, each dropping an image version pip blamed or a version too new for the
+# image's Python (a dry run: 20-60 s)
 DOWNLOAD_TRIES = 3  # of the engine wheels' `pip download`
 
 
@@ -89,7 +92,8 @@ class ModelWheels:
 
 def marker_environment(env: ImageEnv) -> dict[str, str]:
     return {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": env.machine,
-            "python_version": env.python_version, "python_full_version": f"{env.python_version}.0",
+            "python_version": env.python_version,
+            "python_full_version": env.python_full_version or f"{env.python_version}.0",
             "implementation_name": "cpython", "platform_python_implementation": "CPython"}
 
 
@@ -221,8 +225,9 @@ def _download(uid: str, wheels: list[tuple[str, str]], env: ImageEnv, work: Path
     body that breaks off or arrives with another hash, and keeps the wheels already complete in
     ``work`` (a rerun fetches only the rest)."""
     platforms = [arg for tag in env.platforms for arg in ("--platform", tag)]
+    # the full version when the tar says it: pip takes "3.11" as 3.11.0 when it judges Requires-Python
     args = ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work), "--python-version",
-            env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi, *(f"{n}=={v}" for n, v in wheels)]
+            env.python_full_version or env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi, *(f"{n}=={v}" for n, v in wheels)]
     for attempt in range(1, DOWNLOAD_TRIES + 1):
         try:
             _pip(args, f"downloading {uid}'s engine wheels for Python {env.python_version} {env.platform}", python=python)
@@ -245,7 +250,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
         return result
     python = resolving_python(env, cache_root, say)
     key_text = json.dumps([CACHE_VERSION, split.to_resolve, sorted(split.pinned.items()), env.python_version,
-                           env.platform, sorted(env.installed.items())], sort_keys=True)
+                           env.python_full_version, env.platform, sorted(env.installed.items())], sort_keys=True)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     dest = cache_root / "engine-wheels" / key
     if (dest / RESOLVED).is_file():
@@ -309,9 +314,12 @@ _PROGRESS = ("Collecting ", "  Downloading ", "  Using cached ", "  Obtaining ",
 
 
 def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path,
-               python: str = sys.executable) -> dict:
-    """pip's resolution report with these constraints (not quiet: a conflict's explanation is wanted)."""
-    (work / "constraints.txt").write_text("".join(f"{k}=={v}\n" for k, v in sorted(constraints.items())))
+               python: str = sys.executable, below: Optional[dict[str, str]] = None) -> dict:
+    """pip's resolution report with these constraints (not quiet: a conflict's explanation is wanted);
+    ``below``: name -> a version each of them must stay under."""
+    lines = [f"{k}=={v}\n" for k, v in sorted(constraints.items())]
+    lines += [f"{k}<{v}\n" for k, v in sorted((below or {}).items())]
+    (work / "constraints.txt").write_text("".join(lines))
     args = ["install", "--dry-run", "--ignore-installed", "--progress-bar", "off", "--report", str(work / "report.json"),
             "-c", str(work / "constraints.txt"), *split.to_resolve]
     proc = _pip(args, f"resolving {uid}'s engine packages", check=False, python=python)
@@ -330,18 +338,54 @@ def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: 
     pip's failure is the answer then."""
     pins = pin_constraints(split)
     constraints = image_constraints(split, env)
+    below: dict[str, str] = {}
     for _ in range(MAX_RELAXATIONS):
         try:
-            return pip_report(uid, split, constraints, work, python)
+            report = pip_report(uid, split, constraints, work, python, below)
         except ConstraintConflict as exc:
             blamed = sorted((exc.names & set(constraints)) - set(pins))
             if not blamed:
                 raise
-        for name in blamed:
-            del constraints[name]
-        say(f"build: {uid}'s engine packages need other versions than the image's of {', '.join(blamed)}: resolved "
-            "anew (its virtualenv gets its own)")
-    return pip_report(uid, split, pins, work, python)
+            for name in blamed:
+                del constraints[name]
+            say(f"build: {uid}'s engine packages need other versions than the image's of {', '.join(blamed)}: "
+                "resolved anew (its virtualenv gets its own)")
+            continue
+        too_new = too_new_for_image(report, env, set(pins))
+        if not too_new:
+            return report
+        below.update(too_new)
+        for name in too_new:
+            constraints.pop(name, None)
+        say(f"build: {uid}: {', '.join(f'{n} {v}' for n, v in sorted(too_new.items()))} need a newer Python than the "
+            f"image's {env.python_full_version}: resolved anew below those versions")
+    report = pip_report(uid, split, pins, work, python, below)
+    too_new = too_new_for_image(report, env, set(pins))
+    if too_new:
+        raise FetchError(f"resolving {uid}'s engine packages: {too_new} need a newer Python than the image's "
+                         f"{env.python_full_version}, and no older versions fit after {MAX_RELAXATIONS} resolutions")
+    return report
+
+
+def too_new_for_image(report: dict, env: ImageEnv, pinned: set[str]) -> dict[str, str]:
+    """name -> version of each resolved distribution whose Requires-Python the image's full Python
+    version does not meet. pip judged Requires-Python with the Python it ran under (this machine's
+    3.11.7 for an image's 3.11.2), and uv on the site refuses such a wheel: resolved again below it.
+    The image's own pinned versions are left alone (the image runs them)."""
+    if not env.python_full_version:
+        return {}
+    found = {}
+    for item in report.get("install", []):
+        metadata = item["metadata"]
+        name, requires = canonicalize_name(metadata["name"]), metadata.get("requires_python")
+        if not requires or name in pinned:
+            continue
+        try:
+            if not SpecifierSet(requires).contains(env.python_full_version, prereleases=True):
+                found[name] = metadata["version"]
+        except (InvalidSpecifier, InvalidVersion):
+            continue
+    return found
 
 
 def package_record(stack: str, wheels: ModelWheels, env: ImageEnv) -> dict:

@@ -37,7 +37,10 @@ from bundle.format.manifest import write_atomic
 _SITE = re.compile(r"^(?P<site>(?:.*/)?lib/python(?P<py>\d+\.\d+)/(?:site|dist)-packages)/(?P<dist>[^/]+)\.dist-info/")
 _LIBC6 = re.compile(r"^Package: libc6\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", re.MULTILINE)
 _DPKG_FIELD = re.compile(r"^(Package|Version|Architecture|Status): *(.*)$", re.MULTILINE)
-SCAN_VERSION = 4  # bump when what the scan records changes (old cache entries are then ignored)
+_PATCHLEVEL = re.compile(r"^(?P<root>usr/(?:local/)?)include/python(?P<py>\d+\.\d+)/patchlevel\.h$")
+_PY_VERSION = re.compile(rb'^#define PY_VERSION\s+"(\d+\.\d+\.\d+)', re.MULTILINE)
+SCAN_VERSION = 5  # bump when what the scan records changes (old cache entries are then ignored)
+# 5: the Python's full version (patch level: Requires-Python >=3.11.5 is not met by 3.11.2)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class ImageEnv:
     installed: dict[str, str] = field(default_factory=dict)
     # [name, version, architecture] of every Debian package dpkg's status file records as installed
     debian_packages: list[list[str]] = field(default_factory=list)
+    # "3.11.2": what Requires-Python and python_full_version markers are judged against on the site;
+    # None: the tar does not say (no dpkg record of that Python, no patchlevel.h)
+    python_full_version: Optional[str] = None
 
     @property
     def platform(self) -> str:
@@ -145,6 +151,7 @@ def scan_image_tar(tar: Path) -> ImageEnv:
     dists: dict[str, dict[str, str]] = {}  # site-packages dir -> {dist-info dir name: python version}
     names: dict[str, str] = {}  # dist-info dir -> the Name its METADATA gives
     dpkg_status: Optional[bytes] = None
+    patchlevels: dict[str, str] = {}  # "usr/local/3.11" -> "3.11.7", from a source-built Python's headers
     machine = "x86_64"
     try:
         with tarfile.open(tar, "r:") as outer:
@@ -169,6 +176,11 @@ def scan_image_tar(tar: Path) -> ImageEnv:
                                              or d.startswith(gone + "/")]:
                                     site.pop(dist)
                             continue
+                        header = _PATCHLEVEL.match(name)
+                        if header and member.isfile():
+                            found_version = _PY_VERSION.search(inner.extractfile(member).read())  # type: ignore
+                            if found_version:
+                                patchlevels[header["root"] + header["py"]] = found_version.group(1).decode()
                         if name == "var/lib/dpkg/status" and member.isfile():
                             dpkg_status = inner.extractfile(member).read()  # type: ignore[union-attr]
                         match = _SITE.match(name)
@@ -195,8 +207,24 @@ def scan_image_tar(tar: Path) -> ImageEnv:
     status = dpkg_status.decode("utf-8", "replace") if dpkg_status else ""
     libc = _LIBC6.search(status)
     glibc = f"{libc.group(1)}.{libc.group(2)}" if libc else None
-    return ImageEnv(python_version=dists[site][next(iter(dists[site]))], machine=machine, glibc=glibc,
-                    installed=dict(sorted(installed.items())), debian_packages=installed_debian_packages(status))
+    python = dists[site][next(iter(dists[site]))]
+    debian = installed_debian_packages(status)
+    return ImageEnv(python_version=python, machine=machine, glibc=glibc, installed=dict(sorted(installed.items())),
+                    debian_packages=debian, python_full_version=python_full_version(python, debian, patchlevels))
+
+
+def python_full_version(python: str, debian: list[list[str]], patchlevels: dict[str, str]) -> Optional[str]:
+    """The image's X.Y.Z of Python X.Y: a source-built one's headers under /usr/local (python:3.x
+    images), else dpkg's record of the Debian/Ubuntu package (deadsnakes' too: ``3.12.3-1+jammy1``),
+    else the headers under /usr; None when the tar says nothing."""
+    if f"usr/local/{python}" in patchlevels:
+        return patchlevels[f"usr/local/{python}"]
+    versions = {name: version for name, version, _arch in debian}
+    for package in (f"python{python}-minimal", f"libpython{python}-minimal", f"python{python}"):
+        found = re.match(rf"(?:\d+:)?({re.escape(python)}\.\d+)", versions.get(package, ""))
+        if found:
+            return found.group(1)
+    return patchlevels.get(f"usr/{python}")
 
 
 def installed_debian_packages(status: str) -> list[list[str]]:
