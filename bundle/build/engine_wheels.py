@@ -227,7 +227,8 @@ def _download(uid: str, wheels: list[tuple[str, str]], env: ImageEnv, work: Path
     platforms = [arg for tag in env.platforms for arg in ("--platform", tag)]
     # the full version when the tar says it: pip takes "3.11" as 3.11.0 when it judges Requires-Python
     args = ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work), "--python-version",
-            env.python_full_version or env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi, *(f"{n}=={v}" for n, v in wheels)]
+            env.python_full_version or env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi,
+            *(f"{n}=={v}" for n, v in wheels)]
     for attempt in range(1, DOWNLOAD_TRIES + 1):
         try:
             _pip(args, f"downloading {uid}'s engine wheels for Python {env.python_version} {env.platform}", python=python)
@@ -316,9 +317,9 @@ _PROGRESS = ("Collecting ", "  Downloading ", "  Using cached ", "  Obtaining ",
 def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path,
                python: str = sys.executable, below: Optional[dict[str, str]] = None) -> dict:
     """pip's resolution report with these constraints (not quiet: a conflict's explanation is wanted);
-    ``below``: name -> a version each of them must stay under."""
+    ``below``: name -> the bound it must keep (``<=2.10``, ``<4.1.4``)."""
     lines = [f"{k}=={v}\n" for k, v in sorted(constraints.items())]
-    lines += [f"{k}<{v}\n" for k, v in sorted((below or {}).items())]
+    lines += [f"{k}{v}\n" for k, v in sorted((below or {}).items())]
     (work / "constraints.txt").write_text("".join(lines))
     args = ["install", "--dry-run", "--ignore-installed", "--progress-bar", "off", "--report", str(work / "report.json"),
             "-c", str(work / "constraints.txt"), *split.to_resolve]
@@ -354,17 +355,35 @@ def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: 
         too_new = too_new_for_image(report, env, set(pins))
         if not too_new:
             return report
-        below.update(too_new)
-        for name in too_new:
+        for name, version in sorted(too_new.items()):
+            fits = newest_for_image(name, env, python)
+            below[name] = f"<={fits}" if fits and _older(fits, version) else f"<{version}"
             constraints.pop(name, None)
         say(f"build: {uid}: {', '.join(f'{n} {v}' for n, v in sorted(too_new.items()))} need a newer Python than the "
-            f"image's {env.python_full_version}: resolved anew below those versions")
+            f"image's {env.python_full_version}: resolved anew with {', '.join(f'{n}{below[n]}' for n in sorted(too_new))}")
     report = pip_report(uid, split, pins, work, python, below)
     too_new = too_new_for_image(report, env, set(pins))
     if too_new:
         raise FetchError(f"resolving {uid}'s engine packages: {too_new} need a newer Python than the image's "
                          f"{env.python_full_version}, and no older versions fit after {MAX_RELAXATIONS} resolutions")
     return report
+
+
+def newest_for_image(name: str, env: ImageEnv, python: str = sys.executable) -> Optional[str]:
+    """The newest version of ``name`` the index serves for the image's full Python version, judged by the
+    Requires-Python the index publishes (``pip index versions --python-version``); None when pip cannot
+    say (an index that publishes no Requires-Python: then the resolution steps below one version at a time)."""
+    proc = _pip(["index", "versions", name, "--python-version", env.python_full_version or env.python_version],
+                f"asking the index for {name}'s versions", check=False, python=python)
+    found = re.match(r"\S+ \(([^)]+)\)", proc.stdout.strip())
+    return found.group(1) if proc.returncode == 0 and found else None
+
+
+def _older(a: str, b: str) -> bool:
+    try:
+        return Version(a) < Version(b)
+    except InvalidVersion:
+        return False
 
 
 def too_new_for_image(report: dict, env: ImageEnv, pinned: set[str]) -> dict[str, str]:
