@@ -12,8 +12,8 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from bundle.format.manifest import BundleError, load_manifest
-from bundle.installed_paths import read_record, with_installed_paths
-from bundle.site import sibling_clashes
+from bundle.format.site_record import read_record, with_installed_paths
+from bundle.contents.stacks import sibling_clashes
 from components import preflight
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
 from components.image_check import image_tar_problems
@@ -22,7 +22,7 @@ from spec.config import StackConfig
 from spec.errors import ConfigError
 from spec.load import load_stack_config
 from spec.rules import vram_warnings
-from spec.source import endpoint_ca_problems
+from spec.stack_file import endpoint_ca_problems
 
 
 def _decode(value: Any) -> Any:

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_build import MiB, write_random  # noqa: E402
-from bundle.unpack import unpack  # noqa: E402
+from bundle.install.unpack import unpack  # noqa: E402
 from bundle.cli import main  # noqa: E402
-from bundle.diff import diff  # noqa: E402
+from bundle.plan.diff import diff  # noqa: E402
 from bundle.format import tarscan  # noqa: E402
 from bundle.format.delta import carried as carried_files  # noqa: E402
 from bundle.format.delta import from_base  # noqa: E402

@@ -10,7 +10,7 @@ model's packages twice with pip (dry run, no download):
 - baseline: the pins alone, every distribution carried as its real wheel (bundle build before
   stand-ins);
 - ours: the image's versions as constraints, a distribution the image has at the resolved version
-  carried as a metadata-only stand-in (bundle/engine_wheels.py).
+  carried as a metadata-only stand-in (bundle/build/engine_wheels.py).
 
 Wheel sizes are the Content-Length of the files pip chose (HEAD requests to the index's file host;
 this machine's Python and platform equal the image's, so they are the wheels the build would
@@ -33,12 +33,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundle.engine_wheels import (image_versions, is_in_image, pin_constraints, pip_report,  # noqa: E402
+from bundle.build.engine_wheels import (image_versions, is_in_image, pin_constraints, pip_report,  # noqa: E402
                                   resolve_report, split_for_image)
-from bundle.image_env import ImageEnv, scan_image_tar  # noqa: E402
+from bundle.build.image_env import ImageEnv, scan_image_tar  # noqa: E402
 from spec.catalog import pinned_catalog  # noqa: E402
 from spec.engine_packages import stack_packages  # noqa: E402
-from spec.source import from_stack_file  # noqa: E402
+from spec.stack_file import from_stack_file  # noqa: E402
 
 STAND_IN_BYTES = 2048
 

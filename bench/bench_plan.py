@@ -36,7 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     py = sys.executable
     plan = seconds([py, "-m", "bundle", "plan", "--stack", args.stack], args.rounds)
-    imports = seconds([py, "-c", "import bundle.plan, spec.load, spec.rules"], args.rounds)
+    imports = seconds([py, "-c", "import bundle.plan.command, spec.load, spec.rules"], args.rounds)
     catalog = seconds([py, "-c", "from spec.catalog import pinned_catalog; pinned_catalog()"], args.rounds)
     bare = seconds([py, "-c", "pass"], args.rounds)
     print(f"bundle plan --stack {args.stack}: {plan:.3f} s (median of {args.rounds}; target < 2 s)")

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundle.docker_image import check_image_tar  # noqa: E402
+from bundle.build.docker_image import check_image_tar  # noqa: E402
 from components.image import remote_load_script  # noqa: E402
 from spec.ssh import ssh_target  # noqa: E402
 from tests.docker_engines import require_main_engine  # noqa: E402

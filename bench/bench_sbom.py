@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bundle.format.manifest import CHUNK_SIZE, FileEntry  # noqa: E402
-from bundle.image_env import scan_image_tar  # noqa: E402
-from bundle.sbom import ImageFacts, SbomInputs, sbom_json  # noqa: E402
-from bundle.sbom_summary import kind_counts  # noqa: E402
+from bundle.build.image_env import scan_image_tar  # noqa: E402
+from bundle.build.sbom import ImageFacts, SbomInputs, sbom_json  # noqa: E402
+from bundle.plan.sbom_summary import kind_counts  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "xinference-offline"
 

@@ -37,7 +37,7 @@ from bundle.format.manifest import (MANIFEST_NAME, FileEntry, Manifest, StackEnt
                                     sha256_file)
 from bundle.format.manifest_rules import SIGNATURE_NAME  # noqa: E402
 from bundle.format.signature import NAMESPACE, SignerPolicy, check_bundle_signature  # noqa: E402
-from bundle.sign import sign_bundle  # noqa: E402
+from bundle.build.sign import sign_bundle  # noqa: E402
 
 
 def make_bundle(root: Path, count: int) -> None:

@@ -25,14 +25,14 @@ EXIT_USAGE = 2
 
 # command: (module that serves it, one-line help, needs the project's dependencies)
 COMMANDS: dict[str, tuple[str, str, bool]] = {
-    "plan": ("bundle.plan", "validate a stack and print what will run where", True),
-    "build": ("bundle.build", "build the bundle directory for one or more stacks (online machine)", True),
-    "sign": ("bundle.sign", "sign a built bundle's manifest with an Ed25519 SSH key", False),
-    "pack": ("bundle.archive", "pack a built bundle directory into one archive", False),
-    "unpack": ("bundle.unpack", "check an archive, then unpack it safely", False),
+    "plan": ("bundle.plan.command", "validate a stack and print what will run where", True),
+    "build": ("bundle.build.command", "build the bundle directory for one or more stacks (online machine)", True),
+    "sign": ("bundle.build.sign", "sign a built bundle's manifest with an Ed25519 SSH key", False),
+    "pack": ("bundle.build.pack", "pack a built bundle directory into one archive", False),
+    "unpack": ("bundle.install.unpack", "check an archive, then unpack it safely", False),
     "verify": ("bundle.format.verify", "check every file of a bundle (directory or archive)", False),
-    "install": ("bundle.install", "install a bundle (directory, or the archive itself) onto this server", False),
-    "diff": ("bundle.diff", "what an update changes, per stack (before it is carried)", False),
+    "install": ("bundle.install.command", "install a bundle (directory, or the archive itself) onto this server", False),
+    "diff": ("bundle.plan.diff", "what an update changes, per stack (before it is carried)", False),
 }
 DESCRIPTION = "Plan, build, sign, verify, pack, unpack, install and diff the offline bundle."
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_docker as docker
 
-from bundle.contents import model_bundle_dir, packages_bundle_dir
+from bundle.contents.items import model_bundle_dir, packages_bundle_dir
 from bundle.format.manifest import StackManifest
 from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs, bundle_image

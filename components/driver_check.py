@@ -4,7 +4,7 @@ The official slim Xinference image is built on a CUDA 13.0 base: its env says
 ``NVIDIA_REQUIRE_CUDA=cuda>=13.0``. A host whose driver supports an older CUDA starts the container
 only to fail at the first model launch (or the NVIDIA runtime refuses it at start, after the old
 container is gone). So before anything changes, where the image says which CUDA it needs (read
-from its tar's config: bundle/image_env.py required_cuda), the host's driver is asked through
+from its tar's config: bundle/format/image_tar.py required_cuda), the host's driver is asked through
 ``nvidia-smi`` on the docker host (here, or over the stack's ssh) and a driver too old is refused,
 naming both versions and the fix. A host without ``nvidia-smi`` is left to the GPU runtime check.
 """
@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional, Sequence
 
-from bundle.image_env import image_config, required_cuda
+from bundle.format.image_tar import image_config, required_cuda
 
 TIMEOUT_S = 60
 _DRIVER_CUDA = re.compile(r"CUDA Version:\s*(\d+)\.(\d+)")

@@ -15,7 +15,7 @@ import posixpath
 from pathlib import Path
 from typing import Optional
 
-from bundle.contents import IMAGE_DIR, image_tar_name
+from bundle.contents.items import IMAGE_DIR, image_tar_name
 from bundle.format.image_dir import member_problems
 from bundle.format.manifest import StackManifest
 from components.deployment import image_tar_path

@@ -179,7 +179,7 @@ class XinferenceModelProvider(ResourceProvider):
             try:
                 if props.get("smoke_test"):
                     launch.smoke(props["model_type"], deadline)
-                registered = self._sync_autostart(client, props, deadline)
+                registered = self._apply_autostart(client, props, deadline)
             except Exception:
                 if started:
                     launch.abort()
@@ -188,7 +188,7 @@ class XinferenceModelProvider(ResourceProvider):
         outs.update(status=READY, autostart_registered=registered, adopted=adopted)
         return outs
 
-    def _sync_autostart(self, client: XinferenceClient, props: Mapping[str, Any], deadline: float) -> bool:
+    def _apply_autostart(self, client: XinferenceClient, props: Mapping[str, Any], deadline: float) -> bool:
         uid = props["model_uid"]
         request_deadline = max(deadline, time.monotonic() + 10.0)
         if props.get("autostart"):

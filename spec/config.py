@@ -271,7 +271,7 @@ class StackConfig(_Strict):
     @field_validator("endpoint_ca_bundle")
     @classmethod
     def _ca_file_path(cls, value: Optional[str]) -> Optional[str]:
-        # Where the file is and what it holds is checked where it is used (__main__.py, spec.source.endpoint_ca_problems).
+        # Where the file is and what it holds is checked where it is used (__main__.py, spec.stack_file.endpoint_ca_problems).
         if value is not None and (not value.startswith("/") or any(ord(c) < 0x20 for c in value)):
             raise PydanticCustomError("ca_bundle_path", "must be the absolute path of a PEM file",
                                       {"fix": "write e.g. /etc/xinference/ca.pem"})

@@ -5,7 +5,7 @@ mapping that names a key twice. PyYAML's SafeLoader reads YAML 1.1: ``on``/``yes
 ``no`` become booleans, ``2024-01-01`` a date, ``1:20`` the number 80, and a duplicate key
 silently keeps the last value. ``load_stack_yaml`` is the one reader of stack files (``bundle
 plan --config``, ``bundle build``, the sibling stacks of a preview all come through
-spec/source.py to here). It
+spec/stack_file.py to here). It
 
 - accepts UTF-8 only (a UTF-8 byte order mark is allowed); any other byte is refused with the
   file, the byte offset, the line and the column;

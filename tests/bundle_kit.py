@@ -53,7 +53,7 @@ def python_layer(dists: dict[str, str], python: str = "3.11", glibc: str = "2.36
                  site: str = "opt/xinference/lib/python{py}/site-packages", extra: Optional[dict[str, bytes]] = None
                  ) -> bytes:
     """A real image layer (a tar) holding a Python's site-packages: one ``<name>-<version>.dist-info``
-    with its METADATA per distribution, and dpkg's record of libc6 (what bundle/image_env.py reads)."""
+    with its METADATA per distribution, and dpkg's record of libc6 (what bundle/build/image_env.py reads)."""
     files = {"var/lib/dpkg/status": f"Package: base-files\nVersion: 12.4\n\nPackage: libc6\nStatus: install ok "
                                      f"installed\nVersion: {glibc}-9+deb12u14\n\n".encode()}
     root = site.format(py=python)
@@ -122,7 +122,7 @@ def make_pulumi_dir(root: Path, plugins: tuple[str, ...] = ("docker", "command")
 def make_mirror(root: Path, machine: Optional[str] = None) -> Path:
     """A release mirror in get.pulumi.com's layout (small stand-in archives of the pinned
     versions), with the checksums files the releases publish (sdk/ and plugins/, sha256sum format)."""
-    from bundle.pulumi_release import checksum_urls, pulumi_versions, release_urls
+    from bundle.build.pulumi_release import checksum_urls, pulumi_versions, release_urls
 
     base = f"file://{root}"
     versions = pulumi_versions()

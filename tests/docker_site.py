@@ -78,6 +78,23 @@ def steps_of(preview_json: str) -> dict[str, str]:
     return ops
 
 
+def operations_of_up(stream: str) -> dict[str, str]:
+    """{resource name: op} of a `pulumi up --json` event stream, as steps_of reads a `preview --json`:
+    'same' and providers left out, either half of a replacement is 'replace'."""
+    ops = {}
+    for line in stream.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        meta = (event.get("resOutputsEvent") or {}).get("metadata") or {}
+        urn, op = meta.get("urn", ""), meta.get("op")
+        if not urn or op in (None, "same") or urn.split("::")[2].split("$")[-1].startswith("pulumi:providers:"):
+            continue
+        ops[urn.split("::")[-1]] = "replace" if op in ("replace", "create-replacement", "delete-replaced") else op
+    return ops
+
+
 class DockerSite:
     """One stack's offline site in ``root``: online/ (sources), build/, the archive, and site/."""
 
@@ -184,6 +201,13 @@ class DockerSite:
 
     def preview(self) -> dict[str, str]:
         return steps_of(self.pulumi("preview", "--json").stdout)
+
+    def up(self, previewed: dict[str, str], *flags: str) -> dict[str, str]:
+        """`pulumi up` after a preview: it must do what the preview showed, operation for operation (an
+        operator approves the preview); the operations it did."""
+        done = operations_of_up(self.pulumi("up", "--yes", "--skip-preview", "--json", *flags).stdout)
+        assert done == previewed, f"preview showed {previewed}, up did {done}"
+        return done
 
     def outputs_of(self, name_suffix: str) -> dict:
         """The state's outputs of the one resource whose name ends with ``name_suffix``."""

@@ -6,6 +6,7 @@ tests/test_e2e_docker.py."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -254,3 +255,11 @@ def test_ssh_docker_host_gets_the_same_wiring_on_that_host():
         # the provider reference is "<urn>::<id>": the ssh:// host's provider, the only one
         assert mocks.resources[name].provider.split("::")[-1] == "xinference-docker-id", name
     assert exports["endpoint"] == "http://gpu-node-2:9997"
+
+
+def test_the_relay_is_a_file_and_its_text_is_what_deployed_stacks_run():
+    """The relay lives in spec/airgap_relay.py (ruff and mypy read it); its text is the containers' command,
+    so a changed byte would replace every airgap stack's containers on its next `up`: pinned here."""
+    assert RELAY_SOURCE == (Path(__file__).resolve().parent.parent / "spec" / "airgap_relay.py").read_text()
+    assert hashlib.sha256(RELAY_SOURCE.encode()).hexdigest() == \
+        "7197001f4b7ab0754155cc474b7350f14650234a4ffe2dc9a77dce33c99cdd8c"

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundle.contents import bundle_items
-from bundle.fetch import Source, hub_cache_dir
+from bundle.contents.items import bundle_items
+from bundle.contents.stacks import Source
+from bundle.build.fetch import hub_cache_dir
 from bundle.format.image_dir import image_dir_of
 from bundle.format.manifest import MANIFEST_NAME, load_manifest
-from bundle.pulumi_release import pulumi_versions
-from spec.source import from_stack_file
+from bundle.build.pulumi_release import pulumi_versions
+from spec.stack_file import from_stack_file
 from tests.bundle_kit import (IMAGE, build_args, cli, image_id_of_tar, make_image_tar, make_mirror, make_pulumi_dir,
                               make_site, make_wheel, run_cli, write_stack)
 

@@ -55,7 +55,8 @@ def test_running_verify_imports_no_other_command():
     proc = subprocess.run([sys.executable, "-S", "-c", probe], cwd=ROOT, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin"}, timeout=60)
     loaded = eval(proc.stdout.strip().splitlines()[-1])  # a list literal printed by the probe
-    commands = ("bundle.plan", "bundle.build", "bundle.install", "bundle.archive", "bundle.unpack")
+    commands = ("bundle.plan.command", "bundle.build.command", "bundle.install.command", "bundle.build.pack",
+                "bundle.install.unpack")
     assert not [m for m in loaded if m in commands], loaded
     assert all(m.startswith(("bundle.format", "spec.xinference")) or m in ("bundle", "spec", "bundle.cli")
                for m in loaded), loaded

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bundle.archive import pack
-from bundle.unpack import unpack
+from bundle.build.pack import pack
+from bundle.install.unpack import unpack
 from bundle.format.errors import VerifyFailed
 from bundle.format.manifest import MANIFEST_NAME, FileEntry, Manifest, StackEntry, load_manifest, sha256_file
 from bundle.format.verify import verify_directory

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle.diff import archive_size
+from bundle.plan.diff import archive_size
 from bundle.format.manifest import MANIFEST_NAME, load_manifest
 from tests.bundle_kit import build_args, cli, make_image_tar, make_model, make_site, make_wheel, site_python, write_stack
 

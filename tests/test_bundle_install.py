@@ -206,7 +206,7 @@ def test_install_help_exits_0(capsys):
 
 def test_bytes_needed_counts_what_grows_and_the_largest_temp_copy(tmp_path):
     from bundle.format.manifest import FileEntry
-    from bundle.space import bytes_needed
+    from bundle.install.space import bytes_needed
 
     (tmp_path / "same.bin").write_bytes(b"x" * 100)
     (tmp_path / "grows.bin").write_bytes(b"x" * 10)
@@ -218,11 +218,11 @@ def test_bytes_needed_counts_what_grows_and_the_largest_temp_copy(tmp_path):
 
 
 def test_an_install_that_does_not_fit_on_the_disk_writes_nothing(flow, tmp_path, monkeypatch):
-    import bundle.space
+    import bundle.install.space
 
     site, models, args = models_only_install(tmp_path / "first")
     real_usage = shutil.disk_usage
-    monkeypatch.setattr(bundle.space.shutil, "disk_usage",  # a disk with 4 KiB left
+    monkeypatch.setattr(bundle.install.space.shutil, "disk_usage",  # a disk with 4 KiB left
                         lambda path: real_usage(path)._replace(free=4096))
     code, out, err = cli(*args)  # everything already in place: needs nothing, runs on a full disk
     assert code == 0 and "already in place" in out, err

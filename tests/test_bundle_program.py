@@ -19,7 +19,7 @@ import pytest
 
 from bundle.format.layout import INSTALL_RECORD
 from bundle.format.manifest import MANIFEST_NAME, content_digest, load_manifest
-from bundle.program import program_files
+from bundle.build.program import program_files
 from tests.bundle_kit import PROJECT_FILES, build_args, cli, make_project, make_site, tree
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,11 +15,11 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from bundle.fetch import Source
+from bundle.contents.stacks import Source
 from bundle.format.manifest import FileEntry, load_manifest
-from bundle.image_env import ImageEnv
-from bundle.sbom import ImageFacts, ModelFacts, SbomInputs, sbom_json
-from bundle.sbom_summary import summary_lines
+from bundle.build.image_env import ImageEnv
+from bundle.build.sbom import ImageFacts, ModelFacts, SbomInputs, sbom_json
+from bundle.plan.sbom_summary import summary_lines
 from tests.bundle_kit import IMAGE, build_args, make_image_tar, make_site, python_layer, run_cli
 from tests.test_engine_wheels import CACHE as ENGINE_CACHE
 from tests.test_engine_wheels import sense_voice_site
@@ -67,7 +67,7 @@ def sha256_of(component: dict):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     site = make_site(tmp_path_factory.mktemp("sbom-site"))
-    # an image with a real Python layer and dpkg status (what bundle/image_env.py reads)
+    # an image with a real Python layer and dpkg status (what bundle/build/image_env.py reads)
     make_image_tar(site.root / "image" / "xinference.tar",
                    layer=python_layer(IMAGE_DISTS, extra={"var/lib/dpkg/status": DPKG_STATUS}))
     code, _ = run_cli(*build_args(site))

@@ -144,9 +144,9 @@ def test_an_image_of_another_xinference_is_named_in_a_warning_and_the_pinned_one
 def test_plan_prints_the_version_warning(tmp_path):
     import io
 
-    from bundle.stack_plan import write_plan
+    from bundle.plan.report import write_report
 
     cfg = load_stack_config(namespaced(docker_stack(image={"name": "xprobe/xinference:v4.2.0"})))
     out = io.StringIO()
-    write_plan(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
+    write_report(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
     assert "  WARNING image xprobe/xinference:v4.2.0 is Xinference 4.2.0, but models are checked" in out.getvalue()

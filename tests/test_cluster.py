@@ -11,7 +11,7 @@ from bundle.cli import main
 from spec.errors import ConfigError
 from spec.launch import launch_specs
 from spec.load import load_stack_config
-from spec.source import from_stack_file
+from spec.stack_file import from_stack_file
 from tests.stack_configs import namespaced
 from tests.test_program import CONTAINER, run_program
 

@@ -8,7 +8,7 @@ import pytest
 
 from spec.errors import ConfigError
 from spec.load import load_stack_config
-from spec.source import from_stack_file
+from spec.stack_file import from_stack_file
 from tests.stack_configs import docker_stack, namespaced, reference_models
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle.image_env import image_config, required_cuda
+from bundle.format.image_tar import image_config, required_cuda
 from components.driver_check import driver_cuda, driver_problem
 from components.preflight import docker_host_problems
 from spec.load import load_stack_config

@@ -29,7 +29,7 @@ import pytest
 import requests
 import yaml
 
-from bundle.docker_image import check_image_tar
+from bundle.build.docker_image import check_image_tar
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, inspect, require_main_engine
 from tests.docker_site import (NS, ROOT, DockerSite, embed, free_port, image_tar, running_models, toolchain_bin,
                                wait_for)
@@ -124,7 +124,7 @@ def test_preview_shows_the_image_load_the_container_and_the_model_and_nothing_el
 
 
 def test_up_makes_a_healthy_container_whose_model_answers(site):
-    site.pulumi("up", "--yes", "--skip-preview")
+    site.up(site.preview())  # creates exactly what the preview above showed
     # the engine has the manifest's image id under its name: nothing is loaded
     load = site.outputs_of("xinference-image-load")["stdout"]
     assert f"({site.image_id}) is already on {MAIN_DOCKER_HOST}: nothing to load" in load, load
@@ -230,8 +230,7 @@ def test_a_changed_launch_parameter_replaces_exactly_that_model(site):
     # a launch kwarg (Xinference's batcher takes it; the model reads only its own keys). Not the engine:
     # a model that carries packages is launched with its default engine named already (sentence_transformers)
     site.set_config(models=[{**site.model, "extra": {**site.model.get("extra", {}), "batch_size": 8}}])
-    assert site.preview() == {f"xinference-{UID}": "replace"}
-    site.pulumi("up", "--yes", "--skip-preview")
+    assert site.up(site.preview()) == {f"xinference-{UID}": "replace"}
     assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == container_id  # the container stayed
     assert embed(site.endpoint, UID) == 384
 
@@ -299,7 +298,7 @@ def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model
     assert ops == {"xinference-image-load": "replace", "xinference-image-image": "replace",
                    "xinference-server-container": "replace", "xinference-server-gateway": "replace",
                    f"xinference-{UID}-registration": "replace", f"xinference-{UID}": "replace"}, ops
-    site.pulumi("up", "--yes", "--skip-preview")
+    site.up(ops)
     new = inspect(MAIN_DOCKER_HOST, site.container)
     assert new["Id"] != old["Id"] and new["Image"] != old["Image"]
     assert new["Config"]["Labels"].get("xinference-offline.test") == "rebuild"
@@ -316,14 +315,14 @@ def test_a_container_removed_out_of_band_is_found_by_refresh_and_recreated_by_up
     docker(MAIN_DOCKER_HOST, "rm", "-f", site.container)
     site.pulumi("refresh", "--yes", "--skip-preview")
     assert site.last_update()["resourceChanges"].get("delete", 0) >= 1  # the container is recorded gone
-    site.pulumi("up", "--yes", "--skip-preview")
+    assert site.up(site.preview()).get("xinference-server-container") == "create"
     assert inspect(MAIN_DOCKER_HOST, site.container)["State"]["Health"]["Status"] == "healthy"
     assert embed(site.endpoint, UID) == 384
 
 
 def test_a_model_dropped_from_the_stack_is_terminated(site):
     site.set_config(models=[])
-    site.pulumi("up", "--yes", "--skip-preview")
+    assert site.up(site.preview()).get(f"xinference-{UID}") == "delete"
     assert UID not in running_models(site.endpoint)
 
 

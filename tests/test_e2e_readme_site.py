@@ -19,7 +19,7 @@ import uuid
 import pytest
 import yaml
 
-from bundle.docker_image import check_image_tar
+from bundle.build.docker_image import check_image_tar
 from bundle.format.layout import SITE_RECORD
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, require_main_engine
 from tests.docker_site import NS, ROOT, DockerSite, embed, free_port, image_tar, run, toolchain_bin

@@ -1,4 +1,4 @@
-"""Engine packages carried across the gap (bundle/image_env.py, bundle/engine_wheels.py), for real:
+"""Engine packages carried across the gap (bundle/build/image_env.py, bundle/build/engine_wheels.py), for real:
 the image's Python read from a `docker save`-shaped tar with real layers, the split against it
 compared with xoscar's own, and a bundle for a SenseVoiceSmall stand-in built from PyPI whose
 funasr 1.2.7 and everything it pulls in a virtualenv over the image's Python then installs with
@@ -23,10 +23,10 @@ import pytest
 import yaml
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from bundle.engine_wheels import resolve_model, split_for_image
+from bundle.build.engine_wheels import resolve_model, split_for_image
 from bundle.format.errors import SetupError
 from bundle.format.manifest import load_manifest, sha256_file
-from bundle.image_env import ImageEnv, image_env, scan_image_tar
+from bundle.build.image_env import ImageEnv, image_env, scan_image_tar
 from spec.engine_packages import ModelPackages
 from tests.bundle_kit import build_args, cli, make_image_tar, make_site, python_layer
 
@@ -55,6 +55,20 @@ def test_the_image_python_is_read_from_the_layers_of_its_tar(tmp_path):
         assert image_env(tar, tmp_path / "cache") == env
     finally:
         tar.chmod(0o644)
+
+
+def test_the_image_python_s_patch_level_is_read_from_dpkg_or_from_a_source_built_python_s_headers(tmp_path):
+    assert scan_image_tar(make_image_tar(tmp_path / "plain.tar", layer=python_layer(IMAGE_DISTS))).python_full_version \
+        is None  # the tar does not say: the build machine's judgement stands
+    status = ("Package: libc6\nStatus: install ok installed\nVersion: 2.36-9+deb12u14\n\n"
+              "Package: python3.11-minimal\nStatus: install ok installed\nVersion: 3.11.2-6+deb12u6\n\n").encode()
+    debian = python_layer(IMAGE_DISTS, extra={"var/lib/dpkg/status": status})
+    assert scan_image_tar(make_image_tar(tmp_path / "debian.tar", layer=debian)).python_full_version == "3.11.2"
+    # a python:3.11 image: Python built from source into /usr/local, Debian's own python3.11 beside it
+    header = b'#define PY_MINOR_VERSION 11\n#define PY_VERSION      "3.11.7"\n'
+    source = python_layer(IMAGE_DISTS, site="usr/local/lib/python{py}/site-packages",
+                          extra={"var/lib/dpkg/status": status, "usr/local/include/python3.11/patchlevel.h": header})
+    assert scan_image_tar(make_image_tar(tmp_path / "source.tar", layer=source)).python_full_version == "3.11.7"
 
 
 def test_a_tar_without_xinference_is_refused_with_the_reason(tmp_path):
@@ -195,7 +209,7 @@ def python_312() -> Optional[Path]:
 def test_an_image_of_another_python_is_resolved_by_a_build_venv_of_its_python(tmp_path, monkeypatch):
     """A 3.12 image from this 3.11 build: jaraco.context 6.0.1 asks backports.tarfile only below 3.12, so
     the set is the 3.12 one only when pip runs under 3.12 (``--python-version`` alone keeps this
-    Python's markers), in a build venv bundle/build_python.py makes from an interpreter here."""
+    Python's markers), in a build venv bundle/build/resolving_python.py makes from an interpreter here."""
     if sys.version_info[:2] != (3, 11):
         pytest.skip("the test resolves for 3.12 from a 3.11 build")
     interpreter = python_312()

@@ -1,31 +1,38 @@
 """The engine-wheel download against a package index on 127.0.0.1 that serves a wheel whose bytes
 do not match the index's sha256 (seen once from PyPI's CDN on a cold CI run): pip does not retry
 that, the build does (keeping what it has), and a wheel that never arrives right fails naming
-pip's reason, with nothing left in the cache. (pip retries a body that breaks off by itself.)"""
+pip's reason, with nothing left in the cache. (pip retries a body that breaks off by itself.)
+The same index serves a newer version whose Requires-Python this machine's Python meets and the
+image's does not: the resolution is made again below it."""
 
 from __future__ import annotations
 
 import hashlib
+import html
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Optional
 
 import pytest
 
-from bundle.engine_wheels import DOWNLOAD_TRIES, resolve_model
-from bundle.fetch import FetchError
-from bundle.image_env import ImageEnv
-from bundle.stub_wheel import stub_wheel_bytes
+from bundle.build.engine_wheels import DOWNLOAD_TRIES, resolve_model
+from bundle.format.errors import FetchError
+from bundle.build.image_env import ImageEnv
+from bundle.build.stub_wheel import stub_wheel_bytes
 from spec.engine_packages import ModelPackages
 
 WHEEL = "tinypkg-1.0-py3-none-any.whl"
 
 
 class FlakyIndex:
-    """A PEP 503 simple index of one wheel whose GETs number ``damaged`` answer other bytes."""
+    """A PEP 503 simple index of tinypkg 1.0, whose GETs number ``damaged`` answer other bytes, and of
+    ``newer``: version -> its Requires-Python."""
 
-    def __init__(self, damaged: set[int]):
+    def __init__(self, damaged: set[int], newer: Optional[dict[str, str]] = None):
         self.data = stub_wheel_bytes("tinypkg", "1.0")  # a small valid wheel
+        self.files = {f"tinypkg-{v}-py3-none-any.whl": (stub_wheel_bytes("tinypkg", v, requires_python=p), p)
+                      for v, p in (newer or {}).items()}
         self.damaged, self.gets = damaged, 0
         index = self
 
@@ -36,7 +43,13 @@ class FlakyIndex:
             def do_GET(self):
                 if self.path.rstrip("/") == "/simple/tinypkg":
                     digest = hashlib.sha256(index.data).hexdigest()
-                    self._answer(f'<a href="/files/{WHEEL}#sha256={digest}">{WHEEL}</a>'.encode(), "text/html")
+                    links = [f'<a href="/files/{WHEEL}#sha256={digest}">{WHEEL}</a>']
+                    links += [f'<a href="/files/{name}#sha256={hashlib.sha256(data).hexdigest()}" '
+                              f'data-requires-python="{html.escape(requires)}">{name}</a>'
+                              for name, (data, requires) in index.files.items()]
+                    self._answer("\n".join(links).encode(), "text/html")
+                elif self.path[len("/files/"):] in index.files:
+                    self._answer(index.files[self.path[len("/files/"):]][0], "application/octet-stream")
                 elif self.path == f"/files/{WHEEL}":
                     index.gets += 1
                     if index.gets in index.damaged:  # whole, but one byte differs
@@ -69,8 +82,8 @@ def flaky(monkeypatch):
         pytest.skip("the stand-in image's Python is 3.11: engine packages resolve with the image's Python")
     started: list[FlakyIndex] = []
 
-    def start(damaged: set[int]) -> FlakyIndex:
-        index = FlakyIndex(damaged)
+    def start(damaged: set[int], newer: Optional[dict[str, str]] = None) -> FlakyIndex:
+        index = FlakyIndex(damaged, newer)
         started.append(index)
         # this index alone, no cache: each GET reaches it (the first one is the resolution's)
         monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
@@ -108,3 +121,21 @@ def test_a_wheel_that_never_arrives_right_fails_with_pip_s_reason_and_caches_not
         in str(failed.value) and "DO NOT MATCH THE HASHES" in str(failed.value), failed.value
     assert not list((tmp_path / "cache" / "engine-wheels").glob("*/*.whl"))
     assert not list((tmp_path / "cache" / "engine-wheels").glob(".*part*"))
+
+
+def test_a_version_whose_requires_python_the_image_s_python_does_not_meet_is_resolved_below(flaky, tmp_path):
+    # 2.0 needs a newer 3.11 than the image's (as soupsieve 4.1.4 needs >=3.11.5 and Debian 12 has 3.11.2);
+    # this machine's Python is what pip judges by, so it picks 2.0 first; uv on the site would refuse it
+    here = "%d.%d.%d" % sys.version_info[:3]
+    flaky(damaged=set(), newer={"2.0": f">={here}"})
+    image = ImageEnv("3.11", "x86_64", "2.36", {"xinference": "4.1.0"}, python_full_version="3.11.0")
+    said: list[str] = []
+    wheels = resolve_model(ModelPackages("m", None, ("tinypkg",), ()), image, tmp_path / "cache", said.append)
+    assert sorted(wheels.files) == [WHEEL]
+    # the index publishes each file's Requires-Python: one more resolution, at the newest version that fits
+    assert any("m: tinypkg 2.0 need a newer Python than the image's 3.11.0: resolved anew with tinypkg<=1.0" in line
+               for line in said), said
+    # an image whose Python meets it gets 2.0, in a cache entry of its own
+    newer = ImageEnv("3.11", "x86_64", "2.36", {"xinference": "4.1.0"}, python_full_version=here)
+    assert sorted(resolve_model(ModelPackages("m", None, ("tinypkg",), ()), newer, tmp_path / "cache").files) == \
+        ["tinypkg-2.0-py3-none-any.whl"]

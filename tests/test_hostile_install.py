@@ -28,13 +28,13 @@ from typing import Callable
 
 import pytest
 
-import bundle.install
+import bundle.install.command
 import bundle.format.manifest
 import bundle.format.filecopy
-from bundle.confine import MAX_LISTED, Confinement, ConfinementError, Target
+from bundle.install.confinement import MAX_LISTED, Confinement, ConfinementError, Target
 from bundle.format.layout import INSTALL_RECORD
 from bundle.format.manifest import MANIFEST_NAME, Manifest, content_digest, load_manifest
-from bundle.install_venv import VENV_STAMP, install_venv
+from bundle.install.venv import VENV_STAMP, install_venv
 from tests.bundle_kit import build_args, cli, make_site, tree
 
 DOCKER_PLUGIN = "resource-docker-v5.1.0/pulumi-resource-docker"
@@ -88,7 +88,7 @@ def forge(monkeypatch, directory: Path, mutate: Callable[[Manifest], None]) -> M
     """Hand install a manifest no parser returns: the real one, changed in memory (the file stays valid)."""
     manifest = load_manifest(directory)
     mutate(manifest)
-    monkeypatch.setattr(bundle.install, "load_trusted_manifest", lambda _directory, *_args: manifest)
+    monkeypatch.setattr(bundle.install.command, "load_trusted_manifest", lambda _directory, *_args: manifest)
     return manifest
 
 
@@ -521,14 +521,14 @@ def test_the_venv_stamp_is_written_by_rename_with_mode_0644(built, tmp_path, mon
 
 def test_a_symlink_planted_after_the_plan_was_checked_stops_the_install_at_write_time(bundle_dir, places,
                                                                                        monkeypatch):
-    real_space_check = bundle.install.check_model_space
+    real_space_check = bundle.install.command.check_model_space
 
     def plant_then_check(plan):  # runs after the plan was checked, before the first write
         real_space_check(plan)
         places["models"].mkdir()
         (places["models"] / "rr").symlink_to(places["victim"])
 
-    monkeypatch.setattr(bundle.install, "check_model_space", plant_then_check)
+    monkeypatch.setattr(bundle.install.command, "check_model_space", plant_then_check)
     code, _, err = install(bundle_dir, places, "--skip", "program", "--skip", "pulumi", "--skip", "stack")
     assert code == 1, err
     assert "stopped: a destination changed while install ran (a symlink appeared)" in err

@@ -27,7 +27,7 @@ from bundle.format.manifest import (MANIFEST_NAME, BundleError, Manifest, Manife
 from tests.bundle_kit import cli
 
 IMAGE = "xprobe/xinference:v4.1.0"
-LAYOUT = [  # (path, role, model): one bundle of every role, as bundle/contents.py lays it out
+LAYOUT = [  # (path, role, model): one bundle of every role, as bundle/contents/items.py lays it out
     ("images/xprobe_xinference_v4.1.0.tar", "image", None),
     ("models/emb/config.json", "model", "emb"),
     ("models/emb/tokenizer/vocab.txt", "model", "emb"),

@@ -1,6 +1,6 @@
 """Hostile and careless stack files: read as Pulumi reads them, or refused by name (issue 12, class 8).
 
-Every case writes a real stack file and reads it through spec/source.py (what
+Every case writes a real stack file and reads it through spec/stack_file.py (what
 `bundle plan`, `bundle build` and the sibling-stack check use), and asserts the exact
 report: the key path, the value, what is wrong and the fix.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from bundle.cli import main as bundle_main
-from bundle.contents import bundle_items
-from bundle.site import sibling_clashes
+from bundle.contents.items import bundle_items
+from bundle.contents.stacks import sibling_clashes
 from spec.errors import ConfigError
 from spec.launch import model_dir_on_host, model_dir_on_server
-from spec.source import from_stack_file
+from spec.stack_file import from_stack_file
 
 BASE = """\
 config:

@@ -1,4 +1,4 @@
-"""Image tars as newer engines save them (bundle/image_env.py, bundle/docker_image.py): gzip layers in
+"""Image tars as newer engines save them (bundle/build/image_env.py, bundle/build/docker_image.py): gzip layers in
 a `docker save` tar (Docker 29 with the containerd image store), an OCI-layout tar with no
 manifest.json and zstd layers, crafted here with real gzip and the real `zstd`; and the CUDA the
 image's torch says it was built for."""
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bundle.format.errors import SetupError
-from bundle.image_env import scan_image_tar, torch_cuda_version
+from bundle.build.image_env import scan_image_tar, torch_cuda_version
 from tests.bundle_kit import make_image_tar, python_layer
 
 DISTS = {"xinference": "4.1.0", "torch": "2.11.0+cu130", "torchaudio": "2.11.0+cu130", "numpy": "2.4.6"}

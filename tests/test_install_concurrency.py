@@ -23,7 +23,7 @@ import pytest
 import bundle.format.filecopy
 from bundle.format.filecopy import partial_owner, remove_partials
 from bundle.format.layout import INSTALL_RECORD
-from bundle.install_lock import LOCK_NAME, lock_holders
+from bundle.install.lock import LOCK_NAME, lock_holders
 from tests.bundle_kit import build_args, cli, make_site, tree
 
 ROOT = Path(__file__).resolve().parent.parent

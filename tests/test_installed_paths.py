@@ -1,5 +1,5 @@
 """`install` records where it put the bundle and the models; the program fills them in where the
-stack file names none (bundle/installed_paths.py), and refuses at preview a stack whose image
+stack file names none (bundle/format/site_record.py), and refuses at preview a stack whose image
 must be loaded while its tar is missing (components/image_check.py).
 
 Real files and a real `install` run with the bare python (`-S`); the engine question runs
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bundle.format.layout import SITE_RECORD, is_site_owned
 from bundle.format.manifest import load_manifest
-from bundle.installed_paths import BUNDLE_DIR_KEY, MODELS_DIR_KEY, read_record, with_installed_paths, write_record
+from bundle.format.site_record import BUNDLE_DIR_KEY, MODELS_DIR_KEY, read_record, with_installed_paths, write_record
 from components.image_check import missing_tar_message, needs_load
 from tests.bundle_kit import build_args, cli, make_site
 

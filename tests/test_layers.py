@@ -35,8 +35,9 @@ def tree(tmp_path: Path, files: dict[str, str]) -> Path:
 @pytest.mark.parametrize("files, expected", [
     ({"spec/a.py": "from components.c import X\n", "components/c.py": "X = 1\n"},
      "spec/a.py:1: spec.a (spec/) imports components.c (components/), a layer above it"),
-    ({"bundle/format/m.py": "from bundle.plan import P\n", "bundle/plan.py": "P = 1\n"},
-     "bundle/format/m.py:1: bundle.format.m (bundle/format/) imports bundle.plan (bundle/ (commands)), a layer above it"),
+    ({"bundle/format/m.py": "from bundle.plan.command import P\n", "bundle/plan/command.py": "P = 1\n"},
+     "bundle/format/m.py:1: bundle.format.m (bundle/format/) imports bundle.plan.command (bundle/plan/), "
+     "a layer above it"),
     ({"spec/a.py": "import spec.b\n", "spec/b.py": "import spec.a\n"},
      "import circle: spec.a -> spec.b -> spec.a"),
     ({"spec/a.py": "def f():\n    from spec.b import y\n", "spec/b.py": "y = 1\n"},
@@ -47,15 +48,35 @@ def tree(tmp_path: Path, files: dict[str, str]) -> Path:
      "spec/a.py:1: spec.a (spec/) imports the third-party package pulumi, which its layer may not use"),
     ({"bundle/format/m.py": "import yaml\n"},
      "bundle/format/m.py:1: bundle.format.m (bundle/format/) imports the third-party package yaml"),
-    ({"bundle/install.py": "from bundle.helper import h\n", "bundle/helper.py": "import pydantic\nh = 1\n"},
-     "bundle.install (an offline command, run with a bare python3 -S) reaches bundle.helper, which imports the "
+    ({"bundle/install/command.py": "from bundle.install.helper import h\n",
+      "bundle/install/helper.py": "import pydantic\nh = 1\n"},
+     "bundle.install.command (an offline command, run with a bare python3 -S) reaches bundle.install.helper, which imports the "
      "third-party package pydantic"),
-    ({"bundle/plan.py": "import bundle.nothere\n"},
-     "bundle/plan.py:1: imports bundle.nothere, which is not a module of the project"),
+    ({"components/c.py": "from bundle.build.command import b\n", "bundle/build/command.py": "b = 1\n"},
+     "components/c.py:1: components.c (components/) imports bundle.build.command (bundle/build/), which components/ "
+     "may not import"),
+    ({"bundle/contents/i.py": "from bundle.build.command import b\n", "bundle/build/command.py": "b = 1\n"},
+     "bundle/contents/i.py:1: bundle.contents.i (bundle/contents/) imports bundle.build.command (bundle/build/), "
+     "a layer above it"),
+    ({"bundle/install/command.py": "from bundle.build.pack import p\n", "bundle/build/pack.py": "p = 1\n"},
+     "bundle/install/command.py:1: bundle.install.command (bundle/install/) imports bundle.build.pack (bundle/build/), "
+     "a layer above it"),
+    ({"bundle/plan/command.py": "from bundle.build.pack import p\n", "bundle/build/pack.py": "p = 1\n"},
+     "bundle/plan/command.py:1: bundle.plan.command (bundle/plan/) imports bundle.build.pack (bundle/build/), which "
+     "bundle/plan/ may not import"),
+    ({"bundle/plan/command.py": "import bundle.nothere\n"},
+     "bundle/plan/command.py:1: imports bundle.nothere, which is not a module of the project"),
 ])
 def test_each_rule_is_enforced_and_named(tmp_path, files, expected):
     found = check_layers.problems(tree(tmp_path, files))
     assert any(line.startswith(expected) for line in found), found
+
+
+def test_the_program_imports_what_a_bundle_holds_but_no_command(tmp_path):
+    root = tree(tmp_path, {"bundle/contents/__init__.py": "", "bundle/contents/items.py": "X = 1\n",
+                           "components/c.py": "from bundle.contents.items import X\nfrom bundle.format.m import Y\n",
+                           "bundle/format/m.py": "Y = 1\n", "__main__.py": "from bundle.contents.items import X\n"})
+    assert check_layers.problems(root) == []
 
 
 def test_an_optional_import_inside_a_function_is_allowed_where_declared(tmp_path):

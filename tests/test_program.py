@@ -16,11 +16,11 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from bundle.site import StackSource, site_clashes
+from bundle.contents.stacks import LoadedStack, stack_clashes
 from components import preflight
 from spec.errors import ConfigError
 from spec.load import load_stack_config
-from spec.source import from_stack_file, stack_name_of
+from spec.stack_file import from_stack_file, stack_name_of
 from tests.stack_configs import NS, docker_stack, reference_models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,9 +269,9 @@ def test_preview_warns_when_another_stack_file_takes_this_hosts_container_port_o
 
 
 def test_the_shipped_stacks_take_nothing_twice():
-    sources = [StackSource(stack_name_of(p), from_stack_file(p), p)
+    sources = [LoadedStack(stack_name_of(p), from_stack_file(p), p)
                for p in sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))]
-    assert len(sources) >= 4 and site_clashes(sources) == []
+    assert len(sources) >= 4 and stack_clashes(sources) == []
 
 
 def test_existing_mode_manages_no_container():

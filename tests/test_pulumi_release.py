@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from bundle import pulumi_release
-from bundle.fetch import FetchError
-from bundle.pulumi_release import checksum_urls, download_toolchain, pulumi_versions, release_urls
+from bundle.build import pulumi_release
+from bundle.format.errors import FetchError
+from bundle.build.pulumi_release import checksum_urls, download_toolchain, pulumi_versions, release_urls
 from tests.bundle_kit import make_mirror
 
 

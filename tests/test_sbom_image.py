@@ -10,8 +10,8 @@ import json
 import pytest
 
 from bundle.format.manifest import FileEntry
-from bundle.image_env import scan_image_tar
-from bundle.sbom import ImageFacts, SbomInputs, sbom_json
+from bundle.build.image_env import scan_image_tar
+from bundle.build.sbom import ImageFacts, SbomInputs, sbom_json
 from tests.docker_engines import docker, require_main_engine
 from tests.docker_site import image_tar
 

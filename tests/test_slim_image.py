@@ -12,6 +12,7 @@ components/model_props.py). The container runs with `--network none`; the test t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bundle.engine_wheels import resolve_model
-from bundle.image_env import scan_image_tar
+from bundle.build.engine_wheels import resolve_model
+from bundle.build.image_env import scan_image_tar
 from components.model_props import launch_payload
 from spec.catalog import pinned_catalog
 from spec.config import ModelConfig
@@ -32,6 +33,7 @@ from tests.docker_site import ROOT, run
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 CACHE = Path.home() / ".cache" / "xinference-offline" / "test-engine-wheels"
 MODELS = "/root/.xinference/models"
+WEIGHTS_MISSING = re.compile(r"No such file or directory|does not exist|not found", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +149,7 @@ def slim_site(slim_tar, tmp_path_factory):
     sense.mkdir()
     (sense / "config.yaml").write_text("model: SenseVoiceSmall\n")  # no weights here: the launch must fail there
     (site.models / "fsmn-vad").mkdir()
+    (site.models / "CosyVoice-300M").mkdir()  # no weights either
     tiny_cross_encoder(site.models / "tiny-reranker")
     site.bodies = {
         "minilm": site.carry(ModelConfig(uid="minilm", name="bge-small-en-v1.5", type="embedding",
@@ -155,6 +158,7 @@ def slim_site(slim_tar, tmp_path_factory):
                                            path="tiny-reranker")),
         "SenseVoiceSmall": site.carry(ModelConfig(uid="SenseVoiceSmall", type="audio", path="SenseVoiceSmall",
                                                   extra={"vad_model": f"{MODELS}/fsmn-vad"})),
+        "CosyVoice-300M": site.carry(ModelConfig(uid="CosyVoice-300M", type="audio", path="CosyVoice-300M")),
     }
     site.start()
     try:
@@ -206,3 +210,22 @@ def test_sense_voice_installs_through_xoscar_from_the_carried_wheels_and_fails_a
     assert installing and f"index_url={CONTAINER_PACKAGE_WHEELS}" in installing[0], logs[-4000:]
     # funasr's AutoModel, run from the virtualenv, then looks for the weights (model.pt): there are none here
     assert "init_param does not exist" in answer["detail"], answer
+
+
+def test_cosy_voice_installs_through_xoscar_from_the_carried_wheels_and_fails_at_its_weights(slim_site):
+    # its packages pin transformers==4.51.3 and diffusers==0.29.0 and leave torch and numpy to the image;
+    # resolved for the image's Python 3.11.2 (not this machine's), so uv accepts every carried wheel
+    body = slim_site.bodies["CosyVoice-300M"]
+    status, answer = slim_site.request("POST", "/v1/models", body)
+    logs = slim_site.logs()
+    assert status >= 400, answer
+    installing = [line for line in logs.splitlines() if "Installing packages" in line and "wetext==0.0.9" in line]
+    assert installing and f"index_url={CONTAINER_PACKAGE_WHEELS}" in installing[0], logs[-4000:]
+    for dist in ("wetext-0.0.9.dist-info", "diffusers-0.29.0.dist-info", "transformers-4.51.3.dist-info"):
+        found = slim_site.in_container("find", "/root/.xinference/virtualenv", "-maxdepth", "9", "-name", dist)
+        assert found.returncode == 0 and found.stdout.strip(), (dist, answer, logs[-4000:])
+    # the image's torch stays the image's: no torch in the virtualenv
+    torch = slim_site.in_container("find", "/root/.xinference/virtualenv", "-maxdepth", "9", "-name", "torch-*.dist-info")
+    assert not torch.stdout.strip(), torch.stdout
+    print("CosyVoice-300M's launch failed with:", str(answer)[:600])
+    assert WEIGHTS_MISSING.search(str(answer)), answer

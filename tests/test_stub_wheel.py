@@ -1,5 +1,5 @@
-"""Metadata-only stand-ins for the image's own distributions (bundle/stub_wheel.py) and the
-resolution that decides them (bundle/engine_wheels.py): real pip and uv, real venvs; the
+"""Metadata-only stand-ins for the image's own distributions (bundle/build/stub_wheel.py) and the
+resolution that decides them (bundle/build/engine_wheels.py): real pip and uv, real venvs; the
 resolutions ask PyPI (a few small wheels)."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bundle.engine_wheels import ImageSplit, image_constraints, resolve_model
-from bundle.fetch import FetchError
-from bundle.image_env import ImageEnv
-from bundle.pip_env import offline_pip_env
-from bundle.stub_wheel import stub_filename, stub_wheel_bytes, write_stub_wheel
+from bundle.build.engine_wheels import ImageSplit, image_constraints, resolve_model
+from bundle.format.errors import FetchError
+from bundle.build.image_env import ImageEnv
+from bundle.install.pip_env import offline_pip_env
+from bundle.build.stub_wheel import stub_filename, stub_wheel_bytes, write_stub_wheel
 from spec.engine_packages import ModelPackages
 
 

@@ -25,7 +25,7 @@ from spec.errors import ConfigError
 from spec.load import load_stack_config
 from spec.rules import server_budgets
 from spec.vram import (DEFAULT_CONTEXT, OVERHEAD_MIB, WEIGHTS_FACTOR, estimate_vram, read_model_files)
-from bundle.stack_plan import write_plan
+from bundle.plan.report import write_report
 from tests.stack_configs import docker_stack, namespaced
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "llm_configs"
@@ -182,7 +182,7 @@ def test_a_model_without_files_here_is_unknown_and_not_counted(tmp_path):
     [(_, budget)] = server_budgets(cfg)
     assert budget.unknown == ("qwen",) and budget.used_gb == 19.5
     out = io.StringIO()
-    write_plan(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
+    write_report(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
     lines = [line.split() for line in out.getvalue().splitlines()]
     assert ["0", "qwen", "?", "unknown:", "no", "files", "here"] in lines
     assert ["0", "=", "total", "19.5", "of", "24,", "4.5", "free,", "1", "unknown", "not", "counted"] in lines

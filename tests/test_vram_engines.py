@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle.stack_plan import write_plan
+from bundle.plan.report import write_report
 from spec.config import ModelConfig
 from spec.errors import ConfigError
 from spec.load import load_stack_config
@@ -78,7 +78,7 @@ def test_one_vllm_model_beside_an_embedding_model_fits(tmp_path):
     assert figures == [("qwen", 72.0, "reserved"), ("emb", 1.3, "computed")]
     assert not budget.over and not budget.tight and vram_warnings(cfg) == []
     out = io.StringIO()
-    write_plan(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
+    write_report(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
     lines = [line.split() for line in out.getvalue().splitlines()]
     assert ["0", "=", "total", "73.3", "of", "80,", "6.7", "free"] in lines
 
@@ -104,7 +104,7 @@ def test_estimates_a_little_over_are_said_and_far_over_are_refused(tmp_path):
     assert note.startswith(f"GPU 0 may need 16.4 GB, over its 16 GB by estimates within the {COMPUTED_MARGIN:.0%} margin")
     assert "a 8.2 GB (weights 5 x 1.5 + overhead)" in note and "declare each model's vram_gb" in note
     out = io.StringIO()
-    write_plan(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
+    write_report(cfg, "t", tmp_path / "Pulumi.t.yaml", None, out)
     assert "TIGHT (estimates over it, within their margin)" in out.getvalue()
     assert f"WARNING {note}" in out.getvalue()
     # 2 x (7 GiB x 1.5 + 0.65) = 22.4 GB: 40% over, refused, saying they are estimates

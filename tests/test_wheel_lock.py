@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bundle.format.manifest import MANIFEST_NAME, content_digest
-from bundle.wheel_lock import LOCK_NAME, is_hashed, wheel_project_version
+from bundle.build.wheel_lock import LOCK_NAME, is_hashed, wheel_project_version
 from tests.bundle_kit import WHEEL_NAME, WHEEL_VERSION, build_args, cli, make_site, make_wheel
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,12 +1,16 @@
 """Check the project's import layers; exit 1 naming each violation (tests/test_layers.py runs it).
 
-Layers, bottom to top; a module imports only its own layer or those below:
+Layers, bottom to top; a module imports only its own layer and those its layer names:
 
-  0 spec/            the stack spec: pydantic and PyYAML, never pulumi
-  1 bundle/format/   the bundle format: standard library only
-  2 bundle/          the bundle commands (plan, build, fetch, pack, install, ...)
-  3 components/      the Pulumi components
-  4 __main__.py      the program
+  spec/              the stack spec: pydantic and PyYAML, never pulumi
+  bundle/format/     the bundle format: standard library only
+  bundle/contents/   what a bundle holds: pure functions of the stack configs
+  bundle/install/    unpack and install, on the site: the format alone (a bare python3 runs them)
+  bundle/build/      build, sign and pack, on the online machine
+  bundle/plan/       plan and diff: what will happen, said before it does
+  bundle/            the command line (cli.py, __main__.py): each command's module imported by name
+  components/        the Pulumi components: of bundle/, only bundle/format/ and bundle/contents/
+  __main__.py        the program: the same
 
 Also refused: an import circle among the project's modules (imports inside functions
 count too), a project module imported inside a function, a private name (``_x``) imported
@@ -25,16 +29,42 @@ from pathlib import Path
 from typing import Iterator
 
 FIRST_PARTY = ("spec", "bundle", "components", "__main__")
-LAYERS = [("spec", 0), ("bundle.format", 1), ("bundle", 2), ("components", 3), ("__main__", 4)]
-LAYER_NAMES = {0: "spec/", 1: "bundle/format/", 2: "bundle/ (commands)", 3: "components/", 4: "__main__.py"}
+# (module prefix, layer), the most specific prefix first.
+LAYERS = [("spec", "spec/"), ("bundle.format", "bundle/format/"), ("bundle.contents", "bundle/contents/"),
+          ("bundle.install", "bundle/install/"), ("bundle.build", "bundle/build/"), ("bundle.plan", "bundle/plan/"),
+          ("bundle", "bundle/ (command line)"), ("components", "components/"), ("__main__", "__main__.py")]
+# The layers each layer may import (its own included); one not listed is refused.
+CORE = ("spec/", "bundle/format/", "bundle/contents/")
+MAY_IMPORT = {
+    "spec/": {"spec/"},
+    "bundle/format/": {"spec/", "bundle/format/"},
+    "bundle/contents/": set(CORE),
+    # install runs on the site with a bare python3: the format and itself (the stack spec needs pydantic)
+    "bundle/install/": {"bundle/format/", "bundle/install/"},
+    # build checks its wheel lock with the pip environment install will use (bundle/install/pip_env.py)
+    "bundle/build/": {*CORE, "bundle/build/", "bundle/install/"},
+    "bundle/plan/": {*CORE, "bundle/plan/"},
+    # the command line imports each command's module by name, when it runs (bundle/cli.py's table)
+    "bundle/ (command line)": {"bundle/format/", "bundle/ (command line)"},
+    "components/": {*CORE, "components/"},
+    "__main__.py": {*CORE, "components/", "__main__.py"},
+}
+# The order in which the layers stand, for the message: an import of a higher one is "a layer above it".
+RANK = {"spec/": 0, "bundle/format/": 1, "bundle/contents/": 2, "bundle/install/": 3, "bundle/build/": 4,
+        "bundle/plan/": 4, "bundle/ (command line)": 5, "components/": 5, "__main__.py": 6}
 # Third-party packages each layer may import (the standard library is always allowed).
-ALLOWED_THIRD_PARTY = {0: {"pydantic", "pydantic_core", "yaml"}, 1: set(),
-                       2: {"pydantic", "yaml", "tqdm", "packaging", "cyclonedx", "packageurl"},
-                       3: {"pulumi", "pulumi_docker", "pulumi_command", "requests", "urllib3", "dill"}, 4: {"pulumi"}}
+COMMAND_PACKAGES = {"pydantic", "yaml", "tqdm", "packaging", "cyclonedx", "packageurl"}
+ALLOWED_THIRD_PARTY = {"spec/": {"pydantic", "pydantic_core", "yaml"}, "bundle/format/": set(),
+                       "bundle/contents/": {"pydantic", "yaml"}, "bundle/install/": set(),
+                       "bundle/build/": COMMAND_PACKAGES, "bundle/plan/": COMMAND_PACKAGES,
+                       "bundle/ (command line)": set(),
+                       "components/": {"pulumi", "pulumi_docker", "pulumi_command", "requests", "urllib3", "dill"},
+                       "__main__.py": {"pulumi"}}
 # Optional third-party imports a module makes inside a function and does without (no hard need).
-OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.fetch", "modelscope"),
-                   ("bundle.fetch", "huggingface_hub")}
-OFFLINE_COMMANDS = ("bundle.archive", "bundle.unpack", "bundle.format.verify", "bundle.install", "bundle.cli", "bundle.__main__")
+OPTIONAL_INSIDE = {("bundle.format.progress", "tqdm"), ("bundle.build.fetch", "modelscope"),
+                   ("bundle.build.fetch", "huggingface_hub")}
+OFFLINE_COMMANDS = ("bundle.build.pack", "bundle.build.sign", "bundle.install.unpack", "bundle.format.verify",
+                    "bundle.install.command", "bundle.plan.diff", "bundle.cli", "bundle.__main__")
 
 
 @dataclass(frozen=True)
@@ -53,7 +83,7 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def layer_of(module: str) -> int:
+def layer_of(module: str) -> str:
     for prefix, layer in LAYERS:
         if module == prefix or module.startswith(prefix + "."):
             return layer
@@ -82,7 +112,7 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> Iterator[Im
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
             names = tuple(a.name for a in node.names)
-            # `from bundle import archive` imports the module bundle.archive
+            # `from bundle.build import pack` imports the module bundle.build.pack
             targets = [f"{base}.{n}" for n in names if f"{base}.{n}" in modules] or [resolve(base, modules)]
             for target in targets:
                 yield Import(module, target, names, node.lineno, id(node) in inner)
@@ -107,9 +137,12 @@ def problems(root: Path) -> list[str]:
                 if imp.inside_function:
                     found.append(f"{where}: imports {imp.target} inside a function (import it at the top; "
                                  "a circle it would break is a layering mistake)")
-                if layer_of(imp.target) > layer_of(module):
-                    found.append(f"{where}: {module} ({LAYER_NAMES[layer_of(module)]}) imports {imp.target} "
-                                 f"({LAYER_NAMES[layer_of(imp.target)]}), a layer above it")
+                mine, theirs = layer_of(module), layer_of(imp.target)
+                if RANK[theirs] > RANK[mine]:
+                    found.append(f"{where}: {module} ({mine}) imports {imp.target} ({theirs}), a layer above it")
+                elif theirs not in MAY_IMPORT[mine]:
+                    found.append(f"{where}: {module} ({mine}) imports {imp.target} ({theirs}), which {mine} may not "
+                                 f"import (it imports only {', '.join(sorted(MAY_IMPORT[mine]))})")
                 private = [n for n in imp.names if n.startswith("_") and not n.startswith("__")]
                 if private:
                     found.append(f"{where}: imports the private name(s) {', '.join(private)} from {imp.target}")
@@ -121,7 +154,7 @@ def problems(root: Path) -> list[str]:
                     continue
                 third_party[module].add(imp.target)
                 if imp.target not in ALLOWED_THIRD_PARTY[layer_of(module)]:
-                    found.append(f"{where}: {module} ({LAYER_NAMES[layer_of(module)]}) imports the third-party "
+                    found.append(f"{where}: {module} ({layer_of(module)}) imports the third-party "
                                  f"package {imp.target}, which its layer may not use")
     found += [f"import circle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
     for command in OFFLINE_COMMANDS:
@@ -185,7 +218,10 @@ def main(argv: list[str]) -> int:
     found = problems(root)
     for line in found:
         print(line)
-    print(f"check_layers: {len(project_modules(root))} modules, "
+    modules = project_modules(root)
+    counts = {layer: sum(1 for m in modules if layer_of(m) == layer) for _prefix, layer in LAYERS}
+    print("check_layers: " + ", ".join(f"{layer} {n}" for layer, n in counts.items()), file=sys.stderr)
+    print(f"check_layers: {len(modules)} modules, "
           f"{'no problems' if not found else f'{len(found)} problem(s)'}", file=sys.stderr)
     return 1 if found else 0
 

@@ -47,5 +47,30 @@ if [ -n "$image_pid" ]; then
   fi
 fi
 
-step "pytest (every tier: -m '' overrides the fast tier that plain pytest selects)"
-exec venv/bin/python -m pytest -m "" "$@"
+# Two lanes side by side: the tests that drive the Docker engine (one at a time: some stop the engine,
+# remove the shared image, or load 5 GB) and all the others (CPU: lint, types, a real Xinference on
+# CPU, the pulumi CLI against it). The engine lane spends much of its time waiting on the engine and
+# the containers' health, so the other lane's CPU work fills those waits. A selection of one's own
+# (-m, -k, paths) runs as one lane.
+for arg in "$@"; do
+  case $arg in -m|-k|-m*|-k*|tests*|*.py*) step "pytest, one lane (a selection was given)"
+    exec venv/bin/python -m pytest -m "" "$@" ;;
+  esac
+done
+lanes=$(mktemp -d "${TMPDIR:-/tmp}/xo-test-lanes.XXXXXX")
+step "pytest, two lanes: -m docker (here) and -m 'not docker' (beside it; log $lanes/other.log, printed at the end)"
+venv/bin/python -m pytest -m "not docker" -p no:cacheprovider --basetemp "$lanes/other-tmp" "$@" \
+  > "$lanes/other.log" 2>&1 &
+other=$!
+engine_rc=0
+venv/bin/python -m pytest -m docker --basetemp "$lanes/engine-tmp" "$@" || engine_rc=$?
+other_rc=0
+wait "$other" || other_rc=$?
+step "the other lane (-m 'not docker'), exit $other_rc:"
+cat "$lanes/other.log"
+step "lanes: docker exit $engine_rc, the others exit $other_rc"
+# pytest's 5 (nothing selected) is not a failure of a lane that happens to be empty here
+for rc in $engine_rc $other_rc; do
+  case $rc in 0|5) ;; *) step "a lane failed: its tests' temp dirs stay in $lanes"; exit "$rc" ;; esac
+done
+rm -rf "$lanes"

@@ -32,6 +32,10 @@ class SetupError(BundleError):
     exit_code = 2
 
 
+class FetchError(BundleError):
+    """A download or copy that failed on the online machine (exit 1)."""
+
+
 @dataclass(frozen=True)
 class FileProblem:
     """One thing wrong with one file of a bundle, said so an operator can act on it."""

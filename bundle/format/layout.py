@@ -14,7 +14,7 @@ SITE_OWNED_DIRS = (".state", "stacks", "venv", ".git")
 # Top-level files of the project that install owns (its record, its lock): never carried, never a program file.
 INSTALL_RECORD = ".xinference-offline-installed.json"
 INSTALL_LOCK = ".xinference-offline.lock"
-# Per stack, where install put the bundle and the models: the program reads it (bundle/installed_paths.py).
+# Per stack, where install put the bundle and the models: the program reads it (bundle/format/site_record.py).
 SITE_RECORD = ".xinference-offline-site.json"
 SITE_OWNED_FILES = (INSTALL_RECORD, INSTALL_LOCK, SITE_RECORD)
 

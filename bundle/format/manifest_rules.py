@@ -27,8 +27,9 @@ FORMAT_VERSION = 2
 MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = MANIFEST_NAME + ".sig"  # its SSH signature beside it (bundle/format/signature.py)
 ROLES = ("image", "model", "wheel", "pulumi", "program", "stack", "other")
-# role -> (where its files lie, for messages). The layout bundle/contents.py lays out.
-ROLE_PLACES = {"image": "images/NAME (a tar) or images/NAME/... (its members)", "model": "models/DIR/...", "wheel": "wheels/NAME",
+# role -> (where its files lie, for messages). The layout bundle/contents/items.py lays out.
+ROLE_PLACES = {"image": "images/NAME (a tar) or images/NAME/... (its members)", "model": "models/DIR/...",
+               "wheel": "wheels/NAME",
                "pulumi": "pulumi/bin/NAME or pulumi/plugins/DIR/...", "program": "program/...",
                "stack": "stack/Pulumi.STACK.yaml of a stack it lists",
                "other": "a path outside images/, models/, wheels/, pulumi/, program/, stack/"}

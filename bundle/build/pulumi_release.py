@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
 
-from bundle.fetch import FetchError
-from bundle.format.errors import SetupError
+from bundle.format.errors import FetchError, SetupError
 from bundle.format.manifest import CHUNK_SIZE, write_atomic
 
 PULUMI_RELEASES = "https://get.pulumi.com/releases"

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from bundle.fetch import FetchError
-from bundle.format.errors import SetupError
+from bundle.format.errors import FetchError, SetupError
 from bundle.format.manifest import sha256_file
-from bundle.pip_env import offline_pip_env
+from bundle.install.pip_env import offline_pip_env
 
 LOCK_NAME = "requirements.lock"
 WHEEL_SUFFIXES = (".whl",)

@@ -4,7 +4,7 @@
 archive (or its parts) into ``--into`` (default: ``bundle/`` beside the archive) exactly as
 `unpack` does: every member checked and hashed while it is extracted, so the archive is read
 once and the unpacked tree needs no second verify pass. Then install goes on from that
-directory. Run again after a kill, it keeps what the first run completed (bundle/unpack.py).
+directory. Run again after a kill, it keeps what the first run completed (bundle/install/unpack.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from bundle.unpack import add_base_argument, unpack
+from bundle.install.unpack import add_base_argument, unpack
 from bundle.format.manifest import UsageError
 from bundle.format import tarscan
 from bundle.format.parts import resolve_archive
@@ -23,7 +23,7 @@ from bundle.format.signature import SignerPolicy
 DEFAULT_INTO = "bundle"
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+def add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, nargs="+", metavar="DIR|ARCHIVE",
                         help="unpacked (and verified) bundle directory, or the archive `pack` wrote (the file, "
                              "its first part NAME.tar.part000, or every part): it is unpacked first")

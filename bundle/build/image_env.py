@@ -31,13 +31,16 @@ from pathlib import Path
 from typing import IO, Iterator, Optional
 
 from bundle.format.errors import SetupError
+from bundle.format.image_tar import ARCHES, layer_paths
 from bundle.format.manifest import write_atomic
 
 _SITE = re.compile(r"^(?P<site>(?:.*/)?lib/python(?P<py>\d+\.\d+)/(?:site|dist)-packages)/(?P<dist>[^/]+)\.dist-info/")
 _LIBC6 = re.compile(r"^Package: libc6\n(?:[^\n]+\n)*?Version: (\d+)\.(\d+)", re.MULTILINE)
-ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 _DPKG_FIELD = re.compile(r"^(Package|Version|Architecture|Status): *(.*)$", re.MULTILINE)
-SCAN_VERSION = 4  # bump when what the scan records changes (old cache entries are then ignored)
+_PATCHLEVEL = re.compile(r"^(?P<root>usr/(?:local/)?)include/python(?P<py>\d+\.\d+)/patchlevel\.h$")
+_PY_VERSION = re.compile(rb'^#define PY_VERSION\s+"(\d+\.\d+\.\d+)', re.MULTILINE)
+SCAN_VERSION = 5  # bump when what the scan records changes (old cache entries are then ignored)
+# 5: the Python's full version (patch level: Requires-Python >=3.11.5 is not met by 3.11.2)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class ImageEnv:
     installed: dict[str, str] = field(default_factory=dict)
     # [name, version, architecture] of every Debian package dpkg's status file records as installed
     debian_packages: list[list[str]] = field(default_factory=list)
+    # "3.11.2": what Requires-Python and python_full_version markers are judged against on the site;
+    # None: the tar does not say (no dpkg record of that Python, no patchlevel.h)
+    python_full_version: Optional[str] = None
 
     @property
     def platform(self) -> str:
@@ -98,49 +104,6 @@ def torch_cuda_version(installed: dict[str, str]) -> Optional[str]:
     return f"{parts.group(1)}.{parts.group(2)}" if parts else None
 
 
-def _json_member(outer: tarfile.TarFile, name: str) -> object:
-    return json.loads(outer.extractfile(name).read())  # type: ignore[union-attr]
-
-
-def _blob(digest: str) -> str:
-    algorithm, _, hexdigest = digest.partition(":")
-    return f"blobs/{algorithm}/{hexdigest}"
-
-
-_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
-
-
-def _oci_manifest(outer: tarfile.TarFile) -> dict:
-    """The image manifest an OCI-layout tar's index.json leads to (through nested indexes: the
-    linux/amd64 or linux/arm64 entry, else the first)."""
-    document = _json_member(outer, "index.json")
-    for _ in range(4):
-        manifests = document.get("manifests") or [] if isinstance(document, dict) else []
-        if not manifests:
-            raise SetupError("the image tar's index.json lists no image")
-        chosen = next((m for m in manifests if (m.get("platform") or {}).get("os") == "linux"
-                       and (m.get("platform") or {}).get("architecture") in ARCHES), manifests[0])
-        document = _json_member(outer, _blob(chosen["digest"]))
-        if isinstance(document, dict) and document.get("mediaType") not in _INDEX_TYPES and "layers" in document:
-            return document
-    raise SetupError("the image tar's index.json leads to no image manifest")
-
-
-def _layer_paths(outer: tarfile.TarFile) -> tuple[list[str], Optional[str]]:
-    """The layer members, bottom first, and the config member: from manifest.json (`docker save`,
-    also written by newer engines beside their OCI layout), else from the OCI layout's index.json."""
-    names = set(outer.getnames())
-    if "manifest.json" in names:
-        manifest = _json_member(outer, "manifest.json")
-        if not manifest:
-            raise SetupError("the image tar's manifest.json lists no image")
-        return list(manifest[0]["Layers"]), manifest[0].get("Config")  # type: ignore[index]
-    if "index.json" not in names:
-        raise SetupError("the tar has neither manifest.json nor index.json: not a `docker save` archive")
-    manifest = _oci_manifest(outer)
-    return [_blob(layer["digest"]) for layer in manifest["layers"]], _blob(manifest["config"]["digest"])
-
-
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
 
@@ -183,47 +146,16 @@ def _layer_stream(raw: IO[bytes]) -> Iterator[IO[bytes]]:
             raise SetupError(f"zstd could not decompress a layer of the image (exit {proc.returncode})")
 
 
-def image_config(tar: Path) -> dict:
-    """The image config of a `docker save` tar (either layout): its env, labels, architecture."""
-    try:
-        with tarfile.open(tar, "r:") as outer:
-            _, config = _layer_paths(outer)
-            return json.loads(outer.extractfile(config).read()) if config else {}  # type: ignore[union-attr]
-    except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
-        raise SetupError(f"{tar}: cannot read the image config of this docker save tar ({exc})") from exc
-
-
-_CUDA_LABELS = ("com.nvidia.cuda.version", "cuda_version")
-
-
-def required_cuda(config: dict) -> Optional[str]:
-    """The CUDA (X.Y) the image says it needs: NVIDIA_REQUIRE_CUDA's ``cuda>=X.Y`` (what the NVIDIA
-    container runtime itself enforces), else CUDA_VERSION (the nvidia/cuda base images' env), else a
-    label; None when it says nothing (a CPU image) or NVIDIA_DISABLE_REQUIRE is set."""
-    settings = config.get("config") or {}
-    env = dict(item.split("=", 1) for item in settings.get("Env") or () if "=" in item)
-    if env.get("NVIDIA_DISABLE_REQUIRE", "").lower() in ("1", "true"):
-        return None
-    found = re.search(r"\bcuda>=(\d+\.\d+)", env.get("NVIDIA_REQUIRE_CUDA", ""))
-    if found:
-        return found.group(1)
-    labels = settings.get("Labels") or {}
-    for text in (env.get("CUDA_VERSION", ""), *(labels.get(key, "") for key in _CUDA_LABELS)):
-        found = re.match(r"(\d+)\.(\d+)", text)
-        if found:
-            return f"{found.group(1)}.{found.group(2)}"
-    return None
-
-
 def scan_image_tar(tar: Path) -> ImageEnv:
     """Read the image's Python from its layers (headers only, but for dpkg's status file)."""
     dists: dict[str, dict[str, str]] = {}  # site-packages dir -> {dist-info dir name: python version}
     names: dict[str, str] = {}  # dist-info dir -> the Name its METADATA gives
     dpkg_status: Optional[bytes] = None
+    patchlevels: dict[str, str] = {}  # "usr/local/3.11" -> "3.11.7", from a source-built Python's headers
     machine = "x86_64"
     try:
         with tarfile.open(tar, "r:") as outer:
-            layers, config = _layer_paths(outer)
+            layers, config = layer_paths(outer)
             if config:
                 arch = json.loads(outer.extractfile(config).read()).get("architecture", "amd64")  # type: ignore
                 machine = ARCHES.get(arch, arch)
@@ -244,6 +176,11 @@ def scan_image_tar(tar: Path) -> ImageEnv:
                                              or d.startswith(gone + "/")]:
                                     site.pop(dist)
                             continue
+                        header = _PATCHLEVEL.match(name)
+                        if header and member.isfile():
+                            found_version = _PY_VERSION.search(inner.extractfile(member).read())  # type: ignore
+                            if found_version:
+                                patchlevels[header["root"] + header["py"]] = found_version.group(1).decode()
                         if name == "var/lib/dpkg/status" and member.isfile():
                             dpkg_status = inner.extractfile(member).read()  # type: ignore[union-attr]
                         match = _SITE.match(name)
@@ -270,8 +207,24 @@ def scan_image_tar(tar: Path) -> ImageEnv:
     status = dpkg_status.decode("utf-8", "replace") if dpkg_status else ""
     libc = _LIBC6.search(status)
     glibc = f"{libc.group(1)}.{libc.group(2)}" if libc else None
-    return ImageEnv(python_version=dists[site][next(iter(dists[site]))], machine=machine, glibc=glibc,
-                    installed=dict(sorted(installed.items())), debian_packages=installed_debian_packages(status))
+    python = dists[site][next(iter(dists[site]))]
+    debian = installed_debian_packages(status)
+    return ImageEnv(python_version=python, machine=machine, glibc=glibc, installed=dict(sorted(installed.items())),
+                    debian_packages=debian, python_full_version=python_full_version(python, debian, patchlevels))
+
+
+def python_full_version(python: str, debian: list[list[str]], patchlevels: dict[str, str]) -> Optional[str]:
+    """The image's X.Y.Z of Python X.Y: a source-built one's headers under /usr/local (python:3.x
+    images), else dpkg's record of the Debian/Ubuntu package (deadsnakes' too: ``3.12.3-1+jammy1``),
+    else the headers under /usr; None when the tar says nothing."""
+    if f"usr/local/{python}" in patchlevels:
+        return patchlevels[f"usr/local/{python}"]
+    versions = {name: version for name, version, _arch in debian}
+    for package in (f"python{python}-minimal", f"libpython{python}-minimal", f"python{python}"):
+        found = re.match(rf"(?:\d+:)?({re.escape(python)}\.\d+)", versions.get(package, ""))
+        if found:
+            return found.group(1)
+    return patchlevels.get(f"usr/{python}")
 
 
 def installed_debian_packages(status: str) -> list[list[str]]:

@@ -1,7 +1,7 @@
 """`python -m bundle install DIR|ARCHIVE [--stack NAME]`: on the offline server, put what `pulumi up` needs in place.
 
 Given the archive (or its parts) instead of a directory, install first unpacks it into --into
-(bundle/install_source.py: one read of the archive, every file hashed as it is extracted).
+(bundle/install/from_archive.py: one read of the archive, every file hashed as it is extracted).
 
 A bundle built for several stacks (one per server of a site) installs one of them: the
 shared files, that stack's models and its stack file; `--stack` names it (required when
@@ -25,12 +25,12 @@ Runs with the system python3 (standard library only), from the project checkout 
               default: the stack's models_dir), each file copied only when it differs, into a
               temp file that is checked against the manifest's sha256 and then renamed into
               place, so a model directory never holds a half-copied file under its real name.
-              Checked first: the files must fit on their disk (bundle/space.py), else nothing
+              Checked first: the files must fit on their disk (bundle/install/space.py), else nothing
               is installed.
   stack file  copied to PROJECT/stacks/ when the project has none for this stack (a differing one is
               reported, never overwritten).
   record      PROJECT/.xinference-offline-site.json: per stack, the bundle and model directories, so
-              `pulumi preview/up` find them when the stack file names none (bundle/installed_paths.py).
+              `pulumi preview/up` find them when the stack file names none (bundle/format/site_record.py).
 
 With --allowed-signers FILE the bundle's signature (MANIFEST.json.sig) is checked with this machine's
 ssh-keygen before anything else of it is read (bundle/format/signature.py); without it or --bundle-id,
@@ -46,11 +46,11 @@ share them). A
 second run changes nothing and says so. After a failure (disk full, a damaged bundle file)
 fix the cause and run it again: it carries on.
 
-Every write is confined: the whole plan is checked before the first byte (bundle/confine.py,
-bundle/install_plan.py): bad targets are refused naming both paths (exit 2), destinations
+Every write is confined: every destination is checked before the first byte (bundle/install/confinement.py,
+bundle/install/destinations.py): bad targets are refused naming both paths (exit 2), destinations
 outside their target, also through a symlink, naming the manifest path, where it would land
 and the target (exit 1). A second install into the same directories waits for the first,
-naming it (an flock per directory, bundle/install_lock.py).
+naming it (an flock per directory, bundle/install/lock.py).
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Callable, Optional, TextIO
 
-from bundle.confine import Confinement, Target
+from bundle.install.confinement import Confinement, Target
 from bundle.format.errors import FileProblem
 from bundle.format.filecopy import CopyError, HashCache, copy_with_sha256, remove_partials
 from bundle.format.layout import INSTALL_RECORD
@@ -71,18 +71,19 @@ from bundle.format.manifest import StackManifest, bundle_id_arg, sha256_file
 from bundle.format.progress import Progress, bars_wanted
 from bundle.format.signature import add_signer_arguments, load_trusted_manifest, site_policy
 from bundle.format.verify import check_directory
-from bundle.install_lock import LOCK_NAME, InstallLocks
-from bundle.install_source import add_source_arguments, bundle_directory
-from bundle.install_plan import STEPS, InstallError, Plan, StepResult, plan_install, project_problem, resolve_targets
-from bundle.install_venv import check_venv_python, install_venv
-from bundle.installed_paths import record_path, write_record
-from bundle.model_files import FilePair, kept_model_dirs
-from bundle.space import space_problems
+from bundle.install.lock import LOCK_NAME, InstallLocks
+from bundle.install.from_archive import add_bundle_arguments, bundle_directory
+from bundle.install.destinations import (STEPS, Destinations, InstallError, StepResult, find_destinations,
+                                         project_problem, resolve_targets)
+from bundle.install.venv import check_venv_python, install_venv
+from bundle.format.site_record import record_path, write_record
+from bundle.install.model_files import FilePair, kept_model_dirs
+from bundle.install.space import space_problems
 
 __all__ = ["InstallError", "StepResult", "register", "run"]
 
 
-def sync_files(bundle: Path, root: Path, pairs: list[FilePair], state: HashCache, scope: tuple[str, ...],
+def copy_files(bundle: Path, root: Path, pairs: list[FilePair], state: HashCache, scope: tuple[str, ...],
                result: StepResult, progress: Progress, confinement: Confinement, target: Target) -> None:
     """Make every dest hold its entry's content; remove files an earlier install left in ``scope``
     (and the directories under ``root`` that this leaves empty). Each write is checked inside
@@ -141,15 +142,15 @@ def _prune_empty_dirs(directory: Path, root: Path) -> None:
         directory = directory.parent
 
 
-def check_model_space(plan: Plan) -> None:
+def check_model_space(dests: Destinations) -> None:
     """Refuse, before anything is written, an install whose model files do not fit on their disks."""
-    targets = [(entry, dest) for _dir, _key, pairs in plan.models for entry, dest, _key in pairs]
+    targets = [(entry, dest) for _dir, _key, pairs in dests.models for entry, dest, _key in pairs]
     problems = [FileProblem(str(where), message) for where, message in space_problems(targets)]
     if problems:
         raise InstallError("not enough disk space for the models; nothing was installed", problems)
 
 
-def install_models(bundle: Path, manifest: StackManifest, plan: Plan, target: Optional[Target],
+def install_models(bundle: Path, manifest: StackManifest, dests: Destinations, target: Optional[Target],
                    confinement: Confinement, progress: Progress) -> StepResult:
     result = StepResult("models")
     if target is None:
@@ -160,11 +161,11 @@ def install_models(bundle: Path, manifest: StackManifest, plan: Plan, target: Op
     state = HashCache(models_dir / INSTALL_RECORD)
     per_model = manifest.model_digests()
     current_dirs: list[str] = []
-    for host_dir, key_prefix, pairs in plan.models:
+    for host_dir, key_prefix, pairs in dests.models:
         current_dirs.append(key_prefix)
         host_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(host_dir)
-        sync_files(bundle, host_dir, pairs, state, (key_prefix + "/",), result, progress, confinement, target)
+        copy_files(bundle, host_dir, pairs, state, (key_prefix + "/",), result, progress, confinement, target)
         state.save()  # per model directory: a failure later keeps this one's record
     kept = kept_model_dirs(state, models_dir, current_dirs)
     if kept:
@@ -178,62 +179,70 @@ def install_models(bundle: Path, manifest: StackManifest, plan: Plan, target: Op
     return result
 
 
-def install_program(bundle: Path, manifest: StackManifest, plan: Plan, target: Target, confinement: Confinement,
-                    progress: Progress) -> StepResult:
-    result = StepResult("program")
-    if not manifest.role("program"):
-        result.note = "the bundle carries no program"
-        return result
-    project = target.path
-    result.problems += plan.program_refused
-    project.mkdir(parents=True, exist_ok=True)
-    for directory in {dest.parent for _entry, dest, _key in plan.program}:
-        remove_partials(directory, recursive=False)  # never walk into venv/ or .state/
-    state = HashCache(project / INSTALL_RECORD)
-    sync_files(bundle, project, plan.program, state, ("",), result, progress, confinement, target)
-    state.set_meta(bundle=manifest.bundle_id, stack=manifest.stack)
-    state.save()
-    # Pulumi.yaml's file backend (file://./.state) must exist before `pulumi login`; the bundle
-    # never carries it (it is the site's own), so a new site gets an empty, private one.
-    (project / ".state").mkdir(mode=0o700, exist_ok=True)
+def install_program(bundle: Path, manifest: StackManifest, dests: Destinations, target: Target,
+                    confinement: Confinement, progress: Progress) -> StepResult:
+    def clear_partials(project: Path) -> None:
+        for directory in {dest.parent for _entry, dest, _key in dests.program}:
+            remove_partials(directory, recursive=False)  # never walk into venv/ or .state/
+
+    result = copy_step("program", "the bundle carries no program", dests.program, dests.program_refused, ("",),
+                       clear_partials, bundle, manifest, target, confinement, progress)
+    if manifest.role("program"):
+        # Pulumi.yaml's file backend (file://./.state) must exist before `pulumi login`; the bundle
+        # never carries it (it is the site's own), so a new site gets an empty, private one.
+        (target.path / ".state").mkdir(mode=0o700, exist_ok=True)
     return result
 
 
-def install_pulumi(bundle: Path, manifest: StackManifest, plan: Plan, target: Target, confinement: Confinement,
-                   progress: Progress) -> StepResult:
-    result = StepResult("pulumi")
-    if not manifest.role("pulumi"):
-        result.note = "the bundle carries no Pulumi CLI"
+def install_pulumi(bundle: Path, manifest: StackManifest, dests: Destinations, target: Target,
+                   confinement: Confinement, progress: Progress) -> StepResult:
+    def clear_partials(home: Path) -> None:
+        for sub in ("bin", "plugins"):
+            if (home / sub).is_dir() and not (home / sub).is_symlink():
+                remove_partials(home / sub)
+
+    return copy_step("pulumi", "the bundle carries no Pulumi CLI", dests.pulumi, [], ("bin/", "plugins/"),
+                     clear_partials, bundle, manifest, target, confinement, progress)
+
+
+def copy_step(role: str, absent: str, pairs: list[FilePair], refused: list[FileProblem], scope: tuple[str, ...],
+              clear_partials: Callable[[Path], None], bundle: Path, manifest: StackManifest, target: Target,
+              confinement: Confinement, progress: Progress) -> StepResult:
+    """The step that copies the bundle's ``role`` files into ``target`` (made if missing): an earlier
+    run's partial files cleared, then copy_files against the install record kept there, which then
+    names this bundle and stack. ``absent``: the step's note when the bundle carries none."""
+    result = StepResult(role)
+    if not manifest.role(role):
+        result.note = absent
         return result
-    home = target.path
-    home.mkdir(parents=True, exist_ok=True)
-    state = HashCache(home / INSTALL_RECORD)
-    for sub in ("bin", "plugins"):
-        if (home / sub).is_dir() and not (home / sub).is_symlink():
-            remove_partials(home / sub)
-    sync_files(bundle, home, plan.pulumi, state, ("bin/", "plugins/"), result, progress, confinement, target)
+    result.problems += refused
+    root = target.path
+    root.mkdir(parents=True, exist_ok=True)
+    clear_partials(root)
+    state = HashCache(root / INSTALL_RECORD)
+    copy_files(bundle, root, pairs, state, scope, result, progress, confinement, target)
     state.set_meta(bundle=manifest.bundle_id, stack=manifest.stack)
     state.save()
     return result
 
 
-def install_stack_file(bundle: Path, plan: Plan, project: Path) -> StepResult:
+def install_stack_file(bundle: Path, dests: Destinations, project: Path) -> StepResult:
     result = StepResult("stack")
-    if plan.stack is None:
+    if dests.stack is None:
         result.note = "the bundle carries no stack file"
         return result
     if not (project / "Pulumi.yaml").is_file():
         result.note = f"{project} is not the project checkout (no Pulumi.yaml): stack file not copied"
         return result
-    entry, target = plan.stack
-    source = bundle / entry.path
+    entry, target = dests.stack
+    carried = bundle / entry.path
     if target.is_symlink():  # never written through, whatever it points at
         result.note = f"{target} is a symlink; left as it is (the bundle's is {entry.path})"
     elif not target.exists():
-        copy_with_sha256(source, target, expect_sha256=entry.sha256, expect_size=entry.size)  # atomic, 0644
+        copy_with_sha256(carried, target, expect_sha256=entry.sha256, expect_size=entry.size)  # atomic, 0644
         result.copied, result.copied_bytes = 1, entry.size
         result.note = f"copied to {target}"
-    elif filecmp.cmp(source, target, shallow=False):
+    elif filecmp.cmp(carried, target, shallow=False):
         result.unchanged = 1
         result.note = f"{target} is the bundle's"
     else:
@@ -244,7 +253,7 @@ def install_stack_file(bundle: Path, plan: Plan, project: Path) -> StepResult:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("install", help="offline server: venv, Pulumi CLI and model files from a bundle",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_source_arguments(parser)
+    add_bundle_arguments(parser)
     parser.add_argument("--stack", metavar="NAME",
                         help="the stack of this server (needed when the bundle carries several)")
     parser.add_argument("--models-dir", type=Path, metavar="PATH",
@@ -274,7 +283,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     steps = [name for name in STEPS if name not in args.skip]
     targets = resolve_targets(args, manifest, steps)
     project = targets.project.path if targets.project else args.project.absolute()
-    plan, confinement = plan_install(bundle, manifest, targets)  # every destination checked: exit 2 or 1
+    dests, confinement = find_destinations(bundle, manifest, targets)  # every one checked: exit 2 or 1
     trouble = project_problem(project, (LOCK_NAME,)) if manifest.role("program") and "program" in steps else None
     if trouble:
         print(f"error: --project {args.project}: {trouble}", file=sys.stderr)
@@ -283,7 +292,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if problems:
         raise InstallError(f"{bundle} is incomplete; nothing was installed (run `python -m bundle verify {bundle}`)",
                            problems)
-    check_model_space(plan)
+    check_model_space(dests)
     if targets.venv is not None:
         check_venv_python(manifest, targets.venv.path, args.python)
     home = args.pulumi_home.expanduser().absolute()
@@ -292,11 +301,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     with InstallLocks(targets.lock_dirs(steps), sys.stderr), \
             Progress(None, "install", bars_wanted(args.quiet)) as progress:
         run_step = {
-            "program": lambda: install_program(bundle, manifest, plan, targets.project, confinement, progress),
+            "program": lambda: install_program(bundle, manifest, dests, targets.project, confinement, progress),
             "venv": lambda: install_venv(bundle, manifest, venv, args.python, args.quiet),
-            "pulumi": lambda: install_pulumi(bundle, manifest, plan, targets.pulumi, confinement, progress),
-            "models": lambda: install_models(bundle, manifest, plan, targets.models, confinement, progress),
-            "stack": lambda: install_stack_file(bundle, plan, project),
+            "pulumi": lambda: install_pulumi(bundle, manifest, dests, targets.pulumi, confinement, progress),
+            "models": lambda: install_models(bundle, manifest, dests, targets.models, confinement, progress),
+            "stack": lambda: install_stack_file(bundle, dests, project),
         }
         for name in steps:
             results.append(run_step[name]())

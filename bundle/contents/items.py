@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 from bundle.format.layout import PROGRAM_DIR
-from bundle.sbom_summary import SBOM_FILE
 from spec.config import ModelSource, StackConfig
 from spec.engine_packages import stack_packages
 from spec.errors import ConfigError, Problem
 from spec.launch import models_dir_of
 from spec.rules import ModelDirs
-from spec.source import from_stack_file
+from spec.stack_file import from_stack_file
 from spec.xinference import PACKAGES_DIR
 
 IMAGE_DIR = "images"
@@ -25,6 +24,8 @@ WHEELS_DIR = "wheels"
 PULUMI_DIR = "pulumi"
 STACK_DIR = "stack"
 PULUMI_PLUGINS = ("docker", "command")
+SBOM_NAME = "sbom.cdx.json"  # written by bundle/build/sbom.py, read by bundle/plan/sbom_summary.py
+SBOM_KIND = "xinference-offline:kind"  # the property that says what each SBOM component is
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,6 @@ def bundle_items(cfg: StackConfig, stack: str) -> list[BundleItem]:
     items.append(BundleItem("program", PROGRAM_DIR + "/",
                             "the Pulumi program and the bundle tool (this project's files)"))
     items.append(BundleItem("stack", posixpath.join(STACK_DIR, f"Pulumi.{stack}.yaml"), "the stack file"))
-    items.append(BundleItem("sbom", SBOM_FILE, "CycloneDX 1.6 SBOM of all the above (the image's packages, "
+    items.append(BundleItem("sbom", SBOM_NAME, "CycloneDX 1.6 SBOM of all the above (the image's packages, "
                             "wheels, Pulumi, models with their revisions)"))
     return items

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from bundle.format.errors import SetupError
-from bundle.image_env import ImageEnv
+from bundle.build.image_env import ImageEnv
 
 
 def _uv() -> str:

@@ -13,7 +13,7 @@ import yaml
 
 from bundle.format.errors import SetupError
 from bundle.format.manifest import load_manifest
-from bundle.site import StackSource, plan_site, site_clashes
+from bundle.contents.stacks import LoadedStack, merge_stacks, stack_clashes
 from spec.load import load_stack_config
 from tests.stack_configs import docker_stack, namespaced
 from tests.bundle_kit import Site, build_args, cli, make_model, make_site, write_stack
@@ -113,9 +113,9 @@ def test_two_stacks_that_fill_one_model_directory_differently_are_refused(tmp_pa
     assert not (site.out / "MANIFEST.json").exists()
 
 
-def remote_stack(name: str, host: str, **overrides) -> StackSource:
+def remote_stack(name: str, host: str, **overrides) -> LoadedStack:
     cfg = load_stack_config(namespaced(docker_stack(docker={"host": host}, **overrides)))
-    return StackSource(name, cfg, Path(f"Pulumi.{name}.yaml"))
+    return LoadedStack(name, cfg, Path(f"Pulumi.{name}.yaml"))
 
 
 def test_two_stacks_that_take_one_remote_container_port_or_gpu_clash():
@@ -123,23 +123,23 @@ def test_two_stacks_that_take_one_remote_container_port_or_gpu_clash():
     node1 = remote_stack("gpu-node-1", "ssh://ops@10.0.0.11")
     node2 = remote_stack("gpu-node-2", "ssh://root@10.0.0.11", gpus=[{"id": 1, "vram_gb": 24}],
                          models=[{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [1], "path": "e"}])
-    clashes = [str(c) for c in site_clashes([node1, node2])]
+    clashes = [str(c) for c in stack_clashes([node1, node2])]
     assert len(clashes) == 3 and all(c.startswith("10.0.0.11: ") for c in clashes)
     assert any("container xinference is taken by stacks gpu-node-1, gpu-node-2" in c and
                "distinct container.name" in c for c in clashes)
     assert any("port 9997 is taken" in c for c in clashes) and any("GPU 1 is taken" in c for c in clashes)
     assert not any("GPU 0" in c for c in clashes)
     with pytest.raises(SetupError) as refused:
-        plan_site([node1, node2])
+        merge_stacks([node1, node2])
     assert "collide on a shared docker host" in str(refused.value) and "fix: give each stack its own" in str(refused.value)
 
     # its own host, or the local socket (each server runs its own stack): no clash
-    assert site_clashes([node1, remote_stack("gpu-node-2", "ssh://ops@10.0.0.12")]) == []
-    assert site_clashes([remote_stack("a", "unix:///var/run/docker.sock"),
+    assert stack_clashes([node1, remote_stack("gpu-node-2", "ssh://ops@10.0.0.12")]) == []
+    assert stack_clashes([remote_stack("a", "unix:///var/run/docker.sock"),
                          remote_stack("b", "unix:///var/run/docker.sock")]) == []
     # one host, two containers side by side on distinct names, ports and GPUs
     side = remote_stack("b", "ssh://ops@10.0.0.11", container={"name": "xinference-b", "port": 9998},
                         gpus=[{"id": 2, "vram_gb": 24}],
                         models=[{"uid": "e", "name": "bge-small-en-v1.5", "type": "embedding", "gpus": [2], "path": "e"}])
-    assert site_clashes([node1, side]) == []
+    assert stack_clashes([node1, side]) == []
 

@@ -1,19 +1,19 @@
 """What `install` will write where: its targets and every destination, checked before anything is written.
 
 Standard library only (install runs with the server's bare python3). The rules are
-bundle/confine.py's; this module applies them to each step of install:
+bundle/install/confinement.py's; this module applies them to each step of install:
 
   program   program/REL        -> PROJECT/REL (never into venv/, .state/, stacks/, .git/, nor over
                                   install's record or lock: those are refused one by one, the rest installs)
   pulumi    pulumi/bin/NAME    -> PULUMI_HOME/bin/NAME
             pulumi/plugins/... -> PULUMI_HOME/plugins/...
-  models    models/DIR/REL     -> MODELS_DIR/HOST/REL (HOST: the manifest's model_dirs, see bundle/model_files.py)
+  models    models/DIR/REL     -> MODELS_DIR/HOST/REL (HOST: the manifest's model_dirs, see bundle/install/model_files.py)
   stack     stack/Pulumi.STACK.yaml -> PROJECT/stacks/Pulumi.STACK.yaml
   venv      PIP into VENV (install itself writes only its stamp there)
 
-``plan_install`` raises ConfinementError listing every path that has no place inside its
+``find_destinations`` raises ConfinementError listing every path that has no place inside its
 target, before the first byte is written. The steps' shared types (InstallError, StepResult)
-live here too, so each step's module (bundle/install.py, bundle/install_venv.py) imports them.
+live here too, so each step's module (bundle/install/command.py, bundle/install/venv.py) imports them.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from bundle.confine import Confinement, Target, check_targets, strip_prefix, within
+from bundle.install.confinement import Confinement, Target, check_targets, strip_prefix, within
 from bundle.format.errors import FileProblem, VerifyFailed
 from bundle.format.layout import INSTALL_RECORD, PROGRAM_DIR, PROJECT_MARKER, is_site_owned
 from bundle.format.manifest import FileEntry, StackManifest, UsageError
 from bundle.format.progress import human, plural
-from bundle.model_files import FilePair, model_file_pairs
+from bundle.install.model_files import FilePair, model_file_pairs
 
 STEPS = ("program", "venv", "pulumi", "models", "stack")
 SITE_OWNED_REFUSAL = ("refused: the program never writes the site's own files (venv/, .state/, stacks/, .git/, "
@@ -77,7 +77,7 @@ class Targets:
         return [t for t in (self.project, self.venv, self.pulumi, self.models) if t is not None]
 
     def lock_dirs(self, steps: list[str]) -> list[Path]:
-        """The directories whose lock install holds (bundle/install_lock.py): each target, but a venv inside
+        """The directories whose lock install holds (bundle/install/lock.py): each target, but a venv inside
         the project (the project's lock covers it) and a project that does not exist when only the stack
         step would write there (it writes nothing into a directory without Pulumi.yaml)."""
         dirs = []
@@ -112,7 +112,7 @@ def resolve_targets(args: argparse.Namespace, manifest: StackManifest, steps: li
 
 
 @dataclass
-class Plan:
+class Destinations:
     """Every file install will write, with its checked destination and install-record key."""
 
     program: list[FilePair] = field(default_factory=list)
@@ -122,14 +122,14 @@ class Plan:
     stack: Optional[tuple[FileEntry, Path]] = None
 
 
-def plan_install(bundle: Path, manifest: StackManifest, targets: Targets) -> tuple[Plan, Confinement]:
-    """The whole plan, every destination checked; ConfinementError (nothing written) when any has no place."""
+def find_destinations(bundle: Path, manifest: StackManifest, targets: Targets) -> tuple[Destinations, Confinement]:
+    """Every file's destination, each checked; ConfinementError (nothing written) when any has no place."""
     check_targets(bundle, targets.all())
     confinement = Confinement(bundle, targets.all())
-    plan = Plan()
+    dests = Destinations()
     if targets.project is not None:
-        _plan_program(manifest, targets.project, confinement, plan)
-        _plan_stack(manifest, targets.project, confinement, plan)
+        _place_program(manifest, targets.project, confinement, dests)
+        _place_stack(manifest, targets.project, confinement, dests)
     if targets.pulumi is not None:
         for entry in manifest.role("pulumi"):
             rel = strip_prefix(entry.path, "pulumi/")
@@ -140,14 +140,14 @@ def plan_install(bundle: Path, manifest: StackManifest, targets: Targets) -> tup
                 continue
             dest = confinement.place(targets.pulumi, rel, entry.path)
             if dest is not None:
-                plan.pulumi.append((entry, dest, rel))
+                dests.pulumi.append((entry, dest, rel))
     if targets.models is not None:
-        plan.models = model_file_pairs(manifest, targets.models, confinement)
+        dests.models = model_file_pairs(manifest, targets.models, confinement)
     confinement.check()
-    return plan, confinement
+    return dests, confinement
 
 
-def _plan_program(manifest: StackManifest, project: Target, confinement: Confinement, plan: Plan) -> None:
+def _place_program(manifest: StackManifest, project: Target, confinement: Confinement, dests: Destinations) -> None:
     prefix = PROGRAM_DIR + "/"
     for entry in manifest.role("program"):
         rel = strip_prefix(entry.path, prefix)
@@ -156,14 +156,14 @@ def _plan_program(manifest: StackManifest, project: Target, confinement: Confine
                                            "get the bundle again, or rebuild it")
             continue
         if is_site_owned(rel):  # refused one by one, whatever else is wrong with it: it is never written
-            plan.program_refused.append(FileProblem(entry.path, SITE_OWNED_REFUSAL))
+            dests.program_refused.append(FileProblem(entry.path, SITE_OWNED_REFUSAL))
             continue
         dest = confinement.place(project, rel, entry.path)
         if dest is not None:
-            plan.program.append((entry, dest, rel))
+            dests.program.append((entry, dest, rel))
 
 
-def _plan_stack(manifest: StackManifest, project: Target, confinement: Confinement, plan: Plan) -> None:
+def _place_stack(manifest: StackManifest, project: Target, confinement: Confinement, dests: Destinations) -> None:
     entries = manifest.role("stack")
     if not entries:
         return
@@ -177,7 +177,7 @@ def _plan_stack(manifest: StackManifest, project: Target, confinement: Confineme
         return
     dest = confinement.place(project, f"stacks/{name}", entry.path)
     if dest is not None:
-        plan.stack = (entry, dest)
+        dests.stack = (entry, dest)
 
 
 def project_problem(project: Path, ignored: tuple[str, ...]) -> Optional[str]:

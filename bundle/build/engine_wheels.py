@@ -1,14 +1,15 @@
 """Engine packages carried across the gap: the wheels a model's virtualenv installs at launch.
 
 For each model whose launch installs packages (spec/engine_packages.py), against the image's own
-Python (bundle/image_env.py), this does what xoscar does on the site, on the online side:
+Python (bundle/build/image_env.py), this does what xoscar does on the site, on the online side:
 
 1. split: each requirement the image already satisfies is pinned to the image's version
    (``#system_torch#`` becomes ``torch==<the image's>``); the others are to be resolved
    (xoscar's ``_split_specs``: names compared lower-cased, as it does);
 2. resolve them to the complete set of distributions, by ``pip install --dry-run
    --ignore-installed --report`` with a Python of the image's X.Y (this one, or a build venv of that
-   X.Y: bundle/build_python.py; markers are evaluated by the running Python). The constraints are the pins and every other
+   X.Y: bundle/build/resolving_python.py; markers are evaluated by the running Python). The
+   constraints are the pins and every other
    distribution the image has, at its version: a dependency the image has is taken at the
    image's version wherever the requirements allow it, as pip would in a virtualenv that sees the
    image's site-packages (a version pip blames for a conflict is dropped, said, and resolved anew);
@@ -17,7 +18,7 @@ Python (bundle/image_env.py), this does what xoscar does on the site, on the onl
    --abi cpXY``; a distribution PyPI has only as an sdist is built here with ``pip wheel
    --no-deps`` (pure Python, or a binary wheel only when this machine's glibc is not newer than the
    image's). One the image has at the resolved version is written as a metadata-only stand-in
-   (bundle/stub_wheel.py).
+   (bundle/build/stub_wheel.py).
 
 The complete set is needed, not only what the image lacks: the virtualenv's uv resolves every
 dependency from the offline folder, even those it will then skip because the image has them. For
@@ -42,20 +43,22 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from bundle.build_python import resolving_python
-from bundle.fetch import FetchError
-from bundle.format.errors import SetupError
-from bundle.image_env import ImageEnv
-from bundle.stub_wheel import is_stub_filename, write_stub_wheel
+from bundle.build.resolving_python import resolving_python
+from bundle.format.errors import FetchError, SetupError
+from bundle.build.image_env import ImageEnv
+from bundle.build.stub_wheel import is_stub_filename, write_stub_wheel
 from spec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
-CACHE_VERSION = 3  # 2: the image's distributions are constraints and carried as metadata-only stand-ins;
-# 3: a stand-in carries the image's installed version, local label included
-MAX_RELAXATIONS = 8  # resolutions, each dropping at least one image version pip blamed (a dry run: 20-60 s)
+CACHE_VERSION = 4  # 2: the image's distributions are constraints and carried as metadata-only stand-ins;
+# 3: a stand-in carries the image's installed version, local label included; 4: Requires-Python is
+# judged against the image's full Python version
+MAX_RELAXATIONS = 8  # resolutions, each dropping an image version pip blamed or a version too new for the
+# image's Python (a dry run: 20-60 s)
 DOWNLOAD_TRIES = 3  # of the engine wheels' `pip download`
 
 
@@ -89,7 +92,8 @@ class ModelWheels:
 
 def marker_environment(env: ImageEnv) -> dict[str, str]:
     return {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": env.machine,
-            "python_version": env.python_version, "python_full_version": f"{env.python_version}.0",
+            "python_version": env.python_version,
+            "python_full_version": env.python_full_version or f"{env.python_version}.0",
             "implementation_name": "cpython", "platform_python_implementation": "CPython"}
 
 
@@ -221,8 +225,10 @@ def _download(uid: str, wheels: list[tuple[str, str]], env: ImageEnv, work: Path
     body that breaks off or arrives with another hash, and keeps the wheels already complete in
     ``work`` (a rerun fetches only the rest)."""
     platforms = [arg for tag in env.platforms for arg in ("--platform", tag)]
+    # the full version when the tar says it: pip takes "3.11" as 3.11.0 when it judges Requires-Python
     args = ["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work), "--python-version",
-            env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi, *(f"{n}=={v}" for n, v in wheels)]
+            env.python_full_version or env.python_version, *platforms, "--implementation", "cp", "--abi", env.abi,
+            *(f"{n}=={v}" for n, v in wheels)]
     for attempt in range(1, DOWNLOAD_TRIES + 1):
         try:
             _pip(args, f"downloading {uid}'s engine wheels for Python {env.python_version} {env.platform}", python=python)
@@ -245,7 +251,7 @@ def resolve_model(packages: ModelPackages, env: ImageEnv, cache_root: Path,
         return result
     python = resolving_python(env, cache_root, say)
     key_text = json.dumps([CACHE_VERSION, split.to_resolve, sorted(split.pinned.items()), env.python_version,
-                           env.platform, sorted(env.installed.items())], sort_keys=True)
+                           env.python_full_version, env.platform, sorted(env.installed.items())], sort_keys=True)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     dest = cache_root / "engine-wheels" / key
     if (dest / RESOLVED).is_file():
@@ -309,9 +315,12 @@ _PROGRESS = ("Collecting ", "  Downloading ", "  Using cached ", "  Obtaining ",
 
 
 def pip_report(uid: str, split: ImageSplit, constraints: dict[str, str], work: Path,
-               python: str = sys.executable) -> dict:
-    """pip's resolution report with these constraints (not quiet: a conflict's explanation is wanted)."""
-    (work / "constraints.txt").write_text("".join(f"{k}=={v}\n" for k, v in sorted(constraints.items())))
+               python: str = sys.executable, below: Optional[dict[str, str]] = None) -> dict:
+    """pip's resolution report with these constraints (not quiet: a conflict's explanation is wanted);
+    ``below``: name -> the bound it must keep (``<=2.10``, ``<4.1.4``)."""
+    lines = [f"{k}=={v}\n" for k, v in sorted(constraints.items())]
+    lines += [f"{k}{v}\n" for k, v in sorted((below or {}).items())]
+    (work / "constraints.txt").write_text("".join(lines))
     args = ["install", "--dry-run", "--ignore-installed", "--progress-bar", "off", "--report", str(work / "report.json"),
             "-c", str(work / "constraints.txt"), *split.to_resolve]
     proc = _pip(args, f"resolving {uid}'s engine packages", check=False, python=python)
@@ -330,18 +339,72 @@ def resolve_report(uid: str, split: ImageSplit, env: ImageEnv, work: Path, say: 
     pip's failure is the answer then."""
     pins = pin_constraints(split)
     constraints = image_constraints(split, env)
+    below: dict[str, str] = {}
     for _ in range(MAX_RELAXATIONS):
         try:
-            return pip_report(uid, split, constraints, work, python)
+            report = pip_report(uid, split, constraints, work, python, below)
         except ConstraintConflict as exc:
             blamed = sorted((exc.names & set(constraints)) - set(pins))
             if not blamed:
                 raise
-        for name in blamed:
-            del constraints[name]
-        say(f"build: {uid}'s engine packages need other versions than the image's of {', '.join(blamed)}: resolved "
-            "anew (its virtualenv gets its own)")
-    return pip_report(uid, split, pins, work, python)
+            for name in blamed:
+                del constraints[name]
+            say(f"build: {uid}'s engine packages need other versions than the image's of {', '.join(blamed)}: "
+                "resolved anew (its virtualenv gets its own)")
+            continue
+        too_new = too_new_for_image(report, env, set(pins))
+        if not too_new:
+            return report
+        for name, version in sorted(too_new.items()):
+            fits = newest_for_image(name, env, python)
+            below[name] = f"<={fits}" if fits and _older(fits, version) else f"<{version}"
+            constraints.pop(name, None)
+        say(f"build: {uid}: {', '.join(f'{n} {v}' for n, v in sorted(too_new.items()))} need a newer Python than the "
+            f"image's {env.python_full_version}: resolved anew with {', '.join(f'{n}{below[n]}' for n in sorted(too_new))}")
+    report = pip_report(uid, split, pins, work, python, below)
+    too_new = too_new_for_image(report, env, set(pins))
+    if too_new:
+        raise FetchError(f"resolving {uid}'s engine packages: {too_new} need a newer Python than the image's "
+                         f"{env.python_full_version}, and no older versions fit after {MAX_RELAXATIONS} resolutions")
+    return report
+
+
+def newest_for_image(name: str, env: ImageEnv, python: str = sys.executable) -> Optional[str]:
+    """The newest version of ``name`` the index serves for the image's full Python version, judged by the
+    Requires-Python the index publishes (``pip index versions --python-version``); None when pip cannot
+    say (an index that publishes no Requires-Python: then the resolution steps below one version at a time)."""
+    proc = _pip(["index", "versions", name, "--python-version", env.python_full_version or env.python_version],
+                f"asking the index for {name}'s versions", check=False, python=python)
+    found = re.match(r"\S+ \(([^)]+)\)", proc.stdout.strip())
+    return found.group(1) if proc.returncode == 0 and found else None
+
+
+def _older(a: str, b: str) -> bool:
+    try:
+        return Version(a) < Version(b)
+    except InvalidVersion:
+        return False
+
+
+def too_new_for_image(report: dict, env: ImageEnv, pinned: set[str]) -> dict[str, str]:
+    """name -> version of each resolved distribution whose Requires-Python the image's full Python
+    version does not meet. pip judged Requires-Python with the Python it ran under (this machine's
+    3.11.7 for an image's 3.11.2), and uv on the site refuses such a wheel: resolved again below it.
+    The image's own pinned versions are left alone (the image runs them)."""
+    if not env.python_full_version:
+        return {}
+    found = {}
+    for item in report.get("install", []):
+        metadata = item["metadata"]
+        name, requires = canonicalize_name(metadata["name"]), metadata.get("requires_python")
+        if not requires or name in pinned:
+            continue
+        try:
+            if not SpecifierSet(requires).contains(env.python_full_version, prereleases=True):
+                found[name] = metadata["version"]
+        except (InvalidSpecifier, InvalidVersion):
+            continue
+    return found
 
 
 def package_record(stack: str, wheels: ModelWheels, env: ImageEnv) -> dict:

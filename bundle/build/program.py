@@ -13,7 +13,7 @@ project, less what this project's .gitignore leaves out (venv/, build/, __pycach
   venv/      the site's virtualenv (install builds it from the bundled wheels)
   .git/      repository internals
   .xinference-offline-installed.json, .xinference-offline.lock
-             install's record of what it put there and its lock file (bundle/install_lock.py)
+             install's record of what it put there and its lock file (bundle/install/lock.py)
   the bundle output directory and its build cache, when they lie inside the project
 
 install applies the same list the other way round: it never writes a program file into the

@@ -1,4 +1,4 @@
-"""`unpack FILE --into DIR`: the archive `pack` wrote (bundle/archive.py), checked, then unpacked safely.
+"""`unpack FILE --into DIR`: the archive `pack` wrote (bundle/build/pack.py), checked, then unpacked safely.
 
 unpack first reads every member header (and the manifest, which must be the first member)
 and refuses the archive, before writing anything, for: a signature --allowed-signers refuses

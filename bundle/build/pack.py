@@ -1,4 +1,4 @@
-"""`pack DIR -o FILE`: the one archive carried across the air gap (unpacked by bundle/unpack.py).
+"""`pack DIR -o FILE`: the one archive carried across the air gap (unpacked by bundle/install/unpack.py).
 
 pack writes MANIFEST.json as the first member, then its signature MANIFEST.json.sig when the
 bundle is signed (`bundle sign`, or `pack --sign-key KEY`), then exactly the files the manifest lists,
@@ -11,7 +11,7 @@ written by rename (mode 0644, directory fsynced). An archive inside the director
 (`pack DIR -o DIR/x.tar`, in any spelling) is refused before anything is written.
 
 `pack --max-part-size 4G` writes the archive as parts (bundle/format/parts.py); a delta
-(`build --base`) leaves out what its base holds. Unpacking is bundle/unpack.py.
+(`build --base`) leaves out what its base holds. Unpacking is bundle/install/unpack.py.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from bundle.format.overlap import inside
 from bundle.format.parts import PartWriter, existing_parts, parse_part_size, sums_text
 from bundle.format.progress import Progress, bars_wanted, human
 from bundle.format.signature import SignatureError, check_matches, read_signature
-from bundle.sign import print_signed, sign_bundle
+from bundle.build.sign import print_signed, sign_bundle
 
 GZIP_SUFFIXES = (".tar.gz", ".tgz")
 

@@ -7,7 +7,7 @@ else the stack's models_dir): the manifest's ``model_dirs`` says where below it.
 given on the command line wins over the manifest, so an absolute host directory (what an
 older build wrote for an absolute model path) is taken relative to the stack's models_dir
 and put under the models directory install writes; one outside the stack's models_dir has
-no place there and is refused. Each file's place is checked by bundle/confine.py.
+no place there and is refused. Each file's place is checked by bundle/install/confinement.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import posixpath
 from pathlib import Path
 from typing import Optional
 
-from bundle.confine import Confinement, Target, shown
+from bundle.install.confinement import Confinement, Target, shown
 from bundle.format.filecopy import HashCache
 from bundle.format.manifest import FileEntry, StackManifest, path_problem
 from bundle.format.manifest_rules import key as field_key

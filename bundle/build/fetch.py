@@ -7,41 +7,22 @@
   `pip install huggingface_hub`). Their bookkeeping files (`.cache/`, `.msc`, `.mv`, ...)
   stay out of the bundle. Mirrors: the libraries' own settings (HF_ENDPOINT, MODELSCOPE_DOMAIN).
 - local: a directory on this machine, copied as it is (symlinks followed).
-- The Pulumi CLI and plugins: bundle/pulumi_release.py.
+- The Pulumi CLI and plugins: bundle/build/pulumi_release.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
-from bundle.format.errors import BundleError, SetupError
+from bundle.contents.stacks import Source
+from bundle.format.errors import FetchError, SetupError
 
 # Top-level names the hub libraries write into a download directory for themselves.
 HUB_BOOKKEEPING = frozenset({".cache", "._____temp", ".msc", ".mdl", ".mv", ".lock"})
 HUB_PACKAGES = {"modelscope": "modelscope", "huggingface": "huggingface_hub"}
-
-
-class FetchError(BundleError):
-    """A download or copy that failed on the online machine (exit 1)."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """A model directory's origin (the fields of the stack config's ModelSource)."""
-
-    hub: str  # modelscope | huggingface | local
-    id: Optional[str] = None
-    revision: Optional[str] = None
-    path: Optional[str] = None
-
-    def describe(self) -> str:
-        if self.hub == "local":
-            return f"local {self.path}"
-        return f"{self.hub} {self.id}@{self.revision or 'default'}"
 
 
 def _safe(text: str) -> str:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from bundle.contents import BundleItem, bundle_items, model_bundle_dir
-from bundle.fetch import Source
+from bundle.contents.items import BundleItem, bundle_items, model_bundle_dir
 from bundle.format.errors import SetupError
 from bundle.format.manifest import StackEntry
 from spec.config import StackConfig
@@ -22,17 +21,32 @@ from spec.docker_host import remote_docker_hostname
 from spec.engine_packages import stack_packages
 from spec.errors import ConfigError
 from spec.launch import cluster_container_name, models_dir_of
-from spec.source import from_stack_file, stack_name_of
+from spec.stack_file import from_stack_file, stack_name_of
 from spec.xinference import PACKAGES_DIR
 
 
 @dataclass(frozen=True)
-class StackSource:
+class LoadedStack:
     """One stack the bundle is built for."""
 
     name: str
     cfg: StackConfig
     path: Path  # its stack file
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model directory's origin (the fields of the stack config's ModelSource)."""
+
+    hub: str  # modelscope | huggingface | local
+    id: Optional[str] = None
+    revision: Optional[str] = None
+    path: Optional[str] = None
+
+    def describe(self) -> str:
+        if self.hub == "local":
+            return f"local {self.path}"
+        return f"{self.hub} {self.id}@{self.revision or 'default'}"
 
 
 @dataclass(frozen=True)
@@ -46,19 +60,19 @@ class ModelDir:
 
 
 @dataclass
-class SitePlan:
+class MergedItems:
     """The merged items of every stack, and who wants each."""
 
     items: list[BundleItem]  # each bundle path once, in the order the stacks list them
     per_stack: dict[str, list[BundleItem]]
-    wanted_by: dict[str, list[StackSource]]  # bundle path -> the stacks that want it
+    wanted_by: dict[str, list[LoadedStack]]  # bundle path -> the stacks that want it
 
 
-def plan_site(stacks: list[StackSource], image_tar: Optional[Path] = None) -> SitePlan:
+def merge_stacks(stacks: list[LoadedStack], image_tar: Optional[Path] = None) -> MergedItems:
     """Every stack's items, each bundle path once; ``image_tar`` (one tar for all) needs one image."""
     merged: dict[str, BundleItem] = {}
     per_stack: dict[str, list[BundleItem]] = {}
-    wanted_by: dict[str, list[StackSource]] = {}
+    wanted_by: dict[str, list[LoadedStack]] = {}
     for stack in stacks:
         per_stack[stack.name] = bundle_items(stack.cfg, stack.name)
         for item in per_stack[stack.name]:
@@ -68,13 +82,13 @@ def plan_site(stacks: list[StackSource], image_tar: Optional[Path] = None) -> Si
     if image_tar is not None and len(images) > 1:
         raise SetupError(f"--image-tar: the stacks use {len(images)} images ({', '.join(sorted(images))}); "
                          "give each stack's tar as image.tar in its stack file instead")
-    clashes = site_clashes(stacks)
+    clashes = stack_clashes(stacks)
     if clashes:
         raise SetupError("the stacks collide on a shared docker host:\n" + "\n".join(f"  {c}" for c in clashes))
-    return SitePlan(list(merged.values()), per_stack, wanted_by)
+    return MergedItems(list(merged.values()), per_stack, wanted_by)
 
 
-def stack_entry(stack: StackSource, items: list[BundleItem]) -> StackEntry:
+def stack_entry(stack: LoadedStack, items: list[BundleItem]) -> StackEntry:
     """The manifest's facts about one stack."""
     cfg = stack.cfg
     image_item = next((i for i in items if i.role == "image"), None)
@@ -93,7 +107,7 @@ def stack_entry(stack: StackSource, items: list[BundleItem]) -> StackEntry:
                       models_dir=cfg.models_dir, model_dirs=model_dirs, models=models)
 
 
-def model_sources(stacks: list[StackSource]) -> dict[str, ModelDir]:
+def model_sources(stacks: list[LoadedStack]) -> dict[str, ModelDir]:
     """{bundle dir: ModelDir} of every stack's enabled models and their companions."""
     dirs: dict[str, ModelDir] = {}
     first_stack: dict[str, str] = {}
@@ -157,7 +171,7 @@ class Clash:
                 f"each stack its own docker.host (servers[].docker.host in a cluster), or a distinct {key}")
 
 
-def site_clashes(stacks: list[StackSource]) -> list[Clash]:
+def stack_clashes(stacks: list[LoadedStack]) -> list[Clash]:
     """What two stacks of one site would both take on one remote docker host.
 
     The usual cause is a stack file copied for the next server with its docker.host left
@@ -172,7 +186,7 @@ def site_clashes(stacks: list[StackSource]) -> list[Clash]:
 
 
 def sibling_clashes(stack: str, cfg: StackConfig, stacks_dir: Path) -> list[Clash]:
-    """site_clashes of this stack against the other stack files of the project (stacks_dir).
+    """stack_clashes of this stack against the other stack files of the project (stacks_dir).
 
     For the program's preview: an operator machine that deploys several servers over ssh
     keeps their stack files side by side. A sibling file that does not validate is skipped
@@ -186,8 +200,8 @@ def sibling_clashes(stack: str, cfg: StackConfig, stacks_dir: Path) -> list[Clas
         if name == stack:
             continue
         try:
-            others.append(StackSource(name, from_stack_file(path), path))
+            others.append(LoadedStack(name, from_stack_file(path), path))
         except ConfigError:
             continue
-    mine = StackSource(stack, cfg, Path(stacks_dir) / f"Pulumi.{stack}.yaml")
-    return [clash for clash in site_clashes([mine, *others]) if stack in clash.stacks]
+    mine = LoadedStack(stack, cfg, Path(stacks_dir) / f"Pulumi.{stack}.yaml")
+    return [clash for clash in stack_clashes([mine, *others]) if stack in clash.stacks]

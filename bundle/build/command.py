@@ -15,7 +15,7 @@ once. Two stacks that give one model directory different sources are refused.
                         `huggingface_hub` on this machine), or a local directory (source.hub:
                         local, or no source: the model's directory under models_dir here)
   models/_engine_packages/  the wheels of the models' virtualenvs (spec/engine_packages.py), resolved
-                        for the image's Python as read from its tar (bundle/engine_wheels.py), with
+                        for the image's Python as read from its tar (bundle/build/engine_wheels.py), with
                         packages.json (per model: what it asks, what the image keeps, its wheels)
                         and the pip.conf that makes them the container's only package index
   wheels/               `pip download --require-hashes` of requirements.lock (binary wheels only,
@@ -26,7 +26,7 @@ once. Two stacks that give one model directory different sources are refused.
   program/              this project's files (--project, default: this checkout): git's tracked and
                         untracked-not-ignored files, never .state/, stacks/, venv/ or the output
   stack/Pulumi.NAME.yaml  per stack
-  sbom.cdx.json         a CycloneDX 1.6 SBOM of all the above (bundle/sbom.py): the image with its Debian
+  sbom.cdx.json         a CycloneDX 1.6 SBOM of all the above (bundle/build/sbom.py): the image with its Debian
                         and Python packages, the wheels, Pulumi, each model with its source, revision
                         and files, this program; hashed in the manifest like every file
   MANIFEST.json         written last and atomically; removed first when rebuilding, so an
@@ -56,12 +56,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, TextIO
 
-from bundle import wheel_lock
-from bundle.contents import IMAGE_DIR, PULUMI_PLUGINS, carried_stack, image_tar_name
-from bundle.docker_image import check_image_tar, docker_save
-from bundle.engine_wheels import package_record, resolve_model
-from bundle.fetch import HUB_BOOKKEEPING, FetchError, download_model, list_source_files
-from bundle.format.errors import SetupError
+from bundle.build import wheel_lock
+from bundle.contents.items import IMAGE_DIR, PULUMI_PLUGINS, SBOM_NAME, carried_stack, image_tar_name
+from bundle.build.docker_image import check_image_tar, docker_save
+from bundle.build.engine_wheels import package_record, resolve_model
+from bundle.build.fetch import HUB_BOOKKEEPING, download_model, list_source_files
+from bundle.format.errors import FetchError, SetupError
 from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, remove_partials
 from bundle.format.image_dir import ImageDirError, image_dir_of, prune_cache, split_tar_cached
 from bundle.format.delta import base_of, read_base
@@ -71,11 +71,11 @@ from bundle.format.manifest import (MANIFEST_NAME, BundleError, FileEntry, Manif
                                     write_atomic)
 from bundle.format.manifest_rules import SIGNATURE_NAME
 from bundle.format.progress import Progress, bars_wanted, human, plural
-from bundle.image_env import image_env
-from bundle.program import program_files
-from bundle.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain, toolchain_versions
-from bundle.sbom import SBOM_NAME, ImageFacts, SbomInputs, model_facts, sbom_json
-from bundle.site import ModelDir, StackSource, model_sources, plan_site, stack_entry
+from bundle.build.image_env import image_env
+from bundle.build.program import program_files
+from bundle.build.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain, toolchain_versions
+from bundle.build.sbom import ImageFacts, SbomInputs, model_facts, sbom_json
+from bundle.contents.stacks import ModelDir, LoadedStack, model_sources, merge_stacks, stack_entry
 from spec.engine_packages import pip_conf, stack_packages
 from spec.errors import ConfigError
 
@@ -120,9 +120,9 @@ class ItemReport:
 class Builder:
     """Builds (or refreshes) one bundle directory for one or more stacks."""
 
-    def __init__(self, stacks: list[StackSource], options: BuildOptions, out: TextIO):
+    def __init__(self, stacks: list[LoadedStack], options: BuildOptions, out: TextIO):
         self.stacks, self.opts, self.stdout = stacks, options, out
-        self.wanted_by: dict[str, list[StackSource]] = {}  # bundle item path -> the stacks that want it
+        self.wanted_by: dict[str, list[LoadedStack]] = {}  # bundle item path -> the stacks that want it
         self.out = options.out.absolute()
         self.cache_dir = (options.cache_dir or self.out.parent / f".{self.out.name}.build-cache").absolute()
         self.hashes = HashCache(self.cache_dir / "hashes.json")
@@ -141,8 +141,8 @@ class Builder:
     # -- the whole build ----------------------------------------------------------------------
 
     def build(self) -> Manifest:
-        site = plan_site(self.stacks, self.opts.image_tar)
-        self.wanted_by = site.wanted_by
+        merged = merge_stacks(self.stacks, self.opts.image_tar)
+        self.wanted_by = merged.wanted_by
         model_dirs = model_sources(self.stacks)
         if not (self.opts.project / PROJECT_MARKER).is_file():
             raise SetupError(f"--project {self.opts.project}: has no {PROJECT_MARKER}: not the project checkout "
@@ -150,7 +150,7 @@ class Builder:
         self._prepare_out_dir()
         previous = self._previous_manifest()
         try:
-            for item in site.items:
+            for item in merged.items:
                 report = ItemReport(item.path, item.what)
                 self.reports.append(report)
                 handler = getattr(self, f"_{item.role}")
@@ -158,7 +158,7 @@ class Builder:
                 self.hashes.save()  # an interrupted build keeps what it already hashed
         finally:
             self.progress.close()
-        stacks = {stack.name: self._with_image_id(stack_entry(stack, site.per_stack[stack.name]))
+        stacks = {stack.name: self._with_image_id(stack_entry(stack, merged.per_stack[stack.name]))
                   for stack in self.stacks}
         self._write_sbom(stacks, model_dirs)
         self._remove_stale()
@@ -350,7 +350,7 @@ class Builder:
         self.sbom_report = report  # written by _write_sbom once every other item is carried: it lists them
 
     def _write_sbom(self, stacks: dict[str, StackEntry], model_dirs: dict[str, ModelDir]) -> None:
-        """sbom.cdx.json (bundle/sbom.py) of what this build carries, carried like the other files."""
+        """sbom.cdx.json (bundle/build/sbom.py) of what this build carries, carried like the other files."""
         images = []
         for path, tar in sorted(self.image_tars.items()):
             try:
@@ -489,7 +489,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     for name in dict.fromkeys(args.stack):  # each once, in the order given
         stack_path = args.stacks_dir / f"Pulumi.{name}.yaml"
         try:
-            stacks.append(StackSource(name, carried_stack(stack_path), stack_path))
+            stacks.append(LoadedStack(name, carried_stack(stack_path), stack_path))
         except ConfigError as exc:
             print(exc.report(), file=sys.stderr)
             failed = True

@@ -12,8 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from bundle.fetch import FetchError
-from bundle.format.errors import SetupError
+from bundle.format.errors import FetchError, SetupError
 
 
 def docker_save(image: str, configured_tar: Optional[str], cache_dir: Path, say: Callable[[str], None]) -> Path:

@@ -1,7 +1,7 @@
 """What `plan --bundle DIR` says of the bundle's sbom.cdx.json: counts per kind, and each model with its revision.
 
 Reads the document as plain JSON (the CycloneDX library is an online-machine tool, not in the site's venv),
-by the ``xinference-offline:kind`` property bundle/sbom.py gives every component it writes.
+by the ``xinference-offline:kind`` property bundle/build/sbom.py gives every component it writes.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-SBOM_FILE = "sbom.cdx.json"  # bundle/sbom.py's SBOM_NAME (that module needs the CycloneDX library)
-KIND = "xinference-offline:kind"
+from bundle.contents.items import SBOM_KIND, SBOM_NAME
+
 KIND_ORDER = ("image", "debian-package", "image-python", "site-wheel", "engine-wheel", "engine-stand-in", "pulumi",
               "model", "program")
 
@@ -30,7 +30,7 @@ def properties(component: dict) -> dict[str, str]:
 def kind_counts(doc: dict) -> dict[str, int]:
     counts: dict[str, int] = {}
     for component in walk(doc.get("components", [])):
-        kind = properties(component).get(KIND)
+        kind = properties(component).get(SBOM_KIND)
         if kind:
             counts[kind] = counts.get(kind, 0) + 1
     return counts
@@ -39,9 +39,9 @@ def kind_counts(doc: dict) -> dict[str, int]:
 def summary_lines(doc: dict) -> list[str]:
     counts = kind_counts(doc)
     order = [k for k in KIND_ORDER if k in counts] + sorted(set(counts) - set(KIND_ORDER))
-    lines = [f"SBOM ({SBOM_FILE}, CycloneDX {doc.get('specVersion', '?')}): "
+    lines = [f"SBOM ({SBOM_NAME}, CycloneDX {doc.get('specVersion', '?')}): "
              + ", ".join(f"{counts[k]} {k}" for k in order)]
-    models = [c for c in doc.get("components", []) if properties(c).get(KIND) == "model"]
+    models = [c for c in doc.get("components", []) if properties(c).get(SBOM_KIND) == "model"]
     width = max((len(c.get("name", "")) for c in models), default=0)
     for model in sorted(models, key=lambda c: c.get("name", "")):
         props = properties(model)
@@ -59,11 +59,11 @@ def summary_lines(doc: dict) -> list[str]:
 
 def bundle_sbom_summary(bundle: Path) -> list[str]:
     """The summary lines of DIR/sbom.cdx.json; one line saying so when the bundle has none or it is unreadable."""
-    path = Path(bundle) / SBOM_FILE
+    path = Path(bundle) / SBOM_NAME
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return [f"SBOM: none in this bundle ({SBOM_FILE} is written by `bundle build` since the SBOM was added)"]
+        return [f"SBOM: none in this bundle ({SBOM_NAME} is written by `bundle build` since the SBOM was added)"]
     except (OSError, ValueError) as exc:
         return [f"SBOM: {path} cannot be read ({exc})"]
     if not isinstance(doc, dict) or doc.get("bomFormat") != "CycloneDX":

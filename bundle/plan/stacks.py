@@ -14,12 +14,12 @@ from typing import TextIO
 
 from bundle.format.manifest import BundleError, load_manifest
 from bundle.format.progress import plural
-from bundle.site import StackSource, site_clashes
-from bundle.stack_plan import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_plan
+from bundle.contents.stacks import LoadedStack, stack_clashes
+from bundle.plan.report import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_report
 from spec.config import StackConfig
 from spec.errors import ConfigError
 from spec.launch import endpoint_url
-from spec.source import from_stack_file
+from spec.stack_file import from_stack_file
 
 EXIT_FAILED = 1
 
@@ -33,14 +33,14 @@ def gpu_summary(cfg: StackConfig) -> str:
     return ids_text(cfg.gpu_ids)
 
 
-def plan_bundle_site(bundle: Path, stacks_dir: Path, out: TextIO) -> int:
+def report_bundle_stacks(bundle: Path, stacks_dir: Path, out: TextIO) -> int:
     try:
         whole = load_manifest(bundle)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     code = 0
-    sources: list[StackSource] = []
+    sources: list[LoadedStack] = []
     rows = [("STACK", "MODE", "ENDPOINT", "HOST GPUS", "MODELS", "STACK FILE", "BUNDLE")]
     for name in sorted(whole.stacks):
         path = named_stack_file(name, stacks_dir, bundle)
@@ -52,17 +52,17 @@ def plan_bundle_site(bundle: Path, stacks_dir: Path, out: TextIO) -> int:
             rows.append((name, "-", "-", "-", "-", str(path), "config error (printed above)"))
             continue
         manifest = whole.for_stack(name)
-        write_plan(cfg, name, path, manifest, out)
+        write_report(cfg, name, path, manifest, out)
         print("", file=out)
         gaps = bundle_gaps(cfg, name, manifest)
         if gaps:
             code = code or EXIT_FAILED
-        sources.append(StackSource(name, cfg, path))
+        sources.append(LoadedStack(name, cfg, path))
         rows.append((name, cfg.mode, endpoint_url(cfg), gpu_summary(cfg), str(len(cfg.enabled_models)), str(path),
                      f"{len(gaps)} MISSING" if gaps else "ok"))
     print(f"Site: {bundle} carries {plural(len(whole.stacks), 'stack')} (bundle id {whole.bundle_id})", file=out)
     print_table(rows, out)
-    clashes = site_clashes(sources)
+    clashes = stack_clashes(sources)
     if clashes:
         print(f"error: {len(clashes)} clash{'es' if len(clashes) != 1 else ''} between the stacks on a shared "
               "docker host (the later `pulumi up` would fail on the name or port, or share the GPU):", file=sys.stderr)

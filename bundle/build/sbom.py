@@ -42,15 +42,14 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
-from bundle.contents import packages_bundle_dir
-from bundle.fetch import Source
+from bundle.contents.items import packages_bundle_dir
+from bundle.contents.items import SBOM_KIND
+from bundle.contents.stacks import Source
 from bundle.format.errors import BundleError
 from bundle.format.manifest import FileEntry, files_digest
-from bundle.image_env import ImageEnv
-from bundle.sbom_summary import KIND, SBOM_FILE
-from bundle.stub_wheel import is_stub_filename
+from bundle.build.image_env import ImageEnv
+from bundle.build.stub_wheel import is_stub_filename
 
-SBOM_NAME = SBOM_FILE
 PREFIX = "xinference-offline:"
 UNPINNED = "unpinned"
 HUB_URLS = {"huggingface": "https://huggingface.co/{id}", "modelscope": "https://modelscope.cn/models/{id}"}
@@ -97,7 +96,7 @@ def _sha256(value: str) -> list[HashType]:
 
 
 def _props(kind: str, **extra: Optional[str]) -> list[Property]:
-    props = [Property(name=KIND, value=kind)]
+    props = [Property(name=SBOM_KIND, value=kind)]
     props += [Property(name=PREFIX + key.replace("_", "-"), value=value) for key, value in extra.items()
               if value is not None]
     return props

@@ -22,14 +22,14 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-from bundle.contents import carried_stack, model_bundle_dir
+from bundle.contents.items import carried_stack, model_bundle_dir
 from bundle.format.manifest import BundleError, StackManifest, load_manifest
-from bundle.sbom_summary import bundle_sbom_summary
-from bundle.site import sibling_clashes
-from bundle.site_plan import plan_bundle_site
-from bundle.stack_plan import EXIT_USAGE, bundle_gaps, named_stack_file, write_plan
+from bundle.plan.sbom_summary import bundle_sbom_summary
+from bundle.contents.stacks import sibling_clashes
+from bundle.plan.stacks import report_bundle_stacks
+from bundle.plan.report import EXIT_USAGE, bundle_gaps, named_stack_file, write_report
 from spec.errors import ConfigError
-from spec.source import stack_name_of
+from spec.stack_file import stack_name_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def stack_file(args: argparse.Namespace) -> tuple[str, Path]:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     if not (args.stack or args.config):
         if args.bundle:
-            code = plan_bundle_site(args.bundle, args.stacks_dir, out)
+            code = report_bundle_stacks(args.bundle, args.stacks_dir, out)
             print("\n".join(bundle_sbom_summary(args.bundle)), file=out)
             return code
         print("error: name a stack (--stack NAME or --config FILE), or give --bundle DIR alone to plan every "
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         except BundleError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    write_plan(cfg, stack, path, manifest, out, model_dirs, args.bundle)
+    write_report(cfg, stack, path, manifest, out, model_dirs, args.bundle)
     if args.bundle:
         print("\n".join(bundle_sbom_summary(args.bundle)), file=out)
     # as the program's preview warns

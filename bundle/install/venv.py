@@ -14,8 +14,8 @@ from bundle.format.errors import FileProblem
 from bundle.format.manifest import StackManifest, files_digest, write_atomic
 from bundle.format.progress import plural
 from bundle.format.verify import check_directory
-from bundle.install_plan import InstallError, StepResult
-from bundle.pip_env import offline_pip_env
+from bundle.install.destinations import InstallError, StepResult
+from bundle.install.pip_env import offline_pip_env
 
 VENV_STAMP = ".xinference-offline-wheels"
 

@@ -1,6 +1,6 @@
 """One stack's plan, as `bundle plan` prints it: models, placement, VRAM budgets, the bundle's
-contents and what an unpacked bundle lacks. Shared by the single-stack plan (bundle/plan.py)
-and the site-wide one (bundle/site_plan.py).
+contents and what an unpacked bundle lacks. Shared by the single-stack plan (bundle/plan/command.py)
+and the site-wide one (bundle/plan/stacks.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from bundle.contents import bundle_items, packages_bundle_dir
+from bundle.contents.items import bundle_items, packages_bundle_dir
 from bundle.format.image_dir import image_dir_of
 from bundle.format.manifest import BundleError, StackManifest
 from bundle.format.progress import human
@@ -31,7 +31,7 @@ def named_stack_file(stack: str, stacks_dir: Path, bundle: Optional[Path]) -> Pa
     return carried if carried is not None and not own.exists() and carried.is_file() else own
 
 
-def write_plan(cfg: StackConfig, stack: str, path: Path, manifest: Optional[StackManifest], out: TextIO,
+def write_report(cfg: StackConfig, stack: str, path: Path, manifest: Optional[StackManifest], out: TextIO,
                model_dirs: Optional[ModelDirs] = None, bundle: Optional[Path] = None) -> None:
     """``model_dirs``: where the models' files are here, for the VRAM estimates (see spec.rules.server_budgets);
     ``bundle``: the unpacked bundle, whose packages.json gives each model's engine wheels and their size."""
