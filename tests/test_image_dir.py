@@ -255,3 +255,28 @@ def test_the_manifest_refuses_an_image_dir_without_its_manifest_json_or_beside_a
     nothing["files"] = [f for f in nothing["files"] if not f["path"].endswith("/manifest.json")]
     with pytest.raises(ManifestError, match="a directory whose manifest.json this manifest lists"):
         checked(nothing)
+
+
+@pytest.mark.parametrize("form", ["layers", "tar"])
+def test_the_program_loads_the_image_as_the_bundle_keeps_it(tmp_path, form):
+    """The Pulumi program (under mocks) on a bundle: one keeping the image as files runs image_dir.py with the
+    planned digest (also the reload trigger); an old-form bundle loads its one tar, as before."""
+    from tests.test_program import ENGINE_IMAGE, run_program
+    from tests.stack_configs import docker_stack
+
+    site = make_site(tmp_path / "online", stack="gpu-node-1")
+    assert cli(*build_args(site, "--image-form", form))[0] == 0
+    view = load_manifest(site.out).for_stack("gpu-node-1")
+    models = [{"uid": "emb", "name": "bge-small-en-v1.5", "type": "embedding", "path": "emb"},
+              {"uid": "rr", "name": "bce-reranker-base_v1", "type": "rerank", "path": "rr"}]
+    mocks, _ = run_program(docker_stack(bundle_dir=str(site.out), image={"name": IMAGE}, models=models,
+                                        models_dir=str(tmp_path / "models"), gpus=[]))
+    load = mocks.resources["xinference-image-load"].inputs
+    if form == "layers":
+        assert f"{image_dir.__file__} load --bundle {site.out} --image images/xprobe_xinference_v4.1.0 " \
+               f"--digest {view.image_sha256()} -- docker load" in load["create"]
+    else:
+        assert f"docker load -i {site.out}/images/xprobe_xinference_v4.1.0.tar" in load["create"]
+    assert load["triggers"] == [view.image_sha256()]
+    image = mocks.one(ENGINE_IMAGE)
+    assert image.inputs["expected_id"] == view.entry.image_id and image.inputs["load_script"] == load["create"]
