@@ -20,7 +20,7 @@ import pulumi_docker as docker
 from bundle.contents.items import model_bundle_dir, packages_bundle_dir
 from bundle.format.manifest import StackManifest
 from components.container import XinferenceContainer, XinferenceContainerArgs
-from components.image import LoadedImage, LoadedImageArgs
+from components.image import LoadedImage, LoadedImageArgs, bundle_image
 from components.local_repair import LocalModelRepair, LocalModelRepairArgs
 from components.model import XinferenceModel, XinferenceModelArgs
 from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs, family_digest
@@ -62,10 +62,10 @@ def image_digest(cfg: StackConfig, manifest: Optional[StackManifest]) -> str:
 
 
 def image_tar_path(cfg: StackConfig, manifest: Optional[StackManifest]) -> Optional[str]:
-    """The tar to load: the bundle's image tar when the stack names a bundle, else image.tar."""
-    images = manifest.role("image") if manifest else []
-    if images and cfg.bundle_dir:
-        return os.path.join(cfg.bundle_dir, images[0].path)
+    """The tar to load: the bundle's image tar when the stack names a bundle, else image.tar. None for a
+    bundle that keeps the image as its members (components/image.py bundle_image loads those)."""
+    if manifest and manifest.role("image") and cfg.bundle_dir:
+        return os.path.join(cfg.bundle_dir, manifest.entry.image_tar) if manifest.entry.image_tar else None
     return cfg.image.tar if cfg.image else None
 
 
@@ -209,6 +209,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
             docker_host=host.host,
             ssh=host.ssh,
             image_id=self._args.manifest.entry.image_id if self._args.manifest else None,
+            members=bundle_image(cfg, self._args.manifest),
         ), opts=on_host)
         self._images[host.host] = (image, on_host)
         return image, on_host

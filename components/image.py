@@ -14,21 +14,53 @@ tar, which lives on the operator machine, is streamed into `ssh HOST docker load
 copy on either side), with the stack's one ssh configuration (spec/ssh.py); one that has the
 id is sent nothing and the tar is not even hashed. A dropped connection fails the load before the container
 is touched (the running one keeps serving), and the next `up` loads again.
+
+A bundle that keeps the image as the members of its tar (``image_dir``, bundle/format/image_dir.py)
+is loaded the same way, its members streamed as one tar into `docker load` (here, or over ssh):
+each member hashed on the way and the stream cut inside the first damaged one, before the
+manifest.json `docker load` needs, so a damaged layer loads nothing and the container is not touched.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
 import pulumi_command as command
 
+from bundle.format import image_dir
+from bundle.format.manifest import StackManifest
 from bundle.format.manifest_check import IMAGE_ID_RE
 from bundle.format.manifest_rules import SHA256_RE
 from components.engine_image import EngineImage, EngineImageArgs
+from spec.config import StackConfig
 from spec.ssh import SshTarget
+
+
+@dataclass(frozen=True)
+class BundleImage:
+    """An image the unpacked bundle keeps as the members of its `docker save` tar."""
+
+    bundle_dir: str
+    image_dir: str
+    """Its bundle directory, images/NAME."""
+    digest: str
+    """The digest of its members (bundle/format/image_dir.py members_digest), as planned."""
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.bundle_dir, self.image_dir)
+
+
+def bundle_image(cfg: StackConfig, manifest: Optional[StackManifest]) -> Optional[BundleImage]:
+    """The image the stack's bundle keeps as its members; None for a tar (or no bundle)."""
+    if manifest is None or not cfg.bundle_dir or not manifest.entry.image_dir:
+        return None
+    return BundleImage(cfg.bundle_dir, manifest.entry.image_dir, manifest.image_sha256() or "")
 
 
 @dataclass
@@ -47,6 +79,8 @@ class LoadedImageArgs:
     """For an ssh:// engine: how to reach it (the tar is streamed over ssh)."""
     image_id: Optional[str] = None
     """The id the tar loads as (from the manifest): an engine that has it needs no transfer."""
+    members: Optional[BundleImage] = None
+    """The image as the bundle's files, when it keeps it so (then tar_path is None)."""
 
 
 def _fail(message: str) -> str:
@@ -83,14 +117,16 @@ def _skip_when_present(inspect_id: str, image_name: str, image_id: str, where: s
 
 
 def _loaded_check(inspect_id: str, inspect: str, image_name: str, image_id: Optional[str], tar_path: str,
-                  where: str) -> str:
+                  where: str, index_json: str = "") -> str:
     """The shell line after `docker load`: with the manifest's id, the engine must now report that id
-    for the name; without one, the name must at least be there."""
+    for the name; without one, the name must at least be there. ``index_json``: the shell that prints
+    the image's index.json (default: read from the tar)."""
     if _known(image_id):
         # An engine with the containerd image store (Docker 29's default) reports the digest of the
         # image's manifest (index.json's descriptor in the tar it saved), not its config's: either is
         # the tar's image. The tar is read for it only when the config id did not match.
-        oci_id = (f"tar -xOf {shlex.quote(tar_path)} index.json 2>/dev/null | grep -o '\"digest\": *\"sha256:[0-9a-f]*\"' "
+        index_json = index_json or f"tar -xOf {shlex.quote(tar_path)} index.json"
+        oci_id = (f"{index_json} 2>/dev/null | grep -o '\"digest\": *\"sha256:[0-9a-f]*\"' "
                   "| head -n 1 | grep -o 'sha256:[0-9a-f]*'")
         return f'have=$({inspect_id} || true)\n[ "$have" = {shlex.quote(image_id or "")} ] || ' \
                f'{{ [ -n "$have" ] && [ "$have" = "$({oci_id} || true)" ]; }} || ' + _fail(
@@ -147,6 +183,28 @@ def remote_load_script(image_name: str, tar_path: str, tar_sha256: str, image_id
     return "\n".join(lines) + "\n"
 
 
+def members_load_script(image_name: str, image: BundleImage, image_id: Optional[str], where: str,
+                        ssh: Optional[SshTarget] = None) -> str:
+    """The load of an image the bundle keeps as its members, onto the local engine (DOCKER_HOST) or over
+    ``ssh``: nothing when the engine holds the manifest's ``image_id``; else bundle/format/image_dir.py
+    streams the members into `docker load` (each hashed on the way, the stream cut inside a damaged one,
+    manifest.json last), and the id is checked after. Every value reaches the shell through shlex only."""
+    def docker(*words: str) -> list[str]:
+        return ssh.argv("docker", *words) if ssh is not None else ["docker", *words]
+
+    inspect_id = f"{shlex.join(docker('image', 'inspect', '--format', '{{.Id}}', image_name))} 2>/dev/null"
+    lines = ["set -eu"]
+    if _known(image_id):
+        lines += _skip_when_present(inspect_id, image_name, image_id or "", where)
+    lines.append("echo " + shlex.quote(f"load on {where}: streaming the image's files {image.path} into docker load"))
+    lines.append(shlex.join([sys.executable, "-I", os.path.abspath(image_dir.__file__), "load",
+                             "--bundle", image.bundle_dir, "--image", image.image_dir, "--digest", image.digest,
+                             "--", *docker("load")]))
+    lines.append(_loaded_check(inspect_id, shlex.join(docker("image", "inspect", image_name)), image_name, image_id,
+                               image.path, where, index_json=f"cat {shlex.quote(image.path + '/index.json')}"))
+    return "\n".join(lines) + "\n"
+
+
 def no_tar_script(image_name: str, where: str) -> str:
     """The load of a stack that names no tar: nothing to load from, said (never a pull)."""
     return "set -eu\n" + _fail(f"image {image_name} is not on {where} and the stack names no image tar "
@@ -164,13 +222,19 @@ class LoadedImage(pulumi.ComponentResource):
         super().__init__("xinference-offline:index:LoadedImage", name, None, opts)
         depends = []
         script, environment = no_tar_script(args.image_name, args.docker_host), None
-        if args.tar_path:
+        if args.members is not None or args.tar_path:
             if args.ssh is not None:  # preview names the server the tar goes to
                 load_name = f"{name}-load-on-{args.ssh.host}"
-                script = remote_load_script(args.image_name, args.tar_path, args.tar_digest, args.image_id, args.ssh)
             else:
                 load_name, environment = f"{name}-load", {"DOCKER_HOST": args.docker_host}
-                script = load_script(args.image_name, args.tar_path, args.tar_digest, args.image_id,
+            if args.members is not None:
+                script = members_load_script(args.image_name, args.members, args.image_id,
+                                             args.ssh.describe() if args.ssh else args.docker_host, args.ssh)
+            elif args.ssh is not None:
+                script = remote_load_script(args.image_name, args.tar_path or "", args.tar_digest, args.image_id,
+                                            args.ssh)
+            else:
+                script = load_script(args.image_name, args.tar_path or "", args.tar_digest, args.image_id,
                                      args.docker_host)
             depends.append(command.local.Command(load_name, create=script, environment=environment,
                                                  triggers=[args.tar_digest],

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import posixpath
+from pathlib import Path
 from typing import Optional
 
 from bundle.contents.items import IMAGE_DIR, image_tar_name
+from bundle.format.image_dir import member_problems
 from bundle.format.manifest import StackManifest
 from components.deployment import image_tar_path
 from components.docker_cli import DockerHostUnreachable, engine_image_id, needs_load
+from components.image import bundle_image
 from components.preflight import docker_hosts
 from spec.config import StackConfig
 
@@ -36,12 +39,24 @@ def missing_tar_message(image_name: str, image_id: Optional[str], docker_host: s
             "unpacked bundle (it records where the bundle is), or set bundle_dir in the stack file to it.")
 
 
+def missing_members_message(image_name: str, image_id: Optional[str], docker_host: str, image_dir: str,
+                            gaps: list[str]) -> str:
+    what = f"image {image_name}" + (f" ({image_id})" if image_id else "")
+    shown = "; ".join(gaps[:3]) + (f"; and {len(gaps) - 3} more" if len(gaps) > 3 else "")
+    return (f"{what} is not on docker host {docker_host}, so `up` must load it (it never pulls), but the bundle's "
+            f"image files in {image_dir} are incomplete ({shown}); nothing was changed. Fix: unpack the bundle "
+            "again (`python3 -m bundle unpack`, then `verify`).")
+
+
 def image_tar_problems(cfg: StackConfig, manifest: Optional[StackManifest]) -> list[str]:
-    """One message per docker host that lacks the image while the tar `up` would load is missing."""
+    """One message per docker host that lacks the image while the tar `up` would load is missing (or, for a
+    bundle that keeps the image as its members, one of them is missing or of another size)."""
     if cfg.image is None or cfg.mode == "existing":
         return []
+    members = bundle_image(cfg, manifest)
+    gaps = member_problems(Path(members.path), manifest.image_members()) if members and manifest else []
     tar_path = image_tar_path(cfg, manifest)
-    if tar_path and os.path.isfile(tar_path):
+    if (members is not None and not gaps) or (tar_path and os.path.isfile(tar_path)):
         return []
     from_bundle = bool(manifest and manifest.role("image") and cfg.bundle_dir)
     bundle_tar = tar_path if from_bundle else posixpath.join("<unpacked bundle>", IMAGE_DIR,
@@ -56,5 +71,7 @@ def image_tar_problems(cfg: StackConfig, manifest: Optional[StackManifest]) -> l
         except DockerHostUnreachable:
             continue  # the host preflight names an engine that does not answer
         if needs_load(have, image_id):
-            problems.append(missing_tar_message(cfg.image.name, image_id, host.host, tar_path, bundle_tar or ""))
+            problems.append(missing_members_message(cfg.image.name, image_id, host.host, members.path, gaps)
+                            if members else missing_tar_message(cfg.image.name, image_id, host.host, tar_path,
+                                                                bundle_tar or ""))
     return problems

@@ -16,6 +16,7 @@ import yaml
 from bundle.contents.items import bundle_items
 from bundle.contents.stacks import Source
 from bundle.build.fetch import hub_cache_dir
+from bundle.format.image_dir import image_dir_of
 from bundle.format.manifest import MANIFEST_NAME, load_manifest
 from bundle.build.pulumi_release import pulumi_versions
 from spec.stack_file import from_stack_file
@@ -61,16 +62,18 @@ def test_build_produces_exactly_what_plan_lists(site):
     cfg = from_stack_file(site.stacks / "Pulumi.t1.yaml")
     items = bundle_items(cfg, "t1")
     paths = [f.path for f in manifest.files]
-    for item in items:
-        if item.path.endswith("/"):
-            assert any(p.startswith(item.path) for p in paths), item.path
+    # the image item images/NAME.tar is kept as the tar's members, images/NAME/... (bundle/format/image_dir.py)
+    places = [image_dir_of(i.path) + "/" if i.role == "image" else i.path for i in items]
+    for place in places:
+        if place.endswith("/"):
+            assert any(p.startswith(place) for p in paths), place
         else:
-            assert item.path in paths, item.path
-    assert all(any(p == i.path or (i.path.endswith("/") and p.startswith(i.path)) for i in items) for p in paths)
+            assert place in paths, place
+    assert all(any(p == i or (i.endswith("/") and p.startswith(i)) for i in places) for p in paths)
     on_disk = sorted(str(p.relative_to(site.out)) for p in site.out.rglob("*") if p.is_file())
     assert on_disk == sorted(paths + [MANIFEST_NAME])
     by_path = manifest.by_path()
-    assert by_path["images/xprobe_xinference_v4.1.0.tar"].role == "image" and manifest.image == IMAGE
+    assert by_path["images/xprobe_xinference_v4.1.0/manifest.json"].role == "image" and manifest.image == IMAGE
     assert by_path["models/vad/vad.onnx"].model == "emb"  # a companion counts for its model
     assert by_path["models/rr/weights.bin"].model == "rr"
     assert by_path["wheels/requirements.txt"].role == "wheel"
@@ -93,14 +96,16 @@ def test_the_manifest_names_the_image_id_the_tar_loads_as(site):
     assert cli(*build_args(site))[0] == 0
     manifest = load_manifest(site.out)
     [entry] = manifest.stacks.values()
-    assert entry.image_id == image_id_of_tar(site.out / entry.image_tar)
+    assert entry.image_id == image_id_of_tar(site.root / "image" / "xinference.tar")
+    assert entry.image_dir == "images/xprobe_xinference_v4.1.0" and entry.image_tar is None
     assert entry.image_id.startswith("sha256:") and len(entry.image_id) == 71
 
 
 def test_the_image_tar_given_is_hard_linked_not_copied_and_pack_refuses_it_rewritten_in_place(site, tmp_path):
     """A 5 GB image is not copied when a link serves; a tar the operator rewrites in place afterwards
-    (`docker save IMAGE > file` truncates the same inode) changes the bundle's too, and pack says so."""
-    assert cli(*build_args(site))[0] == 0
+    (`docker save IMAGE > file` truncates the same inode) changes the bundle's too, and pack says so.
+    (The tar form: bundles before the image was kept as files, and --image-form tar.)"""
+    assert cli(*build_args(site, "--image-form", "tar"))[0] == 0
     [entry] = load_manifest(site.out).stacks.values()
     source = site.root / "image" / "xinference.tar"
     assert (site.out / entry.image_tar).stat().st_ino == source.stat().st_ino
@@ -119,7 +124,7 @@ def test_a_rebuild_with_no_change_touches_nothing_and_keeps_the_bundle_id(site):
     files = {p: identity(p) for p in site.out.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
     summary = build(site)
     assert set(fetched(summary).values()) == {"reused"}
-    assert "0 files, 0 B (18 reused)" in summary  # 17 + sbom.cdx.json
+    assert "0 files, 0 B (20 reused)" in summary  # 19 (the image is 3 files) + sbom.cdx.json
     assert {p: identity(p) for p in files} == files
     assert load_manifest(site.out).bundle_id == before_id
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -88,3 +89,73 @@ def test_preview_refuses_a_missing_image_whose_tar_is_missing_and_passes_once_th
         assert part in problems[0], part
     docker(host, "load", "-q", "-i", str(made.path))
     assert image_tar_problems(cfg, None) == []  # nothing to load: the tar is not needed
+
+
+# ---------------------------------------------------------------------------------------------
+# an image the bundle keeps as the members of its tar (bundle/format/image_dir.py)
+
+
+def members_of(made, tmp_path):
+    """A bundle directory keeping ``made`` as its members, the way `bundle build` lays it out."""
+    import json
+
+    from bundle.format.image_dir import members_digest, split_tar
+    from components.image import BundleImage
+
+    bundle = tmp_path / "bundle"
+    members = split_tar(made.path, bundle / "images" / "xo")
+    files = [{"path": f"images/xo/{m.name}", "size": m.size, "sha256": m.sha256} for m in members]
+    (bundle / "MANIFEST.json").write_text(json.dumps({"files": files}))
+    return BundleImage(str(bundle), "images/xo", members_digest(members)), members
+
+
+def member_props(host: str, made, image) -> dict:
+    from components.image import members_load_script
+
+    return {"image_name": made.ref, "tar_digest": image.digest, "docker_host": host, "expected_id": made.id,
+            "load_script": members_load_script(made.ref, image, made.id, host), "load_env": {"DOCKER_HOST": host},
+            "docker_ssh": None, "image_id": None}
+
+
+def test_the_members_of_the_bundle_are_streamed_into_docker_load_and_the_id_checked(image, tmp_path):
+    host, made = image
+    bundle_image, _ = members_of(made, tmp_path)
+    created = EngineImageProvider().create(member_props(host, made, bundle_image))
+    assert created.id == made.id
+    assert docker(host, "image", "inspect", "--format", "{{.Id}}", made.ref).stdout.decode().strip() == made.id
+    import shutil
+    shutil.rmtree(bundle_image.bundle_dir)  # on the engine now: nothing is read or sent again
+    assert EngineImageProvider().create(member_props(host, made, bundle_image)).id == made.id
+
+
+def test_a_damaged_layer_is_refused_and_nothing_is_loaded(image, tmp_path):
+    host, made = image
+    bundle_image, members = members_of(made, tmp_path)
+    layer = next(m for m in members if m.name.endswith("layer.tar"))
+    path = tmp_path / "bundle" / "images" / "xo" / layer.name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40  # the same size: only the sha256 tells
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageLoadFailed) as failed:
+        EngineImageProvider().create(member_props(host, made, bundle_image))
+    message = str(failed.value)
+    assert f"{layer.name} is damaged" in message and "nothing was loaded" in message, message
+    assert docker(host, "image", "inspect", made.id, check=False).returncode != 0  # not on the engine
+
+
+def test_preview_names_the_missing_member_of_an_image_kept_as_files(image, tmp_path):
+    from components.image_check import image_tar_problems
+    from spec.load import load_stack_config
+
+    host, made = image
+    bundle_image, members = members_of(made, tmp_path)
+    cfg = load_stack_config({"mode": "docker", "image": {"name": made.ref}, "bundle_dir": bundle_image.bundle_dir,
+                             "models_dir": str(tmp_path / "models"), "docker": {"host": host}}, namespaced=False)
+    view = SimpleNamespace(entry=SimpleNamespace(image_dir="images/xo", image_tar=None, image_id=made.id),
+                           role=lambda role: members, image_sha256=lambda: bundle_image.digest,
+                           image_members=lambda: members)
+    assert image_tar_problems(cfg, view) == []
+    layer = next(m for m in members if m.name.endswith("layer.tar"))
+    (tmp_path / "bundle" / "images" / "xo" / layer.name).unlink()
+    (problem,) = image_tar_problems(cfg, view)
+    assert f"{layer.name} is missing" in problem and "nothing was changed" in problem, problem

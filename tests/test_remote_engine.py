@@ -192,3 +192,33 @@ def test_stop_removes_what_it_started_and_the_main_engine_still_works(tmp_path):
     finally:
         docker(main, "rm", "-f", f"xo-main-{image.id[7:19]}", check=False)
         docker(main, "rmi", image.id, check=False)
+
+
+def test_an_image_kept_as_bundle_files_is_streamed_over_ssh_with_no_copy_and_its_id_checked(remote_engine, tmp_path):
+    """The load of components/image.py for a bundle that keeps the image as its members: streamed through
+    `ssh HOST docker load` (nothing written on either side but the engine's own), then the id checked; an
+    engine that has the id is sent nothing, and a damaged layer loads nothing."""
+    from components.engine_image import EngineImageProvider, ImageLoadFailed
+    from components.image import members_load_script
+    from spec.ssh import SshTarget
+    from tests.test_engine_image import members_of
+
+    image = busybox_image(nonce=uuid.uuid4().hex[:8], out_dir=tmp_path)
+    bundle_image, members = members_of(image, tmp_path)
+    target = SshTarget(host=remote_engine.host, user=remote_engine.user, port=remote_engine.port,
+                       identity_file=str(remote_engine.key), known_hosts=str(remote_engine.known_hosts))
+    props = {"image_name": image.ref, "tar_digest": bundle_image.digest, "docker_host": target.describe(),
+             "expected_id": image.id, "docker_ssh": target.argv(), "image_id": None, "load_env": {},
+             "load_script": members_load_script(image.ref, bundle_image, image.id, target.describe(), target)}
+    layer = tmp_path / "bundle" / "images" / "xo" / next(m.name for m in members if m.name.endswith("layer.tar"))
+    good = layer.read_bytes()
+    layer.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(ImageLoadFailed, match="is damaged"):
+        EngineImageProvider().create(dict(props))
+    assert remote_engine.docker("image", "inspect", image.id, check=False).returncode != 0
+    layer.write_bytes(good)
+    assert EngineImageProvider().create(dict(props)).id == image.id
+    assert remote_engine.docker("image", "inspect", "--format", "{{.Id}}", image.ref).stdout.decode().strip() == image.id
+    assert docker(require_main_engine(), "image", "inspect", image.id, check=False).returncode != 0  # remote only
+    layer.unlink()  # the engine has the id: nothing is read or sent
+    assert EngineImageProvider().create(dict(props)).id == image.id

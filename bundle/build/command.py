@@ -5,8 +5,11 @@ One bundle may serve several stacks (one per server of a site: one archive to ca
 they share (wheels, Pulumi, the program, a model or an image several of them use) is carried
 once. Two stacks that give one model directory different sources are refused.
 
-  images/<image>.tar    --image-tar FILE, else the stack's image.tar when that file exists
-                        here, else `docker save` of image.name; the tar must hold image.name
+  images/<image>/       the members of the image's `docker save` tar, each a bundle file (each
+                        layer its own sha256, so a delta carries only new layers; --image-form tar
+                        keeps the one tar, images/<image>.tar): --image-tar FILE, else the stack's
+                        image.tar when that file exists here, else `docker save` of image.name;
+                        the tar must hold image.name
   models/<path>/        each enabled model (and companion): from ModelScope or Hugging Face at
                         the pinned revision (their Python libraries; `pip install modelscope` /
                         `huggingface_hub` on this machine), or a local directory (source.hub:
@@ -60,6 +63,7 @@ from bundle.build.engine_wheels import package_record, resolve_model
 from bundle.build.fetch import HUB_BOOKKEEPING, download_model, list_source_files
 from bundle.format.errors import FetchError, SetupError
 from bundle.format.filecopy import HashCache, copy_with_sha256, link_or_copy, remove_partials
+from bundle.format.image_dir import ImageDirError, image_dir_of, prune_cache, split_tar_cached
 from bundle.format.delta import base_of, read_base
 from bundle.format.delta import carried as carried_files
 from bundle.format.layout import INSTALL_RECORD, PROJECT_MARKER
@@ -98,6 +102,7 @@ class BuildOptions:
     full: bool = False
     quiet: bool = False
     base: Optional[Manifest] = None  # --base OLD: a delta on that bundle (bundle/format/delta.py)
+    image_form: str = "layers"  # "layers": the tar's members as bundle files (bundle/format/image_dir.py); "tar"
 
 
 @dataclass
@@ -126,6 +131,8 @@ class Builder:
         self.reports: list[ItemReport] = []
         self.image_ids: dict[str, Optional[str]] = {}  # image bundle path -> the id its tar loads as
         self.image_tars: dict[str, Path] = {}  # image bundle path -> its tar here (engine packages read it)
+        self.image_dirs: dict[str, str] = {}  # image bundle path -> the directory keeping its members
+        self.image_splits: set[Path] = set()  # the cache's member files this build links into the bundle
         self.engine_records: list[dict] = []  # packages.json's models (the SBOM's model -> wheel dependencies)
         self.pulumi_versions: dict[str, str] = {}  # executable name -> version (for the SBOM)
         self.sbom_report = ItemReport(SBOM_NAME, "")
@@ -155,6 +162,7 @@ class Builder:
                   for stack in self.stacks}
         self._write_sbom(stacks, model_dirs)
         self._remove_stale()
+        prune_cache(self.cache_dir / "image-members", self.image_splits)
         self.hashes.forget_except(set(self.entries))
         self.hashes.save()
         manifest = Manifest(
@@ -192,7 +200,11 @@ class Builder:
         remove_partials(out)
 
     def _with_image_id(self, entry: StackEntry) -> StackEntry:
-        return dataclasses.replace(entry, image_id=self.image_ids.get(entry.image_tar)) if entry.image_tar else entry
+        if not entry.image_tar:
+            return entry
+        image_dir = self.image_dirs.get(entry.image_tar)
+        return dataclasses.replace(entry, image_id=self.image_ids.get(entry.image_tar), image_dir=image_dir,
+                                   image_tar=None if image_dir else entry.image_tar)
 
     # -- one handler per role of bundle_items -------------------------------------------------
 
@@ -210,9 +222,27 @@ class Builder:
             tar = docker_save(image, images[0].tar, self.cache_dir / "images", self._say)
         self.image_ids[item.path] = check_image_tar(tar, image)
         self.image_tars[item.path] = tar
+        if self.opts.image_form == "layers":
+            self._carry_members(tar, item.path, report)
+            return
         # Linked whatever its folder (copied only across file systems): `pack` re-hashes every file as
         # it reads it, so a tar rewritten in place after this build is refused there, not shipped.
         self._carry_file(tar, item.path, "image", None, report, link=True)
+
+    def _carry_members(self, tar: Path, item_path: str, report: ItemReport) -> None:
+        """The tar's members as bundle files under images/NAME/ (split once into the cache, hashed on the
+        way, then hard-linked like the tar was)."""
+        try:
+            root, members = split_tar_cached(tar, self.cache_dir / "image-members", self.progress.update)
+        except ImageDirError as exc:
+            raise SetupError(str(exc)) from None
+        image_dir = self.image_dirs[item_path] = image_dir_of(item_path)
+        report.path = image_dir + "/"
+        self.image_splits.add(root)
+        for member in members:
+            rel = f"{image_dir}/{member.name}"
+            self.hashes.record(rel, (root / member.name).stat(), member.sha256)  # a link of it is not read again
+            self._carry_file(root / member.name, rel, "image", None, report, link=True)
 
     def _model(self, item, report: ItemReport, dirs: dict[str, ModelDir]) -> None:
         if item.path in self.model_dirs_done:  # a companion two models share
@@ -328,8 +358,8 @@ class Builder:
             except SetupError as exc:  # an image without the Python we read: listed, its packages not
                 env, unread = None, str(exc)
                 self._say(f"build: sbom: {path}: its packages are not listed ({exc})")
-            images.append(ImageFacts(self.wanted_by[path][0].cfg.image.name, path, self.image_ids.get(path), env,
-                                     unread))
+            images.append(ImageFacts(self.wanted_by[path][0].cfg.image.name, self.image_dirs.get(path, path),
+                                     self.image_ids.get(path), env, unread))
         models = model_facts([(s.cfg, stacks[s.name].models) for s in self.stacks],
                              {d: m.source for d, m in model_dirs.items()})
         text = sbom_json(SbomInputs(list(self.entries.values()), images, models, self.engine_records,
@@ -444,6 +474,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--base", type=Path, metavar="OLD",
                         help="a delta on the site's current bundle (its MANIFEST.json, directory or archive): the "
                              "manifest still lists every file, `pack` carries only those OLD lacks")
+    parser.add_argument("--image-form", choices=("layers", "tar"), default="layers",
+                        help="layers (default): each member of the image's `docker save` tar is a bundle file, so "
+                             "a delta carries only the layers its base lacks; tar: the one tar, as bundles before")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     parser.set_defaults(func=run)
 
@@ -467,7 +500,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                            pulumi_checksums=args.pulumi_checksums, wheels_from=args.wheels_from,
                            requirements=args.requirements, python_version=args.python_version,
                            platforms=args.platform, cache_dir=args.cache_dir, hub_offline=args.hub_offline,
-                           full=args.full, quiet=args.quiet, base=read_base(args.base) if args.base else None)
+                           full=args.full, quiet=args.quiet, base=read_base(args.base) if args.base else None,
+                           image_form=args.image_form)
     builder = Builder(stacks, options, out)
     manifest = builder.build()
     print(summary(manifest, builder.reports, args.out), file=out)

@@ -139,7 +139,9 @@ def _image(facts: ImageFacts, tar: Optional[FileEntry]) -> Component:
                 properties=_props("image-python")))
     return Component(
         type=ComponentType.CONTAINER, name=repo or facts.name, version=tag or None, bom_ref=ref,
-        hashes=_sha256(tar.sha256) if tar else None, components=nested,
+        # the tar's sha256; for an image kept as the tar's members, its id: the sha256 of its config file
+        hashes=_sha256(tar.sha256) if tar else _sha256(facts.image_id[7:]) if facts.image_id else None,
+        components=nested,
         purl=PackageURL(type="docker", name=repo or facts.name, version=tag or None),
         properties=_props("image", image_reference=facts.name, image_id=facts.image_id, tar_path=facts.path,
                           python=env.python_version if env else None, glibc=env.glibc if env else None,

@@ -4,7 +4,9 @@ Layout of a bundle directory (paths in the manifest are relative to it, POSIX st
 
     MANIFEST.json                   written last, atomically
     stack/Pulumi.<stack>.yaml       the stack file of each stack the bundle was built for
-    images/<name>.tar               `docker save` of each Xinference image  (role "image")
+    images/<name>/...               each Xinference image: the members of its `docker save` tar, each
+                                    layer a file (role "image"; bundle/format/image_dir.py)
+    images/<name>.tar               or the whole tar (bundles built before, or --image-form tar)
     models/<model path>/...         each enabled model's files, once however many stacks use
                                     them                                    (role "model", model = uid)
     wheels/*.whl                    this program's Python dependencies       (role "wheel")
@@ -43,7 +45,8 @@ first bad one. What a loaded Manifest guarantees, for everything that turns it i
 - per stack: a valid stack name; ``models_dir`` None or a canonical absolute path;
   each ``model_dirs`` item is ``"models/" + HOST: HOST`` with HOST a canonical *relative*
   path (inside models_dir; an absolute host directory is refused); each ``models`` uid
-  lists only that stack's model_dirs; ``image_tar`` is a listed image file.
+  lists only that stack's model_dirs; ``image_tar`` is a listed image file images/NAME, or
+  ``image_dir`` an images/NAME whose manifest.json is listed (not both).
 
 Symlinks on the disk being written are the writer's to check: a canonical path is
 lexically inside its root, nothing more.
@@ -60,6 +63,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from bundle.format.errors import BundleError, ManifestError, UsageError
+from bundle.format.image_dir import Member, members_digest
 from bundle.format.manifest_check import check_manifest, content_digest
 from bundle.format.manifest_rules import (FORMAT_VERSION, MANIFEST_NAME, MAX_MANIFEST_BYTES, ROLES,
                                           absolute_path_problem, bundle_id_arg, check_relative_path, parse_bundle_id,
@@ -107,6 +111,9 @@ class StackEntry:
     # the id `docker load` of image_tar gives (sha256 of its config): an engine that has it needs no transfer.
     # Optional and left out of MANIFEST.json when unknown, so bundles built before it keep their ids.
     image_id: Optional[str] = None
+    # the bundle directory images/NAME that keeps the image as the members of its `docker save` tar, each
+    # a bundle file (bundle/format/image_dir.py; then image_tar is None). Left out when None, as image_id.
+    image_dir: Optional[str] = None
 
 
 @dataclass
@@ -163,13 +170,15 @@ class Manifest(_Files):
                                    f"name one of those, or build a bundle with --stack {name}")
         own_dirs = tuple(d.rstrip("/") + "/" for d in entry.model_dirs)
         other_images = {e.image_tar for e in self.stacks.values()} - {entry.image_tar}
+        other_dirs = tuple({e.image_dir + "/" for e in self.stacks.values() if e.image_dir}
+                           - {f"{entry.image_dir}/"})
         stack_file = f"stack/Pulumi.{name}.yaml"
 
         def wanted(f: FileEntry) -> bool:
             if f.role == "model":
                 return f.path.startswith(own_dirs)
             if f.role == "image":
-                return f.path not in other_images
+                return f.path not in other_images and not f.path.startswith(other_dirs)
             if f.role == "stack":
                 return f.path == stack_file
             return True
@@ -179,8 +188,9 @@ class Manifest(_Files):
     def _data(self) -> dict[str, Any]:
         data = asdict(self)
         for entry in data["stacks"].values():
-            if entry.get("image_id") is None:
-                entry.pop("image_id", None)
+            for optional in ("image_id", "image_dir"):
+                if entry.get(optional) is None:
+                    entry.pop(optional, None)
         data["files"] = [asdict(f) for f in sorted(self.files, key=lambda f: f.path)]
         if data["base"] is None:
             data.pop("base")
@@ -245,8 +255,19 @@ class StackManifest(_Files):
         return self.stack
 
     def image_sha256(self) -> Optional[str]:
+        """What names the image's content: its tar's sha256, or for an image kept as its members
+        (``image_dir``), their digest (bundle/format/image_dir.py members_digest)."""
+        if self.entry.image_dir:
+            members = self.image_members()
+            return members_digest(members) if members else None
         images = [f for f in self.files if f.role == "image" and f.path == self.entry.image_tar]
         return images[0].sha256 if images else None
+
+    def image_members(self) -> list[Member]:
+        """The members of the image kept at ``image_dir`` (empty for an image kept as one tar)."""
+        prefix = f"{self.entry.image_dir}/"
+        return [Member(f.path[len(prefix):], f.size, f.sha256) for f in self.files
+                if self.entry.image_dir and f.role == "image" and f.path.startswith(prefix)]
 
     def model_digests(self) -> dict[str, str]:
         """{model uid: digest of its files (its directory and its companions')}."""

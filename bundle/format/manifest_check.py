@@ -179,15 +179,19 @@ def _stack(name: Any, entry: Any, source: str) -> dict[str, Any]:
     if not STACK_RE.fullmatch(name):
         raise fail(source, field, "a stack name (letters, digits, `.`, `_`, `-`)", name, text_problem(name) or "")
     entry = _object(entry, source, field, ("image", "image_tar", "models_dir", "model_dirs", "models"),
-                    optional=("image_id",))
+                    optional=("image_id", "image_dir"))
     entry.setdefault("image_id", None)
+    entry.setdefault("image_dir", None)
+    for at in ("image_tar", "image_dir"):
+        place = entry[at]
+        if place is not None and (path_problem(place) or place.count("/") != 1 or role_path_problem(place, "image")):
+            raise fail(source, f"{field}.{at}", "a path at images/NAME", place, path_problem(place) or "")
+    if entry["image_tar"] is not None and entry["image_dir"] is not None:
+        raise fail(source, f"{field}.image_dir", "null when image_tar names the image's tar (one form per image)",
+                   entry["image_dir"])
     _text(entry["image_id"], source, f"{field}.image_id", IMAGE_ID_RE, "sha256:<64 hex> (the loaded image's id)",
           optional=True)
     _text(entry["image"], source, f"{field}.image", IMAGE_RE, "a docker image reference", optional=True)
-    if entry["image_tar"] is not None:
-        tar = _path(entry["image_tar"], source, f"{field}.image_tar")
-        if role_path_problem(tar, "image"):
-            raise fail(source, f"{field}.image_tar", "a path at images/NAME", tar)
     models_dir = entry["models_dir"]
     if models_dir is not None and absolute_path_problem(models_dir):
         raise fail(source, f"{field}.models_dir", "the stack's host model directory (a canonical absolute path)",
@@ -268,6 +272,9 @@ def _cross_check(files: list[dict[str, Any]], stacks: dict[str, dict[str, Any]],
         if entry["image_tar"] is not None and entry["image_tar"] not in images:
             raise fail(source, f"stacks{key(name)}.image_tar", "a file of role image this manifest lists",
                        entry["image_tar"])
+        if entry["image_dir"] is not None and f"{entry['image_dir']}/manifest.json" not in images:
+            raise fail(source, f"stacks{key(name)}.image_dir", "a directory whose manifest.json this manifest "
+                       "lists (role image)", entry["image_dir"])
 
 
 def check_manifest(data: bytes, source: str) -> dict[str, Any]:

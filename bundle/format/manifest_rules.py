@@ -28,7 +28,8 @@ MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = MANIFEST_NAME + ".sig"  # its SSH signature beside it (bundle/format/signature.py)
 ROLES = ("image", "model", "wheel", "pulumi", "program", "stack", "other")
 # role -> (where its files lie, for messages). The layout bundle/contents/items.py lays out.
-ROLE_PLACES = {"image": "images/NAME", "model": "models/DIR/...", "wheel": "wheels/NAME",
+ROLE_PLACES = {"image": "images/NAME (a tar) or images/NAME/... (its members)", "model": "models/DIR/...",
+               "wheel": "wheels/NAME",
                "pulumi": "pulumi/bin/NAME or pulumi/plugins/DIR/...", "program": "program/...",
                "stack": "stack/Pulumi.STACK.yaml of a stack it lists",
                "other": "a path outside images/, models/, wheels/, pulumi/, program/, stack/"}
@@ -155,7 +156,7 @@ def role_path_problem(path: str, role: str, stacks: Iterable[str] = ()) -> Optio
     parts = path.split("/")
     top, depth = parts[0], len(parts)
     fits = {
-        "image": top == "images" and depth == 2,
+        "image": top == "images" and depth >= 2,
         "model": top == "models" and depth >= 3,
         "wheel": top == "wheels" and depth == 2,
         "pulumi": top == "pulumi" and depth >= 3 and (parts[1] == "bin" and depth == 3

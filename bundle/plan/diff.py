@@ -2,7 +2,7 @@
 
 OLD and NEW are bundles: a MANIFEST.json, a bundle directory or an archive (or its first part).
 Per stack it says: the image (the same, or new with N new layers and their size: read from the
-image tars of directories and archives; a bare manifest tells only that the tar changed); the
+image's manifest.json and config in directories and archives; a bare manifest tells only that it changed); the
 models added, removed or changed (files, bytes); the wheels changed (name, old -> new version);
 the program files changed; the Pulumi plugins (name, old -> new version) and the CLI and plugin
 files changed; the stack file; and what
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from bundle.format.delta import read_base
-from bundle.format.image_layers import image_layers
+from bundle.format.image_layers import image_dir_layers, image_layers
 from bundle.format.manifest import FileEntry, Manifest, StackManifest
 from bundle.format.progress import human, plural
 
@@ -102,9 +102,18 @@ def model_changes(old: Optional[StackManifest], new: StackManifest) -> dict[str,
     return result
 
 
+def layers_of(source: Path, view: Optional[StackManifest]) -> Optional[dict[str, int]]:
+    """The layers of the stack's image in ``source``: kept as the tar's members, or one tar."""
+    if view is not None and view.entry.image_dir:
+        return image_dir_layers(source, view.entry.image_dir, {m.name: m.size for m in view.image_members()})
+    return image_layers(source, view.entry.image_tar) if view is not None and view.entry.image_tar else None
+
+
 def image_change(old: Optional[StackManifest], new: StackManifest, old_layers: Optional[dict[str, int]],
                  new_layers: Optional[dict[str, int]]) -> dict:
-    same = old is not None and old.image_sha256() == new.image_sha256() and old.entry.image == new.entry.image
+    # the same content, or the same image id (the sha256 of its config: the same image kept in another form)
+    same = old is not None and old.entry.image == new.entry.image and (
+        old.image_sha256() == new.image_sha256() or bool(old.entry.image_id and old.entry.image_id == new.entry.image_id))
     change: dict = {"same": same, "image": new.entry.image, "old_image": old.entry.image if old else None}
     if not same and new_layers is not None:
         fresh = {name: size for name, size in new_layers.items() if name not in (old_layers or {})}
@@ -115,8 +124,7 @@ def image_change(old: Optional[StackManifest], new: StackManifest, old_layers: O
 def stack_diff(name: str, old: Manifest, new: Manifest, old_source: Path, new_source: Path) -> dict:
     view = new.for_stack(name)
     before = old.for_stack(name) if name in old.stacks else None
-    layers = [image_layers(src, v.entry.image_tar) if v is not None and v.entry.image_tar else None
-              for src, v in ((old_source, before), (new_source, view))]
+    layers = [layers_of(src, v) for src, v in ((old_source, before), (new_source, view))]
     image = image_change(before, view, layers[0], layers[1])
     models = model_changes(before, view)
     old_files = before.files if before else []

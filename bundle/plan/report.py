@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
 from bundle.contents.items import bundle_items, packages_bundle_dir
+from bundle.format.image_dir import image_dir_of
 from bundle.format.manifest import BundleError, StackManifest
 from bundle.format.progress import human
 from spec.catalog import image_version_note, pinned_catalog
@@ -153,6 +154,8 @@ def bundle_gaps(cfg: StackConfig, stack: str, manifest: Optional[StackManifest])
     for item in bundle_items(cfg, stack):
         if item.path.endswith("/"):
             present = any(p.startswith(item.path) for p in paths)
+        elif item.role == "image":  # the tar, or its members as files (bundle/format/image_dir.py)
+            present = item.path in paths or f"{image_dir_of(item.path)}/manifest.json" in paths
         else:
             present = item.path in paths
         if not present:
