@@ -34,6 +34,12 @@ _FIRST_CLASS_KWARGS = {
 _NEEDS_LOCAL_VAD = {"SenseVoiceSmall", "paraformer-zh", "paraformer-zh-long", "paraformer-zh-spk",
                     "paraformer-zh-hotword", "seaco-paraformer-zh", "Fun-ASR-Nano-2512", "Fun-ASR-MLT-Nano-2512"}
 
+# Xinference 4.1 takes a CosyVoice model launched from an explicit model_path (every model a bundle carries)
+# as custom: it loads only on a worker started with this set, since its config imports Python code
+# (xinference/model/audio/core.py, cosyvoice.py _check_model_trust). Xinference reads 1, true or yes.
+TRUST_REMOTE_CODE = "XINFERENCE_TRUST_REMOTE_CODE"
+_TRUTHY = ("1", "true", "yes")
+
 
 @dataclass(frozen=True)
 class CheckContext:
@@ -288,9 +294,24 @@ def _airgap(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
                       "docker-mode stack")
 
 
+def _trusted_code(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    # The containers are ours to start with that setting; an existing server's environment is its operator's.
+    if cfg.mode == "existing" or not ctx.usable("container"):
+        return
+    if cfg.container.env.get(TRUST_REMOTE_CODE, "").lower() in _TRUTHY:
+        return
+    for i, model in enumerate(cfg.models):
+        if model.enabled and model.model_name.startswith("CosyVoice"):
+            yield Problem(f"{ctx.model_path(i)}.name", model.model_name,
+                          "Xinference 4.1 loads a CosyVoice model from a model path only on a worker started with "
+                          f"{TRUST_REMOTE_CODE}=1 (its config imports Python code): without it every launch fails",
+                          f"set container.env: {{{TRUST_REMOTE_CODE}: '1'}} if you trust this model's source (the bundle "
+                          "checks its files by sha256 at install and refresh), or remove the model")
+
+
 _RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [
     _mode_sections, _cluster, _endpoint, _gpus, _paths, _uids, _model_fields, _catalog, _vram, _ssh, _auth,
-    _airgap,
+    _airgap, _trusted_code,
 ]
 
 __all__ = ["cross_check", "server_budgets", "vram_warnings", "ModelDirs", "CONTAINER_MODELS_DIR"]

@@ -157,6 +157,14 @@ def test_sensevoice_without_a_local_vad_model_is_refused_offline():
     assert msg.startswith("models[3].extra.vad_model = None: SenseVoiceSmall loads its VAD model")
 
 
+def test_cosyvoice_on_a_container_that_does_not_trust_its_config_s_code_is_refused():
+    msg = one_problem(docker_stack(container={"env": {}}))
+    assert msg.startswith("models[2].name = 'CosyVoice-300M': Xinference 4.1 loads a CosyVoice model from a model path "
+                          "only on a worker started with XINFERENCE_TRUST_REMOTE_CODE=1"), msg
+    assert "fix: set container.env: {XINFERENCE_TRUST_REMOTE_CODE: '1'} if you trust this model's source" in msg
+    load_stack_config(namespaced(docker_stack(container={"env": {"XINFERENCE_TRUST_REMOTE_CODE": "true"}})))
+
+
 def test_docker_mode_needs_an_image_and_existing_mode_an_endpoint():
     cfg = docker_stack()
     del cfg["image"]

@@ -8,7 +8,7 @@ from spec.launch import container_env, endpoint_url, launch_specs, model_dir_on_
 from spec.load import load_stack_config
 from spec.placement import container_gpu_indices, docker_device_requests, docker_gpu_request, vram_budgets
 from spec.vram import VramEstimate
-from tests.stack_configs import docker_stack, namespaced, reference_models
+from tests.stack_configs import TRUSTED, docker_stack, namespaced, reference_models
 
 
 @pytest.mark.parametrize("server, model, expected", [
@@ -87,7 +87,7 @@ def test_offline_env_defaults_and_overrides():
     assert container_env(embedding_only)["XINFERENCE_ENABLE_VIRTUAL_ENV"] == "0"
     assert env["XINFERENCE_AUTH_ADVANCED"] == "0" and env["XINFERENCE_MODEL_SRC"] == "modelscope"
     cfg = load_stack_config(namespaced(docker_stack(container={"env": {"XINFERENCE_MODEL_SRC": "huggingface",
-                                                                        "HF_ENDPOINT": 1}})),)
+                                                                        "HF_ENDPOINT": 1, **TRUSTED}})),)
     env = container_env(cfg)
     assert env["XINFERENCE_MODEL_SRC"] == "huggingface" and env["HF_ENDPOINT"] == "1"
     secured = load_stack_config(namespaced(docker_stack(auth=True, api_key="k")), secret_keys={"api_key"})
