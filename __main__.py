@@ -15,7 +15,7 @@ from bundle.format.manifest import BundleError, load_manifest
 from bundle.format.site_record import read_record, with_installed_paths
 from bundle.contents.stacks import sibling_clashes
 from components import preflight
-from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs
+from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs, image_files_path
 from components.image_check import image_tar_problems
 from spec.catalog import image_version_note, pinned_catalog
 from spec.config import StackConfig
@@ -86,7 +86,7 @@ for note in vram_warnings(config):
     pulumi.log.warn(note)
 
 # Before anything is touched (at preview too): model directories, GPU runtime, name and port.
-host_problems = preflight.docker_host_problems(config, pulumi.get_stack())
+host_problems = preflight.docker_host_problems(config, pulumi.get_stack(), image_files_path(config, manifest))
 if not host_problems:  # and the image tar, when the engine lacks the image (it is never pulled)
     host_problems = image_tar_problems(config, manifest)
 if host_problems:

@@ -69,6 +69,13 @@ def image_tar_path(cfg: StackConfig, manifest: Optional[StackManifest]) -> Optio
     return cfg.image.tar if cfg.image else None
 
 
+def image_files_path(cfg: StackConfig, manifest: Optional[StackManifest]) -> Optional[str]:
+    """Where the image's files are on this machine: its tar, or the bundle's directory of its members."""
+    if manifest and manifest.role("image") and cfg.bundle_dir and manifest.entry.image_dir:
+        return os.path.join(cfg.bundle_dir, manifest.entry.image_dir)
+    return image_tar_path(cfg, manifest)
+
+
 class XinferenceDeployment(pulumi.ComponentResource):
     """Image, container(s) and models of one Xinference service (one server, or a cluster)."""
 

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bundle.format.errors import SetupError
 from bundle.format.image_tar import image_config, required_cuda
 
 TIMEOUT_S = 60
@@ -55,9 +56,12 @@ def host_nvidia_smi(ssh_argv: Optional[Sequence[str]] = None) -> Optional[str]:
 def driver_problem(docker_host: str, image: str, image_tar: Optional[str],
                    ssh_argv: Optional[Sequence[str]] = None) -> Optional[str]:
     """None when the host's driver is new enough for the image (or either does not say); else the message."""
-    if not image_tar or not Path(image_tar).is_file():
+    if not image_tar or not Path(image_tar).exists():  # the tar, or the bundle's directory of its members
         return None
-    needed = required_cuda(image_config(Path(image_tar)))
+    try:
+        needed = required_cuda(image_config(Path(image_tar)))
+    except SetupError as exc:  # a damaged or foreign image file: a problem before anything changes, not a traceback
+        return f"docker host {docker_host}: image {image}: {exc}"
     if needed is None:
         return None
     output = host_nvidia_smi(ssh_argv)

@@ -135,12 +135,12 @@ def docker_hosts(cfg: StackConfig) -> list[DockerHostConfig]:
     return list({h.host: h for h in hosts}.values())
 
 
-def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
+def docker_host_problems(cfg: StackConfig, stack: str, image_path: Optional[str] = None) -> list[str]:
     """What would make `up` fail halfway on the stack's docker hosts, found before anything changes:
     a model directory missing on this machine, an ssh host whose key is not known, a host that
     cannot give the container its GPUs or whose NVIDIA driver is older than the CUDA the image
     needs (components/driver_check.py), a container name or port held by a container this stack
-    did not make."""
+    did not make. ``image_path``: the image's tar or the bundle's directory of its members (else image.tar)."""
     problems = []
     if cfg.mode == "docker" and is_local_docker(cfg.docker.host):
         problems += missing_directories({m.uid: model_dir_on_host(cfg, m) for m in cfg.enabled_models})
@@ -154,7 +154,7 @@ def docker_host_problems(cfg: StackConfig, stack: str) -> list[str]:
     try:
         for host, gpu_ids in gpu_reservations(cfg):
             problem = gpu_runtime_problem(host, gpu_ids, ssh_of.get(host)) or (driver_problem(
-                host, cfg.image.name, cfg.image.tar, ssh_of.get(host)) if cfg.image else None)
+                host, cfg.image.name, image_path or cfg.image.tar, ssh_of.get(host)) if cfg.image else None)
             if problem:
                 problems.append(problem)
         if cfg.mode == "docker" and cfg.docker.check_daemon:

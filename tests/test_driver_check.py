@@ -133,3 +133,18 @@ def test_the_preflight_refuses_an_old_driver_before_anything_exists(tmp_path, nv
         assert docker_host_problems(cfg, "drv") == []
     finally:
         daemon.stop()
+
+
+def test_a_bundle_that_keeps_the_image_as_its_members_is_judged_the_same(tmp_path, nvidia_smi):
+    # new bundles hold images/NAME/ (the tar's members), not the tar: the program passes that directory
+    from bundle.format.image_dir import split_tar
+
+    tar = image_tar(tmp_path / "slim.tar", ["NVIDIA_REQUIRE_CUDA=cuda>=13.0"])
+    members = tmp_path / "bundle" / "images" / "slim"
+    split_tar(tar, members)
+    nvidia_smi("12.4")
+    problem = driver_problem("unix:///var/run/docker.sock", SLIM, str(members))
+    assert problem is not None and "needs CUDA >= 13.0, but the NVIDIA driver there supports CUDA 12.4" in problem
+    (members / "manifest.json").write_text("[]")  # damaged: named as a problem, before anything changes
+    problem = driver_problem("unix:///var/run/docker.sock", SLIM, str(members))
+    assert problem is not None and f"{members}: cannot read the image config of this image directory" in problem

@@ -65,7 +65,7 @@ def run_program(cfg: dict, secret_keys=()) -> tuple[RecordingMocks, dict]:
     exports: dict = {}
     resolved: dict = {}
 
-    def no_engine_asked(config, stack):
+    def no_engine_asked(config, stack, image_path=None):
         # Under mocks no engine is contacted: record which GPUs the preflight would ask for
         # (tests/test_docker_gpu.py runs it against real daemons).
         mocks.gpu_preflights.extend(preflight.gpu_reservations(config))

@@ -65,7 +65,10 @@ def layer_paths(outer: tarfile.TarFile) -> tuple[list[str], Optional[str]]:
 
 
 def image_config(tar: Path) -> dict[str, Any]:
-    """The image config of a `docker save` tar (either layout): its env, labels, architecture."""
+    """The image config of a `docker save` tar (either layout), or of a bundle's image kept as the tar's
+    members (a directory holding manifest.json and the config beside it): its env, labels, architecture."""
+    if tar.is_dir():
+        return _directory_config(tar)
     try:
         with tarfile.open(tar, "r:") as outer:
             _, config = layer_paths(outer)
@@ -75,6 +78,20 @@ def image_config(tar: Path) -> dict[str, Any]:
             return document
     except (tarfile.TarError, KeyError, ValueError, OSError) as exc:
         raise SetupError(f"{tar}: cannot read the image config of this docker save tar ({exc})") from exc
+
+
+def _directory_config(root: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((root / "manifest.json").read_bytes())
+        config = manifest[0].get("Config") if isinstance(manifest, list) and manifest else None
+        if not isinstance(config, str) or ".." in config.split("/"):
+            raise ValueError(f"its manifest.json names no config ({config!r})")
+        document = json.loads((root / config).read_bytes())
+        if not isinstance(document, dict):
+            raise ValueError("the image config is not a JSON object")
+        return document
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SetupError(f"{root}: cannot read the image config of this image directory ({exc})") from exc
 
 
 _CUDA_LABELS = ("com.nvidia.cuda.version", "cuda_version")
