@@ -394,3 +394,10 @@ def test_an_unreachable_pulumi_mirror_says_what_to_pass(site):
 def test_build_help_exits_0(capsys):
     code, _ = run_cli("build", "--help")
     assert code == 0 and "--image-tar" in capsys.readouterr().out
+
+
+def test_build_s_default_project_is_this_checkout():
+    # the default of --project: the program a bundle carries (a module move once pointed it at bundle/)
+    from bundle.build.command import PROJECT_ROOT
+
+    assert (PROJECT_ROOT / "Pulumi.yaml").is_file() and (PROJECT_ROOT / "__main__.py").is_file(), PROJECT_ROOT

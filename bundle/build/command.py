@@ -79,7 +79,7 @@ from bundle.contents.stacks import ModelDir, LoadedStack, model_sources, merge_s
 from spec.engine_packages import pip_conf, stack_packages
 from spec.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # bundle/build/command.py -> the checkout
 PULUMI_REQUIRED = ("pulumi", "pulumi-language-python")
 
 
