@@ -268,28 +268,34 @@ def test_a_rebuilt_image_reloads_replaces_the_container_and_relaunches_the_model
     rebuilt_id = check_image_tar(rebuilt, IMAGE)
     docker(MAIN_DOCKER_HOST, "rmi", rebuilt_id, check=False)  # absent when its build was cached elsewhere
     assert docker(MAIN_DOCKER_HOST, "image", "inspect", rebuilt_id, check=False).returncode != 0
-    tar = next((site.bundle / "images").glob("*.tar"))
+    # the bundle keeps the image as the `docker save` tar's members, each a file with its sha256
+    # (bundle/format/image_dir.py): its biggest is a layer
+    layer = max((p for p in (site.bundle / "images").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     # Missing, then damaged after `verify`: refused before the container is touched.
-    tar.rename(tar.with_suffix(".away"))
+    layer.rename(layer.with_name(layer.name + ".away"))
     try:
         proc = site.pulumi("up", "--yes", "--skip-preview", check=False)
     finally:
-        tar.with_suffix(".away").rename(tar)
+        layer.with_name(layer.name + ".away").rename(layer)
     # refused by the program itself (components/image_check.py), at preview as at up, before any step runs
-    assert proc.returncode != 0 and f"the bundle's image tar {tar} is missing" in proc.stdout + proc.stderr, \
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "the bundle's image files in" in said and f"{layer} is missing" in said, \
         proc.stdout[-3000:]
-    with open(tar, "r+b") as f:
-        f.seek(tar.stat().st_size // 2)
+    with open(layer, "r+b") as f:  # same size, one byte flipped: only the sha256 streamed into the load finds it
+        f.seek(layer.stat().st_size // 2)
         original = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([original[0] ^ 0xFF]))
     try:
         proc = site.pulumi("up", "--yes", "--skip-preview", check=False)
     finally:
-        with open(tar, "r+b") as f:
-            f.seek(tar.stat().st_size // 2)
+        with open(layer, "r+b") as f:
+            f.seek(layer.stat().st_size // 2)
             f.write(original)
-    assert proc.returncode != 0 and f"image tar {tar} is damaged" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"image member {layer} is damaged" in said and "nothing was loaded" in said, \
+        proc.stdout[-3000:]
+    assert docker(MAIN_DOCKER_HOST, "image", "inspect", rebuilt_id, check=False).returncode != 0
     assert inspect(MAIN_DOCKER_HOST, site.container)["Id"] == old["Id"]
     assert embed(site.endpoint, UID) == 384  # the running container kept serving
     ops = site.preview()
