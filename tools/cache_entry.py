@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 DEFAULT_STAMP = ".complete"
 LAST_USED = "last-used"
@@ -84,16 +85,23 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _try_flock(f: IO[str]) -> bool:
+    """Take f's exclusive flock if no other open file holds it; whether it was taken."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+
+
 @contextlib.contextmanager
 def locked(lock: Path, waiting: str | None = None, log: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold the flock of the file LOCK; when another process holds it, say WAITING and wait."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
+        if not _try_flock(f):
             if waiting and log:
                 log(waiting)
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -111,17 +119,12 @@ def try_locked(lock: Path) -> Iterator[bool]:
         yield True
         return
     with open(lock, "a") as f:
+        had = _try_flock(f)
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            yield False
-            return
-        try:
-            yield True
+            yield had
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if had:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

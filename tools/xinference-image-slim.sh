@@ -47,13 +47,7 @@ step_slim() {
   started=$(now)
   # shellcheck disable=SC2064  # the names are known now
   trap "docker rm -f $cid >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
-  base_id=$(image_cache field "$base" image_id)
-  if ! docker image inspect "$base_id" >/dev/null 2>&1; then
-    t0=$(now)
-    log "base: $base_id is not in the engine: docker load -i $base/image.tar"
-    docker load -q -i "$base/image.tar" >&2 || die "base: docker load failed"
-    log "base: loaded in $(( $(now) - t0 )) s"
-  fi
+  base_id=$(image_cache load "$base")
   t0=$(now)
   log "wheels: pip download of slim-requirements.txt"
   python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: --python-version 3.11 \

@@ -207,13 +207,7 @@ step_variant() {  # step_variant BASE_DIR DIGEST TAG [LABEL...] DIR
   started=$(now)
   log "building the variant (recipe ${digest:0:12}: tag $tag${labels[*]:+, labels ${labels[*]}}) into $dir"
   needs_engine
-  base_id=$(image_cache field "$base" image_id)
-  if ! docker image inspect "$base_id" >/dev/null 2>&1; then
-    t0=$(now)
-    log "variant: the base image $base_id is not in the engine: docker load -i $base/image.tar"
-    docker load -q -i "$base/image.tar" >&2 || die "variant: docker load of the base tar failed"
-    log "variant: loaded in $(( $(now) - t0 )) s"
-  fi
+  base_id=$(image_cache load "$base")
   t0=$(now)
   if [ ${#labels[@]} = 0 ]; then
     log "variant: docker tag $base_id $tag"

@@ -8,6 +8,8 @@ their image.json, and their prune, which also takes their images out of the Dock
         then a summary on stderr
     python3 image_cache.py field ENTRY KEY
         one field of ENTRY's image.json
+    python3 image_cache.py load ENTRY
+        the id of ENTRY's image, `docker load`ed from its tar first when the engine lacks it
     python3 image_cache.py prune CACHE --since EPOCH --keep-wheels DIR
         remove the image entries not used since EPOCH (see tools/xinference-image.sh --help)
 
@@ -140,6 +142,19 @@ def prune(cache: Path, since: int, keep_wheels: Path) -> Pruned:
     return result
 
 
+def load(entry: Path) -> str:
+    """ENTRY's image in the engine (loaded from its tar when missing): its id."""
+    image_id: str = read_json(entry)["image_id"]
+    if not in_engine(image_id):
+        started = time.time()
+        log(f"the image {image_id} is not in the engine: docker load -i {entry}/image.tar")
+        done = subprocess.run(["docker", "load", "-q", "-i", str(entry / "image.tar")], stdout=sys.stderr)
+        if done.returncode != 0 or not in_engine(image_id):
+            raise SystemExit(f"{PROG}: docker load of {entry}/image.tar failed (its output above)")
+        log(f"loaded in {int(time.time() - started)} s")
+    return image_id
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="image_cache.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +173,8 @@ def main(argv: list[str]) -> int:
     f = sub.add_parser("field")
     f.add_argument("entry", type=Path)
     f.add_argument("key")
+    ld = sub.add_parser("load")
+    ld.add_argument("entry", type=Path)
     p = sub.add_parser("prune")
     p.add_argument("cache", type=Path)
     p.add_argument("--since", type=int, required=True)
@@ -171,6 +188,8 @@ def main(argv: list[str]) -> int:
             print(f"{PROG}: {args.entry}/image.json has no {args.key}", file=sys.stderr)
             return 1
         print(value)
+    elif args.command == "load":
+        print(load(args.entry))
     else:
         if not args.cache.is_dir():
             log(f"prune: no cache at {args.cache}: nothing to do")
