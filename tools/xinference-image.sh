@@ -15,13 +15,14 @@
 #             XINFERENCE_IMAGE_APT_SOURCES="FILE..." names others), no docs/man/locales, then
 #             `docker import` (a local image: nothing is pulled)
 #   install   tools/xinference-image/install.sh in a `--network none` container of that rootfs
-#             (wheel dir mounted read-only): a venv /opt/xinference, a bind mount of a host
-#             directory, from those wheels by `pip install --no-index` (no pip cache, no
-#             __pycache__), `pip check`, `import torch, sentence_transformers, xinference`, and
-#             smoke.py: a tiny random BERT embedded and reranked through sentence-transformers on CPU
-#   image     `docker build` of tools/xinference-image/Dockerfile: FROM the rootfs, the venv
-#             copied in, PATH, CMD xinference-local -H 0.0.0.0 --port 9997, EXPOSE 9997,
-#             org.opencontainers.image.* labels
+#             (wheel dir mounted read-only): a venv /opt/xinference from those wheels by
+#             `pip install --no-index` (no pip cache, no __pycache__), `pip check`, `import torch,
+#             sentence_transformers, xinference`, and smoke.py: a tiny random BERT embedded and
+#             reranked through sentence-transformers on CPU; `docker commit` of that container
+#             (the one layer over the rootfs, nothing else)
+#   image     `docker build` of tools/xinference-image/Dockerfile FROM that local image: PATH,
+#             CMD xinference-local -H 0.0.0.0 --port 9997, EXPOSE 9997, org.opencontainers.image.*
+#             labels (no build context, no layer)
 #   save      `docker save` to the cache, sha256 computed while writing
 # A --label or --tag variant is a small step on top of the cached base image (the base is
 # built first when missing, and `docker load`ed from its tar when the engine lacks it): a
@@ -56,7 +57,7 @@
 #   -h, --help         this text
 # Needs: a Docker engine (tools/docker-engine.sh start), mmdebstrap (run as root), python3 with
 # pip and access to PyPI and the Debian mirror of the host's apt sources. Disk: ~2.5 GB of
-# wheels, ~5 GB per tar, ~5 GB of image in the engine, ~10 GB more while the image is built.
+# wheels, ~5 GB per tar, ~5 GB of image in the engine.
 set -euo pipefail
 
 # --- the recipe ---------------------------------------------------------------------------------
@@ -151,13 +152,13 @@ save() {
 }
 
 step_base() {  # step_base DIGEST WHEELS_DIR WHEELS_DIGEST DIR: the base image, tagged DEFAULT_TAG
-  local digest=$1 wheels=$2 wheels_digest=$3 dir=$4 work="$4/.work" started t0 rootfs sources=() cid sum
+  local digest=$1 wheels=$2 wheels_digest=$3 dir=$4 work="$4/.work" started t0 rootfs sources=() cid installed sum
   started=$(now)
   log "building the base image (recipe ${digest:0:12}) into $dir"
   needs_engine
   command -v mmdebstrap >/dev/null 2>&1 || die "mmdebstrap is not installed (apt-get install mmdebstrap)"
   ensure "$wheels" "$wheels_digest" -- bash "$self" --step wheels
-  mkdir -p "$work/context/opt-xinference" "$work/out"
+  mkdir -p "$work/out"
   cid="xinference-image-build-$$"
   # shellcheck disable=SC2064  # the names are known now
   trap "docker rm -f $cid >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
@@ -181,20 +182,23 @@ step_base() {  # step_base DIGEST WHEELS_DIR WHEELS_DIGEST DIR: the base image, 
 
   t0=$(now)
   log "install: pip install --no-index of $(ls "$wheels"/*.whl | wc -l) wheels into $VENV in a --network none container (a few minutes)"
-  docker run --rm --name "$cid" --network none -v "$wheels:/wheels:ro" -v "$recipe_dir:/recipe:ro" \
-      -v "$work/out:/out" -v "$work/context/opt-xinference:$VENV" "$rootfs" /bin/sh /recipe/install.sh "$VENV" >&2 \
+  docker run --name "$cid" --network none -v "$wheels:/wheels:ro" -v "$recipe_dir:/recipe:ro" \
+      -v "$work/out:/out" "$rootfs" /bin/sh /recipe/install.sh "$VENV" >&2 \
     || die "install: failed in the build container (its output above)"
   log "install: done in $(( $(now) - t0 )) s; what takes the space (KiB):"
   sed 's/^/  /' "$work/out/breakdown.txt" >&2
+  t0=$(now)
+  log "install: docker commit of the container (a few GB layer)"
+  installed=$(docker commit -m "tools/xinference-image.sh: venv $VENV from tools/xinference-image/requirements.txt" "$cid") \
+    || die "install: docker commit failed"
+  docker rm "$cid" >/dev/null
+  log "install: committed in $(( $(now) - t0 )) s"
 
   t0=$(now)
-  log "image: docker build of tools/xinference-image/Dockerfile FROM $rootfs as $DEFAULT_TAG (the venv: a few GB)"
-  chmod 755 "$work/context/opt-xinference"
-  docker build -q -f "$recipe_dir/Dockerfile" --build-arg "ROOTFS=$rootfs" \
-      --build-arg "XINFERENCE_VERSION=$XINFERENCE_VERSION" --build-arg "SUITE=$SUITE" \
-      --build-arg "PY_VERSION=$PY_VERSION" --build-arg "RECIPE=${digest:0:12}" \
-      -t "$DEFAULT_TAG" "$work/context" >/dev/null || die "image: docker build failed (its output above)"
-  rm -rf "$work/context"
+  log "image: docker build of tools/xinference-image/Dockerfile FROM it as $DEFAULT_TAG"
+  docker build -q --build-arg "INSTALLED=$installed" --build-arg "XINFERENCE_VERSION=$XINFERENCE_VERSION" \
+      --build-arg "SUITE=$SUITE" --build-arg "PY_VERSION=$PY_VERSION" --build-arg "RECIPE=${digest:0:12}" \
+      -t "$DEFAULT_TAG" - < "$recipe_dir/Dockerfile" >/dev/null || die "image: docker build failed (its output above)"
   log "image: done in $(( $(now) - t0 )) s"
   sum=$(save "$DEFAULT_TAG" "$dir")
   image_cache write "$dir" --kind base --tag "$DEFAULT_TAG" --tar-sha256 "$sum" --started "$started" \

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The install step of tools/xinference-image.sh, run as root in a `--network none` container of
-# the imported Debian root filesystem. Argument: the venv path, a bind mount of the host directory
-# that the Dockerfile then copies into the image (the container itself is thrown away).
+# the imported Debian root filesystem, then committed as the image's one layer over it (the
+# Dockerfile states the image's config). Argument: the venv path.
 # Mounts: /wheels the hash-checked wheels (read-only), /recipe this directory (read-only),
 # /out for pip-check.txt, smoke.log and breakdown.txt (what takes the space, KiB).
 set -eu
@@ -35,11 +35,12 @@ if ! HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 python3 /recipe/smok
   cat /out/smoke.log >&2; echo "install: the embedding/rerank check failed" >&2; exit 1
 fi
 grep '^smoke:' /out/smoke.log | sed 's/^/install: /' >&2
-# No byte code or caches in the venv (the image gets it and nothing else of this container).
-find "$VENV" -type d -name __pycache__ -prune -exec rm -rf {} +
+# No byte code, caches or temp files in the image (Debian's own stdlib byte code stays).
+find / -xdev \( -path /proc -o -path /sys -o -path /wheels -o -path /recipe -o -path /out \
+  -o -path "/usr/lib/python3*" \) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+rm -rf /root/.cache /root/.config /root/.local /tmp/* /tmp/.[!.]* /var/tmp/* 2>/dev/null || true
 sp=$(echo "$VENV"/lib/python3*/site-packages)
-venv_kib=$(du -sk "$VENV" | cut -f1)
-{ { echo "$(( $(du -skx / | cut -f1) + venv_kib ))	/"; echo "$venv_kib	$VENV"; du -skx /usr; } | sed 's|^|total |'
+{ for d in / "$VENV" /usr; do du -skx "$d"; done | sed 's|^|total |'
   du -sk "$sp"/* | sort -rn | head -n 15 | sed 's|^|site |'
   { du -sk "$sp"/nvidia/*; du -sk "$sp"/nvidia/cu*/lib/*; } | sort -rn | head -n 12 | sed 's|^|nvidia |'
   du -sk "$sp"/torch/* | sort -rn | head -n 4 | sed 's|^|torch |'; } > /out/breakdown.txt
