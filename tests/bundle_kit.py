@@ -108,7 +108,7 @@ def make_wheel(directory: Path, name: str = WHEEL_NAME, version: str = WHEEL_VER
 
 
 def make_pulumi_dir(root: Path, plugins: tuple[str, ...] = ("docker", "command")) -> Path:
-    """A toolchain bin dir as tools/pulumi-toolchain.sh lays it out (small stand-in executables)."""
+    """A toolchain bin dir as tools/pulumi_toolchain.py lays it out (small stand-in executables)."""
     bin_dir = root / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     names = ["pulumi", "pulumi-language-python"] + [f"pulumi-resource-{p}" for p in plugins]

@@ -60,7 +60,7 @@ def image_tar(*options: str) -> Path:
 
 
 def toolchain_bin() -> Path:
-    proc = run(["bash", str(ROOT / "tools" / "pulumi-toolchain.sh")], timeout=3600)
+    proc = run([sys.executable, str(ROOT / "tools" / "pulumi_toolchain.py")], timeout=3600)
     return Path(proc.stdout.strip().splitlines()[-1])
 
 

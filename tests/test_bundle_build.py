@@ -236,7 +236,7 @@ def test_a_toolchain_without_a_plugin_is_refused_naming_it(site):
     args = build_args(site)
     args[args.index("--pulumi-dir") + 1] = str(bin_dir)
     code, _, err = cli(*args)
-    assert code == 2 and "lacks pulumi-resource-docker" in err and "tools/pulumi-toolchain.sh" in err
+    assert code == 2 and "lacks pulumi-resource-docker" in err and "tools/pulumi_toolchain.py" in err
 
 
 def test_the_toolchain_dir_may_be_its_parent_with_a_plugins_dir(site):

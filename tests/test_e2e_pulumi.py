@@ -1,4 +1,4 @@
-"""End to end through the real `pulumi` CLI (built from Go modules by tools/pulumi-toolchain.sh)
+"""End to end through the real `pulumi` CLI (built from Go modules by tools/pulumi_toolchain.py)
 against a real CPU Xinference, in `existing` mode (no Docker engine here).
 
 preview lists the launch; up makes the model serve; a second preview is empty; a changed
@@ -29,7 +29,7 @@ UID = "e2e-minilm"
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(PULUMI is None, reason="no pulumi CLI on PATH: build it with tools/pulumi-toolchain.sh "
+    pytest.mark.skipif(PULUMI is None, reason="no pulumi CLI on PATH: build it with tools/pulumi_toolchain.py "
                                               "(needs Go; tools/test.sh does it)"),
 ]
 

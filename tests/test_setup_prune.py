@@ -14,10 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def checkout(tmp_path: Path) -> Path:
-    """A checkout holding only tools/setup.sh (the prune needs nothing else)."""
+    """A checkout holding only tools/setup.sh and the cache entries it uses (the prune needs nothing else)."""
     project = tmp_path / "checkout"
     (project / "tools").mkdir(parents=True)
-    shutil.copy(ROOT / "tools" / "setup.sh", project / "tools" / "setup.sh")
+    for name in ("setup.sh", "cache_entry.py"):
+        shutil.copy(ROOT / "tools" / name, project / "tools" / name)
     return project
 
 
@@ -55,15 +56,15 @@ def test_prune_removes_the_venvs_not_used_since_and_keeps_the_rest(tmp_path):
     assert done.returncode == 0, done.stderr
     assert not stale.exists() and not unstamped.exists()
     assert used.is_dir() and linked.is_dir() and installing.is_dir()
-    assert f"setup: prune: removed {stale} (0 MB, last used " in done.stderr
-    assert f"setup: prune: {installing} is being installed by another run: kept" in done.stderr
+    assert f"setup: prune: removed {stale} (10.01 KB, last used " in done.stderr
+    assert f"setup: prune: {installing} is held by a run that is building it: kept" in done.stderr
     assert "3 venv(s) used since" in done.stderr, done.stderr
     assert (project / "venv" / "bin" / "python").is_file()  # the checkout's link still resolves
 
 
 def test_prune_of_an_empty_or_missing_cache_does_nothing(tmp_path):
     done = prune(checkout(tmp_path), tmp_path / "nothing-here", "--prune-unused-since", "0")
-    assert done.returncode == 0 and "setup: prune: 0 MB freed; 0 venv(s)" in done.stderr, done.stderr
+    assert done.returncode == 0 and "setup: prune: 0 B freed; 0 venv(s)" in done.stderr, done.stderr
 
 
 def test_a_bad_prune_value_or_argument_is_a_usage_error(tmp_path):

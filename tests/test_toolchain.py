@@ -1,8 +1,10 @@
-"""tools/pulumi-toolchain.sh: the Pulumi CLI, the Python language host and the resource plugins
+"""tools/pulumi_toolchain.py: the Pulumi CLI, the Python language host and the resource plugins
 built from Go modules (the plugins from the source archives of ../shared/plugin-src) into a cache.
 
-The cold build (10+ minutes on 2 cores, and as much again for the plugins) is done by
-tools/test.sh before pytest; here the script runs against that cache and must answer in seconds.
+The pure parts (recipes, stamps, the memory of failures, the choice of a plugin's source) are
+unit-tested first, in the fast tier. The cold build (10+ minutes on 2 cores, and as much again
+for the plugins) is done by tools/test.sh before pytest; the e2e tests run the program against
+that cache, where it must answer in seconds.
 Each test drives the real binaries: the CLI reports the pinned version, runs a Python program end
 to end through the language host, and lists the resource plugins at the versions the Python SDKs
 ask for, each of which serves that version over gRPC. Where the plugin source archives are absent
@@ -28,29 +30,34 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "tools" / "pulumi-toolchain.sh"
-PINNED = re.search(r"^PULUMI_VERSION=(\S+)", SCRIPT.read_text(), re.M).group(1)
-PLUGINS = {  # name -> version, as pinned in the script
-    name: re.search(rf"^{name.upper()}_VERSION=(\S+)", SCRIPT.read_text(), re.M).group(1)
-    for name in ("command", "docker")
-}
-MODULES = {  # name -> the provider's Go module, as in the script
-    name: re.search(rf"^{name.upper()}_MODULE=(\S+)", SCRIPT.read_text(), re.M).group(1)
-    for name in ("command", "docker")
-}
+sys.path.insert(0, str(ROOT / "tools"))
+
+import pulumi_plugins  # noqa: E402
+import pulumi_toolchain  # noqa: E402
+from pulumi_plugins import FailureRecord, PluginSource, choose_source, plugin_recipe  # noqa: E402
+from pulumi_toolchain import Stamps  # noqa: E402
+
+SCRIPT = ROOT / "tools" / "pulumi_toolchain.py"
+PINNED = pulumi_toolchain.PULUMI_VERSION
+PLUGINS = {p.name: p.version for p in pulumi_plugins.PLUGINS}  # name -> version, as pinned
+MODULES = {p.name: p.module for p in pulumi_plugins.PLUGINS}  # name -> the provider's Go module
 # the plugins' source archives, where the script looks for them by default
 PLUGIN_SRC = Path(os.environ.get("PULUMI_TOOLCHAIN_PLUGIN_SRC") or ROOT.parent / "shared" / "plugin-src")
 CACHE_ROOT = Path(os.environ.get("XINFERENCE_OFFLINE_CACHE") or Path.home() / ".cache" / "xinference-offline")
 BUILD_TIMEOUT = 3600  # only when the cache is cold (tools/test.sh builds it before pytest)
 
-pytestmark = pytest.mark.e2e
 needs_go = pytest.mark.skipif(shutil.which("go") is None,
                               reason="Go is not installed: the Pulumi CLI cannot be built from its Go modules here")
 
 
+def e2e(test):
+    """Runs the real program against the built toolchain (tools/test.sh builds it first)."""
+    return pytest.mark.e2e(needs_go(test))
+
+
 def run_script(*args: str, timeout: float = BUILD_TIMEOUT) -> subprocess.CompletedProcess:
     env = dict(os.environ, CI="true")
-    return subprocess.run(["bash", str(SCRIPT), *args], stdin=subprocess.DEVNULL, capture_output=True,
+    return subprocess.run([sys.executable, str(SCRIPT), *args], stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -87,24 +94,27 @@ def toolchain() -> Toolchain:
     if shutil.which("go") is None:
         pytest.skip("Go is not installed: the Pulumi CLI cannot be built from its Go modules here")
     result = run_script()
-    assert result.returncode == 0, f"tools/pulumi-toolchain.sh failed:\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, f"tools/pulumi_toolchain.py failed:\n{result.stderr[-6000:]}"
     bin_dir = Path(result.stdout.strip().splitlines()[-1])
     assert (bin_dir / "pulumi").is_file(), f"last stdout line is not the bin dir: {result.stdout!r}"
     return Toolchain(bin_dir, result.stderr)
 
 
 def test_help_needs_nothing():
-    result = subprocess.run(["bash", str(SCRIPT), "--help"], stdin=subprocess.DEVNULL,
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
-    assert "usage: tools/pulumi-toolchain.sh" in result.stdout
+    assert "usage: python3 tools/pulumi_toolchain.py" in result.stdout
     assert "--cache DIR" in result.stdout and "--src NAME=PATH" in result.stdout
-    bad = subprocess.run(["bash", str(SCRIPT), "--no-such-flag"], stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "unknown argument '--no-such-flag'" in bad.stderr
+    for args, said in ((["--no-such-flag"], "unknown argument '--no-such-flag'"),
+                       (["--src", "kubernetes=/x"], "--src wants command=PATH or docker=PATH, not 'kubernetes=/x'"),
+                       (["--src", "command="], "--src wants command=PATH or docker=PATH, not 'command='")):
+        bad = subprocess.run([sys.executable, str(SCRIPT), *args], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and said in bad.stderr, (args, bad.stderr)
 
 
-@needs_go
+@e2e
 def test_cli_reports_the_pinned_version(toolchain):
     result = toolchain.pulumi("version")
     assert result.returncode == 0, result.stderr
@@ -115,7 +125,7 @@ def test_cli_reports_the_pinned_version(toolchain):
     assert as_tuple(PINNED) >= as_tuple(sdk), f"CLI v{PINNED} is older than the Python SDK {sdk}"
 
 
-@needs_go
+@e2e
 def test_language_host_and_runner_sit_next_to_the_cli(toolchain):
     for name in ("pulumi-language-python", "pulumi-language-python-exec", "pulumi-resource-pulumi-python"):
         path = toolchain.bin / name
@@ -131,7 +141,7 @@ def test_language_host_and_runner_sit_next_to_the_cli(toolchain):
         host.wait(timeout=10)
 
 
-@needs_go
+@e2e
 def test_versions_file_and_env_file(toolchain):
     rows = toolchain.versions()
     for name in ("pulumi", "pulumi-language-python", "pulumi-language-python-exec",
@@ -145,7 +155,7 @@ def test_versions_file_and_env_file(toolchain):
     assert "export PULUMI_SKIP_UPDATE_CHECK=1" in env_sh
 
 
-@needs_go
+@e2e
 def test_pulumi_up_runs_a_python_program(toolchain, tmp_path):
     """The CLI finds the language host, which runs the program with the project's virtualenv."""
     if sys.prefix == sys.base_prefix:
@@ -212,12 +222,12 @@ def test_plugin_pins_match_the_python_sdks():
     requirements = (ROOT / "requirements.txt").read_text()
     for name, version in PLUGINS.items():
         assert re.search(rf"^pulumi-{name}=={re.escape(version)}$", requirements, re.M), \
-            f"requirements.txt does not pin pulumi-{name}=={version} (the script's {name.upper()}_VERSION)"
+            f"requirements.txt does not pin pulumi-{name}=={version} (the pin in tools/pulumi_plugins.py)"
         assert sdk_version(name) == version, \
             f"the installed pulumi-{name} is {sdk_version(name)}, the script builds plugin {name} v{version}: run tools/setup.sh"
 
 
-@needs_go
+@e2e
 @pytest.mark.parametrize("name", sorted(PLUGINS))
 def test_resource_plugin_is_installed(toolchain, name):
     version = sdk_version(name)
@@ -234,7 +244,7 @@ def test_resource_plugin_is_installed(toolchain, name):
         # unpacked into the cache (never into the project), keyed by its digest
         assert (CACHE_ROOT / "plugin-src" / digest / ".unpacked").is_file()
     elif "NOT BUILT" in row[2]:
-        pytest.skip(f"no source archive {archive}, and tools/pulumi-toolchain.sh did not build the {name} plugin: {row[2]}")
+        pytest.skip(f"no source archive {archive}, and tools/pulumi_toolchain.py did not build the {name} plugin: {row[2]}")
     result = toolchain.pulumi("plugin", "ls")
     assert result.returncode == 0, result.stderr
     listed = [line.split()[:3] for line in result.stdout.splitlines() if line.strip()]
@@ -244,7 +254,7 @@ def test_resource_plugin_is_installed(toolchain, name):
     assert plugin_info_version(binary) == version, f"{binary} does not report version {version}"
 
 
-@needs_go
+@e2e
 def test_second_run_is_cached(toolchain):
     """Everything built: the script only prints the path, in seconds, and rewrites no binary."""
     binaries = {p: p.stat().st_mtime_ns for p in toolchain.bin.iterdir()}
@@ -268,7 +278,7 @@ def _linked_copy(toolchain: Toolchain, dest: Path) -> Path:
     return dest
 
 
-@needs_go
+@e2e
 def test_one_stamp_per_component(toolchain, tmp_path):
     """A component whose stamp is gone is redone alone: here the SDK runner files are copied
     again, the CLI and the language host are not rebuilt."""
@@ -282,7 +292,7 @@ def test_one_stamp_per_component(toolchain, tmp_path):
     assert not list(copy.glob(".work.*")), "temp build dirs were left behind"
 
 
-@needs_go
+@e2e
 def test_an_unavailable_plugin_source_is_reported_and_the_rest_goes_on(toolchain, tmp_path):
     copy = _linked_copy(toolchain, tmp_path / "toolchain")
     (copy / "stamps" / "plugin-command").unlink(missing_ok=True)  # as if it was never built
@@ -307,7 +317,7 @@ def _fake_archive(path: Path, files: dict[str, str]) -> Path:
     return path
 
 
-@needs_go
+@e2e
 def test_a_changed_archive_is_unpacked_into_the_cache_and_rebuilds(toolchain, tmp_path):
     """The archive's digest is part of the plugin's stamp: another archive under the same name is
     a new source (here one without the provider module, so it is reported, not built), unpacked
@@ -333,7 +343,7 @@ def test_a_changed_archive_is_unpacked_into_the_cache_and_rebuilds(toolchain, tm
     assert not (ROOT / "pulumi-command-v1.2.1").exists() and not (ROOT / "plugin-src").exists()
 
 
-@needs_go
+@e2e
 def test_without_an_archive_the_module_proxy_is_the_fallback(toolchain, tmp_path):
     copy = _linked_copy(toolchain, tmp_path / "toolchain")
     src = tmp_path / "plugin-src"  # only the docker archive (when there is one): none for command
@@ -348,3 +358,105 @@ def test_without_an_archive_the_module_proxy_is_the_fallback(toolchain, tmp_path
     assert f"{MODULES['command']}@v{PLUGINS['command']}" in result.stderr, result.stderr
     assert ".tar.gz" not in "".join(line for line in result.stderr.splitlines(True) if "plugin command" in line), result.stderr
     assert "plugin docker" not in result.stderr, result.stderr
+
+
+# --- the pure parts, in the fast tier ------------------------------------------------------------
+def shell_recipe(text: str, files: list[Path]) -> str:
+    """The recipe as tools/pulumi-toolchain.sh computed it: `{ echo TEXT; cat FILES; } | sha256sum`."""
+    script = 'printf "%s\\n" "$0"; for f in "$@"; do cat "$f"; done'
+    out = subprocess.run(["bash", "-c", f"{{ {script}; }} | sha256sum", text, *map(str, files)],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()[0]
+
+
+def test_the_recipes_are_the_shell_scripts_so_a_built_toolchain_stays_built():
+    """A toolchain the shell script built is current for the program: same recipe texts, same files,
+    in the order `find | LC_ALL=C sort` gave them."""
+    host = pulumi_toolchain.language_host_files(pulumi_toolchain.LANGUAGE_HOST)
+    find = subprocess.run(f"find '{pulumi_toolchain.LANGUAGE_HOST}' -maxdepth 1 -type f \\( -name '*.go' -o -name go.mod "
+                          "-o -name go.sum \\) | LC_ALL=C sort", shell=True, capture_output=True, text=True, check=True)
+    assert [str(p) for p in host] == find.stdout.split()
+    text = f"pulumi-language-python {PINNED} -s -w -X main.version={PINNED}"
+    assert pulumi_toolchain.recipe_digest(text, host) == shell_recipe(text, host)
+    pin = pulumi_plugins.PLUGINS[0]
+    text = f"plugin {pin.name} {pin.version} {pin.module} {pin.package} {pin.module}/pkg/version.Version"
+    assert plugin_recipe(pin, "ab" * 32) == shell_recipe(f"{text} archive sha256 {'ab' * 32}", [])
+    assert plugin_recipe(pin, None) != plugin_recipe(pin, "ab" * 32) != plugin_recipe(pin, "cd" * 32)
+
+
+def test_a_stamp_is_current_only_for_its_recipe_with_its_files_there(tmp_path):
+    stamps = Stamps(tmp_path / "stamps")
+    stamps.dir.mkdir()
+    binary = tmp_path / "bin" / "pulumi"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert not stamps.is_current("pulumi", "r1", [binary])  # never built
+    stamps.done("pulumi", "r1", "v3.274.1", "pkg/v3 cmd/pulumi", 42)
+    assert (stamps.dir / "pulumi").read_text() == "r1\n"
+    assert (stamps.dir / "pulumi.line").read_text() == "pulumi\tv3.274.1\t42\tpkg/v3 cmd/pulumi\n"
+    assert stamps.is_current("pulumi", "r1", [binary])
+    assert not stamps.is_current("pulumi", "r2", [binary])  # another recipe
+    assert not Stamps(stamps.dir, force=True).is_current("pulumi", "r1", [binary])
+    binary.chmod(0o644)
+    assert not stamps.is_current("pulumi", "r1", [binary])  # its file is not runnable
+    stamps.failed("pulumi", "v3.274.1", "pkg/v3", "see the log")
+    assert not (stamps.dir / "pulumi").exists()
+    assert (stamps.dir / "pulumi.line").read_text() == "pulumi\tv3.274.1\t-\tpkg/v3: NOT BUILT: see the log\n"
+    stamps.done("plugin-docker", "r3", "v5.1.0", "docker", 7)
+    versions = stamps.versions_text(tmp_path, "go1.26").splitlines()
+    assert versions[2] == "# component\tversion\tbuild_seconds\tsource"
+    assert [row.split("\t")[0] for row in versions[3:]] == ["pulumi", "plugin-docker"]  # in COMPONENTS order
+
+
+def test_a_plugin_found_unavailable_is_not_tried_again_for_a_day_from_the_same_place(tmp_path):
+    record = FailureRecord(tmp_path / "plugin-command.unavailable")
+    now = time.time()
+    assert record.still_valid("attempt-1", now) is None
+    record.record("attempt-1", "module@v1.2.1 is not served:\n403 Forbidden")
+    found = record.still_valid("attempt-1", now + 60)
+    assert found is not None and found[1] == "module@v1.2.1 is not served: 403 Forbidden"
+    assert record.still_valid("attempt-2", now) is None  # another source or archive: tried at once
+    assert record.still_valid("attempt-1", now + 24 * 3600 + 60) is None  # a day later: tried again
+    record.clear()
+    assert not record.path.exists()
+
+
+def test_a_plugin_is_built_from_src_then_its_archive_then_the_module_proxy(tmp_path):
+    pin = pulumi_plugins.PLUGINS[1]
+    src = tmp_path / "checkout"
+    assert choose_source(pin, src, tmp_path) == PluginSource("src", src)
+    assert choose_source(pin, None, tmp_path) == PluginSource("proxy")
+    archive = tmp_path / f"pulumi-docker-v{pin.version}.tar.gz"
+    archive.write_bytes(b"x")
+    assert pin.archive_name == archive.name
+    assert choose_source(pin, None, tmp_path) == PluginSource("archive", archive)
+    assert choose_source(pin, src, tmp_path) == PluginSource("src", src)
+
+
+def test_the_wrapper_must_carry_upstreams_module_replaces():
+    upstream = {"Replace": [{"Old": {"Path": "a"}, "New": {"Path": "b", "Version": "v1"}},
+                            {"Old": {"Path": "github.com/pulumi/pulumi/sdk/v3"}, "New": {"Path": "../sdk"}}]}
+    wrapper = {"Replace": [{"New": {"Version": "v1", "Path": "b"}, "Old": {"Path": "a"}}]}
+    assert pulumi_toolchain.module_replaces(upstream) == pulumi_toolchain.module_replaces(wrapper)
+    assert pulumi_toolchain.module_replaces({"Replace": None}) == []
+    assert pulumi_toolchain.module_replaces(wrapper) != pulumi_toolchain.module_replaces({})
+
+
+def test_what_a_plugin_build_reads_from_go_and_pulumi(tmp_path):
+    log = "# github.com/x\ngo: downloading a v1\n./main.go:3: undefined: y\n" + "".join(f"e{i}\n" for i in range(20))
+    assert pulumi_plugins.go_errors(log) == "./main.go:3: undefined: y " + " ".join(f"e{i}" for i in range(14))
+    (tmp_path / "version.go").write_text("package version\n\nvar Version string\n")
+    assert pulumi_plugins.declares_variable(tmp_path, "Version")
+    assert not pulumi_plugins.declares_variable(tmp_path, "Commit")
+    ls = "NAME     KIND      VERSION  SIZE\ncommand  resource  1.2.1    40 MB\n"
+    assert pulumi_plugins.listed(ls, "command", "1.2.1") and not pulumi_plugins.listed(ls, "docker", "5.1.0")
+
+
+def test_the_command_line_and_env_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("PULUMI_TOOLCHAIN_SRC_DOCKER", "/from/env")
+    args = pulumi_toolchain.parse(["--src", "command=/a", "--dir", str(tmp_path), "--cache", "/c"])
+    assert args.sources == {"command": Path("/a"), "docker": Path("/from/env")}
+    assert args.dir == tmp_path and args.cache == Path("/c")
+    env_sh = pulumi_toolchain.env_sh(tmp_path / "bin", tmp_path / "home")
+    assert f'export PATH="{tmp_path}/bin:$PATH"' in env_sh and "export PULUMI_SKIP_UPDATE_CHECK=1" in env_sh

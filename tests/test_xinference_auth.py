@@ -163,7 +163,7 @@ pulumi.export("uid", model.model_uid)
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(PULUMI is None, reason="no pulumi CLI on PATH: build it with tools/pulumi-toolchain.sh "
+@pytest.mark.skipif(PULUMI is None, reason="no pulumi CLI on PATH: build it with tools/pulumi_toolchain.py "
                                            "(needs Go; tools/test.sh does it)")
 def test_the_engine_hands_the_secret_to_the_provider(auth_server, uid, tmp_path):
     """Through the real pulumi CLI: the stack secret reaches the dynamic provider via Configure,

@@ -29,7 +29,7 @@ case "$mode" in docker|existing|down) ;; *) echo "usage: bash tools/demo.sh [doc
 step "python venv (pip; the first time it downloads torch with Xinference: a few minutes)"
 bash tools/setup.sh --test >&2
 step "Pulumi CLI and plugins (Go builds, cached; the first time about 16 minutes on 2 cores)"
-bin_dir=$(bash tools/pulumi-toolchain.sh | tail -n 1)
+bin_dir=$(python3 tools/pulumi_toolchain.py | tail -n 1)
 if [ -f "$bin_dir/../env.sh" ]; then . "$bin_dir/../env.sh"; else export PATH="$bin_dir:$PATH"; fi
 
 if [ "$mode" = down ]; then

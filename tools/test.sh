@@ -4,7 +4,7 @@
 # $XINFERENCE_OFFLINE_CACHE) by a digest of its inputs, so a second run starts the tests at once:
 #   the venv (tools/setup.sh), a Docker engine (tools/docker-engine.sh: installed with apt and
 #   started when none answers), the Pulumi CLI and its docker/command plugins
-#   (tools/pulumi-toolchain.sh, Go builds), the CPU Xinference image tar (tools/xinference-image.sh).
+#   (tools/pulumi_toolchain.py, Go builds), the CPU Xinference image tar (tools/xinference-image.sh).
 # The image build (mostly downloads and disk) runs beside the Go builds (mostly CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +24,9 @@ else
   step "no Docker engine can run here: the docker tests will skip, saying so"
 fi
 
-if [ -f tools/pulumi-toolchain.sh ] && command -v go >/dev/null 2>&1; then
+if [ -f tools/pulumi_toolchain.py ] && command -v go >/dev/null 2>&1; then
   step "Pulumi CLI and plugins"
-  bin_dir=$(bash tools/pulumi-toolchain.sh | tail -n 1)
+  bin_dir=$(python3 tools/pulumi_toolchain.py | tail -n 1)
   if [ -f "$bin_dir/../env.sh" ]; then
     # shellcheck disable=SC1091
     . "$bin_dir/../env.sh"

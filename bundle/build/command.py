@@ -21,7 +21,7 @@ once. Two stacks that give one model directory different sources are refused.
   wheels/               `pip download --require-hashes` of requirements.lock (binary wheels only,
                         so the offline install needs no compiler), or the files of --wheels-from
                         DIR that resolve it; requirements.txt there pins each carried file's hash
-  pulumi/bin, plugins/  --pulumi-dir (what tools/pulumi-toolchain.sh built), else the release
+  pulumi/bin, plugins/  --pulumi-dir (what tools/pulumi_toolchain.py built), else the release
                         archives of the pinned versions from get.pulumi.com (or --pulumi-url)
   program/              this project's files (--project, default: this checkout): git's tracked and
                         untracked-not-ignored files, never .state/, stacks/, venv/ or the output
@@ -328,7 +328,7 @@ class Builder:
         if missing:
             where = self.opts.pulumi_dir or toolchain.bin_dir
             raise SetupError(f"the Pulumi toolchain in {where} lacks {', '.join(missing)}; build them with "
-                             "tools/pulumi-toolchain.sh (or point --pulumi-dir at a complete toolchain)")
+                             "tools/pulumi_toolchain.py (or point --pulumi-dir at a complete toolchain)")
         downloaded = toolchain.bin_dir.is_relative_to(self.cache_dir)
         self.pulumi_versions = toolchain_versions(toolchain, downloaded)
         self._carry_tree(binaries, item.path + "bin/", "pulumi", None, report, link=downloaded)
@@ -453,7 +453,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "Pulumi.yaml)")
     parser.add_argument("--image-tar", type=Path, metavar="FILE", help="an existing `docker save` tar of image.name")
     parser.add_argument("--pulumi-dir", type=Path, metavar="DIR",
-                        help="built Pulumi CLI + plugins (the bin dir tools/pulumi-toolchain.sh prints)")
+                        help="built Pulumi CLI + plugins (the bin dir tools/pulumi_toolchain.py prints)")
     parser.add_argument("--pulumi-url", default=PULUMI_RELEASES, metavar="URL",
                         help=f"release mirror used without --pulumi-dir (default {PULUMI_RELEASES})")
     parser.add_argument("--pulumi-checksums", type=Path, metavar="FILE",

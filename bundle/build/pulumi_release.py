@@ -63,8 +63,8 @@ def locate_toolchain(directory: Path) -> PulumiToolchain:
         bin_dir = directory / "bin"
     else:
         raise SetupError(f"--pulumi-dir {directory}: no `pulumi` executable there or in its bin/ "
-                         "(tools/pulumi-toolchain.sh prints the bin directory it built)")
-    # tools/pulumi-toolchain.sh keeps plugins in <cache>/home/plugins (its PULUMI_HOME)
+                         "(tools/pulumi_toolchain.py prints the bin directory it built)")
+    # tools/pulumi_toolchain.py keeps plugins in <cache>/home/plugins (its PULUMI_HOME)
     for plugins in (bin_dir.parent / "plugins", bin_dir.parent / "home" / "plugins", directory / "plugins"):
         if plugins.is_dir():
             return PulumiToolchain(bin_dir, plugins)
@@ -72,7 +72,7 @@ def locate_toolchain(directory: Path) -> PulumiToolchain:
 
 
 def toolchain_versions(toolchain: PulumiToolchain, downloaded: bool) -> dict[str, str]:
-    """{executable name: version}: from the versions.txt tools/pulumi-toolchain.sh writes beside bin/
+    """{executable name: version}: from the versions.txt tools/pulumi_toolchain.py writes beside bin/
     (component TAB version ...); a downloaded toolchain's are the pinned release versions; else none
     (unknown, never guessed)."""
     versions: dict[str, str] = {}
@@ -208,7 +208,7 @@ def download_toolchain(cache_root: Path, base: str = PULUMI_RELEASES, offline: b
                          "forbids downloading it; pass --pulumi-dir")
     given = parse_checksums(checksums_file.read_text(), f"--pulumi-checksums {checksums_file}") \
         if checksums_file is not None else {}
-    hint = ("pass --pulumi-dir with a built toolchain (tools/pulumi-toolchain.sh), --pulumi-url with a "
+    hint = ("pass --pulumi-dir with a built toolchain (tools/pulumi_toolchain.py), --pulumi-url with a "
             "reachable mirror, or --pulumi-checksums FILE")
     root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key}.part-", dir=root.parent))

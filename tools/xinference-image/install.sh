@@ -1,6 +1,7 @@
 #!/bin/sh
 # The install step of tools/xinference-image.sh, run as root in a `--network none` container of
-# the imported Debian root filesystem, then committed as the image. Argument: the venv path.
+# the imported Debian root filesystem, then committed as the image's one layer over it (the
+# Dockerfile states the image's config). Argument: the venv path.
 # Mounts: /wheels the hash-checked wheels (read-only), /recipe this directory (read-only),
 # /out for pip-check.txt, smoke.log and breakdown.txt (what takes the space, KiB).
 set -eu
