@@ -2,7 +2,8 @@
 
 The provider talks to Xinference's REST API (components/xinference_client.py); the launch
 itself (wait, progress, smoke test, cleanup) is components/model_launch.py, the pure half
-(inputs, validation, payloads, diff) components/model_props.py. Rules it keeps (see
+(payloads, diff) components/model_props.py, the inputs with their defaults and rules
+spec/model_inputs.py. Rules it keeps (see
 docs/provider.md for the operator's view):
 
 - check validates every input and names the property that is wrong;

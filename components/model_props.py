@@ -1,6 +1,7 @@
-"""XinferenceModel's inputs and the pure functions over them (no I/O): defaults and wire-format
-normalisation, validation, the launch body, the autostart entry, diff, and the comparison of a
-running model with the wanted one. components/model.py holds the provider that uses them.
+"""The pure functions over XinferenceModel's inputs (no I/O): the resource's properties, defaults and
+wire-format normalisation, validation (by the rules of spec/model_inputs.py, which declares the
+inputs), the launch body, the autostart entry, diff, and the comparison of a running model with the
+wanted one. components/model.py holds the provider that uses them.
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ def normalize(props: Mapping[str, Any]) -> dict[str, Any]:
 def resource_props(args: XinferenceModelArgs) -> dict[str, Any]:
     """The resource's input properties. An empty or zero input is left out (absent and empty must
     diff the same; Xinference's default applies) unless it has a default of its own."""
-    props = {name: value if value or name in DEFAULTS else None
-             for name, value in ((name, getattr(args.inputs, name)) for name in ARG_KEYS)}
+    props: dict[str, Any] = {}
+    for name in ARG_KEYS:
+        value = getattr(args.inputs, name)
+        props[name] = value if value or name in DEFAULTS else None
     return {**props, **args.from_outputs}
 
 
