@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Mapping, Optional
 
-from spec.config import ModelConfig, StackConfig
+from spec.config import DockerHostConfig, ModelConfig, ServerConfig, StackConfig
 from spec.custom_model import family_digest, registration_family
 from spec.engine_packages import launch_kwargs, stack_packages, virtualenv_env
 from spec.docker_host import remote_docker_hostname
@@ -116,6 +116,14 @@ class LaunchSpec(ModelInputs):
     custom_family: Optional[dict[str, Any]] = None  # a custom model: the family registered before its launch
 
 
+def container_engine(cfg: StackConfig, server: Optional[ServerConfig]) -> Optional[DockerHostConfig]:
+    """The docker engine that runs a model's container (on ``server`` in a cluster); None in existing
+    mode, which has none. The provider asks it whether the container is gone."""
+    if cfg.mode == "docker":
+        return cfg.docker
+    return server.docker if cfg.mode == "cluster" and server is not None else None
+
+
 def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[LaunchSpec]:
     """One spec per enabled model, with host GPU ids mapped to the container's indices.
 
@@ -131,8 +139,7 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
             gpu_idx = list(model.gpus)
         else:
             gpu_idx = container_gpu_indices(server.gpu_ids if server else cfg.gpu_ids, model.gpus)
-        # the engine of the model's container: read asks it whether the container is gone
-        docker = server.docker if server else cfg.docker if cfg.mode == "docker" else None
+        docker = container_engine(cfg, server)
         ssh = docker.ssh if docker is not None else None
         family = registration_family(model.type, model.model_name, model_dir_on_server(cfg, model), model.custom,
                                      model.format, model.quantization, model.size_in_billions) \
