@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import pulumi
@@ -23,7 +23,7 @@ from components.container import XinferenceContainer, XinferenceContainerArgs
 from components.image import LoadedImage, LoadedImageArgs, bundle_image
 from components.local_repair import LocalModelRepair, LocalModelRepairArgs
 from components.model import XinferenceModel, XinferenceModelArgs
-from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs, family_digest
+from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
 from spec.config import DockerHostConfig, StackConfig
@@ -111,40 +111,31 @@ class XinferenceDeployment(pulumi.ComponentResource):
         for spec in self.specs:
             container = self.containers.get(spec.server)
             depends: list[pulumi.Resource] = [container] if container else []
-            args = model_args(spec, endpoint_url(cfg), container.container_id if container else None,
-                              cfg.endpoint_ca_bundle, docker=self._docker_of(spec.server))
-            args.weights_digest = self._weights_digest(spec)
+            # The container's id and the repairs of the model's files are outputs of other resources.
+            from_outputs = {"container_id": container.container_id if container else None,
+                            "weights_digest": self._weights_digest(spec)}
             if spec.custom_family is not None:
-                # Registered before the launch, unregistered after the terminate; a new family relaunches.
-                registration = self._registration(f"{name}-{spec.model_uid}-registration", spec, args, depends)
-                # computed here, not read from the registration's outputs: an in-place update of the
-                # registration (a new port) leaves them unknown at preview, which showed the model as
-                # replaced while `up` only updated it
-                args.registration_digest = family_digest(spec.custom_family)
+                # Registered before the launch, unregistered after the terminate; a new family relaunches
+                # (through the spec's registration_digest: computed from the family, not read from the
+                # registration's outputs, which an in-place update of it leaves unknown at preview).
+                registration = self._registration(f"{name}-{spec.model_uid}-registration", spec,
+                                                  from_outputs["container_id"], depends)
                 depends = [*depends, registration]
             self.models_by_uid[spec.model_uid] = XinferenceModel(
-                f"{name}-{spec.model_uid}", args, opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
+                f"{name}-{spec.model_uid}", XinferenceModelArgs(spec, from_outputs),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
         single = self.containers.get(None)
         self.container_id = single.container_id if single else pulumi.Output.from_input(None)
         self.models = pulumi.Output.from_input([model_row(spec) for spec in self.specs])
         self.register_outputs({"endpoint": self.endpoint, "container_id": self.container_id, "models": self.models})
 
-    def _registration(self, name: str, spec: LaunchSpec, model: XinferenceModelArgs,
+    def _registration(self, name: str, spec: LaunchSpec, container_id: pulumi.Input[Optional[str]],
                       depends: list) -> XinferenceRegistration:
         return XinferenceRegistration(name, XinferenceRegistrationArgs(
-            endpoint=model.endpoint, model_type=spec.model_type, model_name=spec.model_name,
-            family=spec.custom_family, container_id=model.container_id, endpoint_ca_bundle=model.endpoint_ca_bundle,
-            docker_host=model.docker_host, docker_ssh=model.docker_ssh, launch_timeout=model.launch_timeout,
+            endpoint=spec.endpoint, model_type=spec.model_type, model_name=spec.model_name,
+            family=spec.custom_family, container_id=container_id, endpoint_ca_bundle=spec.endpoint_ca_bundle,
+            docker_host=spec.docker_host, docker_ssh=spec.docker_ssh, launch_timeout=spec.launch_timeout,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=depends))
-
-    def _docker_of(self, server: Optional[str]) -> Optional[DockerHostConfig]:
-        """The engine that runs the container of a model placed on ``server`` (None: no container)."""
-        cfg = self._args.config
-        if cfg.mode == "docker":
-            return cfg.docker
-        if cfg.mode == "cluster":
-            return next((s.docker for s in cfg.servers if s.name == server), None)
-        return None
 
     def _volume(self, name: str, models: list, digests: dict, models_dir: str, check: bool) -> ModelVolume:
         cfg = self._args.config
@@ -258,22 +249,6 @@ class XinferenceDeployment(pulumi.ComponentResource):
                 command=container_command("worker", server.address, supervisor_url),
                 healthcheck=healthcheck_command("worker", server.address),
                 host_network=True, container_name=cluster_container_name(cfg, "worker"))
-
-
-def model_args(spec: LaunchSpec, endpoint: str, container_id: pulumi.Input[Optional[str]],
-               endpoint_ca_bundle: Optional[str] = None, docker: Optional[DockerHostConfig] = None
-               ) -> XinferenceModelArgs:
-    """The resource's inputs: the spec's launch parameters (same names) plus where and what it depends on."""
-    shared = {f.name for f in fields(XinferenceModelArgs)} & {f.name for f in fields(LaunchSpec)}
-    # Empty values are left out rather than sent as [] / {} / "" (absent and empty must diff the same).
-    values = {name: getattr(spec, name) or None for name in shared}
-    values["extra"] = dict(spec.extra) or None
-    for kept in ("replica", "launch_timeout", "autostart", "smoke_test"):  # falsy but meaningful
-        values[kept] = getattr(spec, kept)
-    ssh = docker.ssh if docker is not None else None
-    return XinferenceModelArgs(endpoint=endpoint, container_id=container_id, endpoint_ca_bundle=endpoint_ca_bundle,
-                               docker_host=docker.host if docker is not None else None,
-                               docker_ssh=ssh.argv() if ssh is not None else None, **values)
 
 
 def model_row(spec: LaunchSpec) -> dict:

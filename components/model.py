@@ -2,7 +2,8 @@
 
 The provider talks to Xinference's REST API (components/xinference_client.py); the launch
 itself (wait, progress, smoke test, cleanup) is components/model_launch.py, the pure half
-(inputs, validation, payloads, diff) components/model_props.py. Rules it keeps (see
+(payloads, diff) components/model_props.py, the inputs with their defaults and rules
+spec/model_inputs.py. Rules it keeps (see
 docs/provider.md for the operator's view):
 
 - check validates every input and names the property that is wrong;
@@ -34,7 +35,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import fields
 from typing import Any, Mapping, Optional
 
 import pulumi
@@ -57,7 +57,7 @@ from components.model_launch import (  # noqa: F401 - the errors are part of thi
 )
 # The pure half: inputs, validation, payloads, diff (components/model_props.py).
 from components.model_props import (ARG_KEYS, AUTOSTART_PENDING, OUTPUT_KEYS, XinferenceModelArgs, autostart_entry,
-                                    diff_props, is_known, normalize, observed, validate)
+                                    diff_props, is_known, normalize, observed, resource_props, validate)
 
 API_KEY_CONFIG = f"{CONFIG_NAMESPACE}:api_key"
 API_KEY_ENV = "XINFERENCE_API_KEY"
@@ -319,7 +319,7 @@ class XinferenceModel(pulumi.dynamic.Resource, module="xinference", name="Xinfer
     accelerators: pulumi.Output[list]
 
     def __init__(self, resource_name: str, args: XinferenceModelArgs, opts: Optional[pulumi.ResourceOptions] = None):
-        props: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(args)}
+        props = resource_props(args)
         for key in OUTPUT_KEYS:
             props[key] = None
         super().__init__(XinferenceModelProvider(), resource_name, props, opts)

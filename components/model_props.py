@@ -1,18 +1,17 @@
-"""XinferenceModel's inputs and the pure functions over them (no I/O): defaults and wire-format
-normalisation, validation, the launch body, the autostart entry, diff, and the comparison of a
-running model with the wanted one. components/model.py holds the provider that uses them.
+"""The pure functions over XinferenceModel's inputs (no I/O): the resource's properties, defaults and
+wire-format normalisation, validation (by the rules of spec/model_inputs.py, which declares the
+inputs), the launch body, the autostart entry, diff, and the comparison of a running model with the
+wanted one. components/model.py holds the provider that uses them.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
 
-from spec.catalog import catalog_problems, pinned_catalog
-from spec.xinference import MODEL_TYPES, MODEL_UID_FIX, endpoint_problem, model_uid_problem
+from spec.model_inputs import LAUNCH_KEYS, ModelInputs, ServerInputs, input_problems
 
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: a value not known at preview
 _SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc: a special value's signature key ...
@@ -21,69 +20,30 @@ _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # ... and the signature of a s
 
 @dataclass
 class XinferenceModelArgs:
-    """Launch parameters of one model (names follow Xinference's REST API)."""
+    """XinferenceModel's inputs: the values the program knows, and by name those that are other
+    resources' outputs (the container's id, a weights digest with its files' repairs), which replace
+    the value of the same name once known. Both are judged by the provider's check, by the rules of
+    ``ModelInputs`` (spec/model_inputs.py: the one list of the inputs, their defaults and rules)."""
 
-    endpoint: pulumi.Input[str]
-    """http://host:port of the Xinference supervisor."""
-    model_uid: pulumi.Input[str]
-    model_name: pulumi.Input[str]
-    model_type: pulumi.Input[str]
-    """LLM, embedding, rerank, audio, image, video, flexible."""
-    model_engine: Optional[pulumi.Input[str]] = None
-    model_format: Optional[pulumi.Input[str]] = None
-    model_size_in_billions: Optional[pulumi.Input[Union[int, float, str]]] = None
-    quantization: Optional[pulumi.Input[str]] = None
-    model_path: Optional[pulumi.Input[str]] = None
-    """Path INSIDE the container / on the server."""
-    gpu_idx: Optional[pulumi.Input[Sequence[int]]] = None
-    """Container-side GPU indices."""
-    n_gpu: Optional[pulumi.Input[Union[int, str]]] = None
-    """A count or "auto"."""
-    replica: pulumi.Input[int] = 1
-    extra: Optional[pulumi.Input[Mapping[str, Any]]] = None
-    """Other launch kwargs, passed through to POST /v1/models."""
-    worker_ip: Optional[pulumi.Input[str]] = None
-    """Cluster placement."""
-    container_id: Optional[pulumi.Input[str]] = None
-    """A new container means relaunch."""
-    weights_digest: Optional[pulumi.Input[str]] = None
-    """New weights mean relaunch."""
-    launch_timeout: pulumi.Input[float] = 600.0
-    """Seconds to wait for the model to be ready."""
-    autostart: pulumi.Input[bool] = True
-    """Register the model in Xinference's autostart registry (it comes back after a restart)."""
-    smoke_test: pulumi.Input[bool] = True
-    """Run one request suited to the type after launch."""
-    endpoint_ca_bundle: Optional[pulumi.Input[str]] = None
-    """PEM file (absolute path, on the machine running Pulumi) of the CA of an https endpoint; default: public CAs."""
-    docker_host: Optional[pulumi.Input[str]] = None
-    """The engine running ``container_id`` (docker mode): when the endpoint does not answer, read asks
-    it whether that container still exists; a model whose container is gone is gone too."""
-    docker_ssh: Optional[pulumi.Input[Sequence[str]]] = None
-    """For an ssh:// engine: the ssh command that reaches it, up to the host name (the stack's one ssh
-    configuration, spec/ssh.py); read asks the engine through it."""
-    registration_digest: Optional[pulumi.Input[str]] = None
-    """A custom model: the digest of the family this stack registers under model_name
-    (components/model_registration.py); a new family relaunches. Set, the name is not looked up in
-    the pinned catalog."""
+    inputs: ModelInputs
+    from_outputs: Mapping[str, pulumi.Input[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        strange = sorted(set(self.from_outputs) - set(ARG_KEYS))
+        if strange:
+            raise ValueError(f"XinferenceModelArgs.from_outputs: {', '.join(strange)} not among the inputs "
+                             f"({', '.join(ARG_KEYS)})")
 
 
-ARG_KEYS = tuple(f.name for f in fields(XinferenceModelArgs))
-# Sent in the launch body (plus `extra`).
-LAUNCH_KEYS = ("model_uid", "model_name", "model_type", "model_engine", "model_format", "model_size_in_billions",
-               "quantization", "model_path", "gpu_idx", "n_gpu", "replica", "worker_ip")
+ARG_KEYS = tuple(ModelInputs.model_fields)
 # A change to any of these relaunches the model (delete before replace).
 REPLACE_KEYS = LAUNCH_KEYS + ("extra", "container_id", "weights_digest", "registration_digest")
 # A change to these is applied in place.
 IN_PLACE_KEYS = ("endpoint", "launch_timeout", "autostart", "smoke_test", "endpoint_ca_bundle", "docker_host",
                  "docker_ssh")
 OUTPUT_KEYS = ("status", "autostart_registered", "adopted", "address", "accelerators")
-DEFAULTS: dict[str, Any] = {"replica": 1, "launch_timeout": 600.0, "autostart": True, "smoke_test": True}
-_STR_KEYS = ("endpoint", "model_uid", "model_name", "model_type", "model_engine", "model_format", "quantization",
-             "model_path", "worker_ip", "container_id", "weights_digest", "endpoint_ca_bundle", "docker_host",
-             "registration_digest")
-# Keys of the launch body the provider owns; `extra` may add any other kwarg.
-_RESERVED_EXTRA = frozenset(LAUNCH_KEYS) | {"wait_ready"}
+DEFAULTS: dict[str, Any] = {name: f.default for name, f in ModelInputs.model_fields.items()
+                            if not f.is_required() and f.default is not None}
 
 AUTOSTART_PRIORITY = 100
 AUTOSTART_MAX_RETRIES = 3
@@ -138,117 +98,30 @@ def normalize(props: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def server_problems(props: Mapping[str, Any], required: Sequence[str],
-                    str_keys: Sequence[str]) -> list[tuple[str, str]]:
-    """Problems with the inputs every resource on one server shares: the required keys, the string
-    keys, the endpoint, its CA bundle, the docker ssh command and the model type. Used by the model
-    and the custom registration alike, so both refuse the same input the same way."""
-    problems: list[tuple[str, str]] = []
+def resource_props(args: XinferenceModelArgs) -> dict[str, Any]:
+    """The resource's input properties. An empty or zero input is left out (absent and empty must
+    diff the same; Xinference's default applies) unless it has a default of its own."""
+    props: dict[str, Any] = {}
+    for name in ARG_KEYS:
+        value = getattr(args.inputs, name)
+        props[name] = value if value or name in DEFAULTS else None
+    return {**props, **args.from_outputs}
 
-    def bad(key: str, reason: str) -> None:
-        problems.append((key, reason))
 
-    def given(key: str) -> bool:
-        return props.get(key) is not None and is_known(props.get(key))
+def input_problems_of(inputs: type[ServerInputs], props: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``props`` judged as ``inputs`` (spec/model_inputs.py); values unknown at preview are not judged."""
+    known = {k: _known_items(v) for k, v in props.items() if is_known(v)}
+    unknown = {k for k, v in props.items() if v is not None and not is_known(v)}
+    return input_problems(inputs, known, unknown)
 
-    for key in required:
-        if props.get(key) is None or (isinstance(props.get(key), str) and not props[key].strip()):
-            bad(key, f"{key} is required")
-    for key in str_keys:
-        if given(key) and not isinstance(props[key], str):
-            bad(key, f"{key} must be a string, got {type(props[key]).__name__}")
-    if given("docker_ssh") and (not isinstance(props["docker_ssh"], (list, tuple))
-                                or not all(isinstance(w, str) for w in props["docker_ssh"])):
-        bad("docker_ssh", f"docker_ssh must be a list of strings (an ssh command), got {props['docker_ssh']!r}")
-    if given("endpoint") and isinstance(props["endpoint"], str):
-        problem = endpoint_problem(props["endpoint"].strip())
-        if problem:
-            bad("endpoint", f"endpoint {props['endpoint']!r}: {problem}; fix: write it like http://10.0.0.5:9997")
-    if given("endpoint_ca_bundle") and isinstance(props["endpoint_ca_bundle"], str):
-        ca_bundle, endpoint = props["endpoint_ca_bundle"], props.get("endpoint")
-        if not ca_bundle.startswith("/"):
-            bad("endpoint_ca_bundle", f"endpoint_ca_bundle must be an absolute path, got {ca_bundle!r}")
-        elif isinstance(endpoint, str) and is_known(endpoint) and not endpoint.strip().startswith("https://"):
-            bad("endpoint_ca_bundle", f"endpoint_ca_bundle is only used for an https:// endpoint, got {endpoint!r}")
-    if given("model_type") and isinstance(props["model_type"], str) and props["model_type"] not in MODEL_TYPES:
-        bad("model_type", f"model_type must be one of {', '.join(MODEL_TYPES)}; got {props['model_type']!r}")
-    return problems
+
+def _known_items(value: Any) -> Any:
+    return [v for v in value if is_known(v)] if isinstance(value, list) else value
 
 
 def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Every problem with the inputs, as (property, reason). Unknown values are not judged."""
-    problems = server_problems(props, ("endpoint", "model_uid", "model_name", "model_type"), _STR_KEYS)
-
-    def bad(key: str, reason: str) -> None:
-        problems.append((key, reason))
-
-    def given(key: str) -> bool:
-        return props.get(key) is not None and is_known(props.get(key))
-
-    if given("model_uid") and isinstance(props["model_uid"], str):
-        problem = model_uid_problem(props["model_uid"])
-        if problem:
-            bad("model_uid", f"model_uid {props['model_uid']!r}: {problem}; fix: {MODEL_UID_FIX}")
-    if all(given(k) and isinstance(props[k], str) and props[k].strip() for k in ("model_type", "model_name")) \
-            and props["model_type"] in MODEL_TYPES and props.get("registration_digest") is None:
-        engine, model_format = (props.get(k) if given(k) and isinstance(props[k], str) else None
-                                for k in ("model_engine", "model_format"))
-        for problem in catalog_problems(pinned_catalog(), props["model_type"], props["model_name"], engine,
-                                        model_format):
-            key = "model_" + problem.field
-            bad(key, f"{key} {problem.value!r}: {problem.message}; fix: {problem.fix}")
-    if given("model_type") and props["model_type"] == "LLM" and props.get("model_engine") is None:
-        bad("model_engine", "model_engine is required for model_type LLM (Xinference refuses an LLM launch without it)")
-
-    if given("replica"):
-        replica = props["replica"]
-        if isinstance(replica, bool) or not isinstance(replica, (int, float)) or replica != int(replica) \
-                or replica < 1:
-            bad("replica", f"replica must be a whole number >= 1, got {replica!r}")
-    if given("gpu_idx"):
-        gpu_idx = props["gpu_idx"]
-        if not isinstance(gpu_idx, (list, tuple)):
-            bad("gpu_idx", f"gpu_idx must be a list of GPU indices, got {gpu_idx!r}")
-        else:
-            items = [g for g in gpu_idx if is_known(g)]
-            wrong = [g for g in items if isinstance(g, bool) or not isinstance(g, (int, float)) or g != int(g) or g < 0]
-            if wrong:
-                bad("gpu_idx", f"gpu_idx entries must be whole numbers >= 0, got {wrong!r}")
-            elif len({int(g) for g in items}) != len(items):
-                bad("gpu_idx", f"gpu_idx entries must be unique, got {list(gpu_idx)!r}")
-            replica = props.get("replica", 1)
-            if not wrong and items and isinstance(replica, (int, float)) and not isinstance(replica, bool) \
-                    and replica >= 1 and len(items) % int(replica):
-                bad("gpu_idx", f"gpu_idx has {len(items)} GPUs, not a multiple of replica={int(replica)}")
-    if given("n_gpu"):
-        n_gpu = props["n_gpu"]
-        if not (n_gpu == "auto" or (isinstance(n_gpu, (int, float)) and not isinstance(n_gpu, bool)
-                                    and n_gpu == int(n_gpu) and n_gpu >= 0)):
-            bad("n_gpu", f"n_gpu must be a whole number >= 0 or \"auto\", got {n_gpu!r}")
-    if given("model_size_in_billions"):
-        size = props["model_size_in_billions"]
-        if isinstance(size, bool) or not (isinstance(size, str) and size.strip()
-                                          or isinstance(size, (int, float)) and size > 0):
-            bad("model_size_in_billions", f"model_size_in_billions must be a positive number or text, got {size!r}")
-    if given("launch_timeout"):
-        timeout = props["launch_timeout"]
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
-                or timeout <= 0:
-            bad("launch_timeout", f"launch_timeout must be a number of seconds > 0, got {timeout!r}")
-    for key in ("autostart", "smoke_test"):
-        if given(key) and not isinstance(props[key], bool):
-            bad(key, f"{key} must be true or false, got {props[key]!r}")
-    if given("extra"):
-        extra = props["extra"]
-        if not isinstance(extra, Mapping):
-            bad("extra", f"extra must be a mapping of launch kwargs, got {type(extra).__name__}")
-        else:
-            clash = sorted(k for k in extra if k in _RESERVED_EXTRA)
-            if clash:
-                bad("extra", f"extra must not set {', '.join(clash)}: use the input(s) of the same name")
-            if any(not isinstance(k, str) for k in extra):
-                bad("extra", "extra keys must be strings")
-    return problems
+    """Every problem with the model's inputs, as (property, reason). Unknown values are not judged."""
+    return input_problems_of(ModelInputs, normalize(props))
 
 
 def launch_payload(props: Mapping[str, Any]) -> dict[str, Any]:

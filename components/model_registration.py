@@ -20,8 +20,6 @@ stable: Pulumi stores the pickled provider by reference.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
@@ -31,14 +29,14 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from components.model import XinferenceModelProvider
 from components.model_launch import ConflictError, say
-from components.model_props import is_known, server_problems
+from components.model_props import input_problems_of, is_known
 from components.xinference_client import XinferenceUnreachable
-from spec.custom_model import registration_body
+from spec.custom_model import family_digest, registration_body
+from spec.model_inputs import ServerInputs
 
 # A change to these registers anew (and relaunches the model, through its registration_digest).
 REPLACE_KEYS = ("model_type", "model_name", "family", "container_id")
 IN_PLACE_KEYS = ("endpoint", "endpoint_ca_bundle", "docker_host", "docker_ssh")
-STR_KEYS = ("endpoint", "model_type", "model_name", "container_id", "endpoint_ca_bundle", "docker_host")
 
 
 @dataclass
@@ -64,11 +62,6 @@ class XinferenceRegistrationArgs:
 ARG_KEYS = tuple(f.name for f in fields(XinferenceRegistrationArgs))
 
 
-def family_digest(family: Mapping[str, Any]) -> str:
-    """sha256 of the family as registered: the model's relaunch trigger."""
-    return hashlib.sha256(json.dumps(family, sort_keys=True).encode()).hexdigest()
-
-
 def covers(registered: Any, wanted: Any) -> bool:
     """Does what Xinference reports hold everything we registered? (It adds its defaults.)"""
     if isinstance(wanted, Mapping):
@@ -80,9 +73,13 @@ def covers(registered: Any, wanted: Any) -> bool:
 
 
 def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
-    problems = server_problems(props, ("endpoint", "model_type", "model_name", "family"), STR_KEYS)
+    """Every problem with the registration's inputs: those it shares with the model, judged by the
+    same rules (spec/model_inputs.ServerInputs), and its family."""
+    problems = input_problems_of(ServerInputs, props)
     family, name = props.get("family"), props.get("model_name")
-    if is_known(family) and family is not None:
+    if family is None:
+        problems.append(("family", "family is required"))
+    elif is_known(family):
         if not isinstance(family, Mapping):
             problems.append(("family", f"family must be a mapping, got {type(family).__name__}"))
         elif is_known(name) and family.get("model_name") != name:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validato
 from pydantic_core import PydanticCustomError
 
 from spec.docker_host import LOCAL_DOCKER, SCHEMES
+from spec.model_inputs import default_of
 from spec.ssh import SshTarget, ssh_target
 from spec.values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir, OptionalNumber,
                          SizeInBillions, WholeNumber, WholeNumbers)
@@ -174,7 +175,7 @@ class ModelConfig(_Strict):
     format: Optional[str] = Field(default=None, description="model_format (pytorch, gptq, awq, ggufv2, ...).")
     size_in_billions: SizeInBillions = Field(default=None, description="model_size_in_billions.")
     quantization: Optional[str] = Field(default=None, description="quantization (none, 4-bit, Q4_K_M, ...).")
-    replica: WholeNumber = Field(default=1, ge=1, description="Number of replicas.")
+    replica: WholeNumber = Field(default=default_of("replica"), ge=1, description="Number of replicas.")
     n_gpu: GpuCount = Field(default=None, description="n_gpu: a count or `auto`.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other launch kwargs, passed through as-is.")
     vram_gb: OptionalNumber = Field(default=None, gt=0,
@@ -182,9 +183,12 @@ class ModelConfig(_Strict):
                                                   "from its files, see docs/provider.md).")
     source: Optional[ModelSource] = Field(default=None, description="Where `bundle build` gets the files.")
     companions: list[CompanionDir] = Field(default_factory=list, description="Extra directories the model needs.")
-    launch_timeout_s: Number = Field(default=900, gt=0, description="Seconds a launch may take before it fails.")
-    autostart: bool = Field(default=True, description="Register in Xinference's autostart registry (heals restarts).")
-    smoke_test: bool = Field(default=True, description="Send one request after launch so `up` ends with a serving model.")
+    launch_timeout_s: Number = Field(default=default_of("launch_timeout"), gt=0,
+                                description="Seconds a launch may take before it fails.")
+    autostart: bool = Field(default=default_of("autostart"),
+                            description="Register in Xinference's autostart registry (heals restarts).")
+    smoke_test: bool = Field(default=default_of("smoke_test"),
+                             description="Send one request after launch so `up` ends with a serving model.")
     server: Optional[str] = Field(default=None, description="cluster mode: name of the server (in `servers`) it runs on.")
     custom: Optional[dict[str, Any]] = Field(
         default=None,

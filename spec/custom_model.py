@@ -13,6 +13,7 @@ not by the registration on the site. Anything else in ``custom`` is passed throu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Mapping, Optional
 
@@ -93,3 +94,8 @@ def registration_family(model_type: str, model_name: str, model_uri: str, custom
 def registration_body(family: Mapping[str, Any], persist: bool = True) -> dict[str, Any]:
     """The POST /v1/model_registrations/{type} body (the family travels as JSON text)."""
     return {"model": json.dumps(family, sort_keys=True), "persist": persist}
+
+
+def family_digest(family: Mapping[str, Any]) -> str:
+    """sha256 of the family as registered: the model's relaunch trigger (its registration_digest)."""
+    return hashlib.sha256(json.dumps(family, sort_keys=True).encode()).hexdigest()

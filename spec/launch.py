@@ -1,4 +1,5 @@
-"""Pure functions from the stack config to what gets run: env, endpoint, per-model launch specs.
+"""Pure functions from the stack config to what gets run: env, endpoint, per-model launch specs
+(each model's XinferenceModel inputs, spec/model_inputs.py).
 
 Nothing here touches Pulumi or the network, so `bundle plan`, the program and the tests all
 see the same answers.
@@ -7,13 +8,13 @@ see the same answers.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from spec.config import ModelConfig, StackConfig
-from spec.custom_model import registration_family
+from spec.config import DockerHostConfig, ModelConfig, ServerConfig, StackConfig
+from spec.custom_model import family_digest, registration_family
 from spec.engine_packages import launch_kwargs, stack_packages, virtualenv_env
 from spec.docker_host import remote_docker_hostname
+from spec.model_inputs import ModelInputs
 from spec.placement import container_gpu_indices
 from spec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
 
@@ -105,35 +106,30 @@ def model_dir_on_host(cfg: StackConfig, model: ModelConfig) -> str:
     return path if path.startswith("/") else posixpath.join(models_dir_of(cfg, model), path)
 
 
-@dataclass(frozen=True)
-class LaunchSpec:
-    """What one XinferenceModel resource is given (names follow Xinference's REST API)."""
+class LaunchSpec(ModelInputs):
+    """One XinferenceModel's inputs as the stack plans them (all but the container's id, an output of
+    the container), plus what `bundle plan` shows beside them."""
 
-    model_uid: str
-    model_name: str
-    model_type: str
-    model_path: str
-    gpu_idx: list[int]
     host_gpus: list[int]
-    replica: int
-    launch_timeout: float
-    autostart: bool
-    smoke_test: bool
-    model_engine: Optional[str] = None
-    model_format: Optional[str] = None
-    model_size_in_billions: Optional[Any] = None
-    quantization: Optional[str] = None
-    n_gpu: Optional[Any] = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
     vram_gb: Optional[float] = None
-    weights_digest: str = ""
-    server: Optional[str] = None  # cluster: the server it is placed on
-    worker_ip: Optional[str] = None  # cluster: that server's address
+    server: Optional[str] = None  # cluster: the server it is placed on (worker_ip: its address)
     custom_family: Optional[dict[str, Any]] = None  # a custom model: the family registered before its launch
 
 
+def container_engine(cfg: StackConfig, server: Optional[ServerConfig]) -> Optional[DockerHostConfig]:
+    """The docker engine that runs a model's container (on ``server`` in a cluster); None in existing
+    mode, which has none. The provider asks it whether the container is gone."""
+    if cfg.mode == "docker":
+        return cfg.docker
+    return server.docker if cfg.mode == "cluster" and server is not None else None
+
+
 def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[LaunchSpec]:
-    """One spec per enabled model, with host GPU ids mapped to the container's indices."""
+    """One spec per enabled model, with host GPU ids mapped to the container's indices.
+
+    Made from the validated stack config without judging it again: the provider's check judges
+    the inputs (spec/model_inputs.py), once, as the engine hands them over.
+    """
     specs = []
     carrying = {p.uid: p for p in stack_packages(cfg)}
     for model in cfg.enabled_models:
@@ -143,7 +139,16 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
             gpu_idx = list(model.gpus)
         else:
             gpu_idx = container_gpu_indices(server.gpu_ids if server else cfg.gpu_ids, model.gpus)
-        specs.append(LaunchSpec(
+        docker = container_engine(cfg, server)
+        ssh = docker.ssh if docker is not None else None
+        family = registration_family(model.type, model.model_name, model_dir_on_server(cfg, model), model.custom,
+                                     model.format, model.quantization, model.size_in_billions) \
+            if model.custom is not None else None
+        specs.append(LaunchSpec.model_construct(
+            endpoint=endpoint_url(cfg),
+            endpoint_ca_bundle=cfg.endpoint_ca_bundle,
+            docker_host=docker.host if docker is not None else None,
+            docker_ssh=ssh.argv() if ssh is not None else None,
             model_uid=model.uid,
             model_name=model.model_name,
             model_type=model.type,
@@ -165,8 +170,7 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
             weights_digest=weights_digests.get(model.uid, ""),
             server=server.name if server else None,
             worker_ip=server.address if server else None,
-            custom_family=registration_family(model.type, model.model_name, model_dir_on_server(cfg, model),
-                                              model.custom, model.format, model.quantization,
-                                              model.size_in_billions) if model.custom is not None else None,
+            custom_family=family,
+            registration_digest=family_digest(family) if family is not None else None,
         ))
     return specs

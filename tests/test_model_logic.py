@@ -90,8 +90,18 @@ def test_autostart_entry_wraps_the_launch_body():
 
 def test_normalize_fills_defaults():
     n = normalize(props(endpoint="http://h:9997/"))
-    assert n["replica"] == 1 and n["launch_timeout"] == 600.0 and n["autostart"] is True and n["smoke_test"] is True
+    assert n["replica"] == 1 and n["launch_timeout"] == 900.0 and n["autostart"] is True and n["smoke_test"] is True
     assert n["endpoint"] == "http://h:9997"
+
+
+def test_the_provider_and_the_stack_file_have_one_set_of_defaults():
+    # They drifted once: launch_timeout defaulted to 600 s at the provider, 900 s in the stack file.
+    from spec.config import ModelConfig
+
+    stack_file = ModelConfig.model_validate({"uid": "emb", "type": "embedding"})
+    n = normalize(props())
+    assert (n["replica"], n["launch_timeout"], n["autostart"], n["smoke_test"]) == \
+        (stack_file.replica, stack_file.launch_timeout_s, stack_file.autostart, stack_file.smoke_test)
 
 
 # --- check -------------------------------------------------------------------------------

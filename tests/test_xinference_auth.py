@@ -147,16 +147,17 @@ PROGRAM = '''"""A one-model program: the XinferenceModel provider under the real
 import pulumi
 
 from components.model import XinferenceModel, XinferenceModelArgs
+from spec.model_inputs import ModelInputs
 
 cfg = pulumi.Config()
-model = XinferenceModel("minilm", XinferenceModelArgs(
+model = XinferenceModel("minilm", XinferenceModelArgs(ModelInputs(
     endpoint=cfg.require("endpoint"),
     model_uid=cfg.require("uid"),
     model_name=cfg.require("model_name"),
     model_type="embedding",
     model_path=cfg.require("model_path"),
     launch_timeout=300,
-))
+)))
 pulumi.export("status", model.status)
 pulumi.export("uid", model.model_uid)
 '''
