@@ -24,7 +24,7 @@ import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PROGRAM_PACKAGES = ("spec", "bundle", "components")  # what a copy of the program needs beside __main__.py
+PROGRAM_PACKAGES = ("stackspec", "bundle", "components")  # what a copy of the program needs beside __main__.py
 
 
 def copy_program_packages(dest: Path, packages: tuple[str, ...] = PROGRAM_PACKAGES, source: Path = ROOT) -> None:
