@@ -17,12 +17,12 @@ from bundle.contents.stacks import sibling_clashes
 from components import preflight
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs, image_files_path
 from components.image_check import image_tar_problems
-from spec.catalog import image_version_note, pinned_catalog
-from spec.config import StackConfig
-from spec.errors import ConfigError
-from spec.load import load_stack_config
-from spec.rules import vram_warnings
-from spec.stack_file import endpoint_ca_problems
+from stackspec.catalog import image_version_note, pinned_catalog
+from stackspec.config import StackConfig
+from stackspec.errors import ConfigError
+from stackspec.load import load_stack_config
+from stackspec.rules import vram_warnings
+from stackspec.stack_file import endpoint_ca_problems
 
 
 def _decode(value: Any) -> Any:

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 from bundle.build.engine_wheels import (image_versions, is_in_image, pin_constraints, pip_report,  # noqa: E402
                                   resolve_report, split_for_image)
 from bundle.build.image_env import ImageEnv, scan_image_tar  # noqa: E402
-from spec.catalog import pinned_catalog  # noqa: E402
-from spec.engine_packages import stack_packages  # noqa: E402
-from spec.stack_file import from_stack_file  # noqa: E402
+from stackspec.catalog import pinned_catalog  # noqa: E402
+from stackspec.engine_packages import stack_packages  # noqa: E402
+from stackspec.stack_file import from_stack_file  # noqa: E402
 
 STAND_IN_BYTES = 2048
 

@@ -1,7 +1,7 @@
 """Benchmark of `bundle plan` with the pinned catalog loaded (prints figures; asserts nothing).
 
 Target (issue 14): `bundle plan --stack gpu-node-1` under 2 s with every model checked against
-spec/xinference_catalog.json. Measured as whole processes (what an operator waits for), median
+stackspec/xinference_catalog.json. Measured as whole processes (what an operator waits for), median
 of --rounds, against two baselines taken in the same run: the interpreter importing the plan's
 modules without the catalog read, and the catalog read alone.
 
@@ -36,8 +36,8 @@ def main() -> int:
     args = parser.parse_args()
     py = sys.executable
     plan = seconds([py, "-m", "bundle", "plan", "--stack", args.stack], args.rounds)
-    imports = seconds([py, "-c", "import bundle.plan.command, spec.load, spec.rules"], args.rounds)
-    catalog = seconds([py, "-c", "from spec.catalog import pinned_catalog; pinned_catalog()"], args.rounds)
+    imports = seconds([py, "-c", "import bundle.plan.command, stackspec.load, stackspec.rules"], args.rounds)
+    catalog = seconds([py, "-c", "from stackspec.catalog import pinned_catalog; pinned_catalog()"], args.rounds)
     bare = seconds([py, "-c", "pass"], args.rounds)
     print(f"bundle plan --stack {args.stack}: {plan:.3f} s (median of {args.rounds}; target < 2 s)")
     print(f"  baseline, the plan's imports alone: {imports:.3f} s -> plan is {plan / imports:.2f}x")

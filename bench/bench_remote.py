@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bundle.build.docker_image import check_image_tar  # noqa: E402
 from components.image import remote_load_script  # noqa: E402
-from spec.ssh import ssh_target  # noqa: E402
+from stackspec.ssh import ssh_target  # noqa: E402
 from tests.docker_engines import require_main_engine  # noqa: E402
 from tests.docker_site import image_tar, toolchain_bin  # noqa: E402
 from tests.remote_engine import RemoteEngine, busybox_image  # noqa: E402
@@ -102,7 +102,7 @@ import pulumi
 import pulumi_command as command
 
 from components.remote_sync import ssh_connection
-from spec.ssh import ssh_target
+from stackspec.ssh import ssh_target
 
 cfg = pulumi.Config()
 target = ssh_target(cfg.require("host"), [], cfg.require("key"), cfg.require("known_hosts"))
@@ -123,7 +123,7 @@ def model_copy(engine: RemoteEngine, target, root: Path, megabytes: int, rounds:
         f"backend:\n  url: file://{project / 'state'}\n")
     (project / "__main__.py").write_text(COPY_PROGRAM)
     (project / "venv").symlink_to(ROOT / "venv")
-    for package in ("spec", "components", "bundle"):
+    for package in ("stackspec", "components", "bundle"):
         os.symlink(ROOT / package, project / package)
     env = {**os.environ, "PATH": f"{toolchain}:{os.environ['PATH']}", "PULUMI_CONFIG_PASSPHRASE": "bench",
            "PULUMI_SKIP_UPDATE_CHECK": "1", "PULUMI_HOME": str(toolchain.parent / "home")}

@@ -59,7 +59,7 @@ def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as missing:
-            if not needs_venv or (missing.name or "").split(".")[0] in ("bundle", "spec"):
+            if not needs_venv or (missing.name or "").split(".")[0] in ("bundle", "stackspec"):
                 raise  # our own module missing is a broken checkout, not a missing venv: show it
             raise MissingDependencies(
                 f"{command} needs the project's Python dependencies ({missing}); on the online machine run "

@@ -1,7 +1,7 @@
 """XinferenceContainer: the GPU-reserved Xinference container (the compose service of the old job).
 
 With ``container.network: airgap`` it has no network but loopback, and two more children carry
-its API to the host (spec/airgap.py says why and how): a volume holding the relay's unix socket,
+its API to the host (stackspec/airgap.py says why and how): a volume holding the relay's unix socket,
 and a gateway container from the same image that publishes the port.
 """
 
@@ -13,11 +13,11 @@ from typing import Mapping, Optional, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from spec.airgap import gateway_container_name, server_network
-from spec.config import ContainerConfig
-from spec.launch import container_command, healthcheck_command
-from spec.placement import docker_device_requests
-from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT
+from stackspec.airgap import gateway_container_name, server_network
+from stackspec.config import ContainerConfig
+from stackspec.launch import container_command, healthcheck_command
+from stackspec.placement import docker_device_requests
+from stackspec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT
 
 
 @dataclass

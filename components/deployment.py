@@ -26,12 +26,12 @@ from components.model import XinferenceModel, XinferenceModelArgs
 from components.model_registration import XinferenceRegistration, XinferenceRegistrationArgs
 from components.remote_sync import RemoteModelSync, RemoteModelSyncArgs, directory_copies
 from components.volume import ModelVolume, ModelVolumeArgs, weights_digests
-from spec.config import DockerHostConfig, StackConfig
-from spec.docker_host import is_local_docker, is_ssh_docker
-from spec.engine_packages import stack_packages
-from spec.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
+from stackspec.config import DockerHostConfig, StackConfig
+from stackspec.docker_host import is_local_docker, is_ssh_docker
+from stackspec.engine_packages import stack_packages
+from stackspec.launch import (LaunchSpec, cluster_container_name, container_command, container_env, endpoint_url,
                          healthcheck_command, launch_specs, model_dir_on_host)
-from spec.xinference import PACKAGES_DIR
+from stackspec.xinference import PACKAGES_DIR
 
 
 @dataclass
@@ -194,7 +194,7 @@ class XinferenceDeployment(pulumi.ComponentResource):
         cfg = self._args.config
         assert cfg.image is not None  # validated: docker and cluster modes need an image
         # The provider's ssh is the docker CLI's helper, exec'ing `ssh` with these options: the same
-        # key, known_hosts and host-key policy as the image load and the file copy (spec/ssh.py).
+        # key, known_hosts and host-key policy as the image load and the file copy (stackspec/ssh.py).
         provider = docker.Provider(f"{prefix}-docker", host=host.host,
                                    ssh_opts=host.ssh.options() if host.ssh is not None else None,
                                    disable_docker_daemon_check=None if host.check_daemon else True,

@@ -4,7 +4,7 @@ No shell here: every value is one argv element. A local or tcp:// engine is aske
 ``DOCKER_HOST``; an ssh:// one with ``ssh <the stack's ssh options> host docker ...`` (each word
 quoted for the remote shell), because the docker CLI's own ssh helper passes ssh no options:
 so the key, known_hosts and host-key policy are the ones the docker provider and the file
-copy use (spec/ssh.py).
+copy use (stackspec/ssh.py).
 """
 
 from __future__ import annotations

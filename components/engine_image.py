@@ -50,7 +50,7 @@ class EngineImageArgs:
     expected_id: Optional[str] = None
     """The id the bundle's manifest names; None: whatever the tar loads as."""
     docker_ssh: Optional[list] = None
-    """ssh command up to the host name, for an ssh:// engine (spec/ssh.py)."""
+    """ssh command up to the host name, for an ssh:// engine (stackspec/ssh.py)."""
 
 
 def _ssh(props: Mapping[str, Any]) -> Optional[list[str]]:

@@ -11,7 +11,7 @@ When the engine already holds the image id the manifest names, nothing is loaded
 load` would first unpack the whole tar (5 GB for the CPU image) into the engine's temp dir,
 needing that much free disk again and minutes, for layers it has. For an ssh:// engine the
 tar, which lives on the operator machine, is streamed into `ssh HOST docker load` (no temp
-copy on either side), with the stack's one ssh configuration (spec/ssh.py); one that has the
+copy on either side), with the stack's one ssh configuration (stackspec/ssh.py); one that has the
 id is sent nothing and the tar is not even hashed. A dropped connection fails the load before the container
 is touched (the running one keeps serving), and the next `up` loads again.
 
@@ -37,8 +37,8 @@ from bundle.format.manifest import StackManifest
 from bundle.format.manifest_check import IMAGE_ID_RE
 from bundle.format.manifest_rules import SHA256_RE
 from components.engine_image import EngineImage, EngineImageArgs
-from spec.config import StackConfig
-from spec.ssh import SshTarget
+from stackspec.config import StackConfig
+from stackspec.ssh import SshTarget
 
 
 @dataclass(frozen=True)

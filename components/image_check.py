@@ -22,7 +22,7 @@ from components.deployment import image_tar_path
 from components.docker_cli import DockerHostUnreachable, engine_image_id, needs_load
 from components.image import bundle_image
 from components.preflight import docker_hosts
-from spec.config import StackConfig
+from stackspec.config import StackConfig
 
 
 def missing_tar_message(image_name: str, image_id: Optional[str], docker_host: str, looked_for: Optional[str],

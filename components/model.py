@@ -3,7 +3,7 @@
 The provider talks to Xinference's REST API (components/xinference_client.py); the launch
 itself (wait, progress, smoke test, cleanup) is components/model_launch.py, the pure half
 (payloads, diff) components/model_props.py, the inputs with their defaults and rules
-spec/model_inputs.py. Rules it keeps (see
+stackspec/model_inputs.py. Rules it keeps (see
 docs/provider.md for the operator's view):
 
 - check validates every input and names the property that is wrong;
@@ -44,7 +44,7 @@ from pulumi.dynamic import ResourceProvider, UpdateResult
 from components.docker_cli import container_running
 from components.xinference_client import (ABSENT, LOADING, PENDING_STATUSES, READY, Credential, XinferenceClient,
                                           XinferenceError, XinferenceHTTPError, XinferenceUnreachable)
-from spec.xinference import CONFIG_NAMESPACE
+from stackspec.xinference import CONFIG_NAMESPACE
 
 # The launch half (launch, wait, smoke test, cleanup); errors re-exported for callers of this module.
 from components.model_launch import (  # noqa: F401 - the errors are part of this module's API

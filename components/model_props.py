@@ -1,5 +1,5 @@
 """The pure functions over XinferenceModel's inputs (no I/O): the resource's properties, defaults and
-wire-format normalisation, validation (by the rules of spec/model_inputs.py, which declares the
+wire-format normalisation, validation (by the rules of stackspec/model_inputs.py, which declares the
 inputs), the launch body, the autostart entry, diff, and the comparison of a running model with the
 wanted one. components/model.py holds the provider that uses them.
 """
@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
 
-from spec.model_inputs import LAUNCH_KEYS, ModelInputs, ServerInputs, input_problems
+from stackspec.model_inputs import LAUNCH_KEYS, ModelInputs, ServerInputs, input_problems
 
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi.runtime.rpc.UNKNOWN: a value not known at preview
 _SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc: a special value's signature key ...
@@ -23,7 +23,7 @@ class XinferenceModelArgs:
     """XinferenceModel's inputs: the values the program knows, and by name those that are other
     resources' outputs (the container's id, a weights digest with its files' repairs), which replace
     the value of the same name once known. Both are judged by the provider's check, by the rules of
-    ``ModelInputs`` (spec/model_inputs.py: the one list of the inputs, their defaults and rules)."""
+    ``ModelInputs`` (stackspec/model_inputs.py: the one list of the inputs, their defaults and rules)."""
 
     inputs: ModelInputs
     from_outputs: Mapping[str, pulumi.Input[Any]] = field(default_factory=dict)
@@ -109,7 +109,7 @@ def resource_props(args: XinferenceModelArgs) -> dict[str, Any]:
 
 
 def input_problems_of(inputs: type[ServerInputs], props: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``props`` judged as ``inputs`` (spec/model_inputs.py); values unknown at preview are not judged."""
+    """``props`` judged as ``inputs`` (stackspec/model_inputs.py); values unknown at preview are not judged."""
     known = {k: _known_items(v) for k, v in props.items() if is_known(v)}
     unknown = {k for k, v in props.items() if v is not None and not is_known(v)}
     return input_problems(inputs, known, unknown)

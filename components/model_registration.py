@@ -3,7 +3,7 @@
 A custom model must be registered (``POST /v1/model_registrations/{type}``) before it can be
 launched under its name. This dynamic resource owns that registration; the model that uses it
 depends on it, so Pulumi registers before the launch and unregisters after the terminate on
-destroy. Its inputs are the family (spec/custom_model.py builds it from the stack), the server
+destroy. Its inputs are the family (stackspec/custom_model.py builds it from the stack), the server
 and the container: any change replaces it (delete-before-replace: a name is registered once),
 and the model, which carries the family's digest, is relaunched with it.
 
@@ -31,8 +31,8 @@ from components.model import XinferenceModelProvider
 from components.model_launch import ConflictError, say
 from components.model_props import input_problems_of, is_known
 from components.xinference_client import XinferenceUnreachable
-from spec.custom_model import family_digest, registration_body
-from spec.model_inputs import ServerInputs
+from stackspec.custom_model import family_digest, registration_body
+from stackspec.model_inputs import ServerInputs
 
 # A change to these registers anew (and relaunches the model, through its registration_digest).
 REPLACE_KEYS = ("model_type", "model_name", "family", "container_id")
@@ -48,7 +48,7 @@ class XinferenceRegistrationArgs:
     model_type: pulumi.Input[str]
     model_name: pulumi.Input[str]
     family: pulumi.Input[Mapping[str, Any]]
-    """The model family, as spec.custom_model.registration_family builds it."""
+    """The model family, as stackspec.custom_model.registration_family builds it."""
     container_id: Optional[pulumi.Input[str]] = None
     """A new container has no registrations: register again."""
     endpoint_ca_bundle: Optional[pulumi.Input[str]] = None
@@ -74,7 +74,7 @@ def covers(registered: Any, wanted: Any) -> bool:
 
 def validate(props: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Every problem with the registration's inputs: those it shares with the model, judged by the
-    same rules (spec/model_inputs.ServerInputs), and its family."""
+    same rules (stackspec/model_inputs.ServerInputs), and its family."""
     problems = input_problems_of(ServerInputs, props)
     family, name = props.get("family"), props.get("model_name")
     if family is None:

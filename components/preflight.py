@@ -25,11 +25,11 @@ from components.docker_cli import DockerHostUnreachable, empty_image_tar, run_do
 from components.driver_check import driver_problem
 from components.ssh_keys import host_key_problem
 from components.volume import missing_directories
-from spec.airgap import gateway_container_name
-from spec.config import DockerHostConfig, StackConfig
-from spec.docker_host import is_local_docker
-from spec.launch import model_dir_on_host
-from spec.placement import gpu_device_ids
+from stackspec.airgap import gateway_container_name
+from stackspec.config import DockerHostConfig, StackConfig
+from stackspec.docker_host import is_local_docker
+from stackspec.launch import model_dir_on_host
+from stackspec.placement import gpu_device_ids
 
 NO_DRIVER_MARK = "could not select device driver"
 PROBE_IMAGE = "xinference-offline/gpu-probe:empty"

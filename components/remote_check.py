@@ -6,7 +6,7 @@ stands before the copy and makes refresh look:
 
 - create: nothing to check yet (the copy comes after it); ``generation`` 0, ``damaged`` [].
 - read (refresh): runs the same `sha256sum -c` on the host, over the stack's ssh command
-  (spec/ssh.py). Files that fail are listed in ``damaged`` and ``generation`` goes up by one.
+  (stackspec/ssh.py). Files that fail are listed in ``damaged`` and ``generation`` goes up by one.
   A host that cannot be reached changes nothing (refresh cannot tell, so it claims nothing).
 - diff: the inputs only. ``generation`` is one of the copy's and the verify's triggers (and part
   of the weights digest of the models using the directory), so the next `up` copies the

@@ -24,8 +24,8 @@ import pulumi_command as command
 from bundle.format.manifest import FileEntry, StackManifest, files_digest
 from components.remote_check import RemoteFilesCheck
 from components.ssh_keys import known_host_key
-from spec.config import DockerHostConfig
-from spec.ssh import SshTarget
+from stackspec.config import DockerHostConfig
+from stackspec.ssh import SshTarget
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The host key of an ssh:// docker host, read from the stack's known_hosts file (spec/ssh.py).
+"""The host key of an ssh:// docker host, read from the stack's known_hosts file (stackspec/ssh.py).
 
 OpenSSH reads that file itself (`UserKnownHostsFile`); Go's ssh client in
 `command.remote.CopyToRemote` needs the key handed over (``host_key``), and with none it
@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from typing import Optional
 
-from spec.ssh import SshTarget
+from stackspec.ssh import SshTarget
 
 # Preferred first: CopyToRemote restricts the handshake to the key's own type.
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "rsa-sha2-512",

@@ -18,8 +18,8 @@ import pulumi
 import pulumi_command as command
 
 from bundle.format.manifest import StackManifest
-from spec.config import ModelConfig, StackConfig
-from spec.launch import model_dir_on_host
+from stackspec.config import ModelConfig, StackConfig
+from stackspec.launch import model_dir_on_host
 
 
 def directory_fingerprint(path: str) -> Optional[str]:

@@ -401,7 +401,7 @@ class XinferenceClient:
         raise XinferenceHTTPError(f"DELETE /v1/models/{model_uid} at {self.endpoint}: HTTP 400: {detail}",
                                   status=400, detail=detail)
 
-    # custom model registrations (a site's own models, spec/custom_model.py)
+    # custom model registrations (a site's own models, stackspec/custom_model.py)
 
     def registration(self, model_type: str, model_name: str, **kwargs) -> Optional[Mapping[str, Any]]:
         """The registered family of ``model_name``, or None when none is registered under it."""

@@ -154,11 +154,11 @@ PROJECT_FILES = {
 def make_project(root: Path, with_bundle_tool: bool = False) -> Path:
     """A project checkout: Pulumi.yaml, the program, an executable tool script; with
     ``with_bundle_tool`` also a copy of this checkout's bundle and spec packages (what runs offline:
-    bundle/format/ reads the uid rule from spec/xinference.py)."""
+    bundle/format/ reads the uid rule from stackspec/xinference.py)."""
     make_model(root, PROJECT_FILES)
     (root / "tools" / "deploy.sh").chmod(0o755)
     if with_bundle_tool:
-        for package in ("bundle", "spec"):
+        for package in ("bundle", "stackspec"):
             for source in sorted((ROOT / package).rglob("*.py")):
                 dest = root / source.relative_to(ROOT)
                 dest.parent.mkdir(parents=True, exist_ok=True)

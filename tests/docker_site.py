@@ -24,7 +24,7 @@ import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PROGRAM_PACKAGES = ("spec", "bundle", "components")  # what a copy of the program needs beside __main__.py
+PROGRAM_PACKAGES = ("stackspec", "bundle", "components")  # what a copy of the program needs beside __main__.py
 
 
 def copy_program_packages(dest: Path, packages: tuple[str, ...] = PROGRAM_PACKAGES, source: Path = ROOT) -> None:
@@ -80,14 +80,15 @@ def steps_of(preview_json: str) -> dict[str, str]:
 
 def operations_of_up(stream: str) -> dict[str, str]:
     """{resource name: op} of a `pulumi up --json` event stream, as steps_of reads a `preview --json`:
-    'same' and providers left out, either half of a replacement is 'replace'."""
+    'same' and providers left out, either half of a replacement is 'replace'. Each step's pre-event is
+    read: a delete has no outputs event (the engine sends those only for resources the program registers)."""
     ops = {}
     for line in stream.splitlines():
         try:
             event = json.loads(line)
         except ValueError:
             continue
-        meta = (event.get("resOutputsEvent") or {}).get("metadata") or {}
+        meta = (event.get("resourcePreEvent") or event.get("resOutputsEvent") or {}).get("metadata") or {}
         urn, op = meta.get("urn", ""), meta.get("op")
         if not urn or op in (None, "same") or urn.split("::")[2].split("$")[-1].startswith("pulumi:providers:"):
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 NS = "xinference-offline"
-# the reference job's CosyVoice-300M loads only on a worker that trusts its config's code (spec/rules.py)
+# the reference job's CosyVoice-300M loads only on a worker that trusts its config's code (stackspec/rules.py)
 TRUSTED = {"XINFERENCE_TRUST_REMOTE_CODE": "1"}
 
 

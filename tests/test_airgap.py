@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from spec.airgap import API_SOCKET, RELAY_SOURCE, SOCKET_DIR, gateway_container_name, relay_command, server_network
-from spec.errors import ConfigError
-from spec.launch import container_command
-from spec.load import load_stack_config
+from stackspec.airgap import API_SOCKET, RELAY_SOURCE, SOCKET_DIR, gateway_container_name, relay_command, server_network
+from stackspec.errors import ConfigError
+from stackspec.launch import container_command
+from stackspec.load import load_stack_config
 from tests.stack_configs import docker_stack, namespaced
 from tests.test_cluster import cluster
 from tests.test_program import CONTAINER, run_program
@@ -258,8 +258,8 @@ def test_ssh_docker_host_gets_the_same_wiring_on_that_host():
 
 
 def test_the_relay_is_a_file_and_its_text_is_what_deployed_stacks_run():
-    """The relay lives in spec/airgap_relay.py (ruff and mypy read it); its text is the containers' command,
+    """The relay lives in stackspec/airgap_relay.py (ruff and mypy read it); its text is the containers' command,
     so a changed byte would replace every airgap stack's containers on its next `up`: pinned here."""
-    assert RELAY_SOURCE == (Path(__file__).resolve().parent.parent / "spec" / "airgap_relay.py").read_text()
+    assert RELAY_SOURCE == (Path(__file__).resolve().parent.parent / "stackspec" / "airgap_relay.py").read_text()
     assert hashlib.sha256(RELAY_SOURCE.encode()).hexdigest() == \
         "7197001f4b7ab0754155cc474b7350f14650234a4ffe2dc9a77dce33c99cdd8c"

@@ -19,7 +19,7 @@ from bundle.build.fetch import hub_cache_dir
 from bundle.format.image_dir import image_dir_of
 from bundle.format.manifest import MANIFEST_NAME, load_manifest
 from bundle.build.pulumi_release import pulumi_versions
-from spec.stack_file import from_stack_file
+from stackspec.stack_file import from_stack_file
 from tests.bundle_kit import (IMAGE, build_args, cli, image_id_of_tar, make_image_tar, make_mirror, make_pulumi_dir,
                               make_site, make_wheel, run_cli, write_stack)
 

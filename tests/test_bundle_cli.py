@@ -51,12 +51,12 @@ def test_an_unknown_command_is_a_usage_error_naming_the_choices():
 
 def test_running_verify_imports_no_other_command():
     probe = ("import sys, io; from bundle.cli import main; main(['verify', '/nonexistent'], io.StringIO()); "
-             "print(sorted(m for m in sys.modules if m.startswith(('bundle', 'spec'))))")
+             "print(sorted(m for m in sys.modules if m.startswith(('bundle', 'stackspec'))))")
     proc = subprocess.run([sys.executable, "-S", "-c", probe], cwd=ROOT, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin"}, timeout=60)
     loaded = eval(proc.stdout.strip().splitlines()[-1])  # a list literal printed by the probe
     commands = ("bundle.plan.command", "bundle.build.command", "bundle.install.command", "bundle.build.pack",
                 "bundle.install.unpack")
     assert not [m for m in loaded if m in commands], loaded
-    assert all(m.startswith(("bundle.format", "spec.xinference")) or m in ("bundle", "spec", "bundle.cli")
+    assert all(m.startswith(("bundle.format", "stackspec.xinference")) or m in ("bundle", "stackspec", "bundle.cli")
                for m in loaded), loaded

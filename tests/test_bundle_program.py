@@ -183,7 +183,7 @@ def test_the_documented_bootstrap_runs_from_the_extracted_program(site_flow):
     assert Path(proc.stdout.strip()).parent == program / "bundle"  # the extracted code ran, not this checkout's
     # the project's files arrived byte for byte, the tool script executable
     carried = {f.path[len("program/"):] for f in load_manifest(bundle).role("program")}
-    tool = {p.relative_to(ROOT).as_posix() for package in ("bundle", "spec") for p in (ROOT / package).rglob("*.py")}
+    tool = {p.relative_to(ROOT).as_posix() for package in ("bundle", "stackspec") for p in (ROOT / package).rglob("*.py")}
     assert carried == set(PROJECT_FILES) | tool
     for rel in carried:
         assert (program / rel).read_bytes() == (site.project / rel).read_bytes(), rel

@@ -14,7 +14,7 @@ import yaml
 from bundle.format.errors import SetupError
 from bundle.format.manifest import load_manifest
 from bundle.contents.stacks import LoadedStack, merge_stacks, stack_clashes
-from spec.load import load_stack_config
+from stackspec.load import load_stack_config
 from tests.stack_configs import docker_stack, namespaced
 from tests.bundle_kit import Site, build_args, cli, make_model, make_site, write_stack
 

@@ -1,4 +1,4 @@
-"""The pinned Xinference catalog, offline (issue 14, item 1): spec/xinference_catalog.json is what
+"""The pinned Xinference catalog, offline (issue 14, item 1): stackspec/xinference_catalog.json is what
 tools/xinference_catalog.py extracts from the installed xinference package, byte for byte."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CATALOG = ROOT / "spec" / "xinference_catalog.json"
+CATALOG = ROOT / "stackspec" / "xinference_catalog.json"
 sys.path.insert(0, str(ROOT / "tools"))
 import xinference_catalog  # noqa: E402
 

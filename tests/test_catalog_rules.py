@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from spec.catalog import builtin_clash, catalog_problems, image_version, image_version_note, pinned_catalog
-from spec.errors import ConfigError
-from spec.load import load_stack_config
+from stackspec.catalog import builtin_clash, catalog_problems, image_version, image_version_note, pinned_catalog
+from stackspec.errors import ConfigError
+from stackspec.load import load_stack_config
 from tests.stack_configs import docker_stack, namespaced, reference_models
 
 MINILM_CUSTOM = {"dimensions": 384, "max_tokens": 512, "language": ["en"]}
@@ -138,7 +138,7 @@ def test_an_image_of_another_xinference_is_named_in_a_warning_and_the_pinned_one
     assert image_version_note(catalog, "xprobe/xinference:v4.2.0") == (
         "image xprobe/xinference:v4.2.0 is Xinference 4.2.0, but models are checked against the catalog of "
         "Xinference 4.1.0 (the pinned one): names, engines and formats may differ; use a 4.1.0 image, or regenerate "
-        "spec/xinference_catalog.json from a 4.2.0 wheel (tools/xinference_catalog.py)")
+        "stackspec/xinference_catalog.json from a 4.2.0 wheel (tools/xinference_catalog.py)")
 
 
 def test_plan_prints_the_version_warning(tmp_path):

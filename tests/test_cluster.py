@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from bundle.cli import main
-from spec.errors import ConfigError
-from spec.launch import launch_specs
-from spec.load import load_stack_config
-from spec.stack_file import from_stack_file
+from stackspec.errors import ConfigError
+from stackspec.launch import launch_specs
+from stackspec.load import load_stack_config
+from stackspec.stack_file import from_stack_file
 from tests.stack_configs import namespaced
 from tests.test_program import CONTAINER, run_program
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from spec.errors import ConfigError
-from spec.load import load_stack_config
-from spec.stack_file import from_stack_file
+from stackspec.errors import ConfigError
+from stackspec.load import load_stack_config
+from stackspec.stack_file import from_stack_file
 from tests.stack_configs import docker_stack, namespaced, reference_models
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import pytest
 from bundle.format.image_tar import image_config, required_cuda
 from components.driver_check import driver_cuda, driver_problem
 from components.preflight import docker_host_problems
-from spec.load import load_stack_config
+from stackspec.load import load_stack_config
 from tests.docker_engines import TestDaemon, docker, require_main_engine
 from tests.stack_configs import docker_stack, namespaced
 

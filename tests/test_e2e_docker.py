@@ -12,7 +12,7 @@ the container and keeps the image. Pulumi's answers are read as data (`preview -
 stack history), never as its human output.
 
 The site runs the way stacks/Pulumi.local-docker.yaml does, air-gapped (`container.network:
-airgap`, spec/airgap.py): the Xinference container has no network but loopback, and every
+airgap`, stackspec/airgap.py): the Xinference container has no network but loopback, and every
 request of the suite reaches it through the gateway container. A check shows, from inside the
 container, that there is no route out (no default route, and a connect to a test server on
 docker's bridge fails with "network unreachable", while the same connect from the bridge
@@ -43,7 +43,7 @@ STACK = "e2e-docker"
 LOCAL_DOCKER = yaml.safe_load((ROOT / "stacks" / "Pulumi.local-docker.yaml").read_text())["config"]
 NETWORK = LOCAL_DOCKER[f"{NS}:container"]["network"]
 # Its virtualenv also needs a package the image lacks (inflect and what it pulls in), which the
-# bundle carries as wheels and the launch installs offline (spec/engine_packages.py).
+# bundle carries as wheels and the launch installs offline (stackspec/engine_packages.py).
 VENV_PACKAGE = "inflect==7.6.0"
 MODEL = {**LOCAL_DOCKER[f"{NS}:models"][0]}
 MODEL["custom"] = {**MODEL["custom"], "virtualenv": {"packages": [VENV_PACKAGE]}}

@@ -22,6 +22,8 @@ import yaml
 
 from tests.docker_site import PROGRAM_PACKAGES, copy_program_packages, free_port, running_models
 
+FORMER_PACKAGES = ("spec",)  # an older main's program (tests/test_state_compat.py) has these instead
+
 ROOT = Path(__file__).resolve().parent.parent
 PULUMI = shutil.which("pulumi")
 API_KEY = "e2e-secret-api-key-0123456789"
@@ -69,9 +71,10 @@ class Project:
         backend = yaml.safe_load(pulumi_yaml.read_text())["backend"] if pulumi_yaml.exists() else None
         for name in ("Pulumi.yaml", "__main__.py", "requirements.txt"):
             shutil.copy(source / name, self.root / name)
-        for package in PROGRAM_PACKAGES:
+        packages = (*PROGRAM_PACKAGES, *FORMER_PACKAGES)
+        for package in packages:
             shutil.rmtree(self.root / package, ignore_errors=True)
-        copy_program_packages(self.root, tuple(p for p in PROGRAM_PACKAGES if (source / p).is_dir()), source)
+        copy_program_packages(self.root, tuple(p for p in packages if (source / p).is_dir()), source)
         if backend is not None:
             project = yaml.safe_load(pulumi_yaml.read_text())
             project["backend"] = backend

@@ -77,7 +77,7 @@ def test_an_engine_that_does_not_answer_is_not_read_as_a_removed_image(image, tm
 
 def test_preview_refuses_a_missing_image_whose_tar_is_missing_and_passes_once_the_engine_has_it(image, tmp_path):
     from components.image_check import image_tar_problems
-    from spec.load import load_stack_config
+    from stackspec.load import load_stack_config
 
     host, made = image
     tar = tmp_path / "images" / "xinference.tar"
@@ -145,7 +145,7 @@ def test_a_damaged_layer_is_refused_and_nothing_is_loaded(image, tmp_path):
 
 def test_preview_names_the_missing_member_of_an_image_kept_as_files(image, tmp_path):
     from components.image_check import image_tar_problems
-    from spec.load import load_stack_config
+    from stackspec.load import load_stack_config
 
     host, made = image
     bundle_image, members = members_of(made, tmp_path)

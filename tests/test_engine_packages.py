@@ -1,4 +1,4 @@
-"""spec/engine_packages.py against the pinned xinference's own functions: for every family of the
+"""stackspec/engine_packages.py against the pinned xinference's own functions: for every family of the
 catalog, every engine it names (and a few it does not), every format, on CPU and two CUDA
 versions, the list is the one the worker would hand xoscar. Then what the seed's models carry."""
 
@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from spec.catalog import pinned_catalog
-from spec.config import ModelConfig
-from spec.engine_packages import canonical_name, model_packages, stack_packages, xinference_packages
-from spec.launch import container_env, launch_specs
-from spec.load import load_stack_config
+from stackspec.catalog import pinned_catalog
+from stackspec.config import ModelConfig
+from stackspec.engine_packages import canonical_name, model_packages, stack_packages, xinference_packages
+from stackspec.launch import container_env, launch_specs
+from stackspec.load import load_stack_config
 from tests.stack_configs import docker_stack, namespaced
 
 CATALOG = pinned_catalog()

@@ -27,7 +27,7 @@ from bundle.build.engine_wheels import resolve_model, split_for_image
 from bundle.format.errors import SetupError
 from bundle.format.manifest import load_manifest, sha256_file
 from bundle.build.image_env import ImageEnv, image_env, scan_image_tar
-from spec.engine_packages import ModelPackages
+from stackspec.engine_packages import ModelPackages
 from tests.bundle_kit import build_args, cli, make_image_tar, make_site, python_layer
 
 CACHE = Path(os.environ.get("XINFERENCE_OFFLINE_CACHE") or Path.home() / ".cache" / "xinference-offline")

@@ -20,7 +20,7 @@ from bundle.build.engine_wheels import DOWNLOAD_TRIES, resolve_model
 from bundle.format.errors import FetchError
 from bundle.build.image_env import ImageEnv
 from bundle.build.stub_wheel import stub_wheel_bytes
-from spec.engine_packages import ModelPackages
+from stackspec.engine_packages import ModelPackages
 
 WHEEL = "tinypkg-1.0-py3-none-any.whl"
 

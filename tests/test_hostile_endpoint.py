@@ -24,9 +24,9 @@ import pytest
 from components.model_props import diff_props, validate
 from components.model_registration import validate as registration_validate
 from components.xinference_client import XinferenceClient, XinferenceTLSError, XinferenceUnreachable
-from spec.errors import ConfigError
-from spec.load import load_stack_config
-from spec.stack_file import endpoint_ca_problems
+from stackspec.errors import ConfigError
+from stackspec.load import load_stack_config
+from stackspec.stack_file import endpoint_ca_problems
 from tests.stack_configs import namespaced
 
 CA_FIX = "set xinference-offline:endpoint_ca_bundle to the PEM file of the CA that signed it"

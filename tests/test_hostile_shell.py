@@ -137,7 +137,7 @@ def test_remote_load_quotes_every_value_for_both_shells(tmp_path, marker):
     """The ssh:// load runs `ssh ... host docker ...` here: each remote word is quoted for the remote
     shell, then the whole command for this one. A hostile image name, tar path, host option and user
     stay text on both sides (the remote `docker` sees the name as one argument)."""
-    from spec.ssh import ssh_target
+    from stackspec.ssh import ssh_target
 
     log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
     fake_ssh(bin_dir, log)
@@ -171,7 +171,7 @@ def test_a_good_tar_with_a_newline_in_its_name_reaches_docker_load(tmp_path, mar
 def test_a_remote_load_whose_engine_reports_another_id_fails_naming_both(tmp_path, marker):
     """With the manifest's image id the tar is streamed unhashed; what proves it is the id the engine
     reports after `docker load` (here the stand-in engine reports none)."""
-    from spec.ssh import ssh_target
+    from stackspec.ssh import ssh_target
 
     log, bin_dir = tmp_path / "calls.log", tmp_path / "bin"
     fake_ssh(bin_dir, log)

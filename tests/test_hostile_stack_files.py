@@ -1,6 +1,6 @@
 """Hostile and careless stack files: read as Pulumi reads them, or refused by name (issue 12, class 8).
 
-Every case writes a real stack file and reads it through spec/stack_file.py (what
+Every case writes a real stack file and reads it through stackspec/stack_file.py (what
 `bundle plan`, `bundle build` and the sibling-stack check use), and asserts the exact
 report: the key path, the value, what is wrong and the fix.
 """
@@ -16,9 +16,9 @@ import pytest
 from bundle.cli import main as bundle_main
 from bundle.contents.items import bundle_items
 from bundle.contents.stacks import sibling_clashes
-from spec.errors import ConfigError
-from spec.launch import model_dir_on_host, model_dir_on_server
-from spec.stack_file import from_stack_file
+from stackspec.errors import ConfigError
+from stackspec.launch import model_dir_on_host, model_dir_on_server
+from stackspec.stack_file import from_stack_file
 
 BASE = """\
 config:
@@ -187,7 +187,7 @@ def test_a_missing_stack_file_is_named(tmp_path):
 @pytest.mark.parametrize("written, read", [("0x_", "0x_"), ("0b", "0b"), ("1_000", 1000), ("0o17", 15),
                                            ("-0x1F", -31), ("1e3", 1000.0), (".5", 0.5), ("+.inf", float("inf"))])
 def test_numbers_are_resolved_as_pulumi_resolves_them(tmp_path, written, read):
-    from spec.stack_yaml import load_stack_yaml
+    from stackspec.stack_yaml import load_stack_yaml
 
     assert load_stack_yaml(stack_file(tmp_path, f"value: {written}\n")) == {"value": read}
 

@@ -1,5 +1,5 @@
 """The import layers are checked, not hoped for (issue 13, item 7): tools/check_layers.py walks every
-import of spec/, bundle/, components/ and __main__.py and fails on a circle, an upward import, a
+import of stackspec/, bundle/, components/ and __main__.py and fails on a circle, an upward import, a
 project import inside a function, a private name imported across modules, or a third-party
 package reachable from the offline commands. Run on the project (no problems), and on small
 trees that break each rule (each named)."""
@@ -25,7 +25,7 @@ def test_the_project_keeps_its_layers():
 
 
 def tree(tmp_path: Path, files: dict[str, str]) -> Path:
-    for rel, text in {"spec/__init__.py": "", "bundle/__init__.py": "", "bundle/format/__init__.py": "",
+    for rel, text in {"stackspec/__init__.py": "", "bundle/__init__.py": "", "bundle/format/__init__.py": "",
                       "components/__init__.py": "", **files}.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(textwrap.dedent(text))
@@ -33,19 +33,19 @@ def tree(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 @pytest.mark.parametrize("files, expected", [
-    ({"spec/a.py": "from components.c import X\n", "components/c.py": "X = 1\n"},
-     "spec/a.py:1: spec.a (spec/) imports components.c (components/), a layer above it"),
+    ({"stackspec/a.py": "from components.c import X\n", "components/c.py": "X = 1\n"},
+     "stackspec/a.py:1: stackspec.a (stackspec/) imports components.c (components/), a layer above it"),
     ({"bundle/format/m.py": "from bundle.plan.command import P\n", "bundle/plan/command.py": "P = 1\n"},
      "bundle/format/m.py:1: bundle.format.m (bundle/format/) imports bundle.plan.command (bundle/plan/), "
      "a layer above it"),
-    ({"spec/a.py": "import spec.b\n", "spec/b.py": "import spec.a\n"},
-     "import circle: spec.a -> spec.b -> spec.a"),
-    ({"spec/a.py": "def f():\n    from spec.b import y\n", "spec/b.py": "y = 1\n"},
-     "spec/a.py:2: imports spec.b inside a function"),
-    ({"spec/a.py": "from spec.b import _hidden\n", "spec/b.py": "_hidden = 1\n"},
-     "spec/a.py:1: imports the private name(s) _hidden from spec.b"),
-    ({"spec/a.py": "import pulumi\n"},
-     "spec/a.py:1: spec.a (spec/) imports the third-party package pulumi, which its layer may not use"),
+    ({"stackspec/a.py": "import stackspec.b\n", "stackspec/b.py": "import stackspec.a\n"},
+     "import circle: stackspec.a -> stackspec.b -> stackspec.a"),
+    ({"stackspec/a.py": "def f():\n    from stackspec.b import y\n", "stackspec/b.py": "y = 1\n"},
+     "stackspec/a.py:2: imports stackspec.b inside a function"),
+    ({"stackspec/a.py": "from stackspec.b import _hidden\n", "stackspec/b.py": "_hidden = 1\n"},
+     "stackspec/a.py:1: imports the private name(s) _hidden from stackspec.b"),
+    ({"stackspec/a.py": "import pulumi\n"},
+     "stackspec/a.py:1: stackspec.a (stackspec/) imports the third-party package pulumi, which its layer may not use"),
     ({"bundle/format/m.py": "import yaml\n"},
      "bundle/format/m.py:1: bundle.format.m (bundle/format/) imports the third-party package yaml"),
     ({"bundle/install/command.py": "from bundle.install.helper import h\n",

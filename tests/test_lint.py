@@ -1,4 +1,4 @@
-"""Lint and types, in the fast tier: ruff over the tree and mypy (strict on spec/ and bundle/format/),
+"""Lint and types, in the fast tier: ruff over the tree and mypy (strict on stackspec/ and bundle/format/),
 with the versions pinned in requirements-test.txt and the rules in pyproject.toml."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def test_ruff_finds_nothing():
 
 def test_mypy_strict_on_the_pure_layers_finds_nothing():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
-    assert config["strict"] is True and {"spec", "bundle/format"} <= set(config["files"])
+    assert config["strict"] is True and {"stackspec", "bundle/format"} <= set(config["files"])
     result = run(str(BIN / "mypy"), "--no-incremental")
     assert result.returncode == 0, result.stdout + result.stderr
     checked = re.search(r"Success: no issues found in (\d+) source files", result.stdout)
-    assert checked and int(checked.group(1)) >= len(list((ROOT / "spec").glob("*.py"))), result.stdout
+    assert checked and int(checked.group(1)) >= len(list((ROOT / "stackspec").glob("*.py"))), result.stdout

@@ -119,7 +119,7 @@ def test_a_local_docker_stack_with_a_bundle_checks_and_restores_each_model_direc
     restore = mocks.resources["xinference-files-emb-restore"].inputs
     assert restore["create"] == "true"  # generation 0: nothing to restore (install put the files there)
     from components.volume import weights_digests
-    from spec.load import load_stack_config
+    from stackspec.load import load_stack_config
 
     # until a refresh finds damage the model's digest is today's (the manifest's): no relaunch on upgrade
     cfg = load_stack_config(docker_stack(models=models, bundle_dir=str(bundle), models_dir="/data/m"),

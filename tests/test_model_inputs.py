@@ -1,6 +1,6 @@
 """One type for a model's launch inputs (issue 26, item 1).
 
-spec/model_inputs.ModelInputs declares XinferenceModel's inputs once, with their defaults and
+stackspec/model_inputs.ModelInputs declares XinferenceModel's inputs once, with their defaults and
 rules: the stack plans them (LaunchSpec extends the type), the program hands them to the
 resource, the provider's check judges them. Before, the plan's LaunchSpec and the component's
 XinferenceModelArgs each listed the fields, joined by reflection, and had drifted.
@@ -12,9 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from components.model_props import ARG_KEYS, XinferenceModelArgs, resource_props, validate
-from spec.launch import LaunchSpec, launch_specs
-from spec.load import load_stack_config
-from spec.model_inputs import ModelInputs, input_problems
+from stackspec.launch import LaunchSpec, launch_specs
+from stackspec.load import load_stack_config
+from stackspec.model_inputs import ModelInputs, input_problems
 from tests.stack_configs import docker_stack, namespaced
 from tests.test_cluster import cluster
 

@@ -96,7 +96,7 @@ def test_normalize_fills_defaults():
 
 def test_the_provider_and_the_stack_file_have_one_set_of_defaults():
     # They drifted once: launch_timeout defaulted to 600 s at the provider, 900 s in the stack file.
-    from spec.config import ModelConfig
+    from stackspec.config import ModelConfig
 
     stack_file = ModelConfig.model_validate({"uid": "emb", "type": "embedding"})
     n = normalize(props())

@@ -9,7 +9,7 @@ import requests
 
 from components.model_registration import XinferenceRegistrationProvider, covers, family_digest
 from components.model_launch import ConflictError
-from spec.custom_model import registration_body, registration_family
+from stackspec.custom_model import registration_body, registration_family
 from tests.test_model_provider import assert_nothing_left, embed
 
 pytestmark = pytest.mark.xinference

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from spec.launch import container_env, endpoint_url, launch_specs, model_dir_on_server
-from spec.load import load_stack_config
-from spec.placement import container_gpu_indices, docker_device_requests, docker_gpu_request, vram_budgets
-from spec.vram import VramEstimate
+from stackspec.launch import container_env, endpoint_url, launch_specs, model_dir_on_server
+from stackspec.load import load_stack_config
+from stackspec.placement import container_gpu_indices, docker_device_requests, docker_gpu_request, vram_budgets
+from stackspec.vram import VramEstimate
 from tests.stack_configs import TRUSTED, docker_stack, namespaced, reference_models
 
 

@@ -18,9 +18,9 @@ import pytest
 
 from bundle.contents.stacks import LoadedStack, stack_clashes
 from components import preflight
-from spec.errors import ConfigError
-from spec.load import load_stack_config
-from spec.stack_file import from_stack_file, stack_name_of
+from stackspec.errors import ConfigError
+from stackspec.load import load_stack_config
+from stackspec.stack_file import from_stack_file, stack_name_of
 from tests.stack_configs import NS, docker_stack, reference_models
 
 ROOT = Path(__file__).resolve().parent.parent

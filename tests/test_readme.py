@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from spec.reference import END, START, reference_markdown
+from stackspec.reference import END, START, reference_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 def test_config_reference_matches_the_pydantic_models():
     block = README.split(START, 1)[1].split(END, 1)[0]
-    assert block.strip() == reference_markdown().strip(), "run: venv/bin/python -m spec.reference --write"
+    assert block.strip() == reference_markdown().strip(), "run: venv/bin/python -m stackspec.reference --write"
 
 
 def test_the_readme_starts_with_the_two_setup_commands():

@@ -200,7 +200,7 @@ def test_an_image_kept_as_bundle_files_is_streamed_over_ssh_with_no_copy_and_its
     engine that has the id is sent nothing, and a damaged layer loads nothing."""
     from components.engine_image import EngineImageProvider, ImageLoadFailed
     from components.image import members_load_script
-    from spec.ssh import SshTarget
+    from stackspec.ssh import SshTarget
     from tests.test_engine_image import members_of
 
     image = busybox_image(nonce=uuid.uuid4().hex[:8], out_dir=tmp_path)

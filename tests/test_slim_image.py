@@ -5,7 +5,7 @@ Python), offline, through Xinference's and xoscar's own code path.
 For each model the test does what `bundle build` does (the image's Python read from its tar, the
 model's packages planned as Xinference 4.1 plans them, resolved with its CUDA markers, stand-ins at
 the image's installed versions) and what `bundle install` and `up` give the container (the carried
-folder under models_dir, pip.conf, the virtualenv env of spec/engine_packages.py, the launch body of
+folder under models_dir, pip.conf, the virtualenv env of stackspec/engine_packages.py, the launch body of
 components/model_props.py). The container runs with `--network none`; the test talks to it through
 `docker exec`. The wheel downloads come from PyPI (cached per resolution)."""
 
@@ -23,10 +23,10 @@ import yaml
 from bundle.build.engine_wheels import resolve_model
 from bundle.build.image_env import scan_image_tar
 from components.model_props import launch_payload
-from spec.catalog import pinned_catalog
-from spec.config import ModelConfig
-from spec.engine_packages import model_packages, pip_conf, virtualenv_env
-from spec.xinference import CONTAINER_PACKAGE_WHEELS
+from stackspec.catalog import pinned_catalog
+from stackspec.config import ModelConfig
+from stackspec.engine_packages import model_packages, pip_conf, virtualenv_env
+from stackspec.xinference import CONTAINER_PACKAGE_WHEELS
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, require_main_engine
 from tests.docker_site import ROOT, run
 

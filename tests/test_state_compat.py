@@ -20,29 +20,35 @@ from tests.docker_site import running_models
 from tests.test_e2e_pulumi import PULUMI, ROOT, Project, model_entry, xinference  # noqa: F401 - fixture
 
 BEFORE_LAYERS = "fbf3230"  # main before spec/ and bundle/format/ (the last commit CI passed before them)
+BEFORE_RENAME = "a48b63a"  # main before spec/ became stackspec/ (and bundle/ was split into subpackages)
+# commit -> (what its program is made of, a file only that layout has)
+OLD_MAINS = {BEFORE_LAYERS: (("components", "bundle"), "components/config.py"),
+             BEFORE_RENAME: (("components", "bundle", "spec"), "spec/xinference.py")}
 UID = "compat-minilm"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(PULUMI is None, reason="no pulumi CLI on PATH (tools/test.sh)")]
 
 
-def old_program(dest):
-    """The program as it was at BEFORE_LAYERS, unpacked into ``dest``."""
+def old_program(dest, commit: str):
+    """The program as it was at ``commit``, unpacked into ``dest``."""
+    packages, marker = OLD_MAINS[commit]
     git = shutil.which("git")
-    found = subprocess.run([git or "git", "cat-file", "-e", f"{BEFORE_LAYERS}^{{commit}}"], cwd=ROOT,
+    found = subprocess.run([git or "git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT,
                            capture_output=True) if git else None
     if found is None or found.returncode != 0:
-        pytest.skip(f"commit {BEFORE_LAYERS} is not in this clone's history (a shallow clone?): "
+        pytest.skip(f"commit {commit} is not in this clone's history (a shallow clone?): "
                     "the old state cannot be made")
-    archive = subprocess.run([git, "archive", "--format=tar", BEFORE_LAYERS, "Pulumi.yaml", "__main__.py",
-                              "requirements.txt", "components", "bundle"], cwd=ROOT, capture_output=True, check=True)
+    archive = subprocess.run([git, "archive", "--format=tar", commit, "Pulumi.yaml", "__main__.py",
+                              "requirements.txt", *packages], cwd=ROOT, capture_output=True, check=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(dest, filter="data")
-    assert (dest / "components" / "config.py").is_file()  # the old layout, really
+    assert (dest / marker).is_file()  # the old layout, really
     return dest
 
 
-def test_a_stack_made_by_the_old_main_previews_with_no_changes(tmp_path, xinference):  # noqa: F811
-    old = old_program(tmp_path / "old")
+@pytest.mark.parametrize("commit", list(OLD_MAINS))
+def test_a_stack_made_by_the_old_main_previews_with_no_changes(tmp_path, xinference, commit):  # noqa: F811
+    old = old_program(tmp_path / "old", commit)
     (tmp_path / "project").mkdir()
     project = Project(tmp_path / "project", xinference.endpoint, xinference.models_dir, program=old)
     project.write_models([model_entry(uid=UID)])
@@ -54,7 +60,7 @@ def test_a_stack_made_by_the_old_main_previews_with_no_changes(tmp_path, xinfere
         assert UID in running_models(xinference.endpoint)
 
         project.use_program()  # this checkout's code, same stack, same state
-        assert (project.root / "spec" / "xinference.py").is_file() and not (project.root / "components" / "config.py").exists()
+        assert (project.root / "stackspec" / "xinference.py").is_file()  # this checkout's layout
         preview = project.pulumi("preview", "--expect-no-changes", "--diff")
         assert "Traceback" not in preview.stdout + preview.stderr
         project.pulumi("up", "--yes", "--skip-preview", "--refresh")

@@ -16,7 +16,7 @@ from bundle.format.errors import FetchError
 from bundle.build.image_env import ImageEnv
 from bundle.install.pip_env import offline_pip_env
 from bundle.build.stub_wheel import stub_filename, stub_wheel_bytes, write_stub_wheel
-from spec.engine_packages import ModelPackages
+from stackspec.engine_packages import ModelPackages
 
 
 def test_the_stand_in_installs_as_its_metadata_and_nothing_to_import(tmp_path):

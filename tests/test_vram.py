@@ -1,5 +1,5 @@
 """VRAM per GPU before anything is touched: the estimate against the pinned Xinference's own
-cal-model-mem, and the rule that refuses a GPU its models overflow (spec/vram.py, spec/rules.py).
+cal-model-mem, and the rule that refuses a GPU its models overflow (stackspec/vram.py, stackspec/rules.py).
 
 The three config.json fixtures are the published files of Qwen2.5-0.5B-Instruct,
 Qwen2.5-7B-Instruct and Llama-3.1-8B-Instruct: the Qwen ones byte for byte (their sha256 is
@@ -20,11 +20,11 @@ from xinference.model.llm import match_llm
 from xinference.model.llm.memory import (estimate_llm_gpu_memory, estimate_llm_gpu_memory_details,
                                          load_model_config_json)
 
-from spec.config import ModelConfig
-from spec.errors import ConfigError
-from spec.load import load_stack_config
-from spec.rules import server_budgets
-from spec.vram import (DEFAULT_CONTEXT, OVERHEAD_MIB, WEIGHTS_FACTOR, estimate_vram, read_model_files)
+from stackspec.config import ModelConfig
+from stackspec.errors import ConfigError
+from stackspec.load import load_stack_config
+from stackspec.rules import server_budgets
+from stackspec.vram import (DEFAULT_CONTEXT, OVERHEAD_MIB, WEIGHTS_FACTOR, estimate_vram, read_model_files)
 from bundle.plan.report import write_report
 from tests.stack_configs import docker_stack, namespaced
 

@@ -1,4 +1,4 @@
-"""VRAM rules that match the engines (spec/vram.py, spec/placement.py, spec/vram_rules.py).
+"""VRAM rules that match the engines (stackspec/vram.py, stackspec/placement.py, stackspec/vram_rules.py).
 
 vLLM and SGLang take a share of each whole GPU when they start (gpu_memory_utilization,
 mem_fraction_static), whatever the model's size: two of them at their defaults cannot share a
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from bundle.plan.report import write_report
-from spec.config import ModelConfig
-from spec.errors import ConfigError
-from spec.load import load_stack_config
-from spec.placement import COMPUTED_MARGIN
-from spec.rules import server_budgets, vram_warnings
-from spec.vram import estimate_vram, read_model_files
+from stackspec.config import ModelConfig
+from stackspec.errors import ConfigError
+from stackspec.load import load_stack_config
+from stackspec.placement import COMPUTED_MARGIN
+from stackspec.rules import server_budgets, vram_warnings
+from stackspec.vram import estimate_vram, read_model_files
 from tests.stack_configs import docker_stack, namespaced
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "llm_configs"

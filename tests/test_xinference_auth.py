@@ -147,7 +147,7 @@ PROGRAM = '''"""A one-model program: the XinferenceModel provider under the real
 import pulumi
 
 from components.model import XinferenceModel, XinferenceModelArgs
-from spec.model_inputs import ModelInputs
+from stackspec.model_inputs import ModelInputs
 
 cfg = pulumi.Config()
 model = XinferenceModel("minilm", XinferenceModelArgs(ModelInputs(
@@ -171,7 +171,7 @@ def test_the_engine_hands_the_secret_to_the_provider(auth_server, uid, tmp_path)
     the model launches on the auth-on server, and the password is in neither the state nor the output."""
     root = tmp_path / "project"
     root.mkdir()
-    copy_program_packages(root, ("spec", "components"))  # the dynamic provider imports spec/xinference.py
+    copy_program_packages(root, ("stackspec", "components"))  # the dynamic provider imports stackspec/xinference.py
     (root / "venv").symlink_to(ROOT / "venv")
     (root / "__main__.py").write_text(PROGRAM)
     (root / "state").mkdir()

@@ -1,4 +1,4 @@
-"""One home for the rules of Xinference (spec/xinference.py): the stack schema and the provider's
+"""One home for the rules of Xinference (stackspec/xinference.py): the stack schema and the provider's
 `validate` refuse the same values with the same words (issue 13, item 2).
 
 Before: spec's uid rule allowed 128 characters and `-rep1`, so `bundle plan` passed a stack
@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from components.model_props import validate
-from spec.errors import ConfigError
-from spec.load import load_stack_config
-from spec.xinference import MODEL_UID_FIX, endpoint_problem, model_uid_problem
+from stackspec.errors import ConfigError
+from stackspec.load import load_stack_config
+from stackspec.xinference import MODEL_UID_FIX, endpoint_problem, model_uid_problem
 
 PROVIDER_INPUTS = {"endpoint": "http://127.0.0.1:9997", "model_uid": "emb", "model_name": "bge-small-en-v1.5",
                    "model_type": "embedding", "launch_timeout": 600.0, "autostart": True, "smoke_test": True,
@@ -72,6 +72,6 @@ def test_plan_and_the_provider_refuse_an_endpoint_with_the_same_message(endpoint
 
 @pytest.mark.parametrize("uid", ["x" * 100, "x" * 101, "emb-rep1", "emb-rep", "emb", "a/b", "-x", ""])
 def test_the_manifest_pattern_is_the_same_rule(uid):
-    from spec.xinference import MODEL_UID_RE
+    from stackspec.xinference import MODEL_UID_RE
 
     assert (MODEL_UID_RE.fullmatch(uid) is not None) == (model_uid_problem(uid) is None), uid

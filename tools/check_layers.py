@@ -2,7 +2,7 @@
 
 Layers, bottom to top; a module imports only its own layer and those its layer names:
 
-  spec/              the stack spec: pydantic and PyYAML, never pulumi
+  stackspec/              the stack spec: pydantic and PyYAML, never pulumi
   bundle/format/     the bundle format: standard library only
   bundle/contents/   what a bundle holds: pure functions of the stack configs
   bundle/install/    unpack and install, on the site: the format alone (a bare python3 runs them)
@@ -28,16 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-FIRST_PARTY = ("spec", "bundle", "components", "__main__")
+FIRST_PARTY = ("stackspec", "bundle", "components", "__main__")
 # (module prefix, layer), the most specific prefix first.
-LAYERS = [("spec", "spec/"), ("bundle.format", "bundle/format/"), ("bundle.contents", "bundle/contents/"),
+LAYERS = [("stackspec", "stackspec/"), ("bundle.format", "bundle/format/"), ("bundle.contents", "bundle/contents/"),
           ("bundle.install", "bundle/install/"), ("bundle.build", "bundle/build/"), ("bundle.plan", "bundle/plan/"),
           ("bundle", "bundle/ (command line)"), ("components", "components/"), ("__main__", "__main__.py")]
 # The layers each layer may import (its own included); one not listed is refused.
-CORE = ("spec/", "bundle/format/", "bundle/contents/")
+CORE = ("stackspec/", "bundle/format/", "bundle/contents/")
 MAY_IMPORT = {
-    "spec/": {"spec/"},
-    "bundle/format/": {"spec/", "bundle/format/"},
+    "stackspec/": {"stackspec/"},
+    "bundle/format/": {"stackspec/", "bundle/format/"},
     "bundle/contents/": set(CORE),
     # install runs on the site with a bare python3: the format and itself (the stack spec needs pydantic)
     "bundle/install/": {"bundle/format/", "bundle/install/"},
@@ -50,11 +50,11 @@ MAY_IMPORT = {
     "__main__.py": {*CORE, "components/", "__main__.py"},
 }
 # The order in which the layers stand, for the message: an import of a higher one is "a layer above it".
-RANK = {"spec/": 0, "bundle/format/": 1, "bundle/contents/": 2, "bundle/install/": 3, "bundle/build/": 4,
+RANK = {"stackspec/": 0, "bundle/format/": 1, "bundle/contents/": 2, "bundle/install/": 3, "bundle/build/": 4,
         "bundle/plan/": 4, "bundle/ (command line)": 5, "components/": 5, "__main__.py": 6}
 # Third-party packages each layer may import (the standard library is always allowed).
 COMMAND_PACKAGES = {"pydantic", "yaml", "tqdm", "packaging", "cyclonedx", "packageurl"}
-ALLOWED_THIRD_PARTY = {"spec/": {"pydantic", "pydantic_core", "yaml"}, "bundle/format/": set(),
+ALLOWED_THIRD_PARTY = {"stackspec/": {"pydantic", "pydantic_core", "yaml"}, "bundle/format/": set(),
                        "bundle/contents/": {"pydantic", "yaml"}, "bundle/install/": set(),
                        "bundle/build/": COMMAND_PACKAGES, "bundle/plan/": COMMAND_PACKAGES,
                        "bundle/ (command line)": set(),
@@ -92,7 +92,7 @@ def layer_of(module: str) -> str:
 
 def project_modules(root: Path) -> dict[str, Path]:
     found = {"__main__": root / "__main__.py"} if (root / "__main__.py").is_file() else {}
-    for package in ("spec", "bundle", "components"):
+    for package in ("stackspec", "bundle", "components"):
         for path in sorted((root / package).rglob("*.py")):
             found[module_name(root, path)] = path
     return found

@@ -57,13 +57,14 @@ for arg in "$@"; do
     exec venv/bin/python -m pytest -m "" "$@" ;;
   esac
 done
-lanes=$(mktemp -d "${TMPDIR:-/tmp}/xo-test-lanes.XXXXXX")
+# short temp roots: some tests pin messages that show a temp path whole only up to 80 characters
+lanes=$(mktemp -d "${TMPDIR:-/tmp}/xol.XXXX")
 step "pytest, two lanes: -m docker (here) and -m 'not docker' (beside it; log $lanes/other.log, printed at the end)"
-venv/bin/python -m pytest -m "not docker" -p no:cacheprovider --basetemp "$lanes/other-tmp" "$@" \
+venv/bin/python -m pytest -m "not docker" -p no:cacheprovider --basetemp "$lanes/o" "$@" \
   > "$lanes/other.log" 2>&1 &
 other=$!
 engine_rc=0
-venv/bin/python -m pytest -m docker --basetemp "$lanes/engine-tmp" "$@" || engine_rc=$?
+venv/bin/python -m pytest -m docker --basetemp "$lanes/e" "$@" || engine_rc=$?
 other_rc=0
 wait "$other" || other_rc=$?
 step "the other lane (-m 'not docker'), exit $other_rc:"

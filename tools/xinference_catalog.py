@@ -1,7 +1,7 @@
 """Extract the pinned Xinference's model catalog into one compact file the program ships.
 
 Reads the model families of the installed xinference package (``xinference/model/*/models/
-*.json``, the files its wheel carries) and writes ``spec/xinference_catalog.json``: per model
+*.json``, the files its wheel carries) and writes ``stackspec/xinference_catalog.json``: per model
 its name, type, abilities, engines, formats, sizes, quantizations, virtualenv packages and hub
 ids, plus the Xinference version they came from and its per-engine virtualenv packages. Sorted and without timestamps, so the same
 wheel always gives the same bytes (tests/test_catalog.py regenerates it and compares).
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "spec" / "xinference_catalog.json"
+DEFAULT_OUT = ROOT / "stackspec" / "xinference_catalog.json"
 TYPES = {"llm": "LLM", "embedding": "embedding", "rerank": "rerank", "audio": "audio", "image": "image",
          "video": "video", "flexible": "flexible"}
 _ENGINE_MARKER = re.compile(r"#engine#\s*==\s*[\"']([^\"']+)[\"']")
@@ -96,7 +96,7 @@ def catalog(package_dir: Path, version: str) -> dict:
 
 def engine_packages() -> dict:
     """The packages Xinference adds per engine (its ``#<engine>_dependencies#`` placeholders) and per
-    engine and model format, as xinference/core/virtual_env_manager.py holds them; spec/engine_packages.py
+    engine and model format, as xinference/core/virtual_env_manager.py holds them; stackspec/engine_packages.py
     expands a model's virtualenv packages with these the way the worker does at launch."""
     from xinference.core import virtual_env_manager as venv
 

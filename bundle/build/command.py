@@ -14,7 +14,7 @@ once. Two stacks that give one model directory different sources are refused.
                         the pinned revision (their Python libraries; `pip install modelscope` /
                         `huggingface_hub` on this machine), or a local directory (source.hub:
                         local, or no source: the model's directory under models_dir here)
-  models/_engine_packages/  the wheels of the models' virtualenvs (spec/engine_packages.py), resolved
+  models/_engine_packages/  the wheels of the models' virtualenvs (stackspec/engine_packages.py), resolved
                         for the image's Python as read from its tar (bundle/build/engine_wheels.py), with
                         packages.json (per model: what it asks, what the image keeps, its wheels)
                         and the pip.conf that makes them the container's only package index
@@ -76,8 +76,8 @@ from bundle.build.program import program_files
 from bundle.build.pulumi_release import PULUMI_RELEASES, download_toolchain, locate_toolchain, toolchain_versions
 from bundle.build.sbom import ImageFacts, SbomInputs, model_facts, sbom_json
 from bundle.contents.stacks import ModelDir, LoadedStack, model_sources, merge_stacks, stack_entry
-from spec.engine_packages import pip_conf, stack_packages
-from spec.errors import ConfigError
+from stackspec.engine_packages import pip_conf, stack_packages
+from stackspec.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # bundle/build/command.py -> the checkout
 PULUMI_REQUIRED = ("pulumi", "pulumi-language-python")

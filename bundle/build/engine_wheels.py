@@ -1,6 +1,6 @@
 """Engine packages carried across the gap: the wheels a model's virtualenv installs at launch.
 
-For each model whose launch installs packages (spec/engine_packages.py), against the image's own
+For each model whose launch installs packages (stackspec/engine_packages.py), against the image's own
 Python (bundle/build/image_env.py), this does what xoscar does on the site, on the online side:
 
 1. split: each requirement the image already satisfies is pinned to the image's version
@@ -51,7 +51,7 @@ from bundle.build.resolving_python import resolving_python
 from bundle.format.errors import FetchError, SetupError
 from bundle.build.image_env import ImageEnv
 from bundle.build.stub_wheel import is_stub_filename, write_stub_wheel
-from spec.engine_packages import ModelPackages
+from stackspec.engine_packages import ModelPackages
 
 RESOLVED = "resolved.json"  # written last into a model's cache dir: the set is complete
 CACHE_VERSION = 4  # 2: the image's distributions are constraints and carried as metadata-only stand-ins;

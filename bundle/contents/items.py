@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 from bundle.format.layout import PROGRAM_DIR
-from spec.config import ModelSource, StackConfig
-from spec.engine_packages import stack_packages
-from spec.errors import ConfigError, Problem
-from spec.launch import models_dir_of
-from spec.rules import ModelDirs
-from spec.stack_file import from_stack_file
-from spec.xinference import PACKAGES_DIR
+from stackspec.config import ModelSource, StackConfig
+from stackspec.engine_packages import stack_packages
+from stackspec.errors import ConfigError, Problem
+from stackspec.launch import models_dir_of
+from stackspec.rules import ModelDirs
+from stackspec.stack_file import from_stack_file
+from stackspec.xinference import PACKAGES_DIR
 
 IMAGE_DIR = "images"
 MODELS_DIR = "models"
@@ -81,7 +81,7 @@ def carry_problems(cfg: StackConfig) -> list[Problem]:
 
 def carried_stack(path, model_dirs: Optional[ModelDirs] = None) -> StackConfig:
     """The stack file read for a bundle: the config's own checks, then carry_problems (ConfigError).
-    ``model_dirs``: where the models' files are here, for the VRAM estimates (spec.rules.server_budgets)."""
+    ``model_dirs``: where the models' files are here, for the VRAM estimates (stackspec.rules.server_budgets)."""
     cfg = from_stack_file(path, model_dirs)
     problems = carry_problems(cfg)
     if problems:

@@ -16,13 +16,13 @@ from typing import Iterator, Optional
 from bundle.contents.items import BundleItem, bundle_items, model_bundle_dir
 from bundle.format.errors import SetupError
 from bundle.format.manifest import StackEntry
-from spec.config import StackConfig
-from spec.docker_host import remote_docker_hostname
-from spec.engine_packages import stack_packages
-from spec.errors import ConfigError
-from spec.launch import cluster_container_name, models_dir_of
-from spec.stack_file import from_stack_file, stack_name_of
-from spec.xinference import PACKAGES_DIR
+from stackspec.config import StackConfig
+from stackspec.docker_host import remote_docker_hostname
+from stackspec.engine_packages import stack_packages
+from stackspec.errors import ConfigError
+from stackspec.launch import cluster_container_name, models_dir_of
+from stackspec.stack_file import from_stack_file, stack_name_of
+from stackspec.xinference import PACKAGES_DIR
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The bundle's error types (standard library only: the offline side imports them with a bare python3).
 
 `bundle.format.manifest` re-exports them; `python -m bundle` turns any of them into one line and
-its exit code, never a traceback. (A stack config's mistakes are spec.errors.Problem: key path,
+its exit code, never a traceback. (A stack config's mistakes are stackspec.errors.Problem: key path,
 value, message, fix. A bundle's are FileProblem: a file's path and what is wrong with it.)
 """
 

@@ -21,7 +21,7 @@ import unicodedata
 from typing import Any, Iterable, Optional
 
 from bundle.format.errors import ManifestError, UsageError
-from spec.xinference import MODEL_UID_RE
+from stackspec.xinference import MODEL_UID_RE
 
 FORMAT_VERSION = 2
 MANIFEST_NAME = "MANIFEST.json"
@@ -46,7 +46,7 @@ MAX_FILES = 10_000_000
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 BUNDLE_ID_RE = re.compile(r"[0-9a-fA-F]{64}")
 STACK_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")  # Pulumi stack names; also a file name part
-UID_RE = MODEL_UID_RE  # the model uid as Xinference takes it (spec/xinference.py, standard library only)
+UID_RE = MODEL_UID_RE  # the model uid as Xinference takes it (stackspec/xinference.py, standard library only)
 IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")  # a docker image reference
 PYTHON_RE = re.compile(r"[0-9]{1,2}\.[0-9]{1,3}")
 CREATED_RE = re.compile(r"[0-9A-Za-z:+.-]{0,64}")  # an ISO 8601 time, or empty

@@ -28,8 +28,8 @@ from bundle.plan.sbom_summary import bundle_sbom_summary
 from bundle.contents.stacks import sibling_clashes
 from bundle.plan.stacks import report_bundle_stacks
 from bundle.plan.report import EXIT_USAGE, bundle_gaps, named_stack_file, write_report
-from spec.errors import ConfigError
-from spec.stack_file import stack_name_of
+from stackspec.errors import ConfigError
+from stackspec.stack_file import stack_name_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,12 +14,12 @@ from bundle.contents.items import bundle_items, packages_bundle_dir
 from bundle.format.image_dir import image_dir_of
 from bundle.format.manifest import BundleError, StackManifest
 from bundle.format.progress import human
-from spec.catalog import image_version_note, pinned_catalog
-from spec.config import StackConfig
-from spec.engine_packages import family_packages, model_packages, stack_packages
-from spec.launch import container_env, endpoint_url, launch_specs
-from spec.placement import GpuBudget, docker_gpu_request
-from spec.rules import ModelDirs, server_budgets, vram_warnings
+from stackspec.catalog import image_version_note, pinned_catalog
+from stackspec.config import StackConfig
+from stackspec.engine_packages import family_packages, model_packages, stack_packages
+from stackspec.launch import container_env, endpoint_url, launch_specs
+from stackspec.placement import GpuBudget, docker_gpu_request
+from stackspec.rules import ModelDirs, server_budgets, vram_warnings
 
 EXIT_USAGE = 2
 
@@ -33,7 +33,7 @@ def named_stack_file(stack: str, stacks_dir: Path, bundle: Optional[Path]) -> Pa
 
 def write_report(cfg: StackConfig, stack: str, path: Path, manifest: Optional[StackManifest], out: TextIO,
                model_dirs: Optional[ModelDirs] = None, bundle: Optional[Path] = None) -> None:
-    """``model_dirs``: where the models' files are here, for the VRAM estimates (see spec.rules.server_budgets);
+    """``model_dirs``: where the models' files are here, for the VRAM estimates (see stackspec.rules.server_budgets);
     ``bundle``: the unpacked bundle, whose packages.json gives each model's engine wheels and their size."""
     p = lambda *a: print(*a, file=out)  # noqa: E731 - local shorthand
     p(f"Stack {stack} ({path}): {cfg.mode} mode, endpoint {endpoint_url(cfg)}")

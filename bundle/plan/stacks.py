@@ -16,10 +16,10 @@ from bundle.format.manifest import BundleError, load_manifest
 from bundle.format.progress import plural
 from bundle.contents.stacks import LoadedStack, stack_clashes
 from bundle.plan.report import EXIT_USAGE, bundle_gaps, ids_text, named_stack_file, print_table, write_report
-from spec.config import StackConfig
-from spec.errors import ConfigError
-from spec.launch import endpoint_url
-from spec.stack_file import from_stack_file
+from stackspec.config import StackConfig
+from stackspec.errors import ConfigError
+from stackspec.launch import endpoint_url
+from stackspec.stack_file import from_stack_file
 
 EXIT_FAILED = 1
 

@@ -1,13 +1,13 @@
 """XinferenceModel's inputs: the one list of its fields, their defaults and their rules.
 
-The stack plans them (spec/launch.py: a ``LaunchSpec`` is these plus what `bundle plan` shows
+The stack plans them (stackspec/launch.py: a ``LaunchSpec`` is these plus what `bundle plan` shows
 beside them), the program hands them to the resource, and the provider's check judges what the
 Pulumi engine hands back with ``input_problems``. Names follow Xinference's REST API.
 
-The rules are the value types' own (spec/values.py: no boolean for a number, finite numbers,
+The rules are the value types' own (stackspec/values.py: no boolean for a number, finite numbers,
 integers Pulumi carries intact) under pydantic's strict mode: the engine hands typed values, so
 ``"10"`` is not a timeout here (the stack file's top-level text keys are parsed, leniently, by
-spec/config.py). Each field says how its problem reads (``Rule``), so a message names the
+stackspec/config.py). Each field says how its problem reads (``Rule``), so a message names the
 input, the rule and the value, as the hostile-input tests pin them. The rules that join two
 inputs (a CA for an https endpoint only, an engine for an LLM, the pinned catalog, GPUs a
 multiple of the replicas) run over the inputs that passed their own: every problem at once.
@@ -22,9 +22,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from spec.catalog import catalog_problems, pinned_catalog
-from spec.values import GpuCount, Number, SizeInBillions, WholeNumber
-from spec.xinference import MODEL_TYPES, MODEL_UID_FIX, ModelType, endpoint_problem, model_uid_problem
+from stackspec.catalog import catalog_problems, pinned_catalog
+from stackspec.values import GpuCount, Number, SizeInBillions, WholeNumber
+from stackspec.xinference import MODEL_TYPES, MODEL_UID_FIX, ModelType, endpoint_problem, model_uid_problem
 
 Problem = tuple[str, str]  # (input, message: the value and the fix)
 
@@ -127,7 +127,7 @@ class ServerInputs(BaseModel):
     """The engine running ``container_id``: when the endpoint does not answer, read asks it whether that
     container still exists; a model whose container is gone is gone too."""
     docker_ssh: Annotated[Optional[list[str]], Rule("a list of strings (an ssh command)")] = None
-    """For an ssh:// engine: the ssh command that reaches it, up to the host name (spec/ssh.py)."""
+    """For an ssh:// engine: the ssh command that reaches it, up to the host name (stackspec/ssh.py)."""
     model_type: Annotated[ModelType, Rule(f"one of {', '.join(MODEL_TYPES)}")]
     model_name: GivenText
 

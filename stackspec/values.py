@@ -80,7 +80,7 @@ def _items_on_the_wire(value: list[int]) -> list[int]:
 
 
 # Each type is Annotated at the top (not Optional[Annotated[...]]), so that the field's type
-# stays `int`, `list[int]`, `str` for spec/reference.py's README table.
+# stays `int`, `list[int]`, `str` for stackspec/reference.py's README table.
 WholeNumber = Annotated[int, BeforeValidator(_no_boolean), AfterValidator(_on_the_wire)]
 WholeNumbers = Annotated[list[int], BeforeValidator(_no_boolean_items), AfterValidator(_items_on_the_wire)]
 Number = Annotated[float, BeforeValidator(_finite)]

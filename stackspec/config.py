@@ -2,9 +2,9 @@
 
 Everything an operator can write under ``config:`` in ``stacks/Pulumi.<stack>.yaml`` is
 declared here, strictly (``extra="forbid"``), with a description per field that also feeds
-the README's config reference. ``spec.load.load_stack_config`` is the only way in: it
+the README's config reference. ``stackspec.load.load_stack_config`` is the only way in: it
 validates every section and every model separately, then runs the cross-field rules
-(spec/rules.py) on whatever parsed, so an operator sees every problem of a config in one
+(stackspec/rules.py) on whatever parsed, so an operator sees every problem of a config in one
 run, each with the key path, the bad value and the fix.
 """
 
@@ -17,12 +17,12 @@ from typing import Any, Literal, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
 from pydantic_core import PydanticCustomError
 
-from spec.docker_host import LOCAL_DOCKER, SCHEMES
-from spec.model_inputs import default_of
-from spec.ssh import SshTarget, ssh_target
-from spec.values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir, OptionalNumber,
+from stackspec.docker_host import LOCAL_DOCKER, SCHEMES
+from stackspec.model_inputs import default_of
+from stackspec.ssh import SshTarget, ssh_target
+from stackspec.values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir, OptionalNumber,
                          SizeInBillions, WholeNumber, WholeNumbers)
-from spec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, ModelType
+from stackspec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, ModelType
 
 
 class _Strict(BaseModel):
@@ -275,7 +275,8 @@ class StackConfig(_Strict):
     @field_validator("endpoint_ca_bundle")
     @classmethod
     def _ca_file_path(cls, value: Optional[str]) -> Optional[str]:
-        # Where the file is and what it holds is checked where it is used (__main__.py, spec.stack_file.endpoint_ca_problems).
+        # Where the file is and what it holds is checked where it is used (__main__.py,
+        # stackspec.stack_file.endpoint_ca_problems).
         if value is not None and (not value.startswith("/") or any(ord(c) < 0x20 for c in value)):
             raise PydanticCustomError("ca_bundle_path", "must be the absolute path of a PEM file",
                                       {"fix": "write e.g. /etc/xinference/ca.pem"})

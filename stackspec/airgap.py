@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from spec.xinference import CONTAINER_PORT
+from stackspec.xinference import CONTAINER_PORT
 
 NETWORKS = ("bridge", "airgap")
 SOCKET_DIR = "/run/xinference-offline"  # the shared volume, in both containers

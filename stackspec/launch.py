@@ -1,5 +1,5 @@
 """Pure functions from the stack config to what gets run: env, endpoint, per-model launch specs
-(each model's XinferenceModel inputs, spec/model_inputs.py).
+(each model's XinferenceModel inputs, stackspec/model_inputs.py).
 
 Nothing here touches Pulumi or the network, so `bundle plan`, the program and the tests all
 see the same answers.
@@ -10,16 +10,16 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Mapping, Optional
 
-from spec.config import DockerHostConfig, ModelConfig, ServerConfig, StackConfig
-from spec.custom_model import family_digest, registration_family
-from spec.engine_packages import launch_kwargs, stack_packages, virtualenv_env
-from spec.docker_host import remote_docker_hostname
-from spec.model_inputs import ModelInputs
-from spec.placement import container_gpu_indices
-from spec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
+from stackspec.config import DockerHostConfig, ModelConfig, ServerConfig, StackConfig
+from stackspec.custom_model import family_digest, registration_family
+from stackspec.engine_packages import launch_kwargs, stack_packages, virtualenv_env
+from stackspec.docker_host import remote_docker_hostname
+from stackspec.model_inputs import ModelInputs
+from stackspec.placement import container_gpu_indices
+from stackspec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
 
 # Offline defaults: no hub access, no per-model virtualenvs unless the stack carries their packages
-# (then they install from the carried wheels only: spec/engine_packages.virtualenv_env), CUDA
+# (then they install from the carried wheels only: stackspec/engine_packages.virtualenv_env), CUDA
 # numbering that agrees with nvidia-smi. The stack's container.env wins over these.
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -128,7 +128,7 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
     """One spec per enabled model, with host GPU ids mapped to the container's indices.
 
     Made from the validated stack config without judging it again: the provider's check judges
-    the inputs (spec/model_inputs.py), once, as the engine hands them over.
+    the inputs (stackspec/model_inputs.py), once, as the engine hands them over.
     """
     specs = []
     carrying = {p.uid: p for p in stack_packages(cfg)}

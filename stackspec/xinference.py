@@ -1,6 +1,6 @@
 """The rules of the pinned Xinference (4.1) that this project must agree with, written once.
 
-The stack schema (spec/config.py, spec/rules.py) and the provider's ``validate``
+The stack schema (stackspec/config.py, stackspec/rules.py) and the provider's ``validate``
 (components/model_props.py) both call these, so `bundle plan` refuses exactly what
 `pulumi preview` and Xinference itself refuse, with the same words. Standard library only.
 """

@@ -11,7 +11,7 @@ defaults, then the family's ``virtualenv.packages`` with
 - ``#system_<name>#`` kept as a placeholder that xoscar pins to the image's own version
   (``name==<installed>``): left to the image, never carried.
 
-``model_packages`` does those steps on the catalog's data (spec/xinference_catalog.json, taken
+``model_packages`` does those steps on the catalog's data (stackspec/xinference_catalog.json, taken
 from the pinned xinference by tools/xinference_catalog.py), so `bundle plan` lists them and
 `bundle build` downloads their wheels without importing xinference. tests/test_engine_packages.py
 compares the result with the pinned xinference's own functions for every catalog family and engine.
@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from spec.catalog import Catalog, pinned_catalog
-from spec.config import ModelConfig, StackConfig
-from spec.xinference import CONTAINER_PACKAGE_WHEELS, CONTAINER_PACKAGES_DIR
+from stackspec.catalog import Catalog, pinned_catalog
+from stackspec.config import ModelConfig, StackConfig
+from stackspec.xinference import CONTAINER_PACKAGE_WHEELS, CONTAINER_PACKAGES_DIR
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 # Xinference spells two engines differently in placeholders (worker: dependency_to_engine_map).

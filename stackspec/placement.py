@@ -1,4 +1,4 @@
-"""Pure placement arithmetic: host GPU ids -> container indices, VRAM per GPU (figures from spec/vram.py).
+"""Pure placement arithmetic: host GPU ids -> container indices, VRAM per GPU (figures from stackspec/vram.py).
 
 Docker gives the container only the GPUs it was granted (``--gpus device=2,3``) and the
 container renumbers them from 0 in PCI bus order (we set CUDA_DEVICE_ORDER=PCI_BUS_ID so
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from spec.vram import VramEstimate
+from stackspec.vram import VramEstimate
 
 
 def container_gpu_indices(server_gpus: Sequence[int], model_gpus: Iterable[int]) -> list[int]:
@@ -50,7 +50,7 @@ def docker_device_requests(server_gpus: Sequence[int]) -> list[dict[str, Any]]:
     return [{"driver": "nvidia", "device_ids": ids, "capabilities": ["gpu"]}]
 
 
-# A computed figure is an estimate (spec/vram.py: within 10% of Xinference's own for the LLMs it
+# A computed figure is an estimate (stackspec/vram.py: within 10% of Xinference's own for the LLMs it
 # was checked on, a rule of thumb for the others): a GPU over its memory only by computed figures
 # is warned about, and refused once it is over by more than this share of its memory.
 COMPUTED_MARGIN = 0.2

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from spec.config import ModelConfig
+from stackspec.config import ModelConfig
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3

@@ -3,7 +3,7 @@
 pydantic's locations name union branches and list indices; an operator reads the key path
 as written in the stack file (`models[0].gpus`), an unknown key with the closest known one,
 and a fix per error type (or the one a validator gave in its error's context, as
-spec/values.py does).
+stackspec/values.py does).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from spec.errors import Problem
-from spec.values import FIXES as VALUE_FIXES
+from stackspec.errors import Problem
+from stackspec.values import FIXES as VALUE_FIXES
 
 
 # Keys an operator may bring from elsewhere (the issue that asked for per-GPU memory spelled it

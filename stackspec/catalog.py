@@ -1,8 +1,8 @@
 """The pinned Xinference's model catalog, offline: which names, engines and formats exist.
 
-``spec/xinference_catalog.json`` is extracted from the pinned xinference wheel by
+``stackspec/xinference_catalog.json`` is extracted from the pinned xinference wheel by
 ``tools/xinference_catalog.py`` (tests/test_catalog.py regenerates it and compares). `bundle
-plan`, `pulumi preview` (spec/rules.py) and the provider's ``validate`` (components/model_props.py)
+plan`, `pulumi preview` (stackspec/rules.py) and the provider's ``validate`` (components/model_props.py)
 ask ``catalog_problems`` about each model, so a misspelled name or an engine the model does not
 have is refused on the online side, not by Xinference at launch on the site. A custom model (one
 the stack registers itself, ``models[].custom``) is not in the catalog and is not asked about;
@@ -158,6 +158,6 @@ def image_version_note(catalog: Catalog, image_name: str) -> Optional[str]:
         return None
     return (f"image {image_name} is Xinference {version}, but models are checked against the catalog of "
             f"Xinference {catalog.version} (the pinned one): names, engines and formats may differ; use a "
-            f"{catalog.version} image, or regenerate spec/xinference_catalog.json from a {version} wheel "
+            f"{catalog.version} image, or regenerate stackspec/xinference_catalog.json from a {version} wheel "
             "(tools/xinference_catalog.py)")
 

@@ -1,4 +1,4 @@
-"""VRAM per GPU, the rules: each GPU's budget from its models' figures (spec/vram.py), what refuses a
+"""VRAM per GPU, the rules: each GPU's budget from its models' figures (stackspec/vram.py), what refuses a
 stack (reserved shares over the whole GPU, declared figures over its memory, estimates far over it)
 and what is only said (estimates a little over it)."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from spec.config import ModelConfig, StackConfig
-from spec.errors import Problem
-from spec.launch import models_dir_of
-from spec.placement import COMPUTED_MARGIN, EPSILON, GpuBudget, vram_budgets
-from spec.vram import VramEstimate, estimate_vram, local_model_dir, read_model_files
+from stackspec.config import ModelConfig, StackConfig
+from stackspec.errors import Problem
+from stackspec.launch import models_dir_of
+from stackspec.placement import COMPUTED_MARGIN, EPSILON, GpuBudget, vram_budgets
+from stackspec.vram import VramEstimate, estimate_vram, local_model_dir, read_model_files
 
 ModelDirs = Callable[[ModelConfig], Optional[Path]]  # a model -> its directory on this machine (None: not here)
 
@@ -71,7 +71,7 @@ def _figures(budget: GpuBudget) -> str:
 def server_budgets(cfg: StackConfig, model_dirs: Optional[ModelDirs] = None) -> list[tuple[str, GpuBudget]]:
     """(server name or "" for a one-server stack, budget) for every GPU.
 
-    A model's figure is its vram_gb, else estimated from its files (spec/vram.py) where
+    A model's figure is its vram_gb, else estimated from its files (stackspec/vram.py) where
     ``model_dirs`` says they are on this machine (default: under its models_dir when the docker
     engine is this machine's; a bundle's plan points at the bundle's models/).
     """

@@ -1,8 +1,8 @@
 """Stack files on disk (for `plan`, `build` and the site checks), and the endpoint's CA file.
 
 The running program's config (read from the Pulumi runtime by __main__.py) and a stack file
-both end in ``spec.load.load_stack_config``, so `bundle plan` and `pulumi preview` accept and
-reject exactly the same configs. A stack file is read by spec/stack_yaml.py, the one YAML
+both end in ``stackspec.load.load_stack_config``, so `bundle plan` and `pulumi preview` accept and
+reject exactly the same configs. A stack file is read by stackspec/stack_yaml.py, the one YAML
 reader of stack files (UTF-8 only, Pulumi's YAML types, no duplicate keys, bounded aliases).
 """
 
@@ -12,12 +12,12 @@ import ssl
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from spec.config import StackConfig
-from spec.errors import ConfigError, Problem
-from spec.launch import endpoint_url
-from spec.load import load_stack_config
-from spec.rules import ModelDirs
-from spec.stack_yaml import load_stack_yaml
+from stackspec.config import StackConfig
+from stackspec.errors import ConfigError, Problem
+from stackspec.launch import endpoint_url
+from stackspec.load import load_stack_config
+from stackspec.rules import ModelDirs
+from stackspec.stack_yaml import load_stack_yaml
 
 
 def endpoint_ca_problems(cfg: StackConfig) -> list[Problem]:
@@ -67,5 +67,5 @@ def read_stack_file(path: Path) -> Mapping[str, Any]:
 
 
 def from_stack_file(path: Path, model_dirs: Optional[ModelDirs] = None) -> StackConfig:
-    """``model_dirs``: where the models' files are on this machine, for the VRAM estimate (spec.rules.server_budgets)."""
+    """``model_dirs``: where the models' files are on this machine, for the VRAM estimate (stackspec.rules.server_budgets)."""
     return load_stack_config(read_stack_file(path), source=str(path), model_dirs=model_dirs)

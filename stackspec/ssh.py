@@ -118,7 +118,7 @@ def parse_ssh_opts(ssh_opts: list[str]) -> tuple[Optional[str], dict[str, str], 
 def ssh_target(host_url: str, ssh_opts: list[str], ssh_key: Optional[str],
                known_hosts: Optional[str]) -> Optional[SshTarget]:
     """The SshTarget of an ssh:// docker host (None for any other); assumes the options parse
-    (spec/rules.py reports their problems first)."""
+    (stackspec/rules.py reports their problems first)."""
     parsed = urlparse(host_url)
     if parsed.scheme != "ssh" or not parsed.hostname:
         return None

@@ -13,14 +13,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from spec.catalog import builtin_clash, catalog_problems, pinned_catalog
-from spec.config import ModelConfig, StackConfig
-from spec.custom_model import custom_problems
-from spec.errors import Problem
-from spec.launch import models_dir_of
-from spec.ssh import parse_ssh_opts
-from spec.vram_rules import ModelDirs, server_budgets, vram_problems, vram_warnings
-from spec.xinference import (CONFIG_NAMESPACE, CONTAINER_MODELS_DIR, ENV_NAME_RE, MODEL_UID_FIX, endpoint_problem,
+from stackspec.catalog import builtin_clash, catalog_problems, pinned_catalog
+from stackspec.config import ModelConfig, StackConfig
+from stackspec.custom_model import custom_problems
+from stackspec.errors import Problem
+from stackspec.launch import models_dir_of
+from stackspec.ssh import parse_ssh_opts
+from stackspec.vram_rules import ModelDirs, server_budgets, vram_problems, vram_warnings
+from stackspec.xinference import (CONFIG_NAMESPACE, CONTAINER_MODELS_DIR, ENV_NAME_RE, MODEL_UID_FIX, endpoint_problem,
                              model_uid_problem)
 
 # Launch kwargs that have a first-class field; passing them through `extra` would fight it.
@@ -287,7 +287,7 @@ def _auth(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 
 def _airgap(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
     # Cluster containers use host networking (workers and supervisor reach each other's random
-    # ports), which an air-gapped container by definition has not (spec/airgap.py).
+    # ports), which an air-gapped container by definition has not (stackspec/airgap.py).
     if cfg.mode == "cluster" and ctx.usable("container") and cfg.container.network == "airgap":
         yield Problem("container.network", "airgap", "is docker mode only: cluster containers share the host's "
                       "network", "remove container.network (or set bridge), or deploy each server as its own "

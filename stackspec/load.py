@@ -1,7 +1,7 @@
 """Raw stack config -> StackConfig: the one way in, for `bundle plan` and `pulumi preview` alike.
 
 Each top-level key and each model is validated on its own through the schema
-(spec/config.py), then the cross-field rules (spec/rules.py) run on whatever parsed, so
+(stackspec/config.py), then the cross-field rules (stackspec/rules.py) run on whatever parsed, so
 every problem of a config is reported in one run.
 """
 
@@ -11,12 +11,12 @@ from typing import Any, Iterable, Mapping, Optional
 
 from pydantic import ValidationError
 
-from spec.config import ModelConfig, StackConfig
-from spec.errors import ConfigError, Problem
-from spec.launch import models_dir_of
-from spec.problems import problems_from, unknown_key
-from spec.rules import CheckContext, ModelDirs, cross_check
-from spec.xinference import CONFIG_NAMESPACE
+from stackspec.config import ModelConfig, StackConfig
+from stackspec.errors import ConfigError, Problem
+from stackspec.launch import models_dir_of
+from stackspec.problems import problems_from, unknown_key
+from stackspec.rules import CheckContext, ModelDirs, cross_check
+from stackspec.xinference import CONFIG_NAMESPACE
 
 
 def strip_namespace(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:

@@ -5,7 +5,7 @@ mapping that names a key twice. PyYAML's SafeLoader reads YAML 1.1: ``on``/``yes
 ``no`` become booleans, ``2024-01-01`` a date, ``1:20`` the number 80, and a duplicate key
 silently keeps the last value. ``load_stack_yaml`` is the one reader of stack files (``bundle
 plan --config``, ``bundle build``, the sibling stacks of a preview all come through
-spec/stack_file.py to here). It
+stackspec/stack_file.py to here). It
 
 - accepts UTF-8 only (a UTF-8 byte order mark is allowed); any other byte is refused with the
   file, the byte offset, the line and the column;
@@ -21,7 +21,7 @@ spec/stack_file.py to here). It
   contains itself, and a document that aliases expand to more than MAX_NODES values (a
   "billion laughs" bomb is refused in milliseconds, before anything is built from it).
 
-Every refusal is a ConfigError (spec/errors.py), so `bundle plan` exits 2 with the
+Every refusal is a ConfigError (stackspec/errors.py), so `bundle plan` exits 2 with the
 report and `pulumi preview` prints it without a traceback.
 """
 
@@ -34,8 +34,8 @@ from typing import Any, Optional, Union
 import yaml
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
-from spec.errors import ConfigError, Problem
-from spec.xinference import CONFIG_NAMESPACE
+from stackspec.errors import ConfigError, Problem
+from stackspec.xinference import CONFIG_NAMESPACE
 
 MAX_FILE_BYTES = 256 * 1024  # a stack file holds settings; the largest shipped one is ~3 KB
 MAX_DEPTH = 32  # nesting levels, aliases followed (the schema needs 6)
