@@ -203,10 +203,14 @@ class DockerSite:
     def preview(self) -> dict[str, str]:
         return steps_of(self.pulumi("preview", "--json").stdout)
 
+    def up_operations(self, *flags: str) -> dict[str, str]:
+        """`pulumi up`; the operations it did."""
+        return operations_of_up(self.pulumi("up", "--yes", "--skip-preview", "--json", *flags).stdout)
+
     def up(self, previewed: dict[str, str], *flags: str) -> dict[str, str]:
         """`pulumi up` after a preview: it must do what the preview showed, operation for operation (an
         operator approves the preview); the operations it did."""
-        done = operations_of_up(self.pulumi("up", "--yes", "--skip-preview", "--json", *flags).stdout)
+        done = self.up_operations(*flags)
         assert done == previewed, f"preview showed {previewed}, up did {done}"
         return done
 

@@ -328,7 +328,18 @@ def test_a_container_removed_out_of_band_is_found_by_refresh_and_recreated_by_up
 
 def test_a_model_dropped_from_the_stack_is_terminated(site):
     site.set_config(models=[])
-    assert site.up(site.preview()).get(f"xinference-{UID}") == "delete"
+    planned = site.preview()
+    done = site.up_operations()
+    print("preview:", planned, "\nup:", done)
+    # up does every operation the preview showed ...
+    assert {name: done.get(name) for name in planned} == planned, (planned, done)
+    # ... and, found by this comparison, one the preview leaves out: with no model left, no model carries
+    # packages, so the container's environment changes and it is replaced, delete before replace; the
+    # dropped model depends on it and goes with it (up: its delete-replaced), which Pulumi's preview (3.274)
+    # does not list. Its terminate is exactly what the stack asked for; the preview still shows the
+    # container's replacement.
+    assert planned.get("xinference-server-container") == "replace"
+    assert set(done) - set(planned) <= {f"xinference-{UID}", f"xinference-{UID}-registration"}, (planned, done)
     assert UID not in running_models(site.endpoint)
 
 
