@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle.plan.diff import archive_size
-from bundle.format.manifest import MANIFEST_NAME, load_manifest
+from bundle.format.manifest import MANIFEST_NAME
 from tests.bundle_kit import build_args, cli, make_image_tar, make_model, make_site, make_wheel, site_python, write_stack
 
 
@@ -54,6 +53,8 @@ def versions(tmp_path_factory):
     plugin.parent.rename(newer)
     (newer / plugin.name).write_text("#!/bin/sh\necho docker 4.6.0\n")
     made["v3"] = build("v3")
+    assert cli(*build_args(site), "--base", str(made["v1"]))[0] == 0  # v3 as a delta on v1, as an update carries it
+    assert cli("pack", str(site.out), "-o", str(root / "v3-on-v1.tar"), "--quiet")[0] == 0
     return root, made
 
 
@@ -99,13 +100,11 @@ def test_a_bigger_update_names_every_change(versions, form):
     assert "wheel    xoffline-probe 1.0 -> 1.1" in text and "up       replaces the container (new image)" in text
 
 
-def test_the_delta_figure_matches_the_archive_pack_writes(versions, tmp_path):
+def test_the_figures_are_the_bytes_pack_writes(versions):
+    """The full and the delta archive's sizes `diff` tells before anything is built are those of the
+    archives `pack` then writes (tar pads to 10 KiB records: an estimate off by a little is off by a record)."""
     root, made = versions
     report = json.loads(bare("diff", str(made["v1"]), str(made["v3"]), "--json").stdout)
-    assert report["full_archive_bytes"] == pytest.approx((root / "v3.tar").stat().st_size, rel=0.02)
-    # the delta pack of v3 on v1 is what the diff said it would carry
-    site_out = tmp_path / "v3-delta"
-    shutil.copytree(made["v3"], site_out)
-    known = {g.sha256 for g in load_manifest(made["v1"]).files}
-    carried = [f for f in load_manifest(site_out).files if f.sha256 not in known]
-    assert archive_size(carried) == report["delta_archive_bytes"]
+    assert report["full_archive_bytes"] == (root / "v3.tar").stat().st_size
+    assert report["delta_archive_bytes"] == (root / "v3-on-v1.tar").stat().st_size
+    assert report["delta_archive_bytes"] < report["full_archive_bytes"]

@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, TextIO
 
-from bundle.format.delta import read_base
+from bundle.format.delta import base_of, read_base
 from bundle.format.image_layers import image_dir_layers, image_layers
 from bundle.format.manifest import FileEntry, Manifest, StackManifest
 from bundle.format.progress import human, plural
@@ -31,9 +32,10 @@ PLUGIN_RE = re.compile(r"^pulumi/plugins/resource-(?P<name>.+)-v(?P<version>[^/]
 TAR_BLOCK, TAR_RECORD = 512, 10240
 
 
-def archive_size(files: list[FileEntry], manifest_bytes: int = 8192) -> int:
-    """About the bytes of a plain tar `pack` writes of ``files``: a header per member (two for a long
-    name: pax), data padded to 512 bytes, the end marker, rounded up to tar's 10 KiB record."""
+def archive_size(files: list[FileEntry], manifest_bytes: int) -> int:
+    """The bytes of a plain tar `pack` writes of ``files`` after a manifest of ``manifest_bytes``: a header
+    per member (three for a long name: pax), data padded to 512 bytes, the end marker, rounded up to tar's
+    10 KiB record. A signature, when the bundle is signed, adds two blocks more."""
     total = TAR_BLOCK + -(-manifest_bytes // TAR_BLOCK) * TAR_BLOCK
     for entry in files:
         headers = 3 if len(entry.path) > 100 else 1
@@ -149,11 +151,13 @@ def diff(old_source: Path, new_source: Path) -> dict:
     old, new = read_base(old_source), read_base(new_source)
     known = {f.sha256 for f in old.files}
     carried = [f for f in new.files if f.sha256 not in known]
+    delta_manifest = replace(new, base=base_of(old, new))  # what `build --base OLD` would write
     return {
         "old": old.bundle_id, "new": new.bundle_id, "same": old.bundle_id == new.bundle_id,
         "stacks": [stack_diff(name, old, new, old_source, new_source) for name in sorted(new.stacks)],
         "dropped_stacks": sorted(set(old.stacks) - set(new.stacks)),
-        "delta_archive_bytes": archive_size(carried), "full_archive_bytes": archive_size(new.files),
+        "delta_archive_bytes": archive_size(carried, len(delta_manifest.to_json().encode())),
+        "full_archive_bytes": archive_size(new.files, len(new.to_json().encode())),
         "delta_files": len(carried), "files": len(new.files),
     }
 
