@@ -49,3 +49,14 @@ def test_the_site_block_is_a_script_the_e2e_test_can_run_with_only_its_places_mo
     # (install takes the archive itself: unpack and the hash of every file happen inside it)
     for step in ("sha256sum -c", "tar -xf", "bundle install ../gpu-node-1.tar", "pulumi preview", "pulumi up"):
         assert step in script, step
+
+
+def test_the_scripts_the_docs_name_as_commands_run_as_typed():
+    """`tools/docker-engine.sh stop`, as the README writes it, must not answer "Permission denied"."""
+    docs = README + "".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    named = set(re.findall(r"`(tools/[\w.-]+\.sh)\b", docs))
+    assert "tools/docker-engine.sh" in named
+    for script in sorted(named | {str(p.relative_to(ROOT)) for p in (ROOT / "tools").glob("*.sh")}):
+        path = ROOT / script
+        assert path.read_text().startswith("#!/usr/bin/env bash\n"), script
+        assert path.stat().st_mode & 0o111 == 0o111, f"{script} is not executable: git update-index --chmod=+x {script}"
