@@ -42,16 +42,23 @@ def docker_argv(docker_host: str, args: Sequence[str], ssh_argv: Optional[Sequen
     return ["docker", *args], {**os.environ, "DOCKER_HOST": docker_host}
 
 
-def run_docker(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = None,
-               ssh_argv: Optional[Sequence[str]] = None) -> DockerAnswer:
-    """Run the docker CLI against ``docker_host`` (its own DOCKER_HOST, or over ``ssh_argv``)."""
+def run_docker_bytes(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = None,
+                     ssh_argv: Optional[Sequence[str]] = None) -> subprocess.CompletedProcess:
+    """Run the docker CLI against ``docker_host`` (its own DOCKER_HOST, or over ``ssh_argv``); stdout as
+    bytes (a `docker cp` tar stream)."""
     argv, env = docker_argv(docker_host, args, ssh_argv)
     try:
-        done = subprocess.run(argv, input=stdin, env=env, capture_output=True, timeout=TIMEOUT_S)
+        return subprocess.run(argv, input=stdin, env=env, capture_output=True, timeout=TIMEOUT_S)
     except FileNotFoundError:
         raise DockerHostUnreachable(f"`{argv[0]}` is not installed on this machine") from None
     except subprocess.TimeoutExpired:
         raise DockerHostUnreachable(f"`docker {' '.join(args[:2])}` did not answer within {TIMEOUT_S} s") from None
+
+
+def run_docker(docker_host: str, args: Sequence[str], stdin: Optional[bytes] = None,
+               ssh_argv: Optional[Sequence[str]] = None) -> DockerAnswer:
+    """Run the docker CLI against ``docker_host`` (its own DOCKER_HOST, or over ``ssh_argv``)."""
+    done = run_docker_bytes(docker_host, args, stdin, ssh_argv)
     return DockerAnswer(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 
@@ -77,12 +84,23 @@ def container_exists(docker_host: str, container_id: str, ssh_argv: Optional[Seq
     return _container_field(docker_host, container_id, "{{.Id}}", ssh_argv)[0]
 
 
+def container_state(docker_host: str, container_id: str, ssh_argv: Optional[Sequence[str]] = None
+                    ) -> Optional[str]:
+    """"running"; "stopped" when it exists and does not run (created, stopped, exited, dead: its models
+    are gone with its processes, its files are not); "gone" when the engine says there is no such
+    container; None when the engine cannot be asked."""
+    exists, running = _container_field(docker_host, container_id, "{{.State.Running}}", ssh_argv)
+    if exists is None:
+        return None
+    return ("running" if running == "true" else "stopped") if exists else "gone"
+
+
 def container_running(docker_host: str, container_id: str, ssh_argv: Optional[Sequence[str]] = None
                       ) -> Optional[bool]:
-    """True when the container runs; False when the engine says it is gone or not running (created,
-    stopped, exited, dead: its models are gone with its processes); None when it cannot be asked."""
-    exists, running = _container_field(docker_host, container_id, "{{.State.Running}}", ssh_argv)
-    return exists and running == "true" if exists is not None else None
+    """True when the container runs; False when the engine says it is gone or not running; None when it
+    cannot be asked."""
+    state = container_state(docker_host, container_id, ssh_argv)
+    return None if state is None else state == "running"
 
 
 def engine_image_id(docker_host: str, image_name: str, ssh_argv: Optional[Sequence[str]] = None) -> Optional[str]:

@@ -18,7 +18,9 @@ docs/provider.md for the operator's view):
   terminates what it started;
 - read reports the model's real state: gone -> ``ReadResult(None, {})`` (refresh records the
   drift, the next up relaunches); unreachable -> an error, never "gone";
-- delete removes the autostart entry and terminates; "not found" is success.
+- delete removes the autostart entry and terminates; "not found" is success. With the container
+  stopped, the entry is disabled in the container's registry file (components/autostart_registry.py),
+  so the model does not come back when the container starts.
 
 The API key never is an input: it comes from the stack secret ``xinference-offline:api_key``
 through ``configure`` (or the environment variable XINFERENCE_API_KEY) and is never written
@@ -41,7 +43,8 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, ConfigureRequest, CreateResult, DiffResult, ReadResult
 from pulumi.dynamic import ResourceProvider, UpdateResult
 
-from components.docker_cli import container_running
+from components.autostart_registry import RegistryEditFailed, remove_autostart_entry
+from components.docker_cli import DockerHostUnreachable, container_state
 from components.xinference_client import (ABSENT, LOADING, PENDING_STATUSES, READY, Credential, XinferenceClient,
                                           XinferenceError, XinferenceHTTPError, XinferenceUnreachable)
 from stackspec.xinference import CONFIG_NAMESPACE
@@ -254,15 +257,38 @@ class XinferenceModelProvider(ResourceProvider):
         return ReadResult(None, {})
 
     @staticmethod
-    def _container_gone(props: Mapping[str, Any]) -> bool:
-        """Does the engine say the model's container no longer runs (removed, or stopped, exited, dead:
-        its processes, so its models, are gone)? False when it cannot tell."""
+    def _container_of(props: Mapping[str, Any]) -> Optional[tuple[str, str, Optional[list[str]]]]:
+        """(docker host, container id, ssh argv) of the model's container; None for a server not in Docker."""
         host, container = props.get("docker_host"), props.get("container_id")
         if not (isinstance(host, str) and isinstance(container, str) and is_known(host) and is_known(container)):
-            return False
+            return None
         ssh = props.get("docker_ssh")
-        ssh_argv = [str(word) for word in ssh] if isinstance(ssh, (list, tuple)) and is_known(ssh) else None
-        return container_running(host, container, ssh_argv) is False
+        return host, container, [str(word) for word in ssh] if isinstance(ssh, (list, tuple)) and is_known(ssh) else None
+
+    @classmethod
+    def _container_gone(cls, props: Mapping[str, Any]) -> bool:
+        """Does the engine say the model's container no longer runs (removed, or stopped, exited, dead:
+        its processes, so its models, are gone)? False when it cannot tell."""
+        where = cls._container_of(props)
+        return where is not None and container_state(*where) in ("stopped", "gone")
+
+    @classmethod
+    def _forget_in_stopped_container(cls, uid: str, props: Mapping[str, Any]) -> None:
+        """A stopped container keeps its registry: disable the model's entry there, or it comes back at the
+        next start. A removed one leaves no container to edit (docs/provider.md: a data_dir registry)."""
+        where = cls._container_of(props)
+        if where is None or container_state(*where) != "stopped":
+            return
+        host, container, ssh_argv = where
+        try:
+            if remove_autostart_entry(host, container, uid, ssh_argv):
+                say(uid, f"removed its autostart entry from stopped container {container[:12]}: it will not come "
+                         "back when the container starts")
+        except (RegistryEditFailed, DockerHostUnreachable) as exc:
+            raise XinferenceError(f"model '{uid}': its container {container[:12]} is stopped, and its autostart "
+                                  f"entry there could not be removed ({exc}); left in place, it relaunches the "
+                                  f"model when the container starts. Start the container (`docker start "
+                                  f"{container[:12]}`) and run `pulumi up` again") from None
 
     @staticmethod
     def _keep(props: Mapping[str, Any], status: str) -> dict[str, Any]:
@@ -273,13 +299,17 @@ class XinferenceModelProvider(ResourceProvider):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         props = normalize(props)
         uid = id_ or props.get("model_uid")
+        if self._container_gone(props):  # asked first: a stopped server would cost the whole retry window
+            self._forget_in_stopped_container(uid, props)
+            return  # a stopped or removed container runs no model
         with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             # The entry first, so that the registry does not bring the model back.
             try:
                 client.autostart_remove(uid)
             except XinferenceUnreachable:
-                if self._container_gone(props):
-                    return  # a stopped or removed container runs no model (its replacement starts empty)
+                if self._container_gone(props):  # stopped while we asked
+                    self._forget_in_stopped_container(uid, props)
+                    return
                 raise
             if client.terminate(uid):
                 say(uid, "terminated")

@@ -149,6 +149,10 @@ class XinferenceRegistrationProvider(XinferenceModelProvider):
         return ReadResult(id_, outs)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if self._container_gone(props):
+            # Asked first (a stopped server would cost the retry window). A stopped container keeps the
+            # registration on disk, harmless with no entry left to launch the model (docs/provider.md).
+            return
         with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             try:
                 if client.unregister(props["model_type"], props["model_name"]):

@@ -7,7 +7,8 @@ ship the bundle -> preview (image load, container, model: creates only) -> up (h
 embeddings through the published port) -> a second up changes nothing -> a launch parameter
 replaces exactly that model -> a rebuilt image reloads, replaces the container and relaunches
 the model -> `docker restart` heals by autostart with no `up` -> `docker rm -f` is found by
-refresh and repaired by up -> a model dropped from the stack is terminated -> destroy removes
+refresh and repaired by up -> a model dropped while the container is stopped stays gone when it
+starts -> a model dropped from the stack is terminated -> destroy removes
 the container and keeps the image. Pulumi's answers are read as data (`preview --json`, the
 stack history), never as its human output.
 
@@ -30,6 +31,7 @@ import requests
 import yaml
 
 from bundle.build.docker_image import check_image_tar
+from components.xinference_client import XinferenceClient
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, inspect, require_main_engine
 from tests.docker_site import (NS, ROOT, DockerSite, embed, free_port, image_tar, running_models, toolchain_bin,
                                wait_for)
@@ -324,6 +326,31 @@ def test_a_container_removed_out_of_band_is_found_by_refresh_and_recreated_by_up
     assert site.up(site.preview()).get("xinference-server-container") == "create"
     assert inspect(MAIN_DOCKER_HOST, site.container)["State"]["Health"]["Status"] == "healthy"
     assert embed(site.endpoint, UID) == 384
+
+
+def test_a_model_dropped_while_its_container_is_stopped_does_not_come_back_when_it_starts(site):
+    """The autostart registry lives in the container: a model dropped from the stack while the container is
+    stopped must leave it too, or the next start brings the model back, unmanaged (components/autostart_registry.py)."""
+    custom = {k: v for k, v in site.model["custom"].items() if k != "virtualenv"}
+    second = {"uid": "minilm-second", "name": "minilm-second", "type": "embedding", "path": site.model["path"],
+              "custom": custom, "launch_timeout_s": 300, "autostart": True}
+    site.set_config(models=[site.model, second])
+    site.up(site.preview())
+    assert {UID, "minilm-second"} <= running_models(site.endpoint)
+    docker(MAIN_DOCKER_HOST, "stop", site.container)
+    site.set_config(models=[site.model])
+    done = site.up(site.preview())
+    dropped = {"xinference-minilm-second": "delete", "xinference-minilm-second-registration": "delete"}
+    assert {name: done.get(name) for name in dropped} == dropped, done
+    assert set(done) <= {*dropped, "xinference-models-check"}, done  # the check lists each model's directory
+    docker(MAIN_DOCKER_HOST, "start", site.container)
+    wait_for(lambda: UID in running_models(site.endpoint), 300, "autostart relaunch after docker start")
+    with XinferenceClient(site.endpoint) as client:
+        entries = client.autostart_entries() or {}
+    assert UID in entries and "minilm-second" not in entries, entries
+    assert "minilm-second" not in running_models(site.endpoint)
+    assert embed(site.endpoint, UID) == 384
+    assert site.preview() == {}
 
 
 def test_a_model_dropped_from_the_stack_is_terminated(site):
