@@ -91,6 +91,11 @@ if not host_problems:  # and the image tar, when the engine lacks the image (it 
     host_problems = image_tar_problems(config, manifest)
 if host_problems:
     raise pulumi.RunError("\n".join(host_problems))
+try:  # the update removes them (never its preview): Pulumi would only after the new container needs the port
+    for note in preflight.stale_gateways(config, pulumi.get_stack(), remove=not pulumi.runtime.is_dry_run()):
+        pulumi.log.info(note)
+except preflight.DockerHostUnreachable as exc:
+    raise pulumi.RunError(f"{exc}. Nothing was changed; run the command again once the engine answers.") from None
 
 deployment = XinferenceDeployment(
     "xinference",

@@ -104,6 +104,7 @@ def gpu_reservations(cfg: StackConfig) -> list[tuple[str, list[int]]]:
 
 
 STACK_LABEL = "xinference-offline/stack"
+ROLE_LABEL = "xinference-offline/role"
 
 
 def foreign_containers(docker_host: str, stack: str, name: str, port: int,
@@ -166,3 +167,38 @@ def docker_host_problems(cfg: StackConfig, stack: str, image_path: Optional[str]
         problems.append(f"{exc}. Nothing was changed. Fix: start dockerd on that host (or correct `docker.host`), "
                         "then run the command again; `docker.check_daemon: false` skips these checks.")
     return problems
+
+
+def stale_gateways(cfg: StackConfig, stack: str, remove: bool) -> list[str]:
+    """The airgap gateways ``stack`` made that a stack now on another network leaves behind, one line each;
+    with ``remove`` (the update itself, never its preview), removed first, and the air-gapped server
+    behind them stopped first.
+
+    Pulumi deletes a resource the program no longer declares only at the end of `up`, after the new
+    server container (published on the same port) has failed to start on it; so the gateway must go
+    before. The server is replaced anyway (its network changes); stopped, its models are deleted by
+    the registry it keeps (components/autostart_registry.py), not through the gateway just removed."""
+    if cfg.mode != "docker" or cfg.container.network == "airgap" or not cfg.docker.check_daemon:
+        return []
+    ssh_argv = cfg.docker.ssh.argv() if cfg.docker.ssh is not None else None
+
+    def docker(*args: str) -> str:
+        answer = run_docker(cfg.docker.host, args, ssh_argv=ssh_argv)
+        if answer.returncode != 0:
+            raise DockerHostUnreachable(f"docker host {cfg.docker.host}: `docker {' '.join(args)}`: "
+                                        f"{answer.stderr.strip()}")
+        return answer.stdout
+
+    ours = f"label={STACK_LABEL}={stack}"
+    gateways = docker("ps", "-a", "--filter", ours, "--filter", f"label={ROLE_LABEL}=gateway",
+                      "--format", "{{.Names}}").split()
+    if not gateways:
+        return []
+    why = f"container.network is now {cfg.container.network}, and the new container publishes the port it held"
+    if not remove:
+        return [f"up removes the airgap gateway {name} first: {why}" for name in gateways]
+    servers = docker("ps", "-q", "--filter", ours, "--filter", "network=none").split()
+    if servers:
+        docker("stop", *servers)
+    docker("rm", "-f", *gateways)
+    return [f"removed the airgap gateway {name}: {why}" for name in gateways]

@@ -49,8 +49,22 @@ def run(cmd: list[str], cwd: Optional[Path] = None, env: Optional[dict] = None, 
         check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{_errors_of(proc.stdout)}"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def _errors_of(json_events: str) -> str:
+    """The error diagnostics of `pulumi ... --json` (its last lines are a shutdown traceback, not the cause)."""
+    found = []
+    for line in json_events.splitlines():
+        try:
+            event = json.loads(line).get("diagnosticEvent") or {}
+        except (ValueError, AttributeError):
+            continue
+        if event.get("severity") in ("error", "info#err"):
+            found.append(f"{event.get('urn', '').rsplit('::', 1)[-1]}: {event.get('message', '').strip()}")
+    return "".join(f"{text[:2000]}\n" for text in found)
 
 
 def image_tar(*options: str) -> Path:

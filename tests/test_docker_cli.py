@@ -50,3 +50,48 @@ def test_container_running_is_false_for_a_created_a_stopped_and_a_removed_contai
         assert container_running(f"unix://{tmp_path}/no-engine.sock", container) is None
     finally:
         docker(host, "rm", "-f", container, check=False)
+
+
+def test_a_stack_leaving_airgap_finds_its_own_gateways_and_the_update_alone_removes_them():
+    """`pulumi preview` names them; `up` removes them (and stops the server behind them) before the new
+    container needs the port (components/preflight.py stale_gateways; tests/test_e2e_drift.py switches a
+    real stack). Another stack's containers are left alone."""
+    from components.preflight import stale_gateways
+    from stackspec.load import load_stack_config
+    from tests.stack_configs import docker_stack, namespaced
+
+    host = require_main_engine()
+    image = busybox_image()
+    docker(host, "load", "-q", "-i", str(image.path))
+    stack, nonce = f"xo-test-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex[:6]
+    made = {}
+    for key, labels in {"ours": (stack, "gateway"), "socket": (stack, "api-socket"),
+                        "other stack": ("another", "gateway")}.items():
+        made[key] = f"xo-{nonce}-{key.replace(' ', '-')}"
+        docker(host, "create", "--name", made[key], "--label", f"xinference-offline/stack={labels[0]}",
+               "--label", f"xinference-offline/role={labels[1]}", image.ref)
+    for key, owner in {"server": stack, "other server": "another"}.items():  # air-gapped servers, running
+        made[key] = f"xo-{nonce}-{key.replace(' ', '-')}"
+        docker(host, "run", "-d", "--name", made[key], "--network", "none", "--label",
+               f"xinference-offline/stack={owner}", image.ref)
+    try:
+        def config(network: str):
+            return load_stack_config(namespaced(docker_stack(container={"name": "x", "network": network})))
+
+        assert stale_gateways(config("airgap"), stack, remove=True) == []  # its gateway is current there
+        assert stale_gateways(config("bridge"), stack, remove=False) == [
+            f"up removes the airgap gateway {made['ours']} first: container.network is now bridge, and the new "
+            "container publishes the port it held"]
+        assert docker(host, "ps", "-aq", "--filter", f"name=^/{made['ours']}$").stdout.strip()  # a preview keeps it
+        assert stale_gateways(config("bridge"), stack, remove=True) == [
+            f"removed the airgap gateway {made['ours']}: container.network is now bridge, and the new container "
+            "publishes the port it held"]
+        remaining = docker(host, "ps", "-a", "--filter", f"name=xo-{nonce}-", "--format", "{{.Names}}").stdout.split()
+        assert sorted(n.decode() for n in remaining) == sorted(
+            [made["socket"], made["other stack"], made["server"], made["other server"]])
+        assert container_running(host, made["server"]) is False  # its models are deleted through its registry
+        assert container_running(host, made["other server"]) is True
+        assert stale_gateways(config("bridge"), stack, remove=True) == []
+    finally:
+        for name in made.values():
+            docker(host, "rm", "-f", name, check=False)

@@ -5,6 +5,7 @@ mended from what is on the site, against the real engine (issue 25):
 - `docker kill` (SIGKILL to its PID 1);
 - `docker rmi -f` of the image it runs (loaded again from the bundle's tar, never pulled);
 - `docker rm -f` of the container;
+- the stack moved from the airgap network to bridge on the same port (the gateway holding it goes first);
 - dockerd restarted (stopped, its containers with it, and started again), where the engine is the one
   tools/docker-engine.sh started (another engine may serve others: it is left alone, said as a skip);
 - the model's weights with bytes flipped in place, size and mtime kept (bit rot), and the same
@@ -192,11 +193,15 @@ def test_preview_shows_the_operations_up_then_does_for_a_port_change_on_the_airg
 
 
 def test_on_the_bridge_network_a_stopped_container_is_mended_too_and_leaves_no_drift(site):
-    # a new port too: the airgap gateway, removed only after the new container starts, holds the old one
-    port = free_port()
-    site.set_config(container={**site.config[f"{NS}:container"], "network": "bridge", "port": port})
-    site.pulumi("up", "--yes", "--skip-preview")
-    site.endpoint = f"http://127.0.0.1:{port}"
+    # the same port: the airgap gateway that holds it must go before the new container publishes it
+    site.set_config(container={**site.config[f"{NS}:container"], "network": "bridge"})
+    gateway = f"{site.container}-gateway"
+    assert f"up removes the airgap gateway {gateway} first" in site.pulumi("preview").stdout
+    planned = site.preview()
+    assert planned.get("xinference-server-container") == "replace"
+    assert planned.get("xinference-server-gateway") == "delete"
+    site.up(planned)  # in one up, the port the gateway held published by the new container
+    assert docker(MAIN_DOCKER_HOST, "ps", "-aq", "--filter", f"name=^/{gateway}$").stdout.strip() == b""
     assert same_embedding(vector(site.endpoint), site.good)
     docker(MAIN_DOCKER_HOST, "stop", site.container)
     repair(site, "docker stop (bridge network)")  # ends with a preview that shows no change
