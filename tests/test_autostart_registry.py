@@ -1,6 +1,7 @@
 """components/autostart_registry.py against the real engine: a model's autostart entry disabled in a
 stopped container's registry, written by Xinference's own LaunchHistoryStore (the pinned 4.1 in the
-venv) and read back with it, in the container's file system and in a bind-mounted data_dir."""
+venv) and read back with it, in the container's file system and in a bind-mounted data_dir, on this
+machine's engine and on one reached over ssh (tests/remote_engine.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from components.autostart_registry import RegistryEditFailed, registry_path, remove_autostart_entry
 from tests.docker_engines import docker, require_main_engine
-from tests.remote_engine import busybox_image
+from tests.remote_engine import RemoteEngine, busybox_image
 
 pytestmark = pytest.mark.docker  # the machine's real engine
 
@@ -58,23 +59,45 @@ def test_the_registry_path_follows_the_container_s_environment():
         == "/x/h.db"
 
 
-def test_an_entry_in_the_container_s_own_files_is_disabled_and_the_others_kept(engine, tmp_path):
-    host, stopped_container = engine
-    container = stopped_container("--env", "XINFERENCE_HOME=/tmp/.xinference")
+def in_own_files(docker_cli, container: str, tmp_path: Path) -> None:
+    """A registry with "dropped" and "kept" in the container's own files (XINFERENCE_HOME=/tmp/.xinference)."""
     registry(tmp_path / "made" / "launch_history.db", "dropped", "kept")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         archive.add(tmp_path / "made", arcname=".xinference")
-    docker(host, "cp", "-", f"{container}:/tmp", stdin=buffer.getvalue())
+    docker_cli("cp", "-", f"{container}:/tmp", stdin=buffer.getvalue())
+
+
+def kept_entries(docker_cli, container: str, tmp_path: Path) -> list[str]:
+    back = tmp_path / "back"
+    back.mkdir(exist_ok=True)
+    tar = docker_cli("cp", f"{container}:/tmp/.xinference/launch_history.db", "-").stdout
+    tarfile.open(fileobj=io.BytesIO(tar)).extractall(back, filter="data")
+    return autostarting(back / "launch_history.db")
+
+
+def test_an_entry_in_the_container_s_own_files_is_disabled_and_the_others_kept(engine, tmp_path):
+    host, stopped_container = engine
+    container = stopped_container("--env", "XINFERENCE_HOME=/tmp/.xinference")
+    in_own_files(lambda *args, **kw: docker(host, *args, **kw), container, tmp_path)
 
     assert remove_autostart_entry(host, container, "dropped") is True
     assert remove_autostart_entry(host, container, "dropped") is False  # done already: nothing changes
     assert remove_autostart_entry(host, container, "never-there") is False
-    back = tmp_path / "back"
-    back.mkdir()
-    tar = docker(host, "cp", f"{container}:/tmp/.xinference/launch_history.db", "-").stdout
-    tarfile.open(fileobj=io.BytesIO(tar)).extractall(back, filter="data")
-    assert autostarting(back / "launch_history.db") == ["kept"]
+    assert kept_entries(lambda *args, **kw: docker(host, *args, **kw), container, tmp_path) == ["kept"]
+
+
+def test_on_an_ssh_engine_the_entry_is_disabled_there_through_ssh_alone(tmp_path):
+    """The registry goes out and back through `ssh HOST docker cp` (the stack's ssh options), as for a
+    stack whose docker.host is ssh://."""
+    with RemoteEngine() as remote:
+        image = remote.busybox()
+        container = remote.docker("create", "--env", "XINFERENCE_HOME=/tmp/.xinference", image.ref
+                                  ).stdout.decode().strip()
+        in_own_files(remote.docker, container, tmp_path)
+        assert remove_autostart_entry("ssh://remote", container, "dropped", remote.ssh_argv()) is True
+        assert kept_entries(remote.docker, container, tmp_path) == ["kept"]
+        assert docker(require_main_engine(), "container", "inspect", container, check=False).returncode != 0
 
 
 def test_a_wal_left_by_a_killed_server_in_a_data_dir_is_folded_in(engine, tmp_path):
