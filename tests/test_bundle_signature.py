@@ -345,3 +345,12 @@ def test_a_signature_anywhere_but_right_after_the_manifest_is_refused(world, bun
     assert proc.returncode == 1 and "refused: no signature" in proc.stderr
     proc = bare("verify", str(moved), "--quiet")
     assert proc.returncode == 1 and "MANIFEST.json.sig: not in the manifest: refused" in proc.stderr
+
+
+def test_diff_counts_the_signature_a_signed_bundle_s_archive_carries(world, bundle, tmp_path):
+    sign(bundle, world["builder"])
+    signed = tmp_path / "signed.tar"
+    pack(bundle, signed)
+    report = json.loads(bare("diff", str(bundle), str(bundle), "--json").stdout)
+    assert report["full_archive_bytes"] == signed.stat().st_size
+    assert report["delta_archive_bytes"] < report["full_archive_bytes"]  # nothing new: a manifest and its signature

@@ -25,6 +25,7 @@ from typing import Optional, TextIO
 from bundle.format.delta import base_of, read_base
 from bundle.format.image_layers import image_dir_layers, image_layers
 from bundle.format.manifest import FileEntry, Manifest, StackManifest
+from bundle.format.manifest_rules import SIGNATURE_NAME
 from bundle.format.progress import human, plural
 
 WHEEL_RE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-.+\.whl$")
@@ -32,11 +33,13 @@ PLUGIN_RE = re.compile(r"^pulumi/plugins/resource-(?P<name>.+)-v(?P<version>[^/]
 TAR_BLOCK, TAR_RECORD = 512, 10240
 
 
-def archive_size(files: list[FileEntry], manifest_bytes: int) -> int:
-    """The bytes of a plain tar `pack` writes of ``files`` after a manifest of ``manifest_bytes``: a header
-    per member (three for a long name: pax), data padded to 512 bytes, the end marker, rounded up to tar's
-    10 KiB record. A signature, when the bundle is signed, adds two blocks more."""
+def archive_size(files: list[FileEntry], manifest_bytes: int, signature_bytes: int = 0) -> int:
+    """The bytes of a plain tar `pack` writes of ``files`` after a manifest of ``manifest_bytes`` (and the
+    signature of ``signature_bytes``, when the bundle is signed): a header per member (three for a long
+    name: pax), data padded to 512 bytes, the end marker, rounded up to tar's 10 KiB record."""
     total = TAR_BLOCK + -(-manifest_bytes // TAR_BLOCK) * TAR_BLOCK
+    if signature_bytes:
+        total += TAR_BLOCK + -(-signature_bytes // TAR_BLOCK) * TAR_BLOCK
     for entry in files:
         headers = 3 if len(entry.path) > 100 else 1
         total += headers * TAR_BLOCK + -(-entry.size // TAR_BLOCK) * TAR_BLOCK
@@ -152,12 +155,14 @@ def diff(old_source: Path, new_source: Path) -> dict:
     known = {f.sha256 for f in old.files}
     carried = [f for f in new.files if f.sha256 not in known]
     delta_manifest = replace(new, base=base_of(old, new))  # what `build --base OLD` would write
+    signature = new_source / SIGNATURE_NAME  # a signed bundle directory: pack carries it (signed again for a delta)
+    signed = signature.stat().st_size if new_source.is_dir() and signature.is_file() else 0
     return {
         "old": old.bundle_id, "new": new.bundle_id, "same": old.bundle_id == new.bundle_id,
         "stacks": [stack_diff(name, old, new, old_source, new_source) for name in sorted(new.stacks)],
         "dropped_stacks": sorted(set(old.stacks) - set(new.stacks)),
-        "delta_archive_bytes": archive_size(carried, len(delta_manifest.to_json().encode())),
-        "full_archive_bytes": archive_size(new.files, len(new.to_json().encode())),
+        "delta_archive_bytes": archive_size(carried, len(delta_manifest.to_json().encode()), signed),
+        "full_archive_bytes": archive_size(new.files, len(new.to_json().encode()), signed),
         "delta_files": len(carried), "files": len(new.files),
     }
 
