@@ -266,29 +266,38 @@ class XinferenceModelProvider(ResourceProvider):
         return host, container, [str(word) for word in ssh] if isinstance(ssh, (list, tuple)) and is_known(ssh) else None
 
     @classmethod
+    def _container_state(cls, props: Mapping[str, Any]) -> tuple[Optional[tuple[str, str, Optional[list[str]]]],
+                                                                   Optional[str]]:
+        """(where the model's container is, its state as components/docker_cli.container_state says)."""
+        where = cls._container_of(props)
+        return where, container_state(*where) if where is not None else None
+
+    @classmethod
     def _container_gone(cls, props: Mapping[str, Any]) -> bool:
         """Does the engine say the model's container no longer runs (removed, or stopped, exited, dead:
         its processes, so its models, are gone)? False when it cannot tell."""
-        where = cls._container_of(props)
-        return where is not None and container_state(*where) in ("stopped", "gone")
+        return cls._container_state(props)[1] in ("stopped", "gone")
 
     @classmethod
-    def _forget_in_stopped_container(cls, uid: str, props: Mapping[str, Any]) -> None:
-        """A stopped container keeps its registry: disable the model's entry there, or it comes back at the
-        next start. A removed one leaves no container to edit (docs/provider.md: a data_dir registry)."""
-        where = cls._container_of(props)
-        if where is None or container_state(*where) != "stopped":
-            return
+    def _deleted_with_container_down(cls, uid: str, props: Mapping[str, Any]) -> bool:
+        """True when the model's container does not run, so the model is gone with it. A stopped one keeps
+        its registry: the model's entry is disabled there, or it comes back at the next start. A removed one
+        leaves no container to edit (docs/provider.md: a data_dir registry)."""
+        where, state = cls._container_state(props)
+        if where is None or state not in ("stopped", "gone"):
+            return False
         host, container, ssh_argv = where
-        try:
-            if remove_autostart_entry(host, container, uid, ssh_argv):
-                say(uid, f"removed its autostart entry from stopped container {container[:12]}: it will not come "
-                         "back when the container starts")
-        except (RegistryEditFailed, DockerHostUnreachable) as exc:
-            raise XinferenceError(f"model '{uid}': its container {container[:12]} is stopped, and its autostart "
-                                  f"entry there could not be removed ({exc}); left in place, it relaunches the "
-                                  f"model when the container starts. Start the container (`docker start "
-                                  f"{container[:12]}`) and run `pulumi up` again") from None
+        if state == "stopped":
+            try:
+                if remove_autostart_entry(host, container, uid, ssh_argv):
+                    say(uid, f"removed its autostart entry from stopped container {container[:12]}: it will not "
+                             "come back when the container starts")
+            except (RegistryEditFailed, DockerHostUnreachable) as exc:
+                raise XinferenceError(f"model '{uid}': its container {container[:12]} is stopped, and its autostart "
+                                      f"entry there could not be removed ({exc}); left in place, it relaunches the "
+                                      f"model when the container starts. Start the container (`docker start "
+                                      f"{container[:12]}`) and run `pulumi up` again") from None
+        return True
 
     @staticmethod
     def _keep(props: Mapping[str, Any], status: str) -> dict[str, Any]:
@@ -299,16 +308,14 @@ class XinferenceModelProvider(ResourceProvider):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         props = normalize(props)
         uid = id_ or props.get("model_uid")
-        if self._container_gone(props):  # asked first: a stopped server would cost the whole retry window
-            self._forget_in_stopped_container(uid, props)
-            return  # a stopped or removed container runs no model
+        if self._deleted_with_container_down(uid, props):  # asked first: a stopped server costs the retry window
+            return
         with self._client(props.get("endpoint"), props.get("endpoint_ca_bundle")) as client:
             # The entry first, so that the registry does not bring the model back.
             try:
                 client.autostart_remove(uid)
             except XinferenceUnreachable:
-                if self._container_gone(props):  # stopped while we asked
-                    self._forget_in_stopped_container(uid, props)
+                if self._deleted_with_container_down(uid, props):  # stopped while we asked
                     return
                 raise
             if client.terminate(uid):
