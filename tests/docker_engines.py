@@ -28,6 +28,8 @@ from typing import Optional
 
 import pytest
 
+from tests.leftovers import unmount_all
+
 MAIN_DOCKER_HOST = "unix:///var/run/docker.sock"
 DOCKER = shutil.which("docker")
 DOCKERD = shutil.which("dockerd") or next((p for p in ("/usr/sbin/dockerd", "/usr/bin/dockerd") if os.path.exists(p)),
@@ -71,10 +73,10 @@ class TestDaemon:
 
     __test__ = False  # not a test class for pytest
 
-    def __init__(self, name: str, gpu_hook: bool = False, subnet: str = "10.231.7"):
+    def __init__(self, name: str, gpu_hook: bool = False, subnet: str = "10.231.7", parent: str = "/tmp"):
         self.name, self.gpu_hook, self.subnet = name, gpu_hook, subnet
         # Short paths: containerd's sockets live under the exec root and unix paths are <= 108 bytes.
-        self.root = Path(tempfile.mkdtemp(prefix=f"xo-{name}-", dir="/tmp"))
+        self.root = Path(tempfile.mkdtemp(prefix=f"xo-{name}-", dir=parent))
         self.socket = self.root / "docker.sock"
         self.host = f"unix://{self.socket}"
         self.bridge = f"xo-{name}"[:15]
@@ -149,5 +151,5 @@ with open({str(self.hook_record)!r}, "a") as out:
                 self.process.kill()
                 self.process.wait()
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-        subprocess.run(["umount", "-R", str(self.root / "exec")], capture_output=True)
+        unmount_all(self.root)  # dockerd leaves its netns mount under exec/: rmtree cannot pass it
         shutil.rmtree(self.root, ignore_errors=True)

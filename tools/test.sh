@@ -15,8 +15,15 @@ step() { echo "test: [$(date +%T)] $*" >&2; }
 step "python venv"
 bash tools/setup.sh --test
 
+# One run at a time: the engine tests stop the engine and remove the shared image, so two runs
+# would break each other; holding the lock also means nothing of an earlier run is still live.
+exec 9>"$cache/test-run.lock"
+if ! flock -n 9; then step "another tools/test.sh run holds $cache/test-run.lock: waiting for it"; flock 9; fi
+
 image_pid=
+engine=0
 if bash tools/docker-engine.sh start; then
+  engine=1
   step "CPU Xinference image, in the background (log: $cache/xinference-image.log)"
   bash tools/xinference-image.sh > "$cache/xinference-image.log" 2>&1 &
   image_pid=$!
@@ -45,6 +52,13 @@ if [ -n "$image_pid" ]; then
   else
     step "image ready: $(tail -n 1 "$cache/xinference-image.log")"
   fi
+fi
+
+if [ "$engine" = 1 ]; then
+  # A run killed midway (kill -9, a timeout) leaves containers that come back with the engine and
+  # hold their ports, private dockerds and gigabytes under /tmp: remove them first.
+  step "what killed test runs left behind (tests/leftovers.py)"
+  venv/bin/python -m tests.leftovers "$PWD"
 fi
 
 # Two lanes side by side: the tests that drive the Docker engine (one at a time: some stop the engine,
