@@ -18,17 +18,18 @@ Two ways an engine can serve GPU device requests, both accepted:
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from typing import Optional, Sequence
 
-from components.docker_cli import DockerHostUnreachable, empty_image_tar, run_docker
+from components.docker_cli import DockerHostUnreachable, container_state, empty_image_tar, run_docker
 from components.driver_check import driver_problem
 from components.ssh_keys import host_key_problem
 from components.volume import missing_directories
 from stackspec.airgap import gateway_container_name
 from stackspec.config import DockerHostConfig, StackConfig
 from stackspec.docker_host import is_local_docker
-from stackspec.launch import model_dir_on_host
+from stackspec.launch import cluster_bound_ports, cluster_container_name, model_dir_on_host
 from stackspec.placement import gpu_device_ids
 
 NO_DRIVER_MARK = "could not select device driver"
@@ -130,6 +131,44 @@ def foreign_containers(docker_host: str, stack: str, name: str, port: int,
     return problems
 
 
+def port_answers(address: str, port: int, timeout: float = 1.5) -> bool:
+    """Whether something accepts a TCP connection on address:port (a refusal, a timeout or an
+    unreachable address all say no: only a listener is proof)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cluster_port_problems(cfg: StackConfig, stack: str) -> list[str]:
+    """Cluster containers run on the host network and bind fixed ports on their server's address.
+    One held by another process makes the container exit at start and restart until `up` gives up,
+    600 s later, with only "container failed to be in healthy state"; so before anything changes,
+    each port of a role whose container does not run now must not answer yet."""
+    problems = []
+    state: dict[tuple[str, str], Optional[str]] = {}
+    for server, role, port, what in cluster_bound_ports(cfg):
+        if not server.docker.check_daemon:
+            continue
+        name = cluster_container_name(cfg, role)
+        key = (server.docker.host, name)
+        if key not in state:
+            ssh = server.docker.ssh.argv() if server.docker.ssh is not None else None
+            state[key] = container_state(server.docker.host, name, ssh)
+        if state[key] in ("running", None) or not port_answers(server.address, port):
+            continue  # its own container holds it (or the engine cannot say: the host checks report that)
+        fix = "set container.port to a free port, or stop" if role == "supervisor" and port == cfg.container.port \
+            else "stop"
+        problems.append(
+            f"server {server.name}: {server.address}:{port}, {what} of the cluster's {role}, already answers, and "
+            f"stack {stack}'s {role} container {name} does not run there: another process holds the port, and the "
+            f"{role} would exit at start and restart until `up` gives up. Nothing was changed. Fix: {fix} what "
+            f"listens there (on that server: `ss -ltnp 'sport = :{port}'`; often an Xinference started by hand or a "
+            f"leftover container on the host network: `docker ps --filter network=host`).")
+    return problems
+
+
 def docker_hosts(cfg: StackConfig) -> list[DockerHostConfig]:
     """The engines the stack deploys to (each once)."""
     hosts = [cfg.docker] if cfg.mode == "docker" else [s.docker for s in cfg.servers] if cfg.mode == "cluster" else []
@@ -141,7 +180,8 @@ def docker_host_problems(cfg: StackConfig, stack: str, image_path: Optional[str]
     a model directory missing on this machine, an ssh host whose key is not known, a host that
     cannot give the container its GPUs or whose NVIDIA driver is older than the CUDA the image
     needs (components/driver_check.py), a container name or port held by a container this stack
-    did not make. ``image_path``: the image's tar or the bundle's directory of its members (else image.tar)."""
+    did not make, a cluster port another process holds. ``image_path``: the image's tar or the
+    bundle's directory of its members (else image.tar)."""
     problems = []
     if cfg.mode == "docker" and is_local_docker(cfg.docker.host):
         problems += missing_directories({m.uid: model_dir_on_host(cfg, m) for m in cfg.enabled_models})
@@ -162,6 +202,8 @@ def docker_host_problems(cfg: StackConfig, stack: str, image_path: Optional[str]
             gateway = [gateway_container_name(cfg.container.name)] if cfg.container.network == "airgap" else []
             problems += foreign_containers(cfg.docker.host, stack, cfg.container.name, cfg.container.port,
                                            ssh_of.get(cfg.docker.host), other_names=gateway)
+        if cfg.mode == "cluster":
+            problems += cluster_port_problems(cfg, stack)
     except DockerHostUnreachable as exc:
         # The docker provider would only say "failed to connect to any docker daemon": name the host.
         problems.append(f"{exc}. Nothing was changed. Fix: start dockerd on that host (or correct `docker.host`), "

@@ -61,6 +61,18 @@ def container_command(role: str = "local", address: str = "", supervisor_url: st
     return ["xinference-local", "-H", "0.0.0.0", "--port", str(CONTAINER_PORT)]
 
 
+def cluster_bound_ports(cfg: StackConfig) -> list[tuple[ServerConfig, str, int, str]]:
+    """(server, role, port, what) for each fixed port a cluster container binds on its server's
+    address (host network): the supervisor's REST and actor ports, each worker's port."""
+    rows = []
+    for server in cfg.servers:
+        if server.supervisor:
+            rows += [(server, "supervisor", cfg.container.port, "the REST port (container.port)"),
+                     (server, "supervisor", SUPERVISOR_ACTOR_PORT, "the actor port")]
+        rows.append((server, "worker", WORKER_PORT, "the actor port"))
+    return rows
+
+
 def healthcheck_command(role: str = "local", address: str = "127.0.0.1", port: int = CONTAINER_PORT) -> list[str]:
     # The image has Python but not necessarily curl. A worker serves no HTTP: check its actor port.
     if role == "worker":

@@ -146,3 +146,12 @@ def test_plan_prints_the_cluster_placement():
 def test_committed_cluster_stack_is_valid():
     cfg = from_stack_file(ROOT / "stacks" / "Pulumi.site-a-cluster.yaml")
     assert [s.name for s in cfg.servers] == ["gpu-a", "gpu-b"] and cfg.supervisor.name == "gpu-a"
+
+
+def test_the_ports_a_cluster_binds_on_each_servers_address():
+    from stackspec.launch import SUPERVISOR_ACTOR_PORT, WORKER_PORT, cluster_bound_ports
+
+    cfg = load_stack_config(namespaced(cluster(container={"port": 9997})))
+    assert [(server.address, role, port) for server, role, port, _ in cluster_bound_ports(cfg)] == [
+        ("10.0.0.1", "supervisor", 9997), ("10.0.0.1", "supervisor", SUPERVISOR_ACTOR_PORT),
+        ("10.0.0.1", "worker", WORKER_PORT), ("10.0.0.2", "worker", WORKER_PORT)]

@@ -95,3 +95,48 @@ def test_a_stack_leaving_airgap_finds_its_own_gateways_and_the_update_alone_remo
     finally:
         for name in made.values():
             docker(host, "rm", "-f", name, check=False)
+
+
+def test_a_cluster_port_another_process_holds_is_refused_before_up_and_its_own_running_container_is_not():
+    """A cluster container binds fixed ports on its server's address (host network); one already held
+    makes it crash-loop until `up` times out (how CI of c755113 failed: a killed run's supervisor held
+    127.0.0.2:9999). The preflight asks first, and lets a port pass that the stack's own running
+    container holds."""
+    import socket
+
+    from components.preflight import cluster_port_problems
+    from stackspec.load import load_stack_config
+    from tests.stack_configs import namespaced
+    from tools.local_xinference import free_port
+
+    host = require_main_engine()
+    stack, name, port = f"xo-test-{uuid.uuid4().hex[:6]}", f"xo-cp-{uuid.uuid4().hex[:6]}", free_port()
+    cfg = load_stack_config(namespaced({
+        "mode": "cluster", "image": {"name": "xinference-offline/xinference-cpu:4.1.0"},
+        "container": {"name": name, "port": port},
+        "servers": [{"name": "here", "address": "127.0.0.2", "supervisor": True, "models_dir": "/tmp"},
+                    {"name": "there", "address": "127.0.0.3", "models_dir": "/tmp"}],
+    }))
+    assert cluster_port_problems(cfg, stack) == []
+    listeners = []
+    for address, held in (("127.0.0.2", port), ("127.0.0.3", 30001)):
+        listener = socket.create_server((address, held))
+        listeners.append(listener)
+    image = busybox_image()
+    docker(host, "load", "-q", "-i", str(image.path))
+    try:
+        found = cluster_port_problems(cfg, stack)
+        assert [p.split(", already answers")[0] for p in found] == [
+            f"server here: 127.0.0.2:{port}, the REST port (container.port) of the cluster's supervisor",
+            "server there: 127.0.0.3:30001, the actor port of the cluster's worker"]
+        assert f"stack {stack}'s supervisor container {name}-supervisor does not run there" in found[0]
+        assert "Fix: set container.port to a free port, or stop what listens there" in found[0]
+        assert "`ss -ltnp 'sport = :30001'`" in found[1]
+        # the stack's own supervisor runs (an update): the port it holds is no problem
+        docker(host, "run", "-d", "--name", f"{name}-supervisor", "--network", "none", image.ref)
+        assert [p.split(",")[0] for p in cluster_port_problems(cfg, stack)] == ["server there: 127.0.0.3:30001"]
+    finally:
+        docker(host, "rm", "-f", f"{name}-supervisor", check=False)
+        for listener in listeners:
+            listener.close()
+    assert cluster_port_problems(cfg, stack) == []
