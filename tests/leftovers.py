@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from bundle.format.resume import bytes_in
+
 TMP = Path("/tmp")
 MAIN_ENGINE = "unix:///var/run/docker.sock"
 TEST_DIR_PATTERNS = ("xol.*", "xo-ssh-*", "xo-busybox-*", "xo-cluster-models-*", "xo-remote-models-*")
@@ -153,17 +155,6 @@ def bridges_of_tests(prefix: str = "xo-") -> list[str]:
     return [name for name in names if name.startswith(prefix)]
 
 
-def _size(path: Path) -> int:
-    total = 0
-    for base, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(base, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
 def clean(tmp: Path = TMP, host: str = MAIN_ENGINE, keep: tuple[Path, ...] = (), prefix: str = "xo-") -> list[str]:
     """Remove what earlier test runs left; return a line for each thing removed.
 
@@ -182,7 +173,7 @@ def clean(tmp: Path = TMP, host: str = MAIN_ENGINE, keep: tuple[Path, ...] = (),
         done.append(f"bridge {bridge}")
     for root in dirs:
         unmount_all(root)
-        size = _size(root)
+        size = bytes_in(root)
         shutil.rmtree(root, ignore_errors=True)
         done.append(f"{root} ({size / 2**30:.1f} GiB)" + (" (could not all be removed)" if root.exists() else ""))
     return done
