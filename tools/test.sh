@@ -58,7 +58,7 @@ if [ "$engine" = 1 ]; then
   # A run killed midway (kill -9, a timeout) leaves containers that come back with the engine and
   # hold their ports, private dockerds and gigabytes under /tmp: remove them first.
   step "what killed test runs left behind (tests/leftovers.py)"
-  venv/bin/python -m tests.leftovers "$PWD"
+  venv/bin/python -m tests.leftovers "$PWD" || step "tests/leftovers.py failed (its error is above); the tests run anyway"
 fi
 
 # Two lanes side by side: the tests that drive the Docker engine (one at a time: some stop the engine,
