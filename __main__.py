@@ -14,7 +14,7 @@ from pulumi.runtime import config as runtime_config
 from bundle.format.manifest import BundleError, load_manifest
 from bundle.format.site_record import read_record, with_installed_paths
 from bundle.contents.stacks import sibling_clashes
-from components import preflight
+from components import container_health, preflight
 from components.deployment import XinferenceDeployment, XinferenceDeploymentArgs, image_files_path
 from components.image_check import image_tar_problems
 from stackspec.catalog import image_version_note, pinned_catalog
@@ -83,6 +83,10 @@ if config.image is not None and config.mode != "existing":
         pulumi.log.warn(version_note)
 
 for note in vram_warnings(config):
+    pulumi.log.warn(note)
+
+# A container failing now (a crash loop, unhealthy) says why here: the docker provider's own error does not.
+for note in container_health.trouble_notes(config):
     pulumi.log.warn(note)
 
 # Before anything is touched (at preview too): model directories, GPU runtime, name and port.

@@ -78,6 +78,7 @@ def run_program(cfg: dict, secret_keys=()) -> tuple[RecordingMocks, dict]:
         try:
             with unittest.mock.patch("components.preflight.docker_host_problems", no_engine_asked), \
                     unittest.mock.patch("components.preflight.stale_gateways", lambda config, stack, remove: []), \
+                    unittest.mock.patch("components.container_health.trouble_notes", lambda config: []), \
                     unittest.mock.patch("components.image_check.image_tar_problems", lambda config, manifest: []):
                 runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
         finally:
