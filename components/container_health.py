@@ -20,6 +20,9 @@ LOG_LINES = 12
 # `docker stop` ends the process with SIGTERM (143) or, after the grace period, SIGKILL (137):
 # a container stopped that way was stopped, it did not fail.
 STOPPED_EXIT_CODES = (0, 137, 143)
+# One or two restarts of a container that is starting can be an engine or host restart; a crash
+# loop passes three within a minute or two.
+CRASH_LOOP_RESTARTS = 3
 
 
 def stack_containers(cfg: StackConfig) -> list[tuple[DockerHostConfig, str]]:
@@ -38,7 +41,7 @@ def trouble(state: dict[str, Any], restarts: int) -> Optional[str]:
     exit_code = state.get("ExitCode")
     if state.get("Restarting"):
         return f"restarting: it exited with code {exit_code}, and docker has restarted it {restarts} times"
-    if restarts and state.get("Running") and health.get("Status") != "healthy":
+    if restarts >= CRASH_LOOP_RESTARTS and state.get("Running") and health.get("Status") != "healthy":
         # between two exits of a crash loop: running, the last exit code already reset
         return f"not healthy ({health.get('Status') or 'no health check'}) and docker has restarted it {restarts} times"
     if not state.get("Running") and exit_code not in STOPPED_EXIT_CODES:

@@ -32,6 +32,7 @@ def test_a_crash_loop_an_exit_and_a_failing_probe_are_named():
         "restarting: it exited with code 1, and docker has restarted it 7 times")
     assert trouble({**RUNNING, "Health": {"Status": "starting"}}, 3) == (
         "not healthy (starting) and docker has restarted it 3 times")
+    assert trouble({**RUNNING, "Health": {"Status": "starting"}}, 1) is None  # an engine restart, say
     assert trouble({**RUNNING, "Running": False, "ExitCode": 2, "Error": ""}, 0) == "exited with code 2"
     probe = {"Status": "unhealthy", "FailingStreak": 5,
              "Log": [{"ExitCode": 1, "Output": "urllib.error.URLError: <urlopen error [Errno 111] Connection refused>"}]}
