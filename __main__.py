@@ -85,16 +85,15 @@ if config.image is not None and config.mode != "existing":
 for note in vram_warnings(config):
     pulumi.log.warn(note)
 
-# A container failing now (a crash loop, unhealthy) says why here: the docker provider's own error does not.
-for note in container_health.trouble_notes(config):
-    pulumi.log.warn(note)
-
 # Before anything is touched (at preview too): model directories, GPU runtime, name and port.
 host_problems = preflight.docker_host_problems(config, pulumi.get_stack(), image_files_path(config, manifest))
 if not host_problems:  # and the image tar, when the engine lacks the image (it is never pulled)
     host_problems = image_tar_problems(config, manifest)
 if host_problems:
     raise pulumi.RunError("\n".join(host_problems))
+# A container failing now (a crash loop, unhealthy) says why here: the docker provider's own error does not.
+for note in container_health.trouble_notes(config):  # after the host checks: an unknown host is not asked
+    pulumi.log.warn(note)
 try:  # the update removes them (never its preview): Pulumi would only after the new container needs the port
     for note in preflight.stale_gateways(config, pulumi.get_stack(), remove=not pulumi.runtime.is_dry_run()):
         pulumi.log.info(note)
