@@ -234,7 +234,8 @@ class XinferenceDeployment(pulumi.ComponentResource):
         supervisor_url = endpoint_url(cfg)
         sup = self._container(f"{name}-supervisor", supervisor.docker, [], supervisor.models_dir or cfg.models_dir, [],
                               name_prefix=f"{name}-{supervisor.name}",
-                              command=container_command("supervisor", supervisor.address, port=cfg.container.port),
+                              command=container_command("supervisor", supervisor.address, port=cfg.container.port,
+                                                        actor_port=cfg.container.supervisor_port),
                               healthcheck=healthcheck_command("supervisor", supervisor.address, cfg.container.port),
                               host_network=True, container_name=cluster_container_name(cfg, "supervisor"))
         for server in cfg.servers:
@@ -246,8 +247,9 @@ class XinferenceDeployment(pulumi.ComponentResource):
             self.containers[server.name] = self._container(
                 f"{name}-{server.name}-worker", server.docker, server.gpu_ids, models_dir, [sup, volume, *synced],
                 name_prefix=f"{name}-{server.name}",
-                command=container_command("worker", server.address, supervisor_url),
-                healthcheck=healthcheck_command("worker", server.address),
+                command=container_command("worker", server.address, supervisor_url,
+                                          actor_port=cfg.container.worker_port),
+                healthcheck=healthcheck_command("worker", server.address, cfg.container.worker_port),
                 host_network=True, container_name=cluster_container_name(cfg, "worker"))
 
 

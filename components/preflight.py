@@ -148,7 +148,7 @@ def cluster_port_problems(cfg: StackConfig, stack: str) -> list[str]:
     each port of a role whose container does not run now must not answer yet."""
     problems = []
     state: dict[tuple[str, str], Optional[str]] = {}
-    for server, role, port, what in cluster_bound_ports(cfg):
+    for server, role, port, key in cluster_bound_ports(cfg):
         if not server.docker.check_daemon:
             continue
         name = cluster_container_name(cfg, role)
@@ -158,14 +158,13 @@ def cluster_port_problems(cfg: StackConfig, stack: str) -> list[str]:
             state[key] = container_state(server.docker.host, name, ssh)
         if state[key] in ("running", None) or not port_answers(server.address, port):
             continue  # its own container holds it (or the engine cannot say: the host checks report that)
-        fix = "set container.port to a free port, or stop" if role == "supervisor" and port == cfg.container.port \
-            else "stop"
         problems.append(
-            f"server {server.name}: {server.address}:{port}, {what} of the cluster's {role}, already answers, and "
+            f"server {server.name}: {server.address}:{port} ({key}) of the cluster's {role} already answers, and "
             f"stack {stack}'s {role} container {name} does not run there: another process holds the port, and the "
-            f"{role} would exit at start and restart until `up` gives up. Nothing was changed. Fix: {fix} what "
-            f"listens there (on that server: `ss -ltnp 'sport = :{port}'`; often an Xinference started by hand or a "
-            f"leftover container on the host network: `docker ps --filter network=host`).")
+            f"{role} would exit at start and restart until `up` gives up. Nothing was changed. Fix: set {key} to a "
+            f"free port, or stop what listens there (on that server: `ss -ltnp 'sport = :{port}'`; often an "
+            f"Xinference started by hand or a leftover container on the host network: `docker ps --filter "
+            f"network=host`).")
     return problems
 
 

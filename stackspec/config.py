@@ -22,7 +22,7 @@ from stackspec.model_inputs import default_of
 from stackspec.ssh import SshTarget, ssh_target
 from stackspec.values import (GpuCount, HostDir, ModelDir, Number, OptionalHostDir, OptionalModelDir, OptionalNumber,
                          SizeInBillions, WholeNumber, WholeNumbers)
-from stackspec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, ModelType
+from stackspec.xinference import CONTAINER_MODELS_DIR, CONTAINER_PORT, SUPERVISOR_ACTOR_PORT, WORKER_PORT, ModelType
 
 
 class _Strict(BaseModel):
@@ -103,6 +103,12 @@ class ContainerConfig(_Strict):
     name: str = Field(default="xinference", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Container name.")
     port: WholeNumber = Field(default=CONTAINER_PORT, ge=1, le=65535,
                               description=f"Host port published for Xinference's port {CONTAINER_PORT}.")
+    supervisor_port: WholeNumber = Field(
+        default=SUPERVISOR_ACTOR_PORT, ge=1, le=65535,
+        description="cluster mode: the supervisor's actor port, bound on its server's address (host network).")
+    worker_port: WholeNumber = Field(
+        default=WORKER_PORT, ge=1, le=65535,
+        description="cluster mode: each worker's actor port, bound on its server's address (host network).")
     bind_address: IPvAnyAddress = Field(
         default=IPv4Address("0.0.0.0"),
         description="Host address the port is published on (`127.0.0.1`: reachable from this machine only).",

@@ -16,7 +16,7 @@ from stackspec.engine_packages import launch_kwargs, stack_packages, virtualenv_
 from stackspec.docker_host import remote_docker_hostname
 from stackspec.model_inputs import ModelInputs
 from stackspec.placement import container_gpu_indices
-from stackspec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT
+from stackspec.xinference import CONTAINER_HOME, CONTAINER_MODELS_DIR, CONTAINER_PORT, SUPERVISOR_ACTOR_PORT
 
 # Offline defaults: no hub access, no per-model virtualenvs unless the stack carries their packages
 # (then they install from the carried wheels only: stackspec/engine_packages.virtualenv_env), CUDA
@@ -42,41 +42,39 @@ def container_env(cfg: StackConfig) -> dict[str, str]:
     return env
 
 
-SUPERVISOR_ACTOR_PORT = 9999
-WORKER_PORT = 30001
-
-
-def container_command(role: str = "local", address: str = "", supervisor_url: str = "", port: int = CONTAINER_PORT
-                      ) -> list[str]:
+def container_command(role: str = "local", address: str = "", supervisor_url: str = "", port: int = CONTAINER_PORT,
+                      actor_port: int = SUPERVISOR_ACTOR_PORT) -> list[str]:
     """The Xinference process of a container: one-box (`local`), `supervisor` or `worker`.
 
     Cluster containers use host networking (model processes listen on random ports the other
-    servers must reach), so they bind to the server's own address.
+    servers must reach), so they bind to the server's own address; ``actor_port`` is the
+    supervisor's or the worker's (container.supervisor_port / worker_port).
     """
     if role == "supervisor":
         return ["xinference-supervisor", "-H", address, "--port", str(port),
-                "--supervisor-port", str(SUPERVISOR_ACTOR_PORT)]
+                "--supervisor-port", str(actor_port)]
     if role == "worker":
-        return ["xinference-worker", "-e", supervisor_url, "-H", address, "--worker-port", str(WORKER_PORT)]
+        return ["xinference-worker", "-e", supervisor_url, "-H", address, "--worker-port", str(actor_port)]
     return ["xinference-local", "-H", "0.0.0.0", "--port", str(CONTAINER_PORT)]
 
 
 def cluster_bound_ports(cfg: StackConfig) -> list[tuple[ServerConfig, str, int, str]]:
-    """(server, role, port, what) for each fixed port a cluster container binds on its server's
-    address (host network): the supervisor's REST and actor ports, each worker's port."""
+    """(server, role, port, key) for each fixed port a cluster container binds on its server's
+    address (host network): the supervisor's REST and actor ports, each worker's port; ``key``
+    is the setting that moves it."""
     rows = []
     for server in cfg.servers:
         if server.supervisor:
-            rows += [(server, "supervisor", cfg.container.port, "the REST port (container.port)"),
-                     (server, "supervisor", SUPERVISOR_ACTOR_PORT, "the actor port")]
-        rows.append((server, "worker", WORKER_PORT, "the actor port"))
+            rows += [(server, "supervisor", cfg.container.port, "container.port"),
+                     (server, "supervisor", cfg.container.supervisor_port, "container.supervisor_port")]
+        rows.append((server, "worker", cfg.container.worker_port, "container.worker_port"))
     return rows
 
 
 def healthcheck_command(role: str = "local", address: str = "127.0.0.1", port: int = CONTAINER_PORT) -> list[str]:
-    # The image has Python but not necessarily curl. A worker serves no HTTP: check its actor port.
+    # The image has Python but not necessarily curl. A worker serves no HTTP: check its actor port (``port``).
     if role == "worker":
-        probe = f"import socket; socket.create_connection(('{address}', {WORKER_PORT}), timeout=5).close()"
+        probe = f"import socket; socket.create_connection(('{address}', {port}), timeout=5).close()"
     else:
         probe = f"import urllib.request; urllib.request.urlopen('http://{address}:{port}/status', timeout=5)"
     return ["CMD", "python3", "-c", probe]

@@ -294,6 +294,19 @@ def _airgap(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
                       "docker-mode stack")
 
 
+def _cluster_ports(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
+    # The supervisor's server binds all three on one address (its worker included).
+    if cfg.mode != "cluster" or not ctx.usable("container"):
+        return
+    taken: dict[int, str] = {}
+    for key in ("port", "supervisor_port", "worker_port"):
+        port = getattr(cfg.container, key)
+        if port in taken:
+            yield Problem(f"container.{key}", port, f"is also container.{taken[port]}: the supervisor's server binds "
+                          "both on its address", f"give container.{key} a port of its own")
+        taken.setdefault(port, key)
+
+
 def _trusted_code(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
     # The containers are ours to start with that setting; an existing server's environment is its operator's.
     if cfg.mode == "existing" or not ctx.usable("container"):
@@ -311,7 +324,7 @@ def _trusted_code(cfg: StackConfig, ctx: CheckContext) -> Iterable[Problem]:
 
 _RULES: list[Callable[[StackConfig, CheckContext], Iterable[Problem]]] = [
     _mode_sections, _cluster, _endpoint, _gpus, _paths, _uids, _model_fields, _catalog, _vram, _ssh, _auth,
-    _airgap, _trusted_code,
+    _airgap, _cluster_ports, _trusted_code,
 ]
 
 __all__ = ["cross_check", "server_budgets", "vram_warnings", "ModelDirs", "CONTAINER_MODELS_DIR"]

@@ -12,6 +12,10 @@ from typing import Literal, Optional, get_args
 
 CONFIG_NAMESPACE = "xinference-offline"  # the Pulumi project name: stack keys are `xinference-offline:<key>`
 CONTAINER_PORT = 9997  # Xinference's REST port inside the container
+# Cluster containers (host network) bind these on their server's address: the supervisor's actor
+# pool (`--supervisor-port`) and each worker's (`--worker-port`); stack defaults, container.*_port.
+SUPERVISOR_ACTOR_PORT = 9999
+WORKER_PORT = 30001
 CONTAINER_HOME = "/root/.xinference"  # XINFERENCE_HOME inside the container
 CONTAINER_MODELS_DIR = CONTAINER_HOME + "/models"  # where the host's models_dir is mounted
 # The engine wheels `bundle build` carries for the models' virtualenvs: a directory of models_dir

@@ -148,10 +148,25 @@ def test_committed_cluster_stack_is_valid():
     assert [s.name for s in cfg.servers] == ["gpu-a", "gpu-b"] and cfg.supervisor.name == "gpu-a"
 
 
-def test_the_ports_a_cluster_binds_on_each_servers_address():
-    from stackspec.launch import SUPERVISOR_ACTOR_PORT, WORKER_PORT, cluster_bound_ports
+def test_the_ports_a_cluster_binds_on_each_servers_address_and_the_settings_that_move_them():
+    from stackspec.launch import cluster_bound_ports, container_command, healthcheck_command
 
     cfg = load_stack_config(namespaced(cluster(container={"port": 9997})))
-    assert [(server.address, role, port) for server, role, port, _ in cluster_bound_ports(cfg)] == [
-        ("10.0.0.1", "supervisor", 9997), ("10.0.0.1", "supervisor", SUPERVISOR_ACTOR_PORT),
-        ("10.0.0.1", "worker", WORKER_PORT), ("10.0.0.2", "worker", WORKER_PORT)]
+    assert [(server.address, role, port, key) for server, role, port, key in cluster_bound_ports(cfg)] == [
+        ("10.0.0.1", "supervisor", 9997, "container.port"), ("10.0.0.1", "supervisor", 9999, "container.supervisor_port"),
+        ("10.0.0.1", "worker", 30001, "container.worker_port"), ("10.0.0.2", "worker", 30001, "container.worker_port")]
+    moved = load_stack_config(namespaced(cluster(container={"port": 8000, "supervisor_port": 8001, "worker_port": 8002})))
+    assert [port for _, _, port, _ in cluster_bound_ports(moved)] == [8000, 8001, 8002, 8002]
+    assert container_command("supervisor", "10.0.0.1", port=8000, actor_port=8001) == [
+        "xinference-supervisor", "-H", "10.0.0.1", "--port", "8000", "--supervisor-port", "8001"]
+    assert container_command("worker", "10.0.0.2", "http://10.0.0.1:8000", actor_port=8002)[-2:] == ["--worker-port", "8002"]
+    assert "('10.0.0.2', 8002)" in healthcheck_command("worker", "10.0.0.2", 8002)[-1]
+
+
+def test_the_three_ports_of_the_supervisors_server_must_differ():
+    assert problems(cluster(container={"worker_port": 9999})) == [
+        "container.worker_port = 9999: is also container.supervisor_port: the supervisor's server binds both on its "
+        "address; fix: give container.worker_port a port of its own"]
+    assert problems(cluster(container={"port": 9997, "supervisor_port": 9997})) == [
+        "container.supervisor_port = 9997: is also container.port: the supervisor's server binds both on its "
+        "address; fix: give container.supervisor_port a port of its own"]

@@ -126,15 +126,15 @@ def test_a_cluster_port_another_process_holds_is_refused_before_up_and_its_own_r
     docker(host, "load", "-q", "-i", str(image.path))
     try:
         found = cluster_port_problems(cfg, stack)
-        assert [p.split(", already answers")[0] for p in found] == [
-            f"server here: 127.0.0.2:{port}, the REST port (container.port) of the cluster's supervisor",
-            "server there: 127.0.0.3:30001, the actor port of the cluster's worker"]
+        assert [p.split(" already answers")[0] for p in found] == [
+            f"server here: 127.0.0.2:{port} (container.port) of the cluster's supervisor",
+            "server there: 127.0.0.3:30001 (container.worker_port) of the cluster's worker"]
         assert f"stack {stack}'s supervisor container {name}-supervisor does not run there" in found[0]
         assert "Fix: set container.port to a free port, or stop what listens there" in found[0]
         assert "`ss -ltnp 'sport = :30001'`" in found[1]
         # the stack's own supervisor runs (an update): the port it holds is no problem
         docker(host, "run", "-d", "--name", f"{name}-supervisor", "--network", "none", image.ref)
-        assert [p.split(",")[0] for p in cluster_port_problems(cfg, stack)] == ["server there: 127.0.0.3:30001"]
+        assert [p.split(" (")[0] for p in cluster_port_problems(cfg, stack)] == ["server there: 127.0.0.3:30001"]
     finally:
         docker(host, "rm", "-f", f"{name}-supervisor", check=False)
         for listener in listeners:

@@ -31,7 +31,7 @@ import pytest
 import requests
 import yaml
 
-from stackspec.launch import SUPERVISOR_ACTOR_PORT
+from stackspec.xinference import SUPERVISOR_ACTOR_PORT
 from tests.docker_engines import MAIN_DOCKER_HOST, docker, require_main_engine
 from tests.docker_site import NS, DockerSite, embed, free_port, image_tar, toolchain_bin, wait_for
 from tests.remote_engine import RemoteEngine
@@ -307,8 +307,8 @@ def test_a_cluster_across_the_two_engines_serves_the_remote_workers_model(site, 
         with socket.create_server(("127.0.0.2", SUPERVISOR_ACTOR_PORT)):
             held = cluster("preview", check=False)
         assert held.returncode != 0
-        assert (f"server here: 127.0.0.2:{SUPERVISOR_ACTOR_PORT}, the actor port of the cluster's supervisor, "
-                "already answers") in held.stdout, held.stdout[-3000:]
+        assert (f"server here: 127.0.0.2:{SUPERVISOR_ACTOR_PORT} (container.supervisor_port) of the cluster's "
+                "supervisor already answers") in held.stdout, held.stdout[-3000:]
         cluster("up", "--yes", "--skip-preview")
         assert embed(endpoint, "minilm-worker") == 384  # through the supervisor, served by the remote worker
         described = requests.get(f"{endpoint}/v1/models/instances", params={"model_uid": "minilm-worker"},
