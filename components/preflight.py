@@ -152,11 +152,11 @@ def cluster_port_problems(cfg: StackConfig, stack: str) -> list[str]:
         if not server.docker.check_daemon:
             continue
         name = cluster_container_name(cfg, role)
-        key = (server.docker.host, name)
-        if key not in state:
+        where = (server.docker.host, name)
+        if where not in state:
             ssh = server.docker.ssh.argv() if server.docker.ssh is not None else None
-            state[key] = container_state(server.docker.host, name, ssh)
-        if state[key] in ("running", None) or not port_answers(server.address, port):
+            state[where] = container_state(server.docker.host, name, ssh)
+        if state[where] in ("running", None) or not port_answers(server.address, port):
             continue  # its own container holds it (or the engine cannot say: the host checks report that)
         problems.append(
             f"server {server.name}: {server.address}:{port} ({key}) of the cluster's {role} already answers, and "
