@@ -136,8 +136,8 @@ def checksum_urls(versions: dict[str, str], base: str = PULUMI_RELEASES) -> dict
 def parse_checksums(text: str, source: str) -> dict[str, str]:
     """{file name: sha256} of a sha256sum-format file; a line of any other shape is an error."""
     sums: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         match = _CHECKSUM_LINE.match(line)
