@@ -86,7 +86,7 @@ def trouble_notes(cfg: StackConfig) -> list[str]:
     notes = []
     for host, name in stack_containers(cfg):
         if host.check_daemon:
-            note = container_trouble(host, name, host.ssh.argv() if host.ssh is not None else None)
+            note = container_trouble(host, name, host.ssh_argv())
             if note:
                 notes.append(note)
     return notes

@@ -67,7 +67,7 @@ def image_tar_problems(cfg: StackConfig, manifest: Optional[StackManifest]) -> l
         if not host.check_daemon:
             continue  # a preview that may not contact the engine
         try:
-            have = engine_image_id(host.host, cfg.image.name, host.ssh.argv() if host.ssh is not None else None)
+            have = engine_image_id(host.host, cfg.image.name, host.ssh_argv())
         except DockerHostUnreachable:
             continue  # the host preflight names an engine that does not answer
         if needs_load(have, image_id):

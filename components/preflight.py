@@ -154,8 +154,7 @@ def cluster_port_problems(cfg: StackConfig, stack: str) -> list[str]:
         name = cluster_container_name(cfg, role)
         where = (server.docker.host, name)
         if where not in state:
-            ssh = server.docker.ssh.argv() if server.docker.ssh is not None else None
-            state[where] = container_state(server.docker.host, name, ssh)
+            state[where] = container_state(server.docker.host, name, server.docker.ssh_argv())
         if state[where] in ("running", None) or not port_answers(server.address, port):
             continue  # its own container holds it (or the engine cannot say: the host checks report that)
         problems.append(
@@ -184,7 +183,7 @@ def docker_host_problems(cfg: StackConfig, stack: str, image_path: Optional[str]
     problems = []
     if cfg.mode == "docker" and is_local_docker(cfg.docker.host):
         problems += missing_directories({m.uid: model_dir_on_host(cfg, m) for m in cfg.enabled_models})
-    ssh_of = {h.host: h.ssh.argv() for h in docker_hosts(cfg) if h.ssh is not None}
+    ssh_of = {h.host: h.ssh_argv() for h in docker_hosts(cfg)}
     for host in docker_hosts(cfg):  # check_daemon: false is the preview of a machine that reaches no engine
         problem = host_key_problem(host.ssh) if host.ssh is not None and host.check_daemon else None
         if problem:
@@ -221,7 +220,7 @@ def stale_gateways(cfg: StackConfig, stack: str, remove: bool) -> list[str]:
     the registry it keeps (components/autostart_registry.py), not through the gateway just removed."""
     if cfg.mode != "docker" or cfg.container.network == "airgap" or not cfg.docker.check_daemon:
         return []
-    ssh_argv = cfg.docker.ssh.argv() if cfg.docker.ssh is not None else None
+    ssh_argv = cfg.docker.ssh_argv()
 
     def docker(*args: str) -> str:
         answer = run_docker(cfg.docker.host, args, ssh_argv=ssh_argv)

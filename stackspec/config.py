@@ -73,6 +73,11 @@ class DockerHostConfig(_Strict):
         """How every client reaches this host over ssh (None unless it is an ssh:// host)."""
         return ssh_target(self.host, self.ssh_opts, self.ssh_key, self.known_hosts)
 
+    def ssh_argv(self) -> Optional[list[str]]:
+        """The `ssh ... HOST` words the docker CLI runs through for an ssh:// host; None for any other."""
+        target = self.ssh
+        return target.argv() if target is not None else None
+
 
 class ImageConfig(_Strict):
     """The Xinference image: loaded from the bundled tar, never pulled."""

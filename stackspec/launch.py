@@ -150,7 +150,6 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
         else:
             gpu_idx = container_gpu_indices(server.gpu_ids if server else cfg.gpu_ids, model.gpus)
         docker = container_engine(cfg, server)
-        ssh = docker.ssh if docker is not None else None
         family = registration_family(model.type, model.model_name, model_dir_on_server(cfg, model), model.custom,
                                      model.format, model.quantization, model.size_in_billions) \
             if model.custom is not None else None
@@ -158,7 +157,7 @@ def launch_specs(cfg: StackConfig, weights_digests: Mapping[str, str]) -> list[L
             endpoint=endpoint_url(cfg),
             endpoint_ca_bundle=cfg.endpoint_ca_bundle,
             docker_host=docker.host if docker is not None else None,
-            docker_ssh=ssh.argv() if ssh is not None else None,
+            docker_ssh=docker.ssh_argv() if docker is not None else None,
             model_uid=model.uid,
             model_name=model.model_name,
             model_type=model.type,

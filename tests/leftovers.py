@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from bundle.format.resume import bytes_in
 
@@ -93,36 +94,31 @@ def unmount_all(root: Path) -> None:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
 
-def processes_naming(root: Path) -> list[int]:
-    """Processes whose command line names a path under ``root`` (a dockerd, its containerd, shims)."""
-    needle = str(root).rstrip("/") + "/"
+def processes_where(file: str, matches: Callable[[str], bool]) -> list[int]:
+    """Pids (not this one) whose /proc/PID/``file`` (NULs as spaces) ``matches``."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(entry.name))
+                text = (entry / file).read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
-                pass  # gone meanwhile
+                continue  # gone meanwhile
+            if matches(text):
+                pids.append(int(entry.name))
     return pids
+
+
+def processes_naming(root: Path) -> list[int]:
+    """Processes whose command line names a path under ``root`` (a dockerd, its containerd, shims)."""
+    needle = str(root).rstrip("/") + "/"
+    return processes_where("cmdline", lambda cmdline: needle in cmdline)
 
 
 def container_processes(root: Path) -> list[int]:
     """Processes of the containers of the test dockerd rooted at ``root`` (found by their cgroup,
     which names the container id); a killed dockerd leaves them running, ports and all."""
     ids = [d.name for d in (root / "data" / "containers").glob("*") if d.is_dir()]
-    if not ids:
-        return []
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cgroup = (entry / "cgroup").read_text()
-            except OSError:
-                continue
-            if any(f"/{cid}" in cgroup for cid in ids):
-                pids.append(int(entry.name))
-    return pids
+    return processes_where("cgroup", lambda cgroup: any(f"/{cid}" in cgroup for cid in ids)) if ids else []
 
 
 def stop_private_engine(root: Path) -> bool:

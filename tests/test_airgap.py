@@ -24,6 +24,7 @@ from stackspec.airgap import API_SOCKET, RELAY_SOURCE, SOCKET_DIR, gateway_conta
 from stackspec.errors import ConfigError
 from stackspec.launch import container_command
 from stackspec.load import load_stack_config
+from tests.leftovers import processes_where
 from tests.stack_configs import docker_stack, namespaced
 from tests.test_cluster import cluster
 from tests.test_program import CONTAINER, run_program
@@ -102,15 +103,8 @@ class Relays:
 
 
 def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+    # /proc/PID/stat after "(comm)": state, ppid, ...
+    return processes_where("stat", lambda stat: stat.rsplit(")", 1)[-1].split()[1:2] == [str(pid)])
 
 
 @pytest.fixture

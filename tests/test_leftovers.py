@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.docker_engines import TestDaemon, docker, require_main_engine
-from tests.leftovers import clean, container_processes, mounts_under, processes_naming
+from tests.leftovers import clean, container_processes, mounts_under, processes_naming, processes_where
 from tests.remote_engine import busybox_image
 
 pytestmark = pytest.mark.docker  # the machine's real engine and a private dockerd
@@ -23,17 +23,6 @@ pytestmark = pytest.mark.docker  # the machine's real engine and a private docke
 
 def _names(host: str) -> list[str]:
     return list(docker(host, "ps", "-a", "--format", "{{.Names}}").stdout.decode().split())
-
-
-def _in_cgroup(container_id: str) -> list[str]:
-    found = []
-    for cgroup in Path("/proc").glob("[0-9]*/cgroup"):
-        try:
-            if container_id in cgroup.read_text():
-                found.append(cgroup.parent.name)
-        except OSError:
-            pass
-    return found
 
 
 def test_a_killed_runs_container_engine_and_dirs_are_removed_and_what_is_not_a_tests_stays() -> None:
@@ -71,7 +60,7 @@ def test_a_killed_runs_container_engine_and_dirs_are_removed_and_what_is_not_a_t
         assert not [n for n in _names(host) if n.startswith(tag)]
         assert not daemon_root.exists() and not lanes.exists()
         assert not mounts_under(daemon_root)
-        assert not _in_cgroup(worker), "the killed dockerd's container process is stopped"
+        assert not processes_where("cgroup", lambda cgroup: worker in cgroup), "the killed dockerd's container process is stopped"
         assert not processes_naming(daemon_root), "and its shim"
         assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
         assert current_lanes.is_dir() and clone.is_dir()
